@@ -1,0 +1,143 @@
+"""The public loss-and-gradient entry point."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import numba
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ._fused import fused_sums
+from ._indexloop import indexloop_sums
+from ._numpy import numpy_sums
+from ._validation import Problem, prepare
+
+Method = Literal["fused", "indexloop", "numpy"]
+Reduction = Literal["mean", "sum"]
+
+_KERNELS = {"fused": fused_sums, "indexloop": indexloop_sums}
+
+
+def _chunk_count(m: int) -> int:
+    """How many row chunks (and gradient slabs) the parallel kernels use.
+
+    One per numba thread, read at call time so ``numba.set_num_threads`` is
+    honoured; never more than the number of rows.
+    """
+    return max(1, min(m, numba.get_num_threads()))
+
+
+def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``."""
+    if method == "numpy":
+        return numpy_sums(p)
+    return _KERNELS[method](p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, _chunk_count(p.X.shape[0]))
+
+
+def finish(p: Problem, loss_sum: float, G: np.ndarray, gb: np.ndarray):
+    """Divide by the reduction's denominator, add the L2 term, cast to the working dtype."""
+    loss = float(loss_sum) / p.denom
+    dW = np.asarray(G, dtype=np.float64) / p.denom
+    if p.l2:
+        W64 = p.W.astype(np.float64, copy=False)
+        loss += 0.5 * p.l2 * float(np.vdot(W64, W64))
+        dW += p.l2 * W64
+    dW = dW.astype(p.dtype, copy=False)
+    if not p.has_b:
+        return loss, dW
+    return loss, dW, (np.asarray(gb, dtype=np.float64) / p.denom).astype(p.dtype, copy=False)
+
+
+def loss_and_grad(
+    W: ArrayLike,
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    b: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+    method: Method = "fused",
+) -> Union[tuple[float, np.ndarray], tuple[float, np.ndarray, np.ndarray]]:
+    """Loss and gradient of softmax (multinomial logistic) regression.
+
+    With logits ``z_i = W x_i + b``, probabilities ``p_i = softmax(z_i)`` and
+    targets ``t_i`` (after label smoothing), the loss is
+
+        J = (1/D) sum_i w_i sum_k t_ik (logsumexp(z_i) - z_ik) + (l2/2) ||W||_F^2
+
+    and its gradient is ``dW = (1/D) sum_i w_i ((sum_k t_ik) p_i - t_i) x_i^T + l2 W``,
+    ``db = (1/D) sum_i w_i ((sum_k t_ik) p_i - t_i)``.  For one-hot targets row
+    j of dW is ``(1/D) sum_i w_i (p_ij - t_ij) x_i``.  ``D`` is the total weight
+    of the samples that are not ignored (their count without weights) when
+    ``reduction="mean"`` and 1 when ``reduction="sum"``.
+
+    Parameters
+    ----------
+    W : array_like, shape (K, n)
+        Weights, one row per class.
+    X : array_like, shape (m, n)
+        Samples, one per row.  Any layout (C, Fortran, strided) and read-only
+        arrays (e.g. ``np.load(..., mmap_mode="r")``) are used without a
+        copy, unless X's dtype differs from the working dtype.
+    y : array_like, shape (m,) or (m, K)
+        Class indices in ``[0, K)`` (integers, or floats with integral
+        values), or non-negative dense targets: one-hot rows, probability
+        rows, or any non-negative rows.
+    b : array_like, shape (K,), optional
+        Intercept.  When given, ``db`` is returned as well; it is not
+        penalised by ``l2``.
+    sample_weight : array_like, shape (m,), optional
+        Non-negative, finite per-sample weights.
+    l2 : float, default 0
+        L2 penalty strength on W: adds ``(l2/2) ||W||_F^2`` to the loss and
+        ``l2 W`` to dW, under either reduction.
+    label_smoothing : float in [0, 1), default 0
+        Targets become ``(1 - eps) t + eps / K`` (PyTorch's definition).
+    ignore_index : int, optional
+        With class-index targets, samples whose label equals it are dropped:
+        they add nothing and do not count in ``D``.
+    reduction : {"mean", "sum"}, default "mean"
+    method : {"fused", "indexloop", "numpy"}, default "fused"
+        ``"fused"``: one parallel pass over X in tiles of rows;
+        ``"indexloop"``: explicit loops following the delta_kj derivation;
+        ``"numpy"``: vectorised NumPy (baseline and reference).
+
+    Returns
+    -------
+    loss : float
+    dW : ndarray, shape (K, n), working dtype
+    db : ndarray, shape (K,), working dtype (only when ``b`` is given)
+
+    The working dtype is NumPy's promotion of W, X and b (integers become
+    float64, float16 becomes float32); dense targets are converted to it.  Sums over samples are
+    accumulated in float64 by the compiled methods whatever the working dtype.
+    For a given thread count (``numba.set_num_threads``) the compiled methods
+    are deterministic: repeated calls give bitwise-identical results.
+
+    Raises
+    ------
+    TypeError
+        Non-numeric (including bool and complex) arrays, a non-integer
+        ``ignore_index``, non-real scalar options.
+    ValueError
+        Shape mismatches, empty dimensions, labels outside ``[0, K)`` or not
+        integral, negative or non-finite targets or weights, zero total weight
+        under ``reduction="mean"``, options out of range, unknown ``method``
+        or ``reduction``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0]]); y = np.array([0, 1])
+    >>> loss, dW = fs.loss_and_grad(np.zeros((2, 2)), X, y)
+    >>> round(loss, 6)  # log(2)
+    0.693147
+    """
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+                label_smoothing=label_smoothing, ignore_index=ignore_index,
+                reduction=reduction, method=method)
+    return finish(p, *sums(p, method))

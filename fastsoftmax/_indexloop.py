@@ -1,0 +1,101 @@
+"""The index-loop kernel: the delta_kj derivation written out term by term.
+
+For sample i with logits z_ij = sum_l W_jl x_il + b_j, probabilities
+p_ij = exp(z_ij - lse_i) and targets t_ik, the derivative of the sample's loss
+-sum_k t_ik log p_ik with respect to W_jl is
+
+    sum_k t_ik (p_ij - delta_kj) x_il,
+
+because d(log p_ik)/d(W_jl) = (delta_kj - p_ij) x_il.  This kernel evaluates the
+coefficient c_ij = sum_k t_ik (p_ij - delta_kj) literally, as a loop over k
+with a Kronecker delta, and then adds w_i c_ij x_il to dW[j, l].  The sum
+collapses to p_ij sum_k t_ik - t_ij; that is p_ij - t_ij only when the target
+row sums to one (one-hot or probability targets).  Keeping the general form
+is what lets arbitrary non-negative target rows work.
+
+Every reduction loop below only reads memory: a loop that both stores and
+reduces may be vectorised behind a run-time aliasing check, and then the
+addresses of scratch buffers would decide the summation order (and so the
+last bits of the result).
+
+The cost is O(m (n K + K^2)) and the kernel favours clarity over speed.  It
+splits the rows into ``nchunks`` chunks with their own gradient slabs, like
+the fused kernel, and so is deterministic for a given ``nchunks``.
+Peak extra memory: ``nchunks * (K * n + 5 * K) * 8`` bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import parallel_kernel
+from ._rowmath import target_value
+
+
+@parallel_kernel
+def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks):
+    """Same contract as :func:`fastsoftmax._fused.fused_sums`."""
+    m, n = X.shape
+    K = W.shape[0]
+    inv_k = 1.0 / K
+    use_labels = labels.shape[0] > 0
+    weighted = sw.shape[0] > 0
+    slabs = np.zeros((nchunks, K, n))
+    bias_slabs = np.zeros((nchunks, K))
+    losses = np.zeros(nchunks)
+    for c in prange(nchunks):
+        z = np.empty(K)
+        p = np.empty(K)
+        t = np.empty(K)
+        coef = np.empty(K)
+        loss = 0.0
+        for i in range(c * m // nchunks, (c + 1) * m // nchunks):
+            if use_labels and labels[i] < 0:
+                continue  # dropped by ignore_index
+            w = sw[i] if weighted else 1.0
+            # logits z_ij and their maximum
+            for j in range(K):
+                acc = 0.0
+                for l in range(n):
+                    acc += W[j, l] * X[i, l]
+                z[j] = acc + b[j]
+            zmax = z[0]
+            for j in range(1, K):
+                zmax = max(zmax, z[j])
+            # log-sum-exp and probabilities p_ij
+            s = 0.0
+            for j in range(K):
+                s += math.exp(z[j] - zmax)
+            log_s = math.log(s)
+            for j in range(K):
+                p[j] = math.exp(z[j] - zmax) / s
+            # targets t_ik and the loss -sum_k t_ik log p_ik,
+            # with log p_ik = (z_ik - zmax) - log_s
+            for k in range(K):
+                t[k] = target_value(labels, T, i, k, eps, inv_k)
+            for k in range(K):
+                loss -= w * t[k] * ((z[k] - zmax) - log_s)
+            # c_ij = sum_k t_ik (p_ij - delta_kj)
+            for j in range(K):
+                cj = 0.0
+                for k in range(K):
+                    delta = 1.0 if k == j else 0.0
+                    cj += t[k] * (p[j] - delta)
+                coef[j] = cj
+            # dW[j, l] += w_i c_ij x_il  and  db[j] += w_i c_ij
+            for j in range(K):
+                wc = w * coef[j]
+                bias_slabs[c, j] += wc
+                for l in range(n):
+                    slabs[c, j, l] += wc * X[i, l]
+        losses[c] = loss
+    total = 0.0
+    for c in range(nchunks):
+        total += losses[c]
+    for c in range(1, nchunks):
+        slabs[0] += slabs[c]
+        bias_slabs[0] += bias_slabs[c]
+    return total, slabs[0], bias_slabs[0]

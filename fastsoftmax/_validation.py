@@ -1,0 +1,195 @@
+"""Input checking and normalisation for :func:`fastsoftmax.loss_and_grad`.
+
+Everything a kernel relies on is established here, in Python, before any
+compiled code runs: shapes, dtypes, label ranges, weights and options.  The
+kernels themselves never raise.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+METHODS = ("fused", "indexloop", "numpy")
+REDUCTIONS = ("mean", "sum")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated problem in the encoding the kernels expect.
+
+    X (m, n) and W (K, n), b (K,) share ``dtype`` (float32 or float64); X
+    keeps the caller's memory layout.  ``labels`` is (m,) int64 with -1 for
+    ignored samples, or empty when ``T`` (m, K) holds dense targets (then
+    ``labels`` is empty and ``T`` is (0, K) otherwise).  ``sw`` is (m,) float64
+    or empty (unweighted).  ``denom`` is what sums are divided by.
+    """
+
+    X: np.ndarray
+    W: np.ndarray
+    b: np.ndarray
+    has_b: bool
+    labels: np.ndarray
+    T: np.ndarray
+    sw: np.ndarray
+    eps: float
+    l2: float
+    denom: float
+    dtype: np.dtype
+    n_ignored: int
+
+
+def _as_numeric_array(name: str, value) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise TypeError(
+            f"{name} must have a real integer or floating dtype, got dtype {arr.dtype}"
+        )
+    return arr
+
+
+def _working_dtype(*arrays: np.ndarray) -> np.dtype:
+    """NumPy's promotion of the inputs, mapped onto float32 or float64."""
+    dtype = np.result_type(*arrays)
+    if np.issubdtype(dtype, np.integer):
+        return np.dtype(np.float64)
+    if dtype.itemsize <= 4:  # float16 and float32
+        return np.dtype(np.float32)
+    if dtype.itemsize == 8:
+        return np.dtype(np.float64)
+    raise TypeError(f"dtype {dtype} is not supported; use float32 or float64")
+
+
+def _check_finite_scalar(name: str, value, low: float, high: float, high_open: bool):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    ok = np.isfinite(value) and value >= low and (value < high if high_open else value <= high)
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value!r}")
+    return value
+
+
+def _labels(y: np.ndarray, K: int, ignore_index) -> tuple[np.ndarray, int]:
+    """Class indices as int64, ignored samples marked -1; and their count."""
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y contains NaN or infinite class labels")
+        if not np.all(y == np.floor(y)):
+            bad = y[y != np.floor(y)][0]
+            raise ValueError(f"y holds class labels, which must be integers; found {bad!r}")
+    ignored = np.zeros(y.shape, dtype=bool) if ignore_index is None else (y == ignore_index)
+    out_of_range = ((y < 0) | (y >= K)) & ~ignored
+    if np.any(out_of_range):
+        bad = y[out_of_range][0]
+        bad = int(bad)
+        raise ValueError(
+            f"y contains class label {bad}, outside [0, {K}) for W with {K} rows"
+            + ("" if ignore_index is None else f" (ignore_index is {ignore_index})")
+        )
+    labels = np.where(ignored, -1, y).astype(np.int64)
+    return labels, int(np.count_nonzero(ignored))
+
+
+def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
+            reduction, method) -> Problem:
+    """Validate every argument of ``loss_and_grad``; return a :class:`Problem`."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    eps = _check_finite_scalar("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    l2 = _check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
+    ):
+        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+
+    W = _as_numeric_array("W", W)
+    X = _as_numeric_array("X", X)
+    y = _as_numeric_array("y", y)
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (K, n), got shape {W.shape}")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (m, n), got shape {X.shape}")
+    K, n = W.shape
+    m = X.shape[0]
+    if K == 0 or n == 0:
+        raise ValueError(f"W must have at least one class and one feature, got shape {W.shape}")
+    if X.shape[1] != n:
+        raise ValueError(f"X has {X.shape[1]} features but W has {n}: shapes X {X.shape}, W {W.shape}")
+    if m == 0:
+        raise ValueError(f"X has no samples (shape {X.shape})")
+
+    promote = [W, X]
+    if b is not None:
+        b = _as_numeric_array("b", b)
+        if b.shape != (K,):
+            raise ValueError(f"b must have shape ({K},) to match W {W.shape}, got {b.shape}")
+        promote.append(b)
+
+    if y.ndim == 1:
+        if y.shape[0] != m:
+            raise ValueError(f"y has {y.shape[0]} labels but X has {m} samples")
+        labels, n_ignored = _labels(y, K, ignore_index)
+        T = None
+    elif y.ndim == 2:
+        if y.shape != (m, K):
+            raise ValueError(f"dense targets y must have shape ({m}, {K}), got {y.shape}")
+        if ignore_index is not None:
+            raise ValueError("ignore_index applies to class-index targets, not dense (m, K) targets")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("dense targets y contain NaN or infinite values")
+        if np.any(y < 0):
+            raise ValueError(f"dense targets y must be non-negative, found {y.min()!r}")
+        labels, n_ignored, T = None, 0, y
+    else:
+        raise ValueError(f"y must be (m,) class labels or (m, K) targets, got shape {y.shape}")
+
+    # Targets are data, not parameters: they take the working dtype of W and X
+    # rather than promoting it (float64 one-hot rows must not turn a float32
+    # problem into a float64 copy of X).
+    dtype = _working_dtype(*promote)
+    X = X.astype(dtype, copy=False)  # keeps layout, copies only to change dtype
+    W = np.ascontiguousarray(W, dtype=dtype)
+    b_arr = np.zeros(K, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)
+    if T is None:
+        T = np.zeros((0, K), dtype)
+    else:
+        T = T.astype(dtype, copy=False)
+        labels = np.zeros(0, np.int64)
+
+    if sample_weight is None:
+        sw = np.zeros(0, np.float64)
+        total = float(m - n_ignored)
+    else:
+        sw = _as_numeric_array("sample_weight", sample_weight)
+        if sw.shape != (m,):
+            raise ValueError(f"sample_weight must have shape ({m},), got {sw.shape}")
+        sw = np.ascontiguousarray(sw, dtype=np.float64)
+        if not np.all(np.isfinite(sw)):
+            raise ValueError("sample_weight contains NaN or infinite values")
+        if np.any(sw < 0):
+            raise ValueError(f"sample_weight must be non-negative, found {sw.min()!r}")
+        total = float(np.sum(sw[labels >= 0])) if labels.shape[0] else float(np.sum(sw))
+
+    if reduction == "mean":
+        if total <= 0.0:
+            raise ValueError(
+                "the total sample weight is zero"
+                + (" (every sample is ignored)" if n_ignored == m else "")
+                + ", so reduction='mean' is undefined"
+            )
+        denom = total
+    else:
+        denom = 1.0
+    return Problem(X=X, W=W, b=b_arr, has_b=b is not None, labels=labels, T=T, sw=sw,
+                   eps=eps, l2=l2, denom=denom, dtype=dtype, n_ignored=n_ignored)

@@ -1,0 +1,211 @@
+"""Every method against the float64 oracle and against finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastsoftmax as fs
+from helpers import assert_close, assert_results_close
+from naive import naive_loss_and_grad
+
+METHODS = ["fused", "indexloop", "numpy"]
+DTYPES = [np.float32, np.float64]
+TARGETS = ["labels", "float_labels", "onehot", "probs", "nonneg"]
+
+
+def make_targets(rng, kind, m, K):
+    labels = rng.integers(0, K, m)
+    if kind == "labels":
+        return labels
+    if kind == "float_labels":
+        return labels.astype(np.float64)
+    if kind == "onehot":
+        return np.eye(K)[labels]
+    T = rng.random((m, K))
+    if kind == "probs":
+        return T / T.sum(axis=1, keepdims=True)
+    T[rng.random((m, K)) < 0.3] = 0.0  # arbitrary non-negative rows, some all-zero-ish
+    return 3.0 * T
+
+
+def make_problem(rng, m, n, K, dtype, target="labels"):
+    X = rng.standard_normal((m, n)).astype(dtype)
+    W = (0.7 * rng.standard_normal((K, n))).astype(dtype)
+    return W, X, make_targets(rng, target, m, K)
+
+
+def options(name, rng, m, K, dtype, target):
+    """Keyword arguments for a named option set."""
+    labels_ok = target in ("labels", "float_labels")
+    b = (rng.standard_normal(K)).astype(dtype)
+    sw = rng.random(m) * 2.0
+    out = {
+        "plain": {},
+        "bias": {"b": b},
+        "weights": {"sample_weight": sw},
+        "l2": {"l2": 0.37},
+        "smoothing": {"label_smoothing": 0.15},
+        "sum": {"reduction": "sum"},
+        "all": {"b": b, "sample_weight": sw, "l2": 0.2, "label_smoothing": 0.1, "reduction": "sum"},
+    }[name]
+    return out
+
+
+def ignore_labels(y, rng):
+    """Mark about a third of the labels with ignore_index -100 (never all)."""
+    y = np.array(y, dtype=np.int64)
+    drop = rng.random(y.shape[0]) < 0.35
+    drop[0] = False
+    y[drop] = -100
+    return y
+
+
+def f64(*arrays):
+    return [None if a is None else np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("opt", OPTION_NAMES)
+def test_matches_oracle(method, dtype, target, opt, rng):
+    m, n, K = 37, 6, 4
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    kw = options(opt, rng, m, K, dtype, target)
+    got = fs.loss_and_grad(W, X, y, method=method, **kw)
+    want, scales = naive_loss_and_grad(*f64(W, X), y, return_scales=True, **kw)
+    assert_results_close(got, want, dtype, scales)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
+def test_ignore_index_matches_oracle(method, dtype, extra, rng):
+    m, n, K = 41, 5, 3
+    W, X, y = make_problem(rng, m, n, K, dtype)
+    y = ignore_labels(y, rng)
+    kw = dict(extra)
+    if "sample_weight" in kw:
+        kw["sample_weight"] = rng.random(m)
+    if "b" in kw:
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    for reduction in ("mean", "sum"):
+        got = fs.loss_and_grad(W, X, y, ignore_index=-100, reduction=reduction, method=method, **kw)
+        want, scales = naive_loss_and_grad(*f64(W, X), y, ignore_index=-100,
+                                           reduction=reduction, return_scales=True, **kw)
+        assert_results_close(got, want, dtype, scales)
+    # ignoring is the same as leaving the samples out
+    keep = y != -100
+    sub = {k: (v[keep] if k == "sample_weight" else v) for k, v in kw.items()}
+    left_out = fs.loss_and_grad(W, X[keep], y[keep], method=method, **sub)
+    assert_results_close(fs.loss_and_grad(W, X, y, ignore_index=-100, method=method, **kw),
+                         left_out, dtype)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_agree_with_each_other(method, rng):
+    """Between methods: the stated rtol, on a larger problem with every option."""
+    for dtype in DTYPES:
+        m, n, K = 2000, 17, 7
+        W, X, y = make_problem(rng, m, n, K, dtype)
+        kw = dict(b=rng.standard_normal(K).astype(dtype), sample_weight=rng.random(m),
+                  l2=0.01, label_smoothing=0.05)
+        ref = fs.loss_and_grad(W, X, y, method="numpy", **kw)
+        assert_results_close(fs.loss_and_grad(W, X, y, method=method, **kw), ref, dtype)
+
+
+# --- finite differences -------------------------------------------------------
+
+FD = {np.dtype(np.float64): (1e-5, 1e-7), np.dtype(np.float32): (2.0**-7, 2e-3)}
+
+
+def central_differences(f, A, h):
+    """Central differences of scalar f with respect to every entry of A."""
+    G = np.zeros(A.shape)
+    for idx in np.ndindex(A.shape):
+        Ap, Am = A.copy(), A.copy()
+        Ap[idx] += h
+        Am[idx] -= h
+        hp = float(Ap[idx]) - float(A[idx])  # the step actually taken in A's dtype
+        hm = float(A[idx]) - float(Am[idx])
+        G[idx] = (f(Ap) - f(Am)) / (hp + hm)
+    return G
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", ["labels", "probs", "nonneg"])
+@pytest.mark.parametrize("opt", ["plain", "all", "ignore"])
+def test_finite_differences(method, dtype, target, opt, rng):
+    """dW and db against central differences of the method's own loss.
+
+    Steps and absolute tolerances: float64 h = 1e-5, atol 1e-7;
+    float32 h = 2^-7, atol 2e-3 (relative to the gradient's largest entry).
+    """
+    dtype = np.dtype(dtype)
+    h, atol = FD[dtype]
+    m, n, K = 23, 4, 3
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    b = rng.standard_normal(K).astype(dtype)
+    kw = {"b": b}
+    if opt == "all":
+        kw.update(sample_weight=rng.random(m), l2=0.3, label_smoothing=0.1)
+    elif opt == "ignore":
+        if target != "labels":
+            pytest.skip("ignore_index needs class-index targets")
+        y = ignore_labels(y, rng)
+        kw["ignore_index"] = -100
+    loss, dW, db = fs.loss_and_grad(W, X, y, method=method, **kw)
+    fW = central_differences(
+        lambda A: fs.loss_and_grad(A, X, y, method=method, **kw)[0], W, h)
+    fb = central_differences(
+        lambda B: fs.loss_and_grad(W, X, y, method=method, **{**kw, "b": B})[0], b, h)
+    scale = max(np.abs(fW).max(), np.abs(fb).max(), 1.0)
+    np.testing.assert_allclose(dW, fW, rtol=0, atol=atol * scale)
+    np.testing.assert_allclose(db, fb, rtol=0, atol=atol * scale)
+
+
+# --- property-based -----------------------------------------------------------
+
+@st.composite
+def problems(draw):
+    m = draw(st.integers(1, 40))
+    n = draw(st.integers(1, 7))
+    K = draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from(DTYPES))
+    target = draw(st.sampled_from(TARGETS))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    scale = draw(st.sampled_from([0.01, 1.0, 30.0]))
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    W = (W * scale).astype(dtype)
+    kw = {}
+    if draw(st.booleans()):
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    if draw(st.booleans()):
+        sw = rng.random(m) * draw(st.sampled_from([1.0, 1e3]))
+        sw[rng.random(m) < 0.2] = 0.0
+        sw[0] = 1.0
+        kw["sample_weight"] = sw
+    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
+    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
+    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
+    if target == "labels" and draw(st.booleans()):
+        y = ignore_labels(y, rng)
+        kw["ignore_index"] = -100
+    return W, X, y, kw, dtype
+
+
+@given(problems())
+def test_property_all_methods_match_oracle(problem):
+    W, X, y, kw, dtype = problem
+    want, scales = naive_loss_and_grad(*f64(W, X), y, return_scales=True, **kw)
+    for method in METHODS:
+        got = fs.loss_and_grad(W, X, y, method=method, **kw)
+        assert_results_close(got, want, dtype, scales)

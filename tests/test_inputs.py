@@ -1,0 +1,193 @@
+"""Layouts, dtypes, extreme values, NaN propagation, determinism, caching."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+from helpers import assert_results_close
+from naive import naive_loss_and_grad
+
+METHODS = ["fused", "indexloop", "numpy"]
+
+
+def problem(rng, m=50, n=7, K=4, dtype=np.float64):
+    X = rng.standard_normal((m, n)).astype(dtype)
+    W = rng.standard_normal((K, n)).astype(dtype)
+    return W, X, rng.integers(0, K, m), rng.standard_normal(K).astype(dtype)
+
+
+def layouts(X, tmp_path):
+    """The same values as X in other memory layouts."""
+    F = np.asfortranarray(X)
+    big = np.zeros((2 * X.shape[0], 3 * X.shape[1]), X.dtype)
+    big[::2, ::3] = X
+    ro = X.copy()
+    ro.flags.writeable = False
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    return {"F": F, "strided": big[::2, ::3], "readonly": ro,
+            "mmap": np.load(path, mmap_mode="r"), "reversed": X[::-1].copy()[::-1]}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layouts_give_the_same_result(method, dtype, rng, tmp_path):
+    W, X, y, b = problem(rng, dtype=dtype)
+    want = fs.loss_and_grad(W, X, y, b=b, method=method)
+    for name, Xl in layouts(X, tmp_path).items():
+        np.testing.assert_array_equal(Xl, X)
+        assert_results_close(fs.loss_and_grad(W, Xl, y, b=b, method=method), want, dtype)
+    # a read-only, Fortran-ordered W is fine too
+    Wr = np.asfortranarray(W)
+    Wr.flags.writeable = False
+    assert_results_close(fs.loss_and_grad(Wr, X, y, b=b, method=method), want, dtype)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lists_are_accepted(method, rng):
+    W, X, y, b = problem(rng, m=5, n=3, K=2)
+    want = fs.loss_and_grad(W, X, y, b=b, method=method)
+    got = fs.loss_and_grad(W.tolist(), X.tolist(), y.tolist(), b=b.tolist(), method=method)
+    assert_results_close(got, want, np.float64)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "wdt, xdt, expected",
+    [
+        (np.float32, np.float64, np.float64),
+        (np.float64, np.float32, np.float64),
+        (np.float32, np.int64, np.float64),
+        (np.int32, np.int16, np.float64),
+        (np.float16, np.float16, np.float32),
+        (np.float16, np.float32, np.float32),
+        (np.float32, np.float32, np.float32),
+    ],
+)
+def test_mixed_dtypes_promote_like_numpy(method, wdt, xdt, expected, rng):
+    X = rng.integers(-3, 4, (30, 5)).astype(xdt)
+    W = rng.integers(-2, 3, (3, 5)).astype(wdt)
+    y = rng.integers(0, 3, 30)
+    loss, dW, db = fs.loss_and_grad(W, X, y, b=np.zeros(3, np.float32), method=method)
+    assert dW.dtype == expected and db.dtype == expected
+    want = naive_loss_and_grad(W, X, y, b=np.zeros(3))
+    assert_results_close((loss, dW, db), want, expected)
+
+
+def test_targets_take_the_working_dtype(rng):
+    W, X, y, _ = problem(rng, dtype=np.float32)
+    T = np.eye(4)[y]  # float64 one-hot rows
+    loss, dW = fs.loss_and_grad(W, X, T)
+    assert dW.dtype == np.float32
+    assert_results_close((loss, dW), fs.loss_and_grad(W, X, y), np.float32)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype, big", [(np.float32, 1e6), (np.float64, 1e6), (np.float64, 1e12)])
+def test_extreme_logits_give_the_exact_result(method, dtype, big):
+    """Logits around +-1e6 (and +-1e12 in float64): exact loss and gradient.
+
+    X is the identity, so the logits are W's entries, all exactly
+    representable; the expected values are worked out by hand.
+    """
+    W = np.array([[big, -big, 0.0], [big - 1, big, -big], [-big, -big, -big]], dtype=dtype)
+    X = np.eye(3, dtype=dtype)
+    y = np.array([1, 0, 2])
+    # logits of sample i are column i of W:
+    # z_0 = (big, big - 1, -big), z_1 = (-big, big, -big), z_2 = (0, -big, -big)
+    e = math.exp(-1.0)
+    want_loss = ((1.0 + math.log1p(e)) + 2 * big + big) / 3
+    P = np.array([[1 / (1 + e), 0.0, 1.0], [e / (1 + e), 1.0, 0.0], [0.0, 0.0, 0.0]])
+    Tt = np.eye(3)[y].T  # column i holds t_i
+    want_dW = (P - Tt) / 3  # dW[k, i] = (p_ik - t_ik) / m because x_i = e_i
+    loss, dW = fs.loss_and_grad(W, X, y, method=method)
+    assert np.isfinite(loss) and np.all(np.isfinite(dW))
+    rel = 1e-15 if dtype == np.float64 else 1e-7
+    assert loss == pytest.approx(want_loss, rel=rel)
+    np.testing.assert_allclose(dW, want_dW, rtol=0, atol=1e-15 if dtype == np.float64 else 1e-7)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_propagate(method, bad, rng):
+    W, X, y, b = problem(rng, m=20)
+    X = X.copy()
+    X[3, 2] = bad
+    loss, dW, db = fs.loss_and_grad(W, X, y, b=b, method=method)
+    ref = fs.loss_and_grad(W, X, y, b=b, method="numpy")
+    assert math.isnan(loss) or math.isinf(loss)
+    assert not np.all(np.isfinite(dW))
+    np.testing.assert_array_equal(np.isfinite(dW), np.isfinite(ref[1]))
+    W2 = W.copy()
+    W2[1, 1] = np.nan
+    loss, dW = fs.loss_and_grad(W2, rng.standard_normal((20, 7)), y, method=method)
+    assert math.isnan(loss) and np.isnan(dW).any()
+
+
+@pytest.mark.parametrize("method", ["fused", "indexloop"])
+def test_bitwise_deterministic(method, rng):
+    W, X, y, b = problem(rng, m=5000, n=33, K=9)
+    sw = rng.random(5000)
+    first = fs.loss_and_grad(W, X, y, b=b, sample_weight=sw, label_smoothing=0.1, method=method)
+    for rep in range(12):
+        # fresh copies at new addresses: the result must not depend on alignment
+        Xc, Wc = (X.copy(), W.copy()) if rep % 2 else (X, W)
+        again = fs.loss_and_grad(Wc, Xc, y, b=b, sample_weight=sw, label_smoothing=0.1,
+                                 method=method)
+        assert again[0] == first[0]
+        for a, f in zip(again[1:], first[1:]):
+            np.testing.assert_array_equal(a, f)
+
+
+@pytest.mark.parametrize("method", ["fused", "indexloop"])
+def test_honours_thread_count(method, rng):
+    W, X, y, b = problem(rng, m=3000, n=11, K=5)
+    before = numba.get_num_threads()
+    try:
+        results = {}
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results[threads] = fs.loss_and_grad(W, X, y, b=b, method=method)
+            assert fs.loss_and_grad(W, X, y, b=b, method=method)[0] == results[threads][0]
+    finally:
+        numba.set_num_threads(before)
+    for r in results.values():
+        assert_results_close(r, results[1], np.float64)
+
+
+def test_float32_loss_is_accumulated_in_float64(rng):
+    """A float32 loss over 10^6 samples stays within about 1e-6 relative."""
+    m, n, K = 1_000_000, 3, 3
+    X = rng.standard_normal((m, n)).astype(np.float32)
+    W = rng.standard_normal((K, n)).astype(np.float32)
+    y = rng.integers(0, K, m)
+    want = fs.loss_and_grad(W.astype(np.float64), X.astype(np.float64), y)
+    for method in ("fused", "numpy"):
+        got = fs.loss_and_grad(W, X, y, method=method)
+        assert got[0] == pytest.approx(want[0], rel=2e-6), method
+
+
+def test_kernels_are_cached_without_warnings(tmp_path):
+    """A new process compiles nothing it has compiled before, with no cache warning."""
+    code = (
+        "import warnings, numpy as np, fastsoftmax as fs\n"
+        "from fastsoftmax._fused import fused_sums\n"
+        "from fastsoftmax._indexloop import indexloop_sums\n"
+        "warnings.simplefilter('error')\n"
+        "X = np.ones((4, 3)); W = np.ones((2, 3))\n"
+        "for m in ('fused', 'indexloop'): fs.loss_and_grad(W, X, [0, 1, 0, 1], method=m)\n"
+        "for f in (fused_sums, indexloop_sums):\n"
+        "    print(sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values()))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "Cannot cache" not in out.stderr
+    counts = [[int(v) for v in line.split()] for line in out.stdout.splitlines()]
+    assert counts == [[1, 0], [1, 0]], out.stdout  # (hits, misses) per kernel
