@@ -1,85 +1,140 @@
 """The fused kernel: logits, log-sum-exp, loss and gradient in one pass over X.
 
 The rows of X are split into ``nchunks`` contiguous chunks, one per ``prange``
-iteration.  Each chunk walks its rows in tiles of ``TILE`` rows:
+iteration.  Each chunk walks its rows in tiles of ``tile`` rows:
 
-1. the tile's logits ``Z = X_tile W^T + b`` go into a (TILE, K) float64 buffer;
-2. each row of that buffer is turned, in place, into the weighted logit
-   gradient ``w_i (s_i p_i - t_i)`` while its loss is added to the chunk's
-   loss (:func:`fastsoftmax._rowmath.row_loss_and_coef`);
-3. the buffer's transpose times ``X_tile`` is added to the chunk's own
-   (K, n) float64 gradient slab, so no two threads ever write the same memory.
+1. the tile's logits ``Z = X_tile W^T`` come from one BLAS GEMM into a
+   (tile, K) buffer (BLAS is held to one thread by the caller, so the GEMMs
+   of the chunks run side by side without oversubscription);
+2. :func:`fastsoftmax._rowmath.tile_loss_and_coef` adds the intercept, turns
+   each row into the weighted logit gradient ``w_i (s_i p_i - t_i)`` in place
+   with one SIMD pass of exponentials, and returns the tile's loss;
+3. a second GEMM, ``Z^T X_tile``, while the tile is still in cache, goes into
+   a scratch (K, n) buffer that is added to the chunk's own float64 gradient
+   slab, so no two threads ever write the same memory.
+
+Rows dropped by ``ignore_index`` are skipped: when a tile has any, its kept
+rows are first gathered into a contiguous buffer.  Tiles of a non-C-contiguous
+X (Fortran order, strided) are gathered the same way, so BLAS always sees
+contiguous rows.
 
 The slabs are summed in chunk order at the end, so the result depends only on
-the inputs and ``nchunks``, never on which thread ran which chunk.  Loops that
-reduce (with reassociation allowed, so vectorised) never also store: such a
-loop would be vectorised behind a run-time aliasing check, and the addresses
-of scratch buffers would then pick the summation order.
+the inputs, ``tile`` and ``nchunks``, never on which thread ran which chunk.
 
-Peak extra memory: ``nchunks * (K * n + K + TILE * K) * 8`` bytes, independent
-of m.
+Peak extra memory: ``nchunks * (2 K n + tile (n + 2 K + 2)) * 8`` bytes at
+most, independent of m.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import prange
+from numba.extending import overload
 
-from ._jit import parallel_kernel
-from ._rowmath import row_loss_and_coef
+from ._jit import parallel_kernel, serial_kernel
+from ._rowmath import tile_loss_and_coef
 
-#: Rows per tile: the tile's logits and the X rows it touches stay in cache.
-TILE = 64
+
+def _tile_rows(X, t0, t1, buf):
+    """Rows t0:t1 of X as a C-contiguous array (a view when X is C-contiguous)."""
+
+
+@overload(_tile_rows, jit_options={"cache": True})
+def _tile_rows_impl(X, t0, t1, buf):
+    if X.layout == "C":
+        return lambda X, t0, t1, buf: X[t0:t1]
+    if X.layout == "F":
+        def gather_columns(X, t0, t1, buf):
+            out = buf[: t1 - t0]
+            for l in range(X.shape[1]):
+                for r in range(t1 - t0):
+                    out[r, l] = X[t0 + r, l]
+            return out
+        return gather_columns
+
+    def gather_rows(X, t0, t1, buf):
+        out = buf[: t1 - t0]
+        for r in range(t1 - t0):
+            for l in range(X.shape[1]):
+                out[r, l] = X[t0 + r, l]
+        return out
+    return gather_rows
+
+
+@serial_kernel
+def _kept_rows(labels, t0, t1, rows):
+    """Indices of the tile's samples that ignore_index keeps, into ``rows``; their count."""
+    R = 0
+    for i in range(t0, t1):
+        if labels.shape[0] == 0 or labels[i] >= 0:
+            rows[R] = i
+            R += 1
+    return R
+
+
+@serial_kernel
+def _gather(X, rows, buf):
+    """The rows of X listed in ``rows``, copied into ``buf``."""
+    out = buf[: rows.shape[0]]
+    for r in range(rows.shape[0]):
+        for l in range(X.shape[1]):
+            out[r, l] = X[rows[r], l]
+    return out
+
+
+@serial_kernel
+def _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows, gb, Gt, G):
+    """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss."""
+    R = Xt.shape[0]
+    Zt = Z[:R]
+    np.dot(Xt, WT, Zt)
+    loss = tile_loss_and_coef(Zt, E, scales, b, labels, T, sw, eps, rows, gb)
+    np.dot(Zt.T, Xt, Gt)
+    K, n = G.shape
+    for k in range(K):
+        for l in range(n):
+            G[k, l] += Gt[k, l]
+    return loss
 
 
 @parallel_kernel
-def fused_sums(X, W, b, labels, T, sw, eps, nchunks):
+def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
     """Unnormalised loss and gradient sums of softmax regression.
 
     X (m, n) and W (K, n), b (K,) of one float dtype; labels (m,) int64 or
     empty; T (m, K) or (0, K); sw (m,) float64 or empty; eps float;
-    nchunks >= 1.  Returns ``(loss_sum, G, gb)`` with G (K, n) and gb (K,)
-    float64: the weighted sums over samples of the loss, of
+    nchunks >= 1; tile >= 1.  Returns ``(loss_sum, G, gb)`` with G (K, n) and
+    gb (K,) float64: the weighted sums over samples of the loss, of
     ``(s_i p_i - t_i) x_i^T`` and of ``s_i p_i - t_i``.
     """
     m, n = X.shape
     K = W.shape[0]
-    use_labels = labels.shape[0] > 0
-    weighted = sw.shape[0] > 0
     slabs = np.zeros((nchunks, K, n))
     bias_slabs = np.zeros((nchunks, K))
     losses = np.zeros(nchunks)
+    WT = W.T
     for c in prange(nchunks):
         start = c * m // nchunks
         stop = (c + 1) * m // nchunks
+        Z = np.empty((tile, K), dtype=X.dtype)
+        E = np.empty(tile * K)
+        scales = np.empty(tile)
+        rows = np.empty(tile, dtype=np.int64)
+        xbuf = np.empty((tile, n), dtype=X.dtype)
+        Gt = np.empty((K, n), dtype=X.dtype)
         G = slabs[c]
-        gb = bias_slabs[c]
-        Z = np.empty((TILE, K))
-        keep = np.empty(TILE, dtype=np.bool_)
         loss = 0.0
-        for t0 in range(start, stop, TILE):
-            t1 = min(t0 + TILE, stop)
-            for r in range(t1 - t0):
-                i = t0 + r
-                keep[r] = (not use_labels) or labels[i] >= 0
-                if not keep[r]:
-                    continue
-                for k in range(K):
-                    acc = 0.0
-                    for l in range(n):
-                        acc += X[i, l] * W[k, l]
-                    Z[r, k] = acc + b[k]
-                w = sw[i] if weighted else 1.0
-                loss += row_loss_and_coef(Z[r], labels, T, i, eps, w)
-            for r in range(t1 - t0):
-                if not keep[r]:
-                    continue
-                i = t0 + r
-                for k in range(K):
-                    d = Z[r, k]
-                    gb[k] += d
-                    for l in range(n):
-                        G[k, l] += d * X[i, l]
+        for t0 in range(start, stop, tile):
+            t1 = min(t0 + tile, stop)
+            R = _kept_rows(labels, t0, t1, rows)
+            if R == t1 - t0:
+                Xt = _tile_rows(X, t0, t1, xbuf)
+                loss += _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows[:R],
+                                   bias_slabs[c], Gt, G)
+            elif R > 0:
+                Xt = _gather(X, rows[:R], xbuf)
+                loss += _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows[:R],
+                                   bias_slabs[c], Gt, G)
         losses[c] = loss
     total = 0.0
     for c in range(nchunks):

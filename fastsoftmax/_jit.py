@@ -32,5 +32,9 @@ def parallel_kernel(func):
 
 
 def serial_kernel(func):
-    """Compile ``func`` as a cached serial kernel (also used for inlined helpers)."""
-    return numba.njit(parallel=False, inline="always", **_COMMON)(func)
+    """Compile ``func`` as a cached serial kernel or helper.
+
+    Helpers are separate functions for Numba (so each keeps its own fast-math
+    flags) and are inlined by LLVM where that pays.
+    """
+    return numba.njit(parallel=False, **_COMMON)(func)

