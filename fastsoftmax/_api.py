@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._blas import single_threaded_blas
-from ._fused import fused_sums
+from ._fused import fused_sums, fused_sums_serial
 from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
 from ._validation import Problem, prepare
@@ -26,14 +26,24 @@ def _chunk_count(m: int) -> int:
     return max(1, min(m, numba.get_num_threads()))
 
 
-def _tile_rows(n: int, itemsize: int) -> int:
-    """Rows per tile of the fused kernel: the tile of X stays in the L2 cache
-    between the two GEMMs that read it."""
-    return int(min(1024, max(16, TILE_BYTES // (n * itemsize))))
-
-
-#: bytes of X per tile of the fused kernel
+#: Bytes of X per tile of the fused kernel: the tile stays in the L2 cache
+#: between the two GEMMs that read it.
 TILE_BYTES = 384 * 1024
+#: OpenBLAS multiplies small matrices (M N K up to about this) with a
+#: dedicated kernel that is twice as fast on the skinny products of few
+#: classes; tiles are kept under it when that leaves at least 32 rows.
+SMALL_GEMM = 2**19
+#: Below this many multiply-adds (m n K) a call runs on one thread: waking
+#: the others would cost more than it saves.
+SERIAL_WORK = 2**15
+
+
+def tile_rows(n: int, K: int, itemsize: int) -> int:
+    """Rows per tile of the fused kernel (measured choices, see the constants)."""
+    rows = TILE_BYTES // (n * itemsize)
+    if rows * n * K > SMALL_GEMM and SMALL_GEMM // (n * K) >= 32:
+        rows = SMALL_GEMM // (n * K)
+    return int(min(1024, max(16, rows)))
 
 
 def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
@@ -41,12 +51,15 @@ def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
     if method == "numpy":
         return numpy_sums(p)
     m, n = p.X.shape
+    K = p.W.shape[0]
     chunks = _chunk_count(m)
     if method == "indexloop":
         return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
-    with single_threaded_blas():
-        return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks,
-                          _tile_rows(n, p.X.dtype.itemsize))
+    tile = tile_rows(n, K, p.X.dtype.itemsize)
+    with single_threaded_blas:
+        if chunks == 1 or m * n * K < SERIAL_WORK:
+            return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile)
+        return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile)
 
 
 def finish(p: Problem, loss_sum: float, G: np.ndarray, gb: np.ndarray):

@@ -31,6 +31,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
+from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
 
@@ -97,6 +98,31 @@ def _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows, gb, Gt, G):
     return loss
 
 
+@serial_kernel
+def fused_chunk(X, WT, b, labels, T, sw, eps, start, stop, tile, G, gb):
+    """Rows start:stop, in tiles: adds their gradient sums to G (K, n) and
+    gb (K,) (float64) and returns their loss sum."""
+    n = X.shape[1]
+    K = WT.shape[1]
+    Z = np.empty((tile, K), dtype=X.dtype)
+    E = np.empty(tile * K)
+    scales = np.empty(tile)
+    rows = np.empty(tile, dtype=np.int64)
+    xbuf = np.empty((tile, n), dtype=X.dtype)
+    Gt = np.empty((K, n), dtype=X.dtype)
+    loss = 0.0
+    for t0 in range(start, stop, tile):
+        t1 = min(t0 + tile, stop)
+        R = _kept_rows(labels, t0, t1, rows)
+        if R == t1 - t0:
+            Xt = _tile_rows(X, t0, t1, xbuf)
+            loss += _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
+        elif R > 0:
+            Xt = _gather(X, rows[:R], xbuf)
+            loss += _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
+    return loss
+
+
 @parallel_kernel
 def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
     """Unnormalised loss and gradient sums of softmax regression.
@@ -109,37 +135,17 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
     """
     m, n = X.shape
     K = W.shape[0]
-    slabs = np.zeros((nchunks, K, n))
-    bias_slabs = np.zeros((nchunks, K))
-    losses = np.zeros(nchunks)
-    WT = W.T
+    slabs, bias_slabs, losses = allocate(nchunks, K, n)
     for c in prange(nchunks):
-        start = c * m // nchunks
-        stop = (c + 1) * m // nchunks
-        Z = np.empty((tile, K), dtype=X.dtype)
-        E = np.empty(tile * K)
-        scales = np.empty(tile)
-        rows = np.empty(tile, dtype=np.int64)
-        xbuf = np.empty((tile, n), dtype=X.dtype)
-        Gt = np.empty((K, n), dtype=X.dtype)
-        G = slabs[c]
-        loss = 0.0
-        for t0 in range(start, stop, tile):
-            t1 = min(t0 + tile, stop)
-            R = _kept_rows(labels, t0, t1, rows)
-            if R == t1 - t0:
-                Xt = _tile_rows(X, t0, t1, xbuf)
-                loss += _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows[:R],
-                                   bias_slabs[c], Gt, G)
-            elif R > 0:
-                Xt = _gather(X, rows[:R], xbuf)
-                loss += _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows[:R],
-                                   bias_slabs[c], Gt, G)
-        losses[c] = loss
-    total = 0.0
-    for c in range(nchunks):
-        total += losses[c]
-    for c in range(1, nchunks):
-        slabs[0] += slabs[c]
-        bias_slabs[0] += bias_slabs[c]
-    return total, slabs[0], bias_slabs[0]
+        losses[c] = fused_chunk(X, W.T, b, labels, T, sw, eps, c * m // nchunks,
+                                (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c])
+    return combine(slabs, bias_slabs, losses)
+
+
+@serial_kernel
+def fused_sums_serial(X, W, b, labels, T, sw, eps, tile):
+    """:func:`fused_sums` with one chunk and no parallel region, for small problems."""
+    slabs, bias_slabs, losses = allocate(1, W.shape[0], X.shape[1])
+    losses[0] = fused_chunk(X, W.T, b, labels, T, sw, eps, 0, X.shape[0], tile,
+                            slabs[0], bias_slabs[0])
+    return combine(slabs, bias_slabs, losses)

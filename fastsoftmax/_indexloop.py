@@ -31,6 +31,7 @@ import math
 import numpy as np
 from numba import prange
 
+from ._accumulate import allocate, combine
 from ._jit import parallel_kernel
 from ._rowmath import target_value
 
@@ -43,9 +44,7 @@ def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks):
     inv_k = 1.0 / K
     use_labels = labels.shape[0] > 0
     weighted = sw.shape[0] > 0
-    slabs = np.zeros((nchunks, K, n))
-    bias_slabs = np.zeros((nchunks, K))
-    losses = np.zeros(nchunks)
+    slabs, bias_slabs, losses = allocate(nchunks, K, n)
     for c in prange(nchunks):
         z = np.empty(K)
         p = np.empty(K)
@@ -92,10 +91,4 @@ def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks):
                 for l in range(n):
                     slabs[c, j, l] += wc * X[i, l]
         losses[c] = loss
-    total = 0.0
-    for c in range(nchunks):
-        total += losses[c]
-    for c in range(1, nchunks):
-        slabs[0] += slabs[c]
-        bias_slabs[0] += bias_slabs[c]
-    return total, slabs[0], bias_slabs[0]
+    return combine(slabs, bias_slabs, losses)

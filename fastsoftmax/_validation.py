@@ -46,9 +46,7 @@ def _as_numeric_array(name: str, value) -> np.ndarray:
         arr = np.asarray(value)
     except (TypeError, ValueError) as exc:  # ragged lists and the like
         raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
+    if arr.dtype.kind not in "iuf":  # bool, complex, object, strings, dates...
         raise TypeError(
             f"{name} must have a real integer or floating dtype, got dtype {arr.dtype}"
         )
@@ -58,7 +56,7 @@ def _as_numeric_array(name: str, value) -> np.ndarray:
 def _working_dtype(*arrays: np.ndarray) -> np.dtype:
     """NumPy's promotion of the inputs, mapped onto float32 or float64."""
     dtype = np.result_type(*arrays)
-    if np.issubdtype(dtype, np.integer):
+    if dtype.kind in "iu":
         return np.dtype(np.float64)
     if dtype.itemsize <= 4:  # float16 and float32
         return np.dtype(np.float32)
@@ -79,24 +77,29 @@ def _check_finite_scalar(name: str, value, low: float, high: float, high_open: b
 
 
 def _labels(y: np.ndarray, K: int, ignore_index) -> tuple[np.ndarray, int]:
-    """Class indices as int64, ignored samples marked -1; and their count."""
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)):
+    """Class indices as C-contiguous int64, ignored samples marked -1; their count."""
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
             raise ValueError("y contains NaN or infinite class labels")
-        if not np.all(y == np.floor(y)):
+        if not (y == np.floor(y)).all():
             bad = y[y != np.floor(y)][0]
             raise ValueError(f"y holds class labels, which must be integers; found {bad!r}")
-    ignored = np.zeros(y.shape, dtype=bool) if ignore_index is None else (y == ignore_index)
-    out_of_range = ((y < 0) | (y >= K)) & ~ignored
-    if np.any(out_of_range):
-        bad = y[out_of_range][0]
-        bad = int(bad)
+    ignored = None if ignore_index is None else (y == ignore_index)
+    n_ignored = 0 if ignored is None else int(np.count_nonzero(ignored))
+    if n_ignored:
+        out_of_range = ((y < 0) | (y >= K)) & ~ignored
+        bad_any = out_of_range.any()
+    else:
+        bad_any = y.min() < 0 or y.max() >= K  # two reductions, no temporaries
+    if bad_any:
+        bad = y[((y < 0) | (y >= K)) & (True if ignored is None else ~ignored)][0]
         raise ValueError(
-            f"y contains class label {bad}, outside [0, {K}) for W with {K} rows"
+            f"y contains class label {int(bad)}, outside [0, {K}) for W with {K} rows"
             + ("" if ignore_index is None else f" (ignore_index is {ignore_index})")
         )
-    labels = np.where(ignored, -1, y).astype(np.int64)
-    return labels, int(np.count_nonzero(ignored))
+    if n_ignored:
+        return np.where(ignored, -1, y).astype(np.int64), n_ignored
+    return np.ascontiguousarray(y, dtype=np.int64), 0
 
 
 def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,

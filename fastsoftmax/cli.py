@@ -1,4 +1,4 @@
-"""Console entry point: ``fastsoftmax bench`` (also ``python -m fastsoftmax``)."""
+"""Console entry point: ``fastsoftmax bench`` (also ``python -m fastsoftmax bench``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-
-import numpy as np
 
 
 def _parse_shape(text: str) -> tuple[str, tuple[int, int, int]]:
@@ -20,61 +18,127 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, int, int]]:
         m, n, K = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"shape must be one of {sorted(known)} or MxNxK, got {text!r}") from None
+            f"shape must be one of {', '.join(known)} or MxNxK, got {text!r}") from None
     if min(m, n, K) < 1:
         raise argparse.ArgumentTypeError(f"every dimension of {text!r} must be at least 1")
     return text, (m, n, K)
 
 
+def _plot(path: str, results, shapes, dtypes) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'fastsoftmax[plot]'") from None
+    groups = [(s, d) for s in shapes for d in dtypes]
+    impls = list(dict.fromkeys(r.impl for r in results))
+    base = {(r.shape, r.dtype): r.median_s for r in results if r.impl == "numpy"}
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(groups), 4.2))
+    width = 0.8 / max(1, len(impls))
+    for j, impl in enumerate(impls):
+        xs, ys = [], []
+        for g, (shape, dtype) in enumerate(groups):
+            for r in results:
+                if r.impl == impl and r.shape == shape and r.dtype == dtype:
+                    xs.append(g + (j - (len(impls) - 1) / 2) * width)
+                    ys.append(base[(shape, dtype)] / r.median_s)
+        ax.bar(xs, ys, width, label=impl)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(groups)), [f"{s}\n{d}" for s, d in groups])
+    ax.set_ylabel("speed-up over method='numpy'")
+    ax.set_yscale("log")
+    ax.set_title("softmax regression loss + gradient (higher is faster)")
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def _bench(args) -> int:
     import numba
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ._bench import QUICK_SHAPES, SHAPES, run_shape
+    from ._bench import QUICK_SHAPES, SHAPES, machine, probe_floor, run_shape
 
     if args.threads is not None:
         numba.set_num_threads(args.threads)
     shapes = dict(args.shape) if args.shape else (QUICK_SHAPES if args.quick else SHAPES)
-    budget = 0.1 if args.quick else 1.0
+    budget = 0.15 if args.quick else 1.0
     console = Console()
-    results = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmark", total=len(shapes) * len(args.dtype))
+    results, skipped = [], {}
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("measuring the floor", total=len(shapes) * len(args.dtype) + 1)
+        floor = probe_floor(quick=args.quick)
+        progress.advance(task)
         for name, (m, n, K) in shapes.items():
             for dtype in args.dtype:
-                def on_method(method, name=name, dtype=dtype):
-                    progress.update(task, description=f"{name} {dtype} {method}")
-                results += run_shape(name, m, n, K, np.dtype(dtype), budget, on_method=on_method)
+                def on_impl(impl, name=name, dtype=dtype):
+                    progress.update(task, description=f"{name} {dtype}: {impl}")
+                timings, skip = run_shape(name, m, n, K, dtype, budget, peers=not args.no_peers,
+                                          on_impl=on_impl)
+                results += timings
+                skipped.update(skip)
                 progress.advance(task)
 
-    table = Table(title=f"softmax regression loss + gradient, {numba.get_num_threads()} threads")
-    for col in ("shape", "m x n x K", "dtype", "method", "median", "speed-up vs numpy"):
-        table.add_column(col, justify="right" if col in ("median", "speed-up vs numpy") else "left")
-    base = {(r.shape, r.dtype): r.median_s for r in results if r.method == "numpy"}
+    info = machine()
+    table = Table(title=f"softmax regression loss + gradient: {info['cpu']}, "
+                        f"{numba.get_num_threads()} threads ({info['threading_layer']})")
+    for col in ("shape", "m·n·K", "dtype", "implementation"):
+        table.add_column(col)
+    for col in ("median", "vs numpy", "of floor"):
+        table.add_column(col, justify="right")
+    base = {(r.shape, r.dtype): r.median_s for r in results if r.impl == "numpy"}
+    last = None
     for r in results:
-        table.add_row(r.shape, f"{r.m} x {r.n} x {r.K}", r.dtype, r.method,
-                      f"{r.median_s * 1e3:.3f} ms", f"{base[(r.shape, r.dtype)] / r.median_s:.2f}x")
+        key = (r.shape, r.dtype)
+        if last is not None and key != last:
+            table.add_section()
+        last = key
+        floor_s = floor.seconds(r.m, r.n, r.K, r.dtype)
+        style = "bold green" if r.impl == "fused" else None
+        table.add_row(r.shape, f"{r.m}·{r.n}·{r.K}", r.dtype, r.impl,
+                      f"{r.median_s * 1e3:.3f} ms", f"{base[key] / r.median_s:.2f}x",
+                      f"{100 * floor_s / r.median_s:.0f}%", style=style)
     console.print(table)
+    console.print(f"floor: read {floor.read_gb_s:.1f} GB/s; GEMM "
+                  + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in floor.gemm_gflop_s.items())
+                  + "; 'of floor' = max(bytes of X / read rate, 4mnK / GEMM rate) / median")
+    for impl, why in skipped.items():
+        console.print(f"[dim]skipped {impl}: {why}[/dim]")
     if args.json:
+        payload = {"machine": info, "floor": asdict(floor),
+                   "results": [asdict(r) for r in results], "skipped": skipped}
         with open(args.json, "w") as fh:
-            json.dump([{k: v for k, v in asdict(r).items()} for r in results], fh, indent=1)
+            json.dump(payload, fh, indent=1)
         console.print(f"wrote {args.json}")
+    if args.plot:
+        _plot(args.plot, results, list(shapes), args.dtype)
+        console.print(f"wrote {args.plot}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastsoftmax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="time every method on the same data")
-    bench.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
+    bench = sub.add_parser(
+        "bench", help="time every implementation on the same data",
+        description="Time fastsoftmax's methods and the installed peers (scikit-learn, "
+                    "PyTorch, JAX) on the same data; report medians, speed-ups over "
+                    "method='numpy' and the fraction of this machine's floor.")
+    bench.add_argument("--quick", action="store_true", help="smaller shapes, a few seconds")
     bench.add_argument("--shape", action="append", type=_parse_shape, metavar="NAME|MxNxK",
-                       help="shape to run (repeatable); default: the standard set")
+                       help="shape to run (repeatable); default: mnist, many-classes, small, tall")
     bench.add_argument("--dtype", action="append", choices=["float64", "float32"],
                        help="dtype (repeatable); default float64")
-    bench.add_argument("--threads", type=int, help="numba thread count")
-    bench.add_argument("--json", metavar="PATH", help="also write the timings as JSON")
+    bench.add_argument("--threads", type=int, help="numba (and peer) thread count")
+    bench.add_argument("--no-peers", action="store_true", help="time fastsoftmax's methods only")
+    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.add_argument("--plot", metavar="PATH", help="also draw the speed-ups as a PNG chart")
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ["float64"]
     return _bench(args)

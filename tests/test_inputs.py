@@ -178,16 +178,18 @@ def test_kernels_are_cached_without_warnings(tmp_path):
     """A new process compiles nothing it has compiled before, with no cache warning."""
     code = (
         "import warnings, numpy as np, fastsoftmax as fs\n"
-        "from fastsoftmax._fused import fused_sums\n"
+        "from fastsoftmax._fused import fused_sums, fused_sums_serial\n"
         "from fastsoftmax._indexloop import indexloop_sums\n"
         "warnings.simplefilter('error')\n"
-        "X = np.ones((4, 3)); W = np.ones((2, 3))\n"
-        "for m in ('fused', 'indexloop'): fs.loss_and_grad(W, X, [0, 1, 0, 1], method=m)\n"
-        "for f in (fused_sums, indexloop_sums):\n"
+        "for m in (4, 4000):  # the serial and the parallel path\n"
+        "    X = np.ones((m, 30)); W = np.ones((3, 30)); y = np.arange(m) % 3\n"
+        "    for method in ('fused', 'indexloop'):\n"
+        "        fs.loss_and_grad(W, X, y, method=method)\n"
+        "for f in (fused_sums, fused_sums_serial, indexloop_sums):\n"
         "    print(sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values()))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert "Cannot cache" not in out.stderr
     counts = [[int(v) for v in line.split()] for line in out.stdout.splitlines()]
-    assert counts == [[1, 0], [1, 0]], out.stdout  # (hits, misses) per kernel
+    assert counts == [[1, 0], [1, 0], [1, 0]], out.stdout  # (hits, misses) per kernel
