@@ -15,3 +15,22 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(params=["serial", "parallel-small-tiles"])
+def kernel_path(request, monkeypatch):
+    """Run a test on both code paths of the fused kernel.
+
+    "serial": one chunk, no parallel region, default tiles (what small
+    problems use); "parallel-small-tiles": the parallel kernel even for tiny
+    problems, with 3-row tiles so that every chunk has several tiles and the
+    last tile is partial.
+    """
+    import fastsoftmax._api as api
+
+    if request.param == "serial":
+        monkeypatch.setattr(api, "SERIAL_WORK", 2**62)
+    else:
+        monkeypatch.setattr(api, "SERIAL_WORK", 0)
+        monkeypatch.setattr(api, "tile_rows", lambda n, K, itemsize: 3)
+    return request.param

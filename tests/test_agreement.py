@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
@@ -74,7 +74,7 @@ OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("opt", OPTION_NAMES)
-def test_matches_oracle(method, dtype, target, opt, rng):
+def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
     m, n, K = 37, 6, 4
     W, X, y = make_problem(rng, m, n, K, dtype, target)
     kw = options(opt, rng, m, K, dtype, target)
@@ -86,7 +86,7 @@ def test_matches_oracle(method, dtype, target, opt, rng):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
-def test_ignore_index_matches_oracle(method, dtype, extra, rng):
+def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
     m, n, K = 41, 5, 3
     W, X, y = make_problem(rng, m, n, K, dtype)
     y = ignore_labels(y, rng)
@@ -142,7 +142,7 @@ def central_differences(f, A, h):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("target", ["labels", "probs", "nonneg"])
 @pytest.mark.parametrize("opt", ["plain", "all", "ignore"])
-def test_finite_differences(method, dtype, target, opt, rng):
+def test_finite_differences(method, dtype, target, opt, rng, kernel_path):
     """dW and db against central differences of the method's own loss.
 
     Steps and absolute tolerances: float64 h = 1e-5, atol 1e-7;
@@ -203,7 +203,9 @@ def problems(draw):
 
 
 @given(problems())
-def test_property_all_methods_match_oracle(problem):
+# kernel_path only sets module constants, the same for every example
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_all_methods_match_oracle(kernel_path, problem):
     W, X, y, kw, dtype = problem
     want, scales = naive_loss_and_grad(*f64(W, X), y, return_scales=True, **kw)
     for method in METHODS:

@@ -38,7 +38,7 @@ def layouts(X, tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_layouts_give_the_same_result(method, dtype, rng, tmp_path):
+def test_layouts_give_the_same_result(method, dtype, rng, tmp_path, kernel_path):
     W, X, y, b = problem(rng, dtype=dtype)
     want = fs.loss_and_grad(W, X, y, b=b, method=method)
     for name, Xl in layouts(X, tmp_path).items():
@@ -71,7 +71,7 @@ def test_lists_are_accepted(method, rng):
         (np.float32, np.float32, np.float32),
     ],
 )
-def test_mixed_dtypes_promote_like_numpy(method, wdt, xdt, expected, rng):
+def test_mixed_dtypes_promote_like_numpy(method, wdt, xdt, expected, rng, kernel_path):
     X = rng.integers(-3, 4, (30, 5)).astype(xdt)
     W = rng.integers(-2, 3, (3, 5)).astype(wdt)
     y = rng.integers(0, 3, 30)
@@ -91,7 +91,7 @@ def test_targets_take_the_working_dtype(rng):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype, big", [(np.float32, 1e6), (np.float64, 1e6), (np.float64, 1e12)])
-def test_extreme_logits_give_the_exact_result(method, dtype, big):
+def test_extreme_logits_give_the_exact_result(method, dtype, big, kernel_path):
     """Logits around +-1e6 (and +-1e12 in float64): exact loss and gradient.
 
     X is the identity, so the logits are W's entries, all exactly
@@ -116,7 +116,7 @@ def test_extreme_logits_give_the_exact_result(method, dtype, big):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nan_and_inf_propagate(method, bad, rng):
+def test_nan_and_inf_propagate(method, bad, rng, kernel_path):
     W, X, y, b = problem(rng, m=20)
     X = X.copy()
     X[3, 2] = bad
