@@ -116,18 +116,22 @@ def _agrees(got, ref, dtype) -> bool:
 
 
 def run_shape(name: str, m: int, n: int, K: int, dtype, budget_s: float, peers: bool = True,
-              on_impl: Callable[[str], None] | None = None) -> tuple[list[Timing], dict[str, str]]:
+              on_impl: Callable[[str], None] | None = None,
+              rounds: int = 3) -> tuple[list[Timing], dict[str, str]]:
     """Check and time every implementation on one shape.
 
+    Each implementation is timed in ``rounds`` blocks of consecutive calls,
+    the implementations taking turns block by block, so that a slow spell of
+    a shared machine falls on all of them alike; the median is over all calls.
     Returns the timings and, for implementations that could not run (peer not
     installed), the reason.
     """
     W, X, y, b = make_problem(m, n, K, dtype)
     ref = loss_and_grad(W, X, y, b=b, method="numpy")
-    timings, skipped = [], {}
+    runners, skipped = {}, {}
     for impl, factory in implementations(m, n, K, peers).items():
         if on_impl is not None:
-            on_impl(impl)
+            on_impl(f"{impl} (set-up and check)")
         try:
             run = factory(W, X, y, b)
         except ImportError as exc:
@@ -136,11 +140,16 @@ def run_shape(name: str, m: int, n: int, K: int, dtype, budget_s: float, peers: 
         got = run()  # warm-up: compilation, tracing, first-touch
         if not _agrees(got, ref, dtype):
             raise RuntimeError(f"{impl} disagrees with the NumPy reference on {name} {dtype}")
-        time.sleep(0.2)  # let BLAS threads of the previous block stop spinning
-        times = time_block(run, budget_s)
-        timings.append(Timing(name, m, n, K, np.dtype(dtype).name, impl,
-                              float(np.median(times)), times))
-        del run
+        runners[impl] = run
+    times: dict[str, list[float]] = {impl: [] for impl in runners}
+    for rnd in range(rounds):
+        for impl, run in runners.items():
+            if on_impl is not None:
+                on_impl(f"{impl} (round {rnd + 1}/{rounds})")
+            time.sleep(0.1)  # let BLAS threads of the previous block stop spinning
+            times[impl] += time_block(run, budget_s / rounds, min_reps=2)
+    timings = [Timing(name, m, n, K, np.dtype(dtype).name, impl, float(np.median(t)), t)
+               for impl, t in times.items()]
     return timings, skipped
 
 

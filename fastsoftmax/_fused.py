@@ -84,14 +84,15 @@ def _gather(X, rows, buf):
 
 
 @serial_kernel
-def _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows, gb, Gt, G):
+def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G):
     """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss."""
     R = Xt.shape[0]
-    Zt = Z[:R]
-    np.dot(Xt, WT, Zt)
-    loss = tile_loss_and_coef(Zt, E, scales, b, labels, T, sw, eps, rows, gb)
-    np.dot(Zt.T, Xt, Gt)
     K, n = G.shape
+    Z = Zbuf[: R * K].reshape((R, K))
+    D = Dbuf[: K * R].reshape((K, R))
+    np.dot(Xt, W.T, Z)  # (R, K) logits
+    loss = tile_loss_and_coef(Z, D, E, aux, b, labels, T, sw, eps, rows, gb)
+    np.dot(D, Xt, Gt)  # (K, R) x (R, n)
     for k in range(K):
         for l in range(n):
             G[k, l] += Gt[k, l]
@@ -99,14 +100,15 @@ def _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows, gb, Gt, G):
 
 
 @serial_kernel
-def fused_chunk(X, WT, b, labels, T, sw, eps, start, stop, tile, G, gb):
+def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
     """Rows start:stop, in tiles: adds their gradient sums to G (K, n) and
     gb (K,) (float64) and returns their loss sum."""
     n = X.shape[1]
-    K = WT.shape[1]
-    Z = np.empty((tile, K), dtype=X.dtype)
+    K = W.shape[0]
+    Z = np.empty(K * tile, dtype=X.dtype)
+    D = np.empty(K * tile, dtype=X.dtype)
     E = np.empty(tile * K)
-    scales = np.empty(tile)
+    aux = np.empty((4, tile))
     rows = np.empty(tile, dtype=np.int64)
     xbuf = np.empty((tile, n), dtype=X.dtype)
     Gt = np.empty((K, n), dtype=X.dtype)
@@ -116,10 +118,10 @@ def fused_chunk(X, WT, b, labels, T, sw, eps, start, stop, tile, G, gb):
         R = _kept_rows(labels, t0, t1, rows)
         if R == t1 - t0:
             Xt = _tile_rows(X, t0, t1, xbuf)
-            loss += _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
+            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
         elif R > 0:
             Xt = _gather(X, rows[:R], xbuf)
-            loss += _tile_step(Xt, WT, Z, E, scales, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
+            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
     return loss
 
 
@@ -137,7 +139,7 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
     K = W.shape[0]
     slabs, bias_slabs, losses = allocate(nchunks, K, n)
     for c in prange(nchunks):
-        losses[c] = fused_chunk(X, W.T, b, labels, T, sw, eps, c * m // nchunks,
+        losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
                                 (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c])
     return combine(slabs, bias_slabs, losses)
 
@@ -146,6 +148,6 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
 def fused_sums_serial(X, W, b, labels, T, sw, eps, tile):
     """:func:`fused_sums` with one chunk and no parallel region, for small problems."""
     slabs, bias_slabs, losses = allocate(1, W.shape[0], X.shape[1])
-    losses[0] = fused_chunk(X, W.T, b, labels, T, sw, eps, 0, X.shape[0], tile,
+    losses[0] = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile,
                             slabs[0], bias_slabs[0])
     return combine(slabs, bias_slabs, losses)

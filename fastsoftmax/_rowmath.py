@@ -95,85 +95,105 @@ def exp_nonpositive(x):
 
 
 @serial_kernel
-def tile_loss_and_coef(Z, E, scales, b, labels, T, sw, eps, rows, gb):
+def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
     """Softmax, loss and logit gradient for a tile of R samples.
 
-    ``Z`` (R, K), in the working dtype, holds the tile's logits without the
-    intercept ``b`` (K,); ``E`` and ``scales`` are float64 scratch buffers of
-at least R*K and R entries;
-    ``rows`` (R,) int64 gives each tile row's sample index (into ``labels``,
-    ``T`` and ``sw``).  On return ``Z[r]`` holds ``w_i (s_i p_i - t_i)``, the
-    weighted logit gradient of sample ``i = rows[r]``, whose sum over the tile
-    has been added to ``gb`` (K,) float64.  Returns the tile's weighted loss
-    ``sum_r w_i sum_k t_ik (lse_i - z_ik)``, computed as
-    ``sum_k t_ik (mx_i - z_ik) + s_i log(sum_k exp(z_ik - mx_i))`` so that
-    large logits are never exponentiated or subtracted from one another.
+    ``Zr`` (R, K), in the working dtype, holds the tile's logits without the
+    intercept ``b`` (K,), one row per sample: row r belongs to sample
+    ``i = rows[r]`` (``rows`` (R,) int64 indexes ``labels``, ``T`` and ``sw``).
+    ``E`` (>= K*R) and ``aux`` (4, >= R) are float64 scratch buffers.  On
+    return ``D`` (K, R), in the working dtype, holds in column r the weighted
+    logit gradient ``w_i (s_i p_i - t_i)`` of sample i, and the tile's sum of
+    those columns has been added to ``gb`` (K,) float64.  Returns the tile's
+    weighted loss ``sum_r w_i sum_k t_ik (lse_i - z_ik)``, computed as
+    ``sum_k t_ik (mx_i - z_ik) + s_i log(sum_k exp(z_ik - mx_i))`` so that no
+    large logit is exponentiated or subtracted from another one.
 
-    Every loop that reduces only reads memory: a loop that also stored would
-    be vectorised behind a run-time aliasing check, and buffer addresses would
-    then decide the summation order, and the result's last bits.
+    The logits are transposed on the first pass: in class-major order every
+    inner loop runs over the samples of the tile, so the loops vectorise
+    whatever K is, even for two or three classes.  (The GEMMs themselves are
+    fastest with row-major logits and a class-major gradient; measured.)
+    A loop that reduces to a scalar never also stores: such a loop would be
+    vectorised behind a run-time aliasing check, and buffer addresses would
+    then decide the summation order and the result's last bits.
     """
-    R, K = Z.shape
+    R, K = Zr.shape
     inv_k = 1.0 / K
+    S = E[: K * R].reshape((K, R))
+    mx = aux[0, :R]
+    tz = aux[1, :R]  # sum_k t_ik (z_ik - mx_i), later the weighted scale
+    tsum = aux[2, :R]
+    ssum = aux[3, :R]
+    for k in range(K):
+        bk = b[k]
+        for r in range(R):
+            S[k, r] = Zr[r, k] + bk
+    for r in range(R):
+        mx[r] = S[0, r]
+    for k in range(1, K):
+        for r in range(R):
+            mx[r] = max(mx[r], S[k, r])
+    for k in range(K):
+        for r in range(R):
+            S[k, r] = S[k, r] - mx[r]
     use_labels = labels.shape[0] > 0
     weighted = sw.shape[0] > 0
-    S = E[: R * K].reshape((R, K))
-    for r in range(R):  # shifted logits z - max (all <= 0)
+    if use_labels:
+        for r in range(R):
+            tz[r] = 0.0
         for k in range(K):
-            S[r, k] = Z[r, k] + b[k]
-    loss = 0.0
-    for r in range(R):
-        row = S[r]
-        mx = row[0]
-        for k in range(1, K):
-            mx = max(mx, row[k])
+            for r in range(R):
+                tz[r] += S[k, r]
+        for r in range(R):
+            tz[r] = (1.0 - eps) * S[labels[rows[r]], r] + eps * inv_k * tz[r]
+            tsum[r] = 1.0
+    else:
+        for r in range(R):
+            tz[r] = 0.0
+            tsum[r] = 0.0
         for k in range(K):
-            row[k] = row[k] - mx
-        i = rows[r]
-        w = sw[i] if weighted else 1.0
-        # sum_k t_ik (mx - z_ik) and s_i = sum_k t_ik
-        if use_labels:
-            tsum = 1.0
-            total = 0.0
-            for k in range(K):
-                total += row[k]
-            tz = -(1.0 - eps) * row[labels[i]] - eps * inv_k * total
-        else:
-            tsum = 0.0
-            tz = 0.0
-            for k in range(K):
-                t = (1.0 - eps) * T[i, k] + eps * inv_k
-                tsum += t
-                tz -= t * row[k]
-        loss += w * tz
-        scales[r] = w * tsum
-    flat = E[: R * K]
-    for q in range(R * K):  # one SIMD pass of exponentials over the tile
+            for r in range(R):
+                t = (1.0 - eps) * T[rows[r], k] + eps * inv_k
+                tz[r] += t * S[k, r]
+                tsum[r] += t
+    flat = E[: K * R]
+    for q in range(K * R):  # one SIMD pass of exponentials over the tile
         flat[q] = exp_nonpositive(flat[q])
     for r in range(R):
-        row = S[r]
-        s = 0.0
+        ssum[r] = 0.0
+    for k in range(K):
+        for r in range(R):
+            ssum[r] += S[k, r]
+    loss = 0.0
+    for r in range(R):
+        w = sw[rows[r]] if weighted else 1.0
+        loss += w * (tsum[r] * math.log(ssum[r]) - tz[r])
+    scale = tz  # reuse: w_i s_i / sum_k exp(z_ik - mx_i)
+    for r in range(R):
+        w = sw[rows[r]] if weighted else 1.0
+        scale[r] = w * tsum[r] / ssum[r]
+    for k in range(K):
+        for r in range(R):
+            S[k, r] = scale[r] * S[k, r]
+    if use_labels:
+        off = eps * inv_k
         for k in range(K):
-            s += row[k]
-        wt = scales[r]
-        loss += wt * math.log(s)
-        scale = wt / s
-        i = rows[r]
-        if use_labels:
-            w = sw[i] if weighted else 1.0
-            off = w * eps * inv_k
-            for k in range(K):
-                d = scale * row[k] - off
-                Z[r, k] = d
-                gb[k] += d
-            y = labels[i]
-            d = w * (1.0 - eps)
-            Z[r, y] -= d
-            gb[y] -= d
-        else:
-            w = sw[i] if weighted else 1.0
-            for k in range(K):
-                d = scale * row[k] - w * ((1.0 - eps) * T[i, k] + eps * inv_k)
-                Z[r, k] = d
-                gb[k] += d
+            for r in range(R):
+                w = sw[rows[r]] if weighted else 1.0
+                S[k, r] -= w * off
+        for r in range(R):
+            w = sw[rows[r]] if weighted else 1.0
+            S[labels[rows[r]], r] -= w * (1.0 - eps)
+    else:
+        for k in range(K):
+            for r in range(R):
+                w = sw[rows[r]] if weighted else 1.0
+                S[k, r] -= w * ((1.0 - eps) * T[rows[r], k] + eps * inv_k)
+    for k in range(K):
+        acc = 0.0
+        for r in range(R):
+            acc += S[k, r]
+        gb[k] += acc
+        for r in range(R):
+            D[k, r] = S[k, r]
     return loss
