@@ -1,7 +1,12 @@
-"""Shared data for the pytest-benchmark suite (``pytest bench/ --benchmark-only``).
+"""Shared data for the pytest-benchmark suite.
 
-Run benchmarks with OpenBLAS's environment overrides unset, e.g.
-``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest bench/ --benchmark-only``.
+Run it with OpenBLAS's environment overrides unset (they slow NumPy's BLAS on
+some machines and are meant for tests only)::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/ --benchmark-only
+
+``--benchmark-json out.json`` keeps the numbers; ``python bench/table.py
+out.json`` turns them into the README's table.
 """
 
 from __future__ import annotations
@@ -9,19 +14,12 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import pytest
 
 from fastsoftmax._bench import SHAPES, make_problem
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)
 def problem(shape: str, dtype: str):
+    """The benchmark data of one shape and dtype (kept while its group runs)."""
     m, n, K = SHAPES[shape]
     return make_problem(m, n, K, np.dtype(dtype))
-
-
-@pytest.fixture(params=[(s, d) for s in SHAPES for d in ("float64", "float32")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
-def case(request):
-    shape, dtype = request.param
-    return shape, dtype, problem(shape, dtype)

@@ -1,15 +1,17 @@
 """The fused kernel: logits, log-sum-exp, loss and gradient in one pass over X.
 
 The rows of X are split into ``nchunks`` contiguous chunks, one per ``prange``
-iteration.  Each chunk walks its rows in tiles of ``tile`` rows:
+iteration (:func:`fused_sums`), or taken as one chunk without a parallel
+region for small problems (:func:`fused_sums_serial`).  Each chunk walks its
+rows in tiles of ``tile`` rows (:func:`fused_chunk`):
 
-1. the tile's logits ``Z = X_tile W^T`` come from one BLAS GEMM into a
-   (tile, K) buffer (BLAS is held to one thread by the caller, so the GEMMs
-   of the chunks run side by side without oversubscription);
-2. :func:`fastsoftmax._rowmath.tile_loss_and_coef` adds the intercept, turns
-   each row into the weighted logit gradient ``w_i (s_i p_i - t_i)`` in place
-   with one SIMD pass of exponentials, and returns the tile's loss;
-3. a second GEMM, ``Z^T X_tile``, while the tile is still in cache, goes into
+1. the tile's logits ``X_tile W^T`` come from one BLAS GEMM into a (R, K)
+   buffer (the caller holds BLAS to one thread, so the GEMMs of the chunks run
+   side by side without oversubscription);
+2. :func:`fastsoftmax._rowmath.tile_loss_and_coef` adds the intercept and
+   computes the loss and the weighted logit gradients ``w_i (s_i p_i - t_i)``
+   of the tile, class-major (K, R), with one SIMD pass of exponentials;
+3. a second GEMM, ``D X_tile``, while the tile is still in cache, goes into
    a scratch (K, n) buffer that is added to the chunk's own float64 gradient
    slab, so no two threads ever write the same memory.
 
@@ -21,8 +23,8 @@ contiguous rows.
 The slabs are summed in chunk order at the end, so the result depends only on
 the inputs, ``tile`` and ``nchunks``, never on which thread ran which chunk.
 
-Peak extra memory: ``nchunks * (2 K n + tile (n + 2 K + 2)) * 8`` bytes at
-most, independent of m.
+Peak extra memory: about ``nchunks * (2 K n + tile (n + 3 K + 5)) * 8`` bytes,
+independent of m.
 """
 
 from __future__ import annotations

@@ -49,6 +49,11 @@ def _plot(path: str, results, shapes, dtypes) -> None:
     ax.set_xticks(range(len(groups)), [f"{s}\n{d}" for s, d in groups])
     ax.set_ylabel("speed-up over method='numpy'")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    label = FuncFormatter(lambda v, _: f"{v:g}x")
+    ax.yaxis.set_major_formatter(label)
+    ax.yaxis.set_minor_formatter(label)
     ax.set_title("softmax regression loss + gradient (higher is faster)")
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
@@ -64,7 +69,13 @@ def _bench(args) -> int:
     from ._bench import QUICK_SHAPES, SHAPES, machine, probe_floor, run_shape
 
     if args.threads is not None:
+        # every implementation gets the same thread count: numba's, the BLAS
+        # and OpenMP pools of NumPy and scikit-learn, and PyTorch's (which
+        # follows numba's); JAX sizes its pool at start-up and is not limited
+        from threadpoolctl import threadpool_limits
+
         numba.set_num_threads(args.threads)
+        threadpool_limits(limits=args.threads)
     shapes = dict(args.shape) if args.shape else (QUICK_SHAPES if args.quick else SHAPES)
     budget = 0.15 if args.quick else 1.0
     console = Console()
@@ -135,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="shape to run (repeatable); default: mnist, many-classes, small, tall")
     bench.add_argument("--dtype", action="append", choices=["float64", "float32"],
                        help="dtype (repeatable); default float64")
-    bench.add_argument("--threads", type=int, help="numba (and peer) thread count")
+    bench.add_argument("--threads", type=int,
+                       help="thread count for every implementation (JAX excepted)")
     bench.add_argument("--no-peers", action="store_true", help="time fastsoftmax's methods only")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="also draw the speed-ups as a PNG chart")
