@@ -12,7 +12,8 @@ from ._blas import single_threaded_blas
 from ._fused import fused_sums, fused_sums_serial
 from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
-from ._validation import Problem, prepare
+from ._logits import logits_sums, logits_sums_serial
+from ._validation import Problem, prepare, prepare_logits
 
 Method = Literal["fused", "indexloop", "numpy"]
 Reduction = Literal["mean", "sum"]
@@ -36,6 +37,8 @@ SMALL_GEMM = 2**19
 #: Below this many multiply-adds (m n K) a call runs on one thread: waking
 #: the others would cost more than it saves.
 SERIAL_WORK = 2**15
+#: Logits per tile of loss_and_grad_logits (its float64 scratch stays in L2).
+LOGITS_TILE_ENTRIES = 2**15
 
 
 def tile_rows(n: int, K: int, itemsize: int) -> int:
@@ -44,6 +47,11 @@ def tile_rows(n: int, K: int, itemsize: int) -> int:
     if rows * n * K > SMALL_GEMM and SMALL_GEMM // (n * K) >= 32:
         rows = SMALL_GEMM // (n * K)
     return int(min(1024, max(16, rows)))
+
+
+def logits_tile_rows(K: int) -> int:
+    """Rows per tile of :func:`loss_and_grad_logits`."""
+    return int(min(1024, max(16, LOGITS_TILE_ENTRIES // K)))
 
 
 def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
@@ -168,3 +176,56 @@ def loss_and_grad(
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
     return finish(p, *sums(p, method))
+
+
+def loss_and_grad_logits(
+    Z: ArrayLike,
+    y: ArrayLike,
+    *,
+    sample_weight: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+) -> tuple[float, np.ndarray]:
+    """Cross-entropy loss of logits and its gradient with respect to them.
+
+    For the output layer of any model: with ``p_i = softmax(Z[i])`` and
+    targets ``t_i`` (after label smoothing), the loss is
+    ``(1/D) sum_i w_i sum_k t_ik (logsumexp(Z[i]) - Z[i, k])`` and
+    ``dZ[i] = (w_i / D) ((sum_k t_ik) p_i - t_i)``; rows dropped by
+    ``ignore_index`` get zero gradient.  The options mean exactly what they
+    mean in :func:`loss_and_grad` (which this equals with X = Z, W = I, no
+    intercept); for class-index targets the gradient is what PyTorch's
+    ``cross_entropy(Z, y, ...)`` backward gives.
+
+    Parameters
+    ----------
+    Z : array_like, shape (m, K)
+        Logits, float32 or float64 (integers become float64, float16
+        float32); any layout, used without a copy when its dtype is kept.
+    y, sample_weight, label_smoothing, ignore_index, reduction
+        As in :func:`loss_and_grad`.
+
+    Returns
+    -------
+    loss : float
+    dZ : ndarray, shape (m, K), Z's working dtype, C-ordered
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`loss_and_grad`, for the same kinds of bad input.
+    """
+    Z, t = prepare_logits(Z, y, sample_weight=sample_weight, label_smoothing=label_smoothing,
+                          ignore_index=ignore_index, reduction=reduction)
+    m, K = Z.shape
+    dZ = np.empty((m, K), dtype=Z.dtype)
+    tile = logits_tile_rows(K)
+    chunks = _chunk_count(m)
+    if chunks == 1 or m * K < SERIAL_WORK:
+        loss = logits_sums_serial(Z, t.labels, t.T, t.sw, t.eps, tile, dZ)
+    else:
+        loss = logits_sums(Z, t.labels, t.T, t.sw, t.eps, chunks, tile, dZ)
+    if t.denom != 1.0:
+        dZ /= dZ.dtype.type(t.denom)
+    return float(loss) / t.denom, dZ

@@ -102,23 +102,97 @@ def _labels(y: np.ndarray, K: int, ignore_index) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(y, dtype=np.int64), 0
 
 
+@dataclass(frozen=True)
+class Targets:
+    """Validated targets, weights and reduction of a problem with m samples, K classes.
+
+    ``labels`` (m,) int64 with -1 for ignored samples and ``T`` (0, K); or
+    ``labels`` empty and ``T`` (m, K) dense targets in the working dtype.
+    ``sw`` (m,) float64 or empty (unweighted); ``denom`` is what sums are
+    divided by (the total kept weight under "mean", 1 under "sum").
+    """
+
+    labels: np.ndarray
+    T: np.ndarray
+    sw: np.ndarray
+    eps: float
+    denom: float
+    n_ignored: int
+
+
+def check_options(label_smoothing, ignore_index, reduction) -> float:
+    """Validate the options shared by every loss entry point; return eps."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
+    ):
+        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    return _check_finite_scalar("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+
+
+def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: float,
+                  ignore_index, reduction: str, samples: str) -> Targets:
+    """Validate y and sample_weight for m samples (rows of ``samples``) and K classes."""
+    y = _as_numeric_array("y", y)
+    if y.ndim == 1:
+        if y.shape[0] != m:
+            raise ValueError(f"y has {y.shape[0]} labels but {samples} has {m} samples")
+        labels, n_ignored = _labels(y, K, ignore_index)
+        T = np.zeros((0, K), dtype)
+    elif y.ndim == 2:
+        if y.shape != (m, K):
+            raise ValueError(f"dense targets y must have shape ({m}, {K}), got {y.shape}")
+        if ignore_index is not None:
+            raise ValueError("ignore_index applies to class-index targets, not dense (m, K) targets")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("dense targets y contain NaN or infinite values")
+        if np.any(y < 0):
+            raise ValueError(f"dense targets y must be non-negative, found {y.min()!r}")
+        # Targets are data, not parameters: they take the working dtype
+        # rather than promoting it (float64 one-hot rows must not turn a
+        # float32 problem into a float64 copy of X).
+        labels, n_ignored, T = np.zeros(0, np.int64), 0, y.astype(dtype, copy=False)
+    else:
+        raise ValueError(f"y must be (m,) class labels or (m, K) targets, got shape {y.shape}")
+
+    if sample_weight is None:
+        sw = np.zeros(0, np.float64)
+        total = float(m - n_ignored)
+    else:
+        sw = _as_numeric_array("sample_weight", sample_weight)
+        if sw.shape != (m,):
+            raise ValueError(f"sample_weight must have shape ({m},), got {sw.shape}")
+        sw = np.ascontiguousarray(sw, dtype=np.float64)
+        if not np.all(np.isfinite(sw)):
+            raise ValueError("sample_weight contains NaN or infinite values")
+        if np.any(sw < 0):
+            raise ValueError(f"sample_weight must be non-negative, found {sw.min()!r}")
+        total = float(np.sum(sw[labels >= 0])) if n_ignored else float(np.sum(sw))
+
+    if reduction == "mean":
+        if total <= 0.0:
+            raise ValueError(
+                "the total sample weight is zero"
+                + (" (every sample is ignored)" if n_ignored == m else "")
+                + ", so reduction='mean' is undefined"
+            )
+        denom = total
+    else:
+        denom = 1.0
+    return Targets(labels=labels, T=T, sw=sw, eps=eps, denom=denom, n_ignored=n_ignored)
+
+
 def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
             reduction, method) -> Problem:
     """Validate every argument of ``loss_and_grad``; return a :class:`Problem`."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    eps = _check_finite_scalar("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    eps = check_options(label_smoothing, ignore_index, reduction)
     l2 = _check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
-    ):
-        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
 
     W = _as_numeric_array("W", W)
     X = _as_numeric_array("X", X)
-    y = _as_numeric_array("y", y)
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (K, n), got shape {W.shape}")
     if X.ndim != 2:
@@ -138,61 +212,28 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
         if b.shape != (K,):
             raise ValueError(f"b must have shape ({K},) to match W {W.shape}, got {b.shape}")
         promote.append(b)
-
-    if y.ndim == 1:
-        if y.shape[0] != m:
-            raise ValueError(f"y has {y.shape[0]} labels but X has {m} samples")
-        labels, n_ignored = _labels(y, K, ignore_index)
-        T = None
-    elif y.ndim == 2:
-        if y.shape != (m, K):
-            raise ValueError(f"dense targets y must have shape ({m}, {K}), got {y.shape}")
-        if ignore_index is not None:
-            raise ValueError("ignore_index applies to class-index targets, not dense (m, K) targets")
-        if not np.all(np.isfinite(y)):
-            raise ValueError("dense targets y contain NaN or infinite values")
-        if np.any(y < 0):
-            raise ValueError(f"dense targets y must be non-negative, found {y.min()!r}")
-        labels, n_ignored, T = None, 0, y
-    else:
-        raise ValueError(f"y must be (m,) class labels or (m, K) targets, got shape {y.shape}")
-
-    # Targets are data, not parameters: they take the working dtype of W and X
-    # rather than promoting it (float64 one-hot rows must not turn a float32
-    # problem into a float64 copy of X).
     dtype = _working_dtype(*promote)
+    targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
+                            ignore_index=ignore_index, reduction=reduction, samples="X")
     X = X.astype(dtype, copy=False)  # keeps layout, copies only to change dtype
     W = np.ascontiguousarray(W, dtype=dtype)
     b_arr = np.zeros(K, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)
-    if T is None:
-        T = np.zeros((0, K), dtype)
-    else:
-        T = T.astype(dtype, copy=False)
-        labels = np.zeros(0, np.int64)
+    return Problem(X=X, W=W, b=b_arr, has_b=b is not None, l2=l2, dtype=dtype, **vars(targets))
 
-    if sample_weight is None:
-        sw = np.zeros(0, np.float64)
-        total = float(m - n_ignored)
-    else:
-        sw = _as_numeric_array("sample_weight", sample_weight)
-        if sw.shape != (m,):
-            raise ValueError(f"sample_weight must have shape ({m},), got {sw.shape}")
-        sw = np.ascontiguousarray(sw, dtype=np.float64)
-        if not np.all(np.isfinite(sw)):
-            raise ValueError("sample_weight contains NaN or infinite values")
-        if np.any(sw < 0):
-            raise ValueError(f"sample_weight must be non-negative, found {sw.min()!r}")
-        total = float(np.sum(sw[labels >= 0])) if labels.shape[0] else float(np.sum(sw))
 
-    if reduction == "mean":
-        if total <= 0.0:
-            raise ValueError(
-                "the total sample weight is zero"
-                + (" (every sample is ignored)" if n_ignored == m else "")
-                + ", so reduction='mean' is undefined"
-            )
-        denom = total
-    else:
-        denom = 1.0
-    return Problem(X=X, W=W, b=b_arr, has_b=b is not None, labels=labels, T=T, sw=sw,
-                   eps=eps, l2=l2, denom=denom, dtype=dtype, n_ignored=n_ignored)
+def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduction):
+    """Validate the arguments of ``loss_and_grad_logits``; return ``(Z, targets)``.
+
+    Z keeps its layout; it is converted (copied) only to change its dtype.
+    """
+    eps = check_options(label_smoothing, ignore_index, reduction)
+    Z = _as_numeric_array("Z", Z)
+    if Z.ndim != 2:
+        raise ValueError(f"Z must be 2-D (m, K) logits, got shape {Z.shape}")
+    m, K = Z.shape
+    if m == 0 or K == 0:
+        raise ValueError(f"Z must have at least one sample and one class, got shape {Z.shape}")
+    dtype = _working_dtype(Z)
+    targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
+                            ignore_index=ignore_index, reduction=reduction, samples="Z")
+    return Z.astype(dtype, copy=False), targets

@@ -33,4 +33,5 @@ def kernel_path(request, monkeypatch):
     else:
         monkeypatch.setattr(api, "SERIAL_WORK", 0)
         monkeypatch.setattr(api, "tile_rows", lambda n, K, itemsize: 3)
+        monkeypatch.setattr(api, "logits_tile_rows", lambda K: 3)
     return request.param

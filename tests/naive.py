@@ -54,3 +54,29 @@ def naive_loss_and_grad(W, X, y, *, b=None, sample_weight=None, l2=0.0,
         return out
     scales = (s_loss / denom + 0.5 * l2 * np.sum(W * W), s_dW / denom + l2 * np.abs(W), s_db / denom)
     return out, scales[:len(out)]
+
+
+def naive_logits_loss_and_grad(Z, y, *, sample_weight=None, label_smoothing=0.0,
+                               ignore_index=None, reduction="mean"):
+    """Loss and dZ of cross-entropy on logits Z (m, K), one sample at a time."""
+    Z = np.asarray(Z, dtype=np.float64)
+    y = np.asarray(y)
+    m, K = Z.shape
+    eps = label_smoothing
+    loss, dZ, total = 0.0, np.zeros((m, K)), 0.0
+    for i in range(m):
+        if y.ndim == 1:
+            if ignore_index is not None and y[i] == ignore_index:
+                continue
+            t = np.zeros(K)
+            t[int(y[i])] = 1.0
+        else:
+            t = np.asarray(y[i], dtype=np.float64)
+        t = (1.0 - eps) * t + eps / K
+        w = 1.0 if sample_weight is None else float(sample_weight[i])
+        lse = logsumexp(Z[i])
+        loss += w * np.sum(t * (lse - Z[i]))
+        dZ[i] = w * (t.sum() * np.exp(Z[i] - lse) - t)
+        total += w
+    denom = total if reduction == "mean" else 1.0
+    return loss / denom, dZ / denom
