@@ -4,4 +4,17 @@ from ._api import loss_and_grad, loss_and_grad_logits
 
 __version__ = "0.1.0"
 
-__all__ = ["loss_and_grad", "loss_and_grad_logits", "__version__"]
+__all__ = ["loss_and_grad", "loss_and_grad_logits", "SoftmaxRegression", "__version__"]
+
+
+def __getattr__(name: str):
+    # The estimator needs scikit-learn, an optional extra: import it on first use.
+    if name == "SoftmaxRegression":
+        try:
+            from .estimator import SoftmaxRegression
+        except ImportError as exc:
+            raise ImportError(
+                "fastsoftmax.SoftmaxRegression needs scikit-learn (>= 1.6); install it with "
+                "pip install 'fastsoftmax[sklearn]'") from exc
+        return SoftmaxRegression
+    raise AttributeError(f"module 'fastsoftmax' has no attribute {name!r}")

@@ -1,0 +1,185 @@
+"""``SoftmaxRegression``: a scikit-learn classifier fitted with the fused kernel.
+
+It minimises the same objective as scikit-learn's ``LogisticRegression`` with
+its default multinomial loss and an L2 penalty,
+
+    (1/2) ||W||_F^2 + C sum_i w_i loss_i,   the intercept not penalised,
+
+so that the same ``C`` gives the same model.  L-BFGS (SciPy) drives it with
+one call of :func:`fastsoftmax.loss_and_grad` per evaluation, which returns
+the loss and its gradient together.  The objective is divided by
+``C sum_i w_i`` before it reaches the optimiser (a mean loss plus
+``l2 = 1 / (C sum_i w_i)``), which changes nothing but the scale the
+tolerances apply to, as in scikit-learn.
+
+This module needs scikit-learn (the ``sklearn`` extra); the rest of the
+package does not.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.optimize
+from scipy.special import log_softmax, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from ._api import loss_and_grad
+from ._validation import METHODS
+
+
+class SoftmaxRegression(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression (softmax regression) with an L2 penalty.
+
+    Parameters
+    ----------
+    C : float, default 1.0
+        Inverse regularisation strength, as in ``LogisticRegression``.
+    fit_intercept : bool, default True
+        Fit a (K,) intercept (not penalised).
+    max_iter : int, default 100
+        Maximum number of L-BFGS iterations; stopping there warns with
+        ``ConvergenceWarning``.
+    tol : float, default 1e-4
+        L-BFGS stops when the largest entry of the projected gradient of the
+        scaled objective falls below ``tol``.
+    warm_start : bool, default False
+        Start from the previous fit's coefficients when the classes and
+        features match.
+    method : {"fused", "indexloop", "numpy"}, default "fused"
+        Which :func:`fastsoftmax.loss_and_grad` method evaluates the objective.
+    verbose : int, default 0
+        Print the objective and gradient norm every iteration when positive.
+
+    Attributes
+    ----------
+    classes_ : ndarray (K,)
+        The class labels (any sortable labels: integers, strings...).
+    coef_ : ndarray (K, n) float64
+    intercept_ : ndarray (K,) float64 (zeros without an intercept)
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str, when X had string column names
+    n_iter_ : ndarray (1,) int, the number of L-BFGS iterations
+
+    Notes
+    -----
+    With two classes the model stays multinomial (two rows of coefficients),
+    and ``decision_function`` returns the difference of the two logits, the
+    log-odds of the second class; scikit-learn's ``LogisticRegression`` fits
+    a single binomial row there, so the two agree on probabilities only up to
+    the way the penalty splits between the rows.
+    """
+
+    def __init__(self, C: float = 1.0, fit_intercept: bool = True, max_iter: int = 100,
+                 tol: float = 1e-4, warm_start: bool = False, method: str = "fused",
+                 verbose: int = 0):
+        self.C = C
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.warm_start = warm_start
+        self.method = method
+        self.verbose = verbose
+
+    def _check_params(self) -> None:
+        if not (isinstance(self.C, (int, float, np.number)) and np.isfinite(self.C) and self.C > 0):
+            raise ValueError(f"C must be a positive finite number, got {self.C!r}")
+        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if not (isinstance(self.tol, (int, float, np.number)) and self.tol >= 0):
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+    def fit(self, X, y, sample_weight=None) -> "SoftmaxRegression":
+        """Fit on X (m, n) and labels y (m,), optionally weighted (m,)."""
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
+        check_classification_targets(y)
+        classes, y_index = np.unique(y, return_inverse=True)
+        K = classes.shape[0]
+        if K < 2:
+            raise ValueError(
+                f"SoftmaxRegression needs samples of at least 2 classes in the data, "
+                f"but the data contain only one class: {classes[0]!r}")
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        total = float(sample_weight.sum())
+        if total <= 0:
+            raise ValueError("the sample weights sum to zero")
+        m, n = X.shape
+        l2 = 1.0 / (self.C * total)
+        width = n + 1 if self.fit_intercept else n
+
+        x0 = np.zeros(K * width)
+        if (self.warm_start and getattr(self, "coef_", None) is not None
+                and self.coef_.shape == (K, n) and np.array_equal(self.classes_, classes)):
+            x0.reshape(K, width)[:, :n] = self.coef_
+            if self.fit_intercept:
+                x0.reshape(K, width)[:, n] = self.intercept_
+
+        dtype = X.dtype
+        b_zero = None
+
+        def objective(x):
+            P = x.reshape(K, width)
+            W = P[:, :n].astype(dtype)
+            b = P[:, n].astype(dtype) if self.fit_intercept else b_zero
+            out = loss_and_grad(W, X, y_index, b=b, sample_weight=sample_weight, l2=l2,
+                                method=self.method)
+            grad = np.empty((K, width))
+            grad[:, :n] = out[1]
+            if self.fit_intercept:
+                grad[:, n] = out[2]
+            return out[0], grad.ravel()
+
+        callback = None
+        if self.verbose:
+            def callback(intermediate_result):
+                print(f"SoftmaxRegression: objective {intermediate_result.fun:.10g}")
+
+        result = scipy.optimize.minimize(
+            objective, x0, method="L-BFGS-B", jac=True, callback=callback,
+            options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
+                     "ftol": 64 * np.finfo(float).eps})
+        if result.status == 1 or result.nit >= self.max_iter:
+            warnings.warn(
+                f"L-BFGS stopped after max_iter={self.max_iter} iterations without "
+                f"converging; increase max_iter or scale the data.", ConvergenceWarning,
+                stacklevel=2)
+        P = result.x.reshape(K, width)
+        self.classes_ = classes
+        self.coef_ = np.ascontiguousarray(P[:, :n])
+        self.intercept_ = P[:, n].copy() if self.fit_intercept else np.zeros(K)
+        self.n_iter_ = np.array([result.nit], dtype=np.int32)
+        self.objective_ = float(result.fun)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits (m, K); for two classes the log-odds of the second, shape (m,)."""
+        Z = self._logits(X)
+        if Z.shape[1] == 2:
+            return Z[:, 1] - Z[:, 0]
+        return Z
+
+    def _logits(self, X) -> np.ndarray:
+        """Logits (m, K) of new samples, in X's dtype."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return X @ self.coef_.T.astype(X.dtype, copy=False) + self.intercept_.astype(X.dtype)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (m, K), columns in the order of ``classes_``."""
+        return softmax(self._logits(X), axis=1)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Log-probabilities (m, K), computed stably."""
+        return log_softmax(self._logits(X), axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable class of each sample (m,)."""
+        best = np.argmax(self._logits(X), axis=1)
+        return self.classes_[best]

@@ -1,0 +1,125 @@
+"""SoftmaxRegression: scikit-learn's estimator checks, agreement with LogisticRegression."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fastsoftmax as fs  # noqa: E402
+from fastsoftmax.estimator import SoftmaxRegression  # noqa: E402
+
+
+@parametrize_with_checks([SoftmaxRegression()])
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.mark.parametrize("C", [1.0, 0.05])
+def test_same_model_as_logistic_regression_on_digits(digits, C):
+    """scikit-learn's bundled digits (1797 x 64, 10 classes), standardised."""
+    X, y = digits
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    ours = SoftmaxRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-4)
+    assert ours.score(X, y) == ref.score(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
+
+
+def test_sample_weight_and_string_labels(digits):
+    X, y = digits
+    X, y = X[:600], y[:600]
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven",
+                      "eight", "nine"])[y]
+    w = np.random.default_rng(0).random(600) + 0.5
+    ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(X, names, sample_weight=w)
+    ours = SoftmaxRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(X, names, sample_weight=w)
+    assert list(ours.classes_) == list(ref.classes_)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-4)
+    assert (ours.predict(X) == ref.predict(X)).all()
+    assert ours.predict(X).dtype == names.dtype
+
+
+def test_pipeline_and_grid_search(digits):
+    X, y = load_digits(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), SoftmaxRegression(max_iter=300))
+    search = GridSearchCV(pipe, {"softmaxregression__C": [0.1, 1.0]}, cv=3).fit(X, y)
+    assert search.best_score_ > 0.9
+    assert search.predict(X[:5]).shape == (5,)
+
+
+def test_methods_fit_the_same_model(digits):
+    X, y = digits
+    fits = [SoftmaxRegression(method=m, tol=1e-8, max_iter=2000).fit(X[:400], y[:400])
+            for m in ("fused", "numpy", "indexloop")]
+    for f in fits[1:]:
+        np.testing.assert_allclose(f.coef_, fits[0].coef_, atol=1e-5)
+
+
+def test_outputs(digits):
+    X, y = digits
+    model = SoftmaxRegression(max_iter=500).fit(X, y)
+    P = model.predict_proba(X)
+    assert P.shape == (len(y), 10)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0)
+    np.testing.assert_allclose(np.exp(model.predict_log_proba(X)), P, rtol=1e-10)
+    assert model.decision_function(X).shape == (len(y), 10)
+    assert model.n_features_in_ == 64 and model.n_iter_.shape == (1,)
+    binary = SoftmaxRegression().fit(X[y < 2], y[y < 2])
+    assert binary.coef_.shape == (2, 64) and binary.decision_function(X[:3]).shape == (3,)
+
+
+def test_convergence_warning_and_warm_start(digits):
+    X, y = digits
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        model = SoftmaxRegression(max_iter=3, warm_start=True).fit(X, y)
+    first = model.objective_
+    with pytest.warns(ConvergenceWarning):
+        model.fit(X, y)  # continues from the previous coefficients
+    assert model.objective_ < first
+
+
+def test_float32_data_stays_fast_and_close(digits):
+    X, y = digits
+    m64 = SoftmaxRegression(tol=1e-6, max_iter=1000).fit(X, y)
+    m32 = SoftmaxRegression(tol=1e-6, max_iter=1000).fit(X.astype(np.float32), y)
+    np.testing.assert_allclose(m32.coef_, m64.coef_, atol=2e-2)
+
+
+@pytest.mark.parametrize("params", [dict(C=0), dict(C=-1.0), dict(max_iter=0), dict(tol=-1.0),
+                                    dict(method="fast")])
+def test_bad_parameters(digits, params):
+    X, y = digits
+    with pytest.raises(ValueError):
+        SoftmaxRegression(**params).fit(X[:50], y[:50])
+
+
+def test_top_level_name_and_missing_sklearn_message():
+    assert fs.SoftmaxRegression is SoftmaxRegression
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import fastsoftmax as fs\n"
+            "try:\n    fs.SoftmaxRegression\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "fastsoftmax[sklearn]" in out.stdout
