@@ -1,4 +1,4 @@
-"""Console entry point: ``fastsoftmax bench`` (also ``python -m fastsoftmax bench``)."""
+"""Console entry points: ``fastsoftmax bench`` and ``fastsoftmax check`` (also via ``python -m fastsoftmax``)."""
 
 from __future__ import annotations
 
@@ -151,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--no-peers", action="store_true", help="time fastsoftmax's methods only")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="also draw the speed-ups as a PNG chart")
+    sub.add_parser(
+        "check", help="verify every method on this machine",
+        description="Check every method against the NumPy reference and finite differences "
+                    "on random problems; print versions and each result; exit 0 when all pass.")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        from ._check import report
+
+        return report()
     args.dtype = args.dtype or ["float64"]
     return _bench(args)
 

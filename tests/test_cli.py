@@ -50,3 +50,18 @@ def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastsoftmax", "--help"],
                          capture_output=True, text=True, check=True)
     assert "bench" in out.stdout
+
+
+def test_check_passes(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "0 failed" in out and "numba" in out and "threading layer" in out
+
+
+def test_check_reports_failure(monkeypatch, capsys):
+    import fastsoftmax._check as check
+
+    monkeypatch.setattr(check, "run_checks",
+                        lambda: [check.Check("broken", False, "max abs difference 1")])
+    assert main(["check"]) == 1
+    assert "FAILED" in capsys.readouterr().out
