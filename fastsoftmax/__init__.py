@@ -1,10 +1,14 @@
 """fastsoftmax: fast, exact softmax-regression loss and gradient kernels for the CPU."""
 
 from ._api import loss_and_grad, loss_and_grad_logits
+from ._primitives import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
 
-__all__ = ["loss_and_grad", "loss_and_grad_logits", "SoftmaxRegression", "__version__"]
+__all__ = [
+    "loss_and_grad", "loss_and_grad_logits", "softmax", "log_softmax", "logsumexp",
+    "SoftmaxRegression", "__version__",
+]
 
 
 def __getattr__(name: str):

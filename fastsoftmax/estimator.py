@@ -22,13 +22,13 @@ import warnings
 
 import numpy as np
 import scipy.optimize
-from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from ._api import loss_and_grad
+from ._primitives import log_softmax, softmax
 from ._validation import METHODS
 
 
@@ -173,11 +173,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (m, K), columns in the order of ``classes_``."""
-        return softmax(self._logits(X), axis=1)
+        return softmax(self._logits(X))
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Log-probabilities (m, K), computed stably."""
-        return log_softmax(self._logits(X), axis=1)
+        return log_softmax(self._logits(X))
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each sample (m,)."""
