@@ -1,4 +1,7 @@
-"""Tolerance helpers shared by the tests."""
+"""Helpers shared by the tests: stated tolerances, the compile-cache check."""
+
+import subprocess
+import sys
 
 import numpy as np
 
@@ -40,3 +43,24 @@ def assert_results_close(got, want, dtype, scales=None):
             assert g.dtype == np.dtype(dtype), name
         assert_close(g, w, dtype, name, s)
 
+
+
+def assert_cached_in_new_process(calls: str, dispatchers: dict[str, str]) -> None:
+    """Run ``calls`` in two new processes: the second must load every kernel
+    from the cache (a hit, no miss) and no "Cannot cache" warning may appear.
+
+    ``dispatchers`` maps a name to the import that brings it, e.g.
+    ``{"fused_sums": "fastsoftmax._fused"}``; each must have been used by ``calls``.
+    """
+    imports = "".join(f"from {mod} import {name}\n" for name, mod in dispatchers.items())
+    code = (
+        "import warnings, numpy as np, fastsoftmax as fs\n"
+        "warnings.simplefilter('error')\n" + imports + calls + "\n"
+        f"for f in ({', '.join(dispatchers)},):\n"
+        "    print(sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values()))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "Cannot cache" not in out.stderr
+    counts = [[int(v) for v in line.split()] for line in out.stdout.splitlines()]
+    assert counts == [[1, 0]] * len(dispatchers), out.stdout  # (hits, misses) per kernel

@@ -10,6 +10,18 @@ import numpy as np
 from scipy.special import logsumexp
 
 
+def _target(y, i, K, eps, ignore_index):
+    """The smoothed target row of sample i, or None when it is ignored."""
+    if y.ndim == 1:
+        if ignore_index is not None and y[i] == ignore_index:
+            return None
+        t = np.zeros(K)
+        t[int(y[i])] = 1.0
+    else:
+        t = np.asarray(y[i], dtype=np.float64)
+    return (1.0 - eps) * t + eps / K
+
+
 def naive_loss_and_grad(W, X, y, *, b=None, sample_weight=None, l2=0.0,
                         label_smoothing=0.0, ignore_index=None, reduction="mean",
                         return_scales=False):
@@ -25,14 +37,9 @@ def naive_loss_and_grad(W, X, y, *, b=None, sample_weight=None, l2=0.0,
     loss, dW, db, total = 0.0, np.zeros((K, n)), np.zeros(K), 0.0
     s_loss, s_dW, s_db = 0.0, np.zeros((K, n)), np.zeros(K)
     for i in range(X.shape[0]):
-        if y.ndim == 1:
-            if ignore_index is not None and y[i] == ignore_index:
-                continue
-            t = np.zeros(K)
-            t[int(y[i])] = 1.0
-        else:
-            t = np.asarray(y[i], dtype=np.float64)
-        t = (1.0 - eps) * t + eps / K
+        t = _target(y, i, K, eps, ignore_index)
+        if t is None:
+            continue
         w = 1.0 if sample_weight is None else float(sample_weight[i])
         z = W @ X[i] + bias
         lse = logsumexp(z)
@@ -65,14 +72,9 @@ def naive_logits_loss_and_grad(Z, y, *, sample_weight=None, label_smoothing=0.0,
     eps = label_smoothing
     loss, dZ, total = 0.0, np.zeros((m, K)), 0.0
     for i in range(m):
-        if y.ndim == 1:
-            if ignore_index is not None and y[i] == ignore_index:
-                continue
-            t = np.zeros(K)
-            t[int(y[i])] = 1.0
-        else:
-            t = np.asarray(y[i], dtype=np.float64)
-        t = (1.0 - eps) * t + eps / K
+        t = _target(y, i, K, eps, ignore_index)
+        if t is None:
+            continue
         w = 1.0 if sample_weight is None else float(sample_weight[i])
         lse = logsumexp(Z[i])
         loss += w * np.sum(t * (lse - Z[i]))
