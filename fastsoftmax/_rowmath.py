@@ -73,19 +73,8 @@ def exp_nonpositive(x):
     r = (xc - n * _LN2_HI) - n * _LN2_LO
     c = _INV_FACT
     p = c[13]
-    p = p * r + c[12]
-    p = p * r + c[11]
-    p = p * r + c[10]
-    p = p * r + c[9]
-    p = p * r + c[8]
-    p = p * r + c[7]
-    p = p * r + c[6]
-    p = p * r + c[5]
-    p = p * r + c[4]
-    p = p * r + c[3]
-    p = p * r + c[2]
-    p = p * r + c[1]
-    p = p * r + c[0]
+    for k in range(12, -1, -1):  # Horner's rule; LLVM unrolls it (same code, same bits)
+        p = p * r + c[k]
     result = p * _float64_from_bits((np.int64(n) + 1023) << 52)
     if x < _EXP_MIN:
         result = 0.0
