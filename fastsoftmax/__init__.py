@@ -1,7 +1,11 @@
 """fastsoftmax: fast, exact softmax-regression loss and gradient kernels for the CPU."""
 
-from ._api import loss_and_grad, loss_and_grad_logits
-from ._primitives import log_softmax, logsumexp, softmax
+from ._threading import choose_threading_layer
+
+choose_threading_layer()  # before any parallel kernel runs: TBB when available
+
+from ._api import loss_and_grad, loss_and_grad_logits  # noqa: E402
+from ._primitives import log_softmax, logsumexp, softmax  # noqa: E402
 
 __version__ = "0.1.0"
 
