@@ -1,6 +1,9 @@
-"""Turn ``pytest bench/ --benchmark-json out.json`` into a Markdown table.
+"""Turn benchmark JSON into a Markdown table.
 
     python bench/table.py out.json
+
+``out.json`` is either ``pytest bench/ --benchmark-json out.json`` output or
+``fastsoftmax bench --json out.json`` output.
 
 One row per benchmark group (shape and dtype); one column per implementation
 with its median time in milliseconds and, in brackets, its speed-up over
@@ -18,6 +21,11 @@ def main(path: str) -> None:
         data = json.load(fh)
     groups: dict[str, dict[str, float]] = {}
     order: list[str] = []
+    if "results" in data:  # fastsoftmax bench --json
+        data = {"benchmarks": [
+            {"group": f"{r['shape']} {r['m']}·{r['n']}·{r['K']} {r['dtype']}",
+             "extra_info": {"impl": r["impl"]}, "stats": {"median": r["median_s"]}}
+            for r in data["results"]]}
     for bench in data["benchmarks"]:
         impl = bench.get("extra_info", {}).get("impl")
         if impl is None:

@@ -7,6 +7,7 @@ kernels themselves never raise.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -66,10 +67,11 @@ def _working_dtype(*arrays: np.ndarray) -> np.dtype:
 
 
 def _check_finite_scalar(name: str, value, low: float, high: float, high_open: bool):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) not in (float, int) and (  # the common types skip the slower ABC check
+            isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
-    ok = np.isfinite(value) and value >= low and (value < high if high_open else value <= high)
+    ok = math.isfinite(value) and value >= low and (value < high if high_open else value <= high)
     if not ok:
         bracket = ")" if high_open else "]"
         raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value!r}")
