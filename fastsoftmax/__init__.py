@@ -9,9 +9,11 @@ from ._primitives import log_softmax, logsumexp, softmax  # noqa: E402
 
 __version__ = "0.1.0"
 
+# SoftmaxRegression is left out of __all__: it needs the optional scikit-learn,
+# and "from fastsoftmax import *" must work without it.
 __all__ = [
     "loss_and_grad", "loss_and_grad_logits", "softmax", "log_softmax", "logsumexp",
-    "SoftmaxRegression", "__version__",
+    "__version__",
 ]
 
 

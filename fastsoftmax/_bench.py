@@ -26,6 +26,7 @@ from numba import prange
 
 from ._api import loss_and_grad
 from ._peers import PEERS
+from ._validation import METHODS
 
 #: name -> (m, n, K); the shapes the project's speed targets are stated on.
 SHAPES: dict[str, tuple[int, int, int]] = {
@@ -40,7 +41,6 @@ QUICK_SHAPES: dict[str, tuple[int, int, int]] = {
     "small": (1_000, 50, 5),
     "tall/10": (100_000, 32, 4),
 }
-METHODS = ("fused", "indexloop", "numpy")
 
 #: the index-loop kernel's cost has an m K^2 term; above this many
 #: multiply-adds it is left out of the comparison

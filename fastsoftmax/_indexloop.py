@@ -76,7 +76,8 @@ def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks):
             for k in range(K):
                 t[k] = target_value(labels, T, i, k, eps, inv_k)
             for k in range(K):
-                loss -= w * t[k] * ((z[k] - zmax) - log_s)
+                if t[k] != 0.0:  # a zero target adds nothing, even for a -inf logit
+                    loss -= w * t[k] * ((z[k] - zmax) - log_s)
             # c_ij = sum_k t_ik (p_ij - delta_kj)
             for j in range(K):
                 cj = 0.0

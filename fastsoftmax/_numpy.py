@@ -54,7 +54,8 @@ def _numpy_sums(p: Problem) -> tuple[float, np.ndarray, np.ndarray]:
     else:
         Tm = T if not eps else (1.0 - eps) * T + eps / K
         tsum = Tm.sum(axis=1)
-        row_loss = tsum * log_s - np.einsum("ik,ik->i", Tm, Z)
+        # zero targets add nothing, even against a -inf logit (a masked class)
+        row_loss = tsum * log_s - np.where(Tm != 0, Tm * Z, 0).sum(axis=1)
         E *= (tsum / s)[:, None]
         E -= Tm
     if sw.shape[0]:

@@ -127,12 +127,15 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
             S[k, r] = S[k, r] - mx[r]
     use_labels = labels.shape[0] > 0
     weighted = sw.shape[0] > 0
+    # A class whose target is 0 contributes nothing, even when its logit is
+    # -inf (a masked class): 0 * (-inf) must not turn the loss into NaN.
     if use_labels:
         for r in range(R):
             tz[r] = 0.0
-        for k in range(K):
-            for r in range(R):
-                tz[r] += S[k, r]
+        if eps > 0.0:
+            for k in range(K):
+                for r in range(R):
+                    tz[r] += S[k, r]
         for r in range(R):
             tz[r] = (1.0 - eps) * S[labels[rows[r]], r] + eps * inv_k * tz[r]
             tsum[r] = 1.0
@@ -143,7 +146,7 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
         for k in range(K):
             for r in range(R):
                 t = (1.0 - eps) * T[rows[r], k] + eps * inv_k
-                tz[r] += t * S[k, r]
+                tz[r] += t * S[k, r] if t != 0.0 else 0.0
                 tsum[r] += t
     flat = E[: K * R]
     for q in range(K * R):  # one SIMD pass of exponentials over the tile

@@ -33,7 +33,10 @@ ENV = "FASTSOFTMAX_THREADING_LAYER"
 
 def _candidate_paths() -> list[str]:
     names = ("libtbb.so.12", "libtbb.12.dylib", "tbb12.dll")
-    folders = [os.path.join(sys.prefix, "lib"), os.path.join(sys.prefix, "Library", "bin")]
+    import site
+
+    folders = [os.path.join(sys.prefix, "lib"), os.path.join(sys.prefix, "Library", "bin"),
+               os.path.join(site.getuserbase(), "lib")]  # pip install --user
     if sys.base_prefix != sys.prefix:
         folders.append(os.path.join(sys.base_prefix, "lib"))
     return [os.path.join(f, n) for f in folders for n in names if os.path.exists(os.path.join(f, n))]
@@ -55,16 +58,23 @@ def tbb_loadable() -> bool:
 
 
 def choose_threading_layer() -> str:
-    """Ask numba for TBB unless told otherwise; return numba's threading-layer setting."""
+    """Make TBB loadable and, unless told otherwise, ask numba for it.
+
+    Returns numba's threading-layer setting.  TBB's library is made loadable
+    even when the user chose a layer through ``NUMBA_THREADING_LAYER`` (their
+    choice may be "tbb", "safe" or "forksafe", which need it).
+    """
     wanted = os.environ.get(ENV, "tbb").strip().lower() or "tbb"
     if wanted in ("numba", "default"):
         return numba.config.THREADING_LAYER
     if wanted != "tbb":
         warnings.warn(f"{ENV}={wanted!r} is not understood (use 'tbb' or 'numba'); ignored",
                       RuntimeWarning, stacklevel=3)
-    elif os.environ.get("NUMBA_THREADING_LAYER") or numba.config.THREADING_LAYER != "default":
-        pass  # the user's explicit numba setting wins
-    elif tbb_loadable():
+        return numba.config.THREADING_LAYER
+    loadable = tbb_loadable()
+    if numba.config.THREADING_LAYER != "default":
+        pass  # an explicit NUMBA_THREADING_LAYER (or config) wins
+    elif loadable:
         numba.config.THREADING_LAYER = "tbb"
     elif ENV in os.environ:
         warnings.warn(f"{ENV}=tbb, but numba's TBB layer cannot be loaded (pip install tbb); "

@@ -21,11 +21,12 @@ REDUCTIONS = ("mean", "sum")
 class Problem:
     """A validated problem in the encoding the kernels expect.
 
-    X (m, n) and W (K, n), b (K,) share ``dtype`` (float32 or float64); X
-    keeps the caller's memory layout.  ``labels`` is (m,) int64 with -1 for
-    ignored samples, or empty when ``T`` (m, K) holds dense targets (then
-    ``labels`` is empty and ``T`` is (0, K) otherwise).  ``sw`` is (m,) float64
-    or empty (unweighted).  ``denom`` is what sums are divided by.
+    X (m, n), W (K, n) and b (K,) share ``dtype`` (float32 or float64); X
+    keeps the caller's memory layout.  With class-index targets ``labels`` is
+    (m,) int64, -1 marking ignored samples, and ``T`` is an empty (0, K)
+    array; with dense targets ``labels`` is empty and ``T`` is (m, K).  ``sw``
+    is (m,) float64, or empty when unweighted.  ``denom`` is what the sums are
+    divided by.
     """
 
     X: np.ndarray
@@ -64,6 +65,17 @@ def _working_dtype(*arrays: np.ndarray) -> np.dtype:
     if dtype.itemsize == 8:
         return np.dtype(np.float64)
     raise TypeError(f"dtype {dtype} is not supported; use float32 or float64")
+
+
+def _kernel_array(a: np.ndarray, dtype) -> np.ndarray:
+    """A C-contiguous, writeable array of ``dtype`` with a's values (a copy only if needed).
+
+    Small arrays (W, b, weights, targets) are normalised so that their layout
+    and read-only flag never make Numba compile another specialisation; X is
+    passed as it is, to avoid copying it.
+    """
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
 
 
 def _check_finite_scalar(name: str, value, low: float, high: float, high_open: bool):
@@ -147,14 +159,19 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
             raise ValueError(f"dense targets y must have shape ({m}, {K}), got {y.shape}")
         if ignore_index is not None:
             raise ValueError("ignore_index applies to class-index targets, not dense (m, K) targets")
-        if not np.all(np.isfinite(y)):
-            raise ValueError("dense targets y contain NaN or infinite values")
-        if np.any(y < 0):
-            raise ValueError(f"dense targets y must be non-negative, found {y.min()!r}")
         # Targets are data, not parameters: they take the working dtype
         # rather than promoting it (float64 one-hot rows must not turn a
-        # float32 problem into a float64 copy of X).
-        labels, n_ignored, T = np.zeros(0, np.int64), 0, y.astype(dtype, copy=False)
+        # float32 problem into a float64 copy of X).  Checked after the cast,
+        # which may overflow.  C order and writeable, like every array the
+        # kernels get, so that no new specialisation is compiled for them.
+        with np.errstate(over="ignore"):  # an overflow is reported just below
+            T = _kernel_array(y, dtype)
+        if not np.all(np.isfinite(T)):
+            raise ValueError("dense targets y contain NaN or infinite values "
+                             f"(in the working dtype {dtype})")
+        if np.any(T < 0):
+            raise ValueError(f"dense targets y must be non-negative, found {T.min()!r}")
+        labels, n_ignored = np.zeros(0, np.int64), 0
     else:
         raise ValueError(f"y must be (m,) class labels or (m, K) targets, got shape {y.shape}")
 
@@ -165,7 +182,7 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
         sw = _as_numeric_array("sample_weight", sample_weight)
         if sw.shape != (m,):
             raise ValueError(f"sample_weight must have shape ({m},), got {sw.shape}")
-        sw = np.ascontiguousarray(sw, dtype=np.float64)
+        sw = _kernel_array(sw, np.float64)
         if not np.all(np.isfinite(sw)):
             raise ValueError("sample_weight contains NaN or infinite values")
         if np.any(sw < 0):
@@ -218,8 +235,8 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
                             ignore_index=ignore_index, reduction=reduction, samples="X")
     X = X.astype(dtype, copy=False)  # keeps layout, copies only to change dtype
-    W = np.ascontiguousarray(W, dtype=dtype)
-    b_arr = np.zeros(K, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)
+    W = _kernel_array(W, dtype)
+    b_arr = np.zeros(K, dtype) if b is None else _kernel_array(b, dtype)
     return Problem(X=X, W=W, b=b_arr, has_b=b is not None, l2=l2, dtype=dtype, **vars(targets))
 
 

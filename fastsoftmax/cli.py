@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import asdict
@@ -58,9 +59,28 @@ def _plot(path: str, results, shapes, dtypes) -> None:
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _bench(args) -> int:
+    """Run the comparison, with every thread pool limited when --threads is given."""
+    import numba
+
+    limits = contextlib.nullcontext()
+    if args.threads is not None:
+        # every implementation gets the same thread count: numba's, the BLAS
+        # and OpenMP pools of NumPy, SciPy and scikit-learn, and PyTorch's
+        # (which follows numba's); JAX sizes its pool at start-up and is not
+        import scipy.linalg  # noqa: F401  (so that its BLAS is limited too)
+        from threadpoolctl import threadpool_limits
+
+        numba.set_num_threads(args.threads)
+        limits = threadpool_limits(limits=args.threads)
+    with limits:
+        return _run_bench(args)
+
+
+def _run_bench(args) -> int:
     import numba
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -68,14 +88,6 @@ def _bench(args) -> int:
 
     from ._bench import QUICK_SHAPES, SHAPES, machine, probe_floor, run_shape
 
-    if args.threads is not None:
-        # every implementation gets the same thread count: numba's, the BLAS
-        # and OpenMP pools of NumPy and scikit-learn, and PyTorch's (which
-        # follows numba's); JAX sizes its pool at start-up and is not limited
-        from threadpoolctl import threadpool_limits
-
-        numba.set_num_threads(args.threads)
-        threadpool_limits(limits=args.threads)
     shapes = dict(args.shape) if args.shape else (QUICK_SHAPES if args.quick else SHAPES)
     budget = 0.15 if args.quick else 1.0
     console = Console()
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Time fastsoftmax's methods and the installed peers (scikit-learn, "
                     "PyTorch, JAX) on the same data; report medians, speed-ups over "
                     "method='numpy' and the fraction of this machine's floor.")
-    bench.add_argument("--quick", action="store_true", help="smaller shapes, a few seconds")
+    bench.add_argument("--quick", action="store_true", help="smaller shapes, about 15 seconds")
     bench.add_argument("--shape", action="append", type=_parse_shape, metavar="NAME|MxNxK",
                        help="shape to run (repeatable); default: mnist, many-classes, small, tall")
     bench.add_argument("--dtype", action="append", choices=["float64", "float32"],

@@ -53,7 +53,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     method : {"fused", "indexloop", "numpy"}, default "fused"
         Which :func:`fastsoftmax.loss_and_grad` method evaluates the objective.
     verbose : int, default 0
-        Print the objective and gradient norm every iteration when positive.
+        Print the (scaled) objective after every iteration when positive.
 
     Attributes
     ----------
@@ -64,6 +64,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     feature_names_in_ : ndarray of str, when X had string column names
     n_iter_ : ndarray (1,) int, the number of L-BFGS iterations
+    objective_ : float, the final objective divided by ``C sum_i w_i`` (the
+        scale L-BFGS works on)
 
     Notes
     -----
@@ -122,12 +124,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 x0.reshape(K, width)[:, n] = self.intercept_
 
         dtype = X.dtype
-        b_zero = None
 
         def objective(x):
             P = x.reshape(K, width)
             W = P[:, :n].astype(dtype)
-            b = P[:, n].astype(dtype) if self.fit_intercept else b_zero
+            b = P[:, n].astype(dtype) if self.fit_intercept else None
             out = loss_and_grad(W, X, y_index, b=b, sample_weight=sample_weight, l2=l2,
                                 method=self.method)
             grad = np.empty((K, width))
@@ -145,11 +146,12 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             objective, x0, method="L-BFGS-B", jac=True, callback=callback,
             options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
                      "ftol": 64 * np.finfo(float).eps})
-        if result.status == 1 or result.nit >= self.max_iter:
+        if result.status != 0:  # as scikit-learn: any stop short of convergence warns
+            reason = (f"it reached max_iter={self.max_iter} iterations"
+                      if result.status == 1 else f"of: {result.message}")
             warnings.warn(
-                f"L-BFGS stopped after max_iter={self.max_iter} iterations without "
-                f"converging; increase max_iter or scale the data.", ConvergenceWarning,
-                stacklevel=2)
+                f"L-BFGS stopped without converging because {reason}; increase max_iter "
+                f"or scale the data.", ConvergenceWarning, stacklevel=2)
         P = result.x.reshape(K, width)
         self.classes_ = classes
         self.coef_ = np.ascontiguousarray(P[:, :n])

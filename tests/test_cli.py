@@ -65,3 +65,12 @@ def test_check_reports_failure(monkeypatch, capsys):
                         lambda: [check.Check("broken", False, "max abs difference 1")])
     assert main(["check"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_thread_limits_are_restored(restore_threads):
+    from threadpoolctl import threadpool_info
+
+    before = sorted((d["filepath"], d["num_threads"]) for d in threadpool_info())
+    assert main(["bench", "--quick", "--shape", "200x5x2", "--no-peers", "--threads", "1"]) == 0
+    after = sorted((d["filepath"], d["num_threads"]) for d in threadpool_info())
+    assert [a for a in after if a[0] in dict(before)] == before

@@ -96,3 +96,11 @@ def test_ignore_index_in_range_of_classes():
     keep = Y0 != 3
     want = fs.loss_and_grad(W0, X0[keep], Y0[keep])
     assert got[0] == pytest.approx(want[0], rel=1e-12)
+
+
+def test_dense_targets_overflowing_the_working_dtype():
+    W = W0.astype(np.float32)
+    X = X0.astype(np.float32)
+    T = np.full((m, K), 1e39)  # finite in float64, inf in float32
+    with pytest.raises(ValueError, match="infinite"):
+        fs.loss_and_grad(W, X, T)

@@ -123,3 +123,11 @@ def test_top_level_name_and_missing_sklearn_message():
             "try:\n    fs.SoftmaxRegression\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "fastsoftmax[sklearn]" in out.stdout
+
+
+def test_star_import_without_sklearn():
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "from fastsoftmax import *\n"
+            "print(loss_and_grad.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "loss_and_grad"

@@ -64,3 +64,16 @@ def test_numba_choice_can_be_kept():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "workqueue", out.stderr
+
+
+def test_explicit_numba_tbb_choice_works():
+    """NUMBA_THREADING_LAYER=tbb needs the library fastsoftmax makes loadable."""
+    if not tbb_loadable():
+        pytest.skip("numba's TBB layer is not available (pip install tbb)")
+    code = ("import numpy as np, numba, fastsoftmax as fs\n"
+            "fs.loss_and_grad(np.ones((3, 40)), np.ones((5000, 40)), np.arange(5000) % 3)\n"
+            "print(numba.threading_layer())\n")
+    env = dict(os.environ, NUMBA_THREADING_LAYER="tbb")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "tbb", out.stderr

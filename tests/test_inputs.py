@@ -185,3 +185,27 @@ def test_kernels_are_cached_without_warnings():
         "fused_sums": "fastsoftmax._fused", "fused_sums_serial": "fastsoftmax._fused",
         "indexloop_sums": "fastsoftmax._indexloop", "logits_sums": "fastsoftmax._logits",
         "logits_sums_serial": "fastsoftmax._logits"})
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("target", ["labels", "dense"])
+def test_masked_class_with_minus_inf_intercept(method, target, rng, kernel_path):
+    """A class masked by a -inf intercept gets probability 0; nothing turns NaN."""
+    W, X, y, _ = problem(rng, m=40, n=5, K=4)
+    y = y % 3  # no sample belongs to the masked class 3
+    b = np.array([0.1, -0.2, 0.3, -np.inf])
+    yt = y if target == "labels" else np.eye(4)[y]
+    loss, dW, db = fs.loss_and_grad(W, X, yt, b=b, method=method)
+    want = fs.loss_and_grad(W[:3], X, y, b=b[:3], method="numpy")
+    assert loss == pytest.approx(want[0], rel=1e-12)
+    np.testing.assert_allclose(dW[:3], want[1], rtol=1e-10, atol=1e-12)
+    assert np.all(dW[3] == 0) and db[3] == 0
+
+
+def test_masked_logits():
+    Z = np.array([[1.0, -np.inf, 0.5], [-np.inf, 2.0, 0.0]])
+    loss, dZ = fs.loss_and_grad_logits(Z, np.array([0, 1]))
+    want, want_dZ = fs.loss_and_grad_logits(np.array([[1.0, 0.5], [2.0, 0.0]]), np.array([0, 0]))
+    assert loss == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(dZ[:, [0, 2]][0], want_dZ[0], atol=1e-15)
+    assert dZ[0, 1] == 0 and dZ[1, 0] == 0
