@@ -18,7 +18,7 @@ from ._validation import Problem, prepare, prepare_logits
 Method = Literal["fused", "indexloop", "numpy"]
 Reduction = Literal["mean", "sum"]
 
-def _chunk_count(m: int) -> int:
+def chunk_count(m: int) -> int:
     """How many row chunks (and gradient slabs) the parallel kernels use.
 
     One per numba thread, read at call time so ``numba.set_num_threads`` is
@@ -60,7 +60,7 @@ def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
         return numpy_sums(p)
     m, n = p.X.shape
     K = p.W.shape[0]
-    chunks = _chunk_count(m)
+    chunks = chunk_count(m)
     if method == "indexloop":
         return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
     tile = tile_rows(n, K, p.X.dtype.itemsize)
@@ -221,7 +221,7 @@ def loss_and_grad_logits(
     m, K = Z.shape
     dZ = np.empty((m, K), dtype=Z.dtype)
     tile = logits_tile_rows(K)
-    chunks = _chunk_count(m)
+    chunks = chunk_count(m)
     if chunks == 1 or m * K < SERIAL_WORK:
         loss = logits_sums_serial(Z, t.labels, t.T, t.sw, t.eps, tile, dZ)
     else:

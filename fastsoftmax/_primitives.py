@@ -38,14 +38,14 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
-import numba
 import numpy as np
 from numba import prange
 from numpy.typing import ArrayLike
 
+from ._api import chunk_count
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import exp_nonpositive
-from ._validation import _as_numeric_array
+from ._validation import _as_numeric_array, _working_dtype
 
 #: Below this many input elements (m * K) the kernel runs without a parallel
 #: region: waking the other threads would cost more than it saves.
@@ -147,17 +147,6 @@ def _rows_serial(Z, out, mode, tile):
 # --- Python API ----------------------------------------------------------------
 
 
-def _result_dtype(Z: np.ndarray) -> np.dtype:
-    """float32 for float16/float32 input, float64 for float64 and integers."""
-    if Z.dtype.kind in "iu":
-        return np.dtype(np.float64)
-    if Z.dtype.itemsize <= 4:
-        return np.dtype(np.float32)
-    if Z.dtype.itemsize == 8:
-        return np.dtype(np.float64)
-    raise TypeError(f"Z has dtype {Z.dtype}, which is not supported; use float32 or float64")
-
-
 def _prepare(Z: ArrayLike, func: str) -> tuple[np.ndarray, np.dtype]:
     """Z as a 1-D or 2-D float32/float64 array, and Z's own dtype.
 
@@ -170,7 +159,7 @@ def _prepare(Z: ArrayLike, func: str) -> tuple[np.ndarray, np.dtype]:
     if Z.shape[-1] == 0:
         raise ValueError(f"{func}: Z must have at least one entry along its last axis, "
                          f"got shape {Z.shape}")
-    return Z.astype(_result_dtype(Z), copy=False), Z.dtype
+    return Z.astype(_working_dtype(Z, name="Z"), copy=False), Z.dtype
 
 
 def _check_out(out, shape: tuple, dtype: np.dtype, func: str, z_dtype: np.dtype) -> None:
@@ -218,7 +207,7 @@ def _run(Z: ArrayLike, out: Optional[np.ndarray], mode: int, func: str) -> np.nd
     if m == 0:
         return out
     tile = max(1, TILE_ELEMENTS // K)
-    chunks = max(1, min(m, numba.get_num_threads()))
+    chunks = chunk_count(m)
     if chunks == 1 or m * K < SERIAL_ELEMENTS:
         _rows_serial(Z, out2, mode, tile)
     else:

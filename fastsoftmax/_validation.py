@@ -55,8 +55,12 @@ def _as_numeric_array(name: str, value) -> np.ndarray:
     return arr
 
 
-def _working_dtype(*arrays: np.ndarray) -> np.dtype:
-    """NumPy's promotion of the inputs, mapped onto float32 or float64."""
+def _working_dtype(*arrays: np.ndarray, name: str | None = None) -> np.dtype:
+    """NumPy's promotion of the inputs, mapped onto float32 or float64.
+
+    Integers become float64, float16 float32; wider floats raise TypeError
+    (naming ``name`` when given).
+    """
     dtype = np.result_type(*arrays)
     if dtype.kind in "iu":
         return np.dtype(np.float64)
@@ -64,7 +68,8 @@ def _working_dtype(*arrays: np.ndarray) -> np.dtype:
         return np.dtype(np.float32)
     if dtype.itemsize == 8:
         return np.dtype(np.float64)
-    raise TypeError(f"dtype {dtype} is not supported; use float32 or float64")
+    what = f"{name} has dtype {dtype}, which is" if name else f"dtype {dtype} is"
+    raise TypeError(f"{what} not supported; use float32 or float64")
 
 
 def _kernel_array(a: np.ndarray, dtype) -> np.ndarray:
@@ -252,7 +257,7 @@ def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduct
     m, K = Z.shape
     if m == 0 or K == 0:
         raise ValueError(f"Z must have at least one sample and one class, got shape {Z.shape}")
-    dtype = _working_dtype(Z)
+    dtype = _working_dtype(Z, name="Z")
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
                             ignore_index=ignore_index, reduction=reduction, samples="Z")
     return Z.astype(dtype, copy=False), targets
