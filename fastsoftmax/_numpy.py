@@ -39,7 +39,10 @@ def _numpy_sums(p: Problem) -> tuple[float, np.ndarray, np.ndarray]:
     Z += p.b
     Z -= Z.max(axis=1, keepdims=True)  # Z now holds z - max <= 0
     E = np.exp(Z)
-    s = E.sum(axis=1)
+    # The row sums are at least 1 (the maximum contributes exp(0)); in float32
+    # 1 + 1e-11 would round to 1 and lose a tiny loss altogether, so they are
+    # summed, and their logarithms taken, in float64.
+    s = E.sum(axis=1, dtype=np.float64)
     log_s = np.log(s)
     rows = np.arange(m)
     if use_labels:

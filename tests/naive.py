@@ -48,7 +48,10 @@ def naive_loss_and_grad(W, X, y, *, b=None, sample_weight=None, l2=0.0,
         g = w * (t.sum() * p - t)
         dW += np.outer(g, X[i])
         db += g
-        s_loss += w * np.sum(t * np.abs(lse - z))
+        # |lse - z| per class, plus s_i * 1: log-sum-exp takes the log of a sum
+        # that is at least 1 (the largest term is exp(0)), so it is rounded
+        # on the scale of 1 whatever the size of the loss
+        s_loss += w * (np.sum(t * np.abs(lse - z)) + t.sum())
         s_dW += np.outer(w * (t.sum() * p + t), np.abs(X[i]))
         s_db += w * (t.sum() * p + t)
         total += w
