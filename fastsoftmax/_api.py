@@ -72,16 +72,23 @@ def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
 
 def finish(p: Problem, loss_sum: float, G: np.ndarray, gb: np.ndarray):
     """Divide by the reduction's denominator, add the L2 term, cast to the working dtype."""
-    loss = float(loss_sum) / p.denom
-    dW = np.asarray(G, dtype=np.float64) / p.denom
-    if p.l2:
-        W64 = p.W.astype(np.float64, copy=False)
-        loss += 0.5 * p.l2 * float(np.vdot(W64, W64))
-        dW += p.l2 * W64
-    dW = dW.astype(p.dtype, copy=False)
-    if not p.has_b:
+    return finalize(loss_sum, G, gb, denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
+                    has_b=p.has_b)
+
+
+def finalize(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
+             has_b: bool):
+    """``(loss, dW[, db])`` from the sums: divided by ``denom``, plus ``l2`` on W."""
+    loss = float(loss_sum) / denom
+    dW = np.asarray(G, dtype=np.float64) / denom
+    if l2:
+        W64 = np.asarray(W, dtype=np.float64)
+        loss += 0.5 * l2 * float(np.vdot(W64, W64))
+        dW += l2 * W64
+    dW = dW.astype(dtype, copy=False)
+    if not has_b:
         return loss, dW
-    return loss, dW, (np.asarray(gb, dtype=np.float64) / p.denom).astype(p.dtype, copy=False)
+    return loss, dW, (np.asarray(gb, dtype=np.float64) / denom).astype(dtype, copy=False)
 
 
 def loss_and_grad(

@@ -98,18 +98,29 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
     def fit(self, X, y, sample_weight=None) -> "SoftmaxRegression":
-        """Fit on X (m, n) and labels y (m,), optionally weighted (m,)."""
+        """Fit on X (m, n) and labels y (m,), optionally weighted (m,).
+
+        X may also be a ``dask.array`` chunked by rows (y and sample_weight
+        dask or NumPy arrays): then every loss-and-gradient evaluation runs on
+        the Dask workers (:func:`fastsoftmax.dask.loss_and_grad`) and only
+        K x n partial sums come back to the client.
+        """
         self._check_params()
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
-        check_classification_targets(y)
-        classes, y_index = np.unique(y, return_inverse=True)
+        if type(X).__module__.startswith("dask"):
+            X, y_index, classes, sample_weight, total, evaluate = self._dask_data(
+                X, y, sample_weight)
+        else:
+            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
+            check_classification_targets(y)
+            classes, y_index = np.unique(y, return_inverse=True)
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            total = float(sample_weight.sum())
+            evaluate = loss_and_grad
         K = classes.shape[0]
         if K < 2:
             raise ValueError(
                 f"SoftmaxRegression needs samples of at least 2 classes in the data, "
                 f"but the data contain only one class: {classes[0]!r}")
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        total = float(sample_weight.sum())
         if total <= 0:
             raise ValueError("the sample weights sum to zero")
         m, n = X.shape
@@ -129,8 +140,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             P = x.reshape(K, width)
             W = P[:, :n].astype(dtype)
             b = P[:, n].astype(dtype) if self.fit_intercept else None
-            out = loss_and_grad(W, X, y_index, b=b, sample_weight=sample_weight, l2=l2,
-                                method=self.method)
+            out = evaluate(W, X, y_index, b=b, sample_weight=sample_weight, l2=l2,
+                           method=self.method)
             grad = np.empty((K, width))
             grad[:, :n] = out[1]
             if self.fit_intercept:
@@ -159,6 +170,36 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.n_iter_ = np.array([result.nit], dtype=np.int32)
         self.objective_ = float(result.fun)
         return self
+
+    def _dask_data(self, X, y, sample_weight):
+        """Checked, persisted dask inputs and the evaluator that runs on the workers."""
+        import dask.array as da
+
+        from .dask import loss_and_grad as dask_loss_and_grad
+
+        X = da.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (m, n), got shape {X.shape}")
+        if X.dtype not in (np.float32, np.float64):
+            X = X.astype(np.float64)
+        X = X.rechunk({1: -1})
+        y = da.asarray(y)
+        if y.shape != (X.shape[0],):
+            raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
+        y = y.rechunk((X.chunks[0],))
+        classes = np.unique(da.unique(y).compute())
+        y_index = y.map_blocks(lambda block: np.searchsorted(classes, block), dtype=np.int64)
+        if sample_weight is None:
+            total = float(X.shape[0])
+        else:
+            sample_weight = da.asarray(sample_weight, dtype=np.float64).rechunk((X.chunks[0],))
+            lowest, total = da.compute(sample_weight.min(), sample_weight.sum())
+            if not np.isfinite(total) or lowest < 0:
+                raise ValueError("sample_weight must be finite and non-negative")
+            total = float(total)
+        X, y_index = X.persist(), y_index.persist()
+        self.n_features_in_ = X.shape[1]
+        return X, y_index, classes, sample_weight, total, dask_loss_and_grad
 
     def decision_function(self, X) -> np.ndarray:
         """Logits (m, K); for two classes the log-odds of the second, shape (m,)."""

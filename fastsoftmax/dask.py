@@ -1,0 +1,122 @@
+"""Scale-out on Dask: the loss and gradient of data chunked by rows.
+
+The loss and its gradient are sums over samples, so each row block can be
+reduced where it lives: every block runs :func:`fastsoftmax.loss_and_grad`'s
+kernel with ``reduction="sum"`` (no penalty), the blocks' loss, gradient and
+weight total are added in a tree, and only the client divides and adds the L2
+term.  Only K x n partial sums cross the network, never the data.
+
+Threads: every Dask worker thread runs parallel kernels with numba's thread
+count, so keep ``numba threads x worker threads`` at the core count, e.g.
+workers with ``--nthreads 1`` and ``NUMBA_NUM_THREADS`` equal to the cores
+they may use (``LocalCluster(threads_per_worker=1, env={"NUMBA_NUM_THREADS":
+"2"})`` or ``NUMBA_NUM_THREADS=2 dask worker ... --nthreads 1``).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+
+from ._api import finalize, sums
+from ._validation import (
+    METHODS,
+    _as_numeric_array,
+    _check_finite_scalar,
+    _working_dtype,
+    check_options,
+    prepare,
+)
+
+
+def _block_sums(W, b, X, y, sw, eps, ignore_index, method):
+    """One row block: ``(loss sum, G (K, n), gb (K,), kept weight)``, all float64."""
+    p = prepare(W, X, y, b=b, sample_weight=sw, l2=0.0, label_smoothing=eps,
+                ignore_index=ignore_index, reduction="sum", method=method)
+    loss, G, gb = sums(p, method)
+    if p.sw.shape[0]:
+        kept = float(np.sum(p.sw[p.labels >= 0])) if p.n_ignored else float(np.sum(p.sw))
+    else:
+        kept = float(X.shape[0] - p.n_ignored)
+    return (float(loss), np.asarray(G, dtype=np.float64), np.asarray(gb, dtype=np.float64), kept)
+
+
+def _add(*parts):
+    """The sum of block results, in the order given (deterministic)."""
+    loss, G, gb, kept = parts[0]
+    G, gb = G.copy(), gb.copy()
+    for part in parts[1:]:
+        loss += part[0]
+        G += part[1]
+        gb += part[2]
+        kept += part[3]
+    return loss, G, gb, kept
+
+
+def _rows_like(a, chunks, name):
+    import dask.array as da
+
+    a = da.asarray(a)
+    if a.shape[0] != sum(chunks):
+        raise ValueError(f"{name} has {a.shape[0]} rows but X has {sum(chunks)} samples")
+    return a.rechunk((chunks,) + tuple((s,) for s in a.shape[1:]))
+
+
+def loss_and_grad(
+    W, X, y, *, b=None, sample_weight=None, l2: float = 0.0, label_smoothing: float = 0.0,
+    ignore_index: int | None = None, reduction: str = "mean", method: str = "fused",
+    split_every: int = 8,
+) -> Union[tuple[float, np.ndarray], tuple[float, np.ndarray, np.ndarray]]:
+    """:func:`fastsoftmax.loss_and_grad` for ``dask.array`` X (m, n) chunked by rows.
+
+    ``y`` (m,) or (m, K) and ``sample_weight`` (m,) may be dask or NumPy
+    arrays; they are rechunked to X's row blocks (X's columns to one block).
+    ``W`` (K, n) and ``b`` (K,) are small NumPy arrays sent to every block.
+    ``split_every`` is the fan-in of the tree that adds the blocks' sums.
+    Same results as the in-memory call (to rounding: blocks are summed in a
+    different order), the same options and the same errors, raised when the
+    blocks are computed.  Computes with Dask's current scheduler (a
+    ``distributed.Client`` if one is active).
+
+    Returns ``(loss, dW)`` or ``(loss, dW, db)`` as NumPy values.
+    """
+    import dask
+    import dask.array as da
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    eps = check_options(label_smoothing, ignore_index, reduction)
+    l2 = _check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
+    W = _as_numeric_array("W", W)
+    b = None if b is None else _as_numeric_array("b", b)
+    X = da.asarray(X)
+    if X.ndim != 2 or W.ndim != 2:
+        raise ValueError(f"X must be 2-D (m, n) and W 2-D (K, n), got {X.shape} and {W.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"X has no samples (shape {X.shape})")
+    X = X.rechunk({1: -1})
+    rows = X.chunks[0]
+    y = _rows_like(y, rows, "y")
+    blocks_x = X.to_delayed().ravel()
+    blocks_y = y.to_delayed().ravel()
+    if sample_weight is None:
+        blocks_w = [None] * len(blocks_x)
+    else:
+        blocks_w = _rows_like(sample_weight, rows, "sample_weight").to_delayed().ravel()
+    parts = [dask.delayed(_block_sums)(W, b, xb, yb, wb, eps, ignore_index, method)
+             for xb, yb, wb in zip(blocks_x, blocks_y, blocks_w)]
+    while len(parts) > 1:
+        parts = [dask.delayed(_add)(*parts[i:i + split_every])
+                 for i in range(0, len(parts), split_every)]
+    (loss_sum, G, gb, kept), = dask.compute(parts[0])
+
+    if reduction == "mean":
+        if kept <= 0.0:
+            raise ValueError("the total sample weight is zero, so reduction='mean' is undefined")
+        denom = kept
+    else:
+        denom = 1.0
+    promote = [W, np.empty(0, X.dtype)] + ([] if b is None else [b])
+    return finalize(loss_sum, G, gb, denom=denom, l2=l2, W=W, dtype=_working_dtype(*promote),
+                    has_b=b is not None)

@@ -1,0 +1,112 @@
+"""fastsoftmax.dask on a real dask.distributed LocalCluster (two worker processes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+
+import fastsoftmax as fs  # noqa: E402
+import fastsoftmax.dask as fsd  # noqa: E402
+from helpers import assert_results_close  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, env={"NUMBA_NUM_THREADS": "1"})
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def problem(rng, m=3000, n=9, K=5):
+    X = rng.standard_normal((m, n))
+    W = rng.standard_normal((K, n)) / 3
+    return W, X, rng.integers(0, K, m), rng.standard_normal(K)
+
+
+CASES = {
+    "plain": {},
+    "bias": {"b": True},
+    "everything": {"b": True, "sample_weight": True, "l2": 0.3, "label_smoothing": 0.1,
+                   "ignore_index": -100},
+    "sum": {"reduction": "sum", "sample_weight": True},
+    "dense": {"dense": True, "label_smoothing": 0.2},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_equals_in_memory(client, case, rng):
+    opts = dict(CASES[case])
+    W, X, y, b = problem(rng)
+    if opts.pop("dense", False):
+        y = rng.random((3000, 5))
+    if opts.get("ignore_index") == -100:
+        y = y.copy()
+        y[rng.random(3000) < 0.2] = -100
+    if opts.pop("b", False):
+        opts["b"] = b
+    if opts.pop("sample_weight", False):
+        opts["sample_weight"] = rng.random(3000)
+    want = fs.loss_and_grad(W, X, y, **opts)
+    Xd = da.from_array(X, chunks=(700, 9))  # uneven last block
+    yd = da.from_array(y, chunks=700)
+    got = fsd.loss_and_grad(W, Xd, yd, split_every=2, **opts)
+    assert_results_close(got, want, np.float64)
+
+
+def test_persisted_data(client, rng):
+    W, X, y, _ = problem(rng)
+    Xd = client.persist(da.from_array(X, chunks=(500, 9)))
+    yd = client.persist(da.from_array(y, chunks=500))
+    loss, dW = fsd.loss_and_grad(W, Xd, yd)
+    assert loss == pytest.approx(fs.loss_and_grad(W, X, y)[0], rel=1e-12)
+
+
+def test_workers_keep_one_numba_thread(client):
+    import numba
+
+    threads = client.run(numba.get_num_threads)
+    assert set(threads.values()) == {1}
+
+
+def test_errors_reach_the_caller(client, rng):
+    W, X, y, _ = problem(rng, m=100)
+    y = y.copy()
+    y[50] = 7
+    with pytest.raises(ValueError, match="outside"):
+        fsd.loss_and_grad(W, da.from_array(X, chunks=(30, 9)), y)
+    with pytest.raises(ValueError, match="total sample weight"):
+        fsd.loss_and_grad(W, da.from_array(X, chunks=(30, 9)), y % 5,
+                          sample_weight=np.zeros(100))
+
+
+def test_threaded_scheduler_without_a_cluster(rng):
+    import dask
+
+    W, X, y, b = problem(rng)
+    with dask.config.set(scheduler="threads"):
+        got = fsd.loss_and_grad(W, da.from_array(X, chunks=(400, 9)), y, b=b)
+    assert_results_close(got, fs.loss_and_grad(W, X, y, b=b), np.float64)
+
+
+def test_softmax_regression_fits_dask_arrays(client, rng):
+    sklearn = pytest.importorskip("sklearn")  # noqa: F841
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    m, n = 4000, 12
+    X = rng.standard_normal((m, n))
+    y = np.array(["a", "b", "c"])[(X[:, 0] + 0.5 * X[:, 1] > 0).astype(int) + (X[:, 2] > 1)]
+    w = rng.random(m) + 0.5
+    ref = SoftmaxRegression(C=0.5, tol=1e-10, max_iter=2000).fit(X, y, sample_weight=w)
+    model = SoftmaxRegression(C=0.5, tol=1e-10, max_iter=2000).fit(
+        da.from_array(X, chunks=(1000, n)), da.from_array(y, chunks=1000),
+        sample_weight=da.from_array(w, chunks=1000))
+    assert list(model.classes_) == list(ref.classes_)
+    np.testing.assert_allclose(model.coef_, ref.coef_, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=0, atol=1e-6)
+    assert (model.predict(X) == ref.predict(X)).all()
