@@ -13,6 +13,7 @@ from ._fused import fused_sums, fused_sums_serial
 from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
+from ._threading import parallel_region
 from ._validation import Problem, prepare, prepare_logits
 
 Method = Literal["fused", "indexloop", "numpy"]
@@ -62,12 +63,14 @@ def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
     K = p.W.shape[0]
     chunks = chunk_count(m)
     if method == "indexloop":
-        return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
+        with parallel_region():
+            return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
     tile = tile_rows(n, K, p.X.dtype.itemsize)
     with single_threaded_blas:
         if chunks == 1 or m * n * K < SERIAL_WORK:
             return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile)
-        return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile)
+        with parallel_region():
+            return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile)
 
 
 def finish(p: Problem, loss_sum: float, G: np.ndarray, gb: np.ndarray):
@@ -232,7 +235,8 @@ def loss_and_grad_logits(
     if chunks == 1 or m * K < SERIAL_WORK:
         loss = logits_sums_serial(Z, t.labels, t.T, t.sw, t.eps, tile, dZ)
     else:
-        loss = logits_sums(Z, t.labels, t.T, t.sw, t.eps, chunks, tile, dZ)
+        with parallel_region():
+            loss = logits_sums(Z, t.labels, t.T, t.sw, t.eps, chunks, tile, dZ)
     if t.denom != 1.0:
         dZ /= dZ.dtype.type(t.denom)
     return float(loss) / t.denom, dZ

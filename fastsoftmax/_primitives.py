@@ -44,6 +44,7 @@ from numpy.typing import ArrayLike
 
 from ._api import chunk_count
 from ._jit import parallel_kernel, serial_kernel
+from ._threading import parallel_region
 from ._rowmath import exp_nonpositive
 from ._validation import _as_numeric_array, _working_dtype
 
@@ -211,7 +212,8 @@ def _run(Z: ArrayLike, out: Optional[np.ndarray], mode: int, func: str) -> np.nd
     if chunks == 1 or m * K < SERIAL_ELEMENTS:
         _rows_serial(Z, out2, mode, tile)
     else:
-        _rows_parallel(Z, out2, mode, chunks, tile)
+        with parallel_region():
+            _rows_parallel(Z, out2, mode, chunks, tile)
     return out
 
 

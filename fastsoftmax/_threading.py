@@ -21,9 +21,11 @@ before any parallel kernel runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+import threading
 import warnings
 
 import numba
@@ -80,3 +82,29 @@ def choose_threading_layer() -> str:
         warnings.warn(f"{ENV}=tbb, but numba's TBB layer cannot be loaded (pip install tbb); "
                       "numba's default layer is used", RuntimeWarning, stacklevel=3)
     return numba.config.THREADING_LAYER
+
+
+# --- calls from several Python threads ------------------------------------------
+#
+# numba's workqueue layer (its fallback when neither TBB nor OpenMP loads) is
+# not thread-safe: two Python threads entering parallel regions at once abort
+# the process.  Parallel kernel calls are therefore serialised while the layer
+# is unknown (before the first parallel call) or is workqueue; TBB and OpenMP
+# run them concurrently.
+
+_serial_lock = threading.Lock()
+_layer: str | None = None
+
+
+def parallel_region():
+    """Context for one call of a parallel kernel: a lock unless the layer is thread-safe."""
+    global _layer
+    if _layer is None:
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:  # no parallel region has run yet
+            return _serial_lock
+    return _NO_LOCK if _layer in ("tbb", "omp") else _serial_lock
+
+
+_NO_LOCK = contextlib.nullcontext()
