@@ -32,6 +32,9 @@ from ._validation import (
 
 def _block_sums(W, b, X, y, sw, eps, ignore_index, method):
     """One row block: ``(loss sum, G (K, n), gb (K,), kept weight)``, all float64."""
+    if X.shape[0] == 0:  # an empty block (after filtering, say) adds nothing
+        K, n = np.shape(W)
+        return 0.0, np.zeros((K, n)), np.zeros(K), 0.0
     p = prepare(W, X, y, b=b, sample_weight=sw, l2=0.0, label_smoothing=eps,
                 ignore_index=ignore_index, reduction="sum", method=method)
     loss, G, gb = sums(p, method)
@@ -58,6 +61,9 @@ def _rows_like(a, chunks, name):
     import dask.array as da
 
     a = da.asarray(a)
+    if a.ndim == 0 or np.isnan(a.shape[0]):
+        raise ValueError(f"{name} must be an array of {sum(chunks)} rows with known chunk sizes, "
+                         f"got shape {a.shape}")
     if a.shape[0] != sum(chunks):
         raise ValueError(f"{name} has {a.shape[0]} rows but X has {sum(chunks)} samples")
     return a.rechunk((chunks,) + tuple((s,) for s in a.shape[1:]))
@@ -86,6 +92,8 @@ def loss_and_grad(
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
+        raise ValueError(f"split_every must be an integer >= 2, got {split_every!r}")
     eps = check_options(label_smoothing, ignore_index, reduction)
     l2 = _check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
     W = _as_numeric_array("W", W)
@@ -93,6 +101,8 @@ def loss_and_grad(
     X = da.asarray(X)
     if X.ndim != 2 or W.ndim != 2:
         raise ValueError(f"X must be 2-D (m, n) and W 2-D (K, n), got {X.shape} and {W.shape}")
+    if np.isnan(X.shape[0]):
+        raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
     if X.shape[0] == 0:
         raise ValueError(f"X has no samples (shape {X.shape})")
     X = X.rechunk({1: -1})

@@ -172,33 +172,58 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         return self
 
     def _dask_data(self, X, y, sample_weight):
-        """Checked, persisted dask inputs and the evaluator that runs on the workers."""
+        """Checked, persisted dask inputs and the evaluator that runs on the workers.
+
+        The checks scikit-learn's ``validate_data`` makes on NumPy input are
+        made here on the workers (finite X, classification targets, weight
+        shape and sign); only their outcomes come back.
+        """
         import dask.array as da
 
+        from .dask import _rows_like
         from .dask import loss_and_grad as dask_loss_and_grad
 
         X = da.asarray(X)
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-D (m, n), got shape {X.shape}")
+        if X.ndim != 2 or np.isnan(X.shape[0]):
+            raise ValueError(f"X must be 2-D (m, n) with known chunk sizes, got shape {X.shape}")
         if X.dtype not in (np.float32, np.float64):
             X = X.astype(np.float64)
         X = X.rechunk({1: -1})
-        y = da.asarray(y)
-        if y.shape != (X.shape[0],):
-            raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
-        y = y.rechunk((X.chunks[0],))
+        y = _rows_like(y, X.chunks[0], "y")
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D (m,), got shape {y.shape}")
         classes = np.unique(da.unique(y).compute())
-        y_index = y.map_blocks(lambda block: np.searchsorted(classes, block), dtype=np.int64)
+        check_classification_targets(classes)
+        if classes.dtype.kind == "f" and not np.all(np.isfinite(classes)):
+            raise ValueError("y contains NaN or infinity")
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"SoftmaxRegression needs samples of at least 2 classes in the data, "
+                f"but the data contain only one class: {classes[0]!r}")
+        checks = [da.isfinite(X).all()]
         if sample_weight is None:
             total = float(X.shape[0])
         else:
-            sample_weight = da.asarray(sample_weight, dtype=np.float64).rechunk((X.chunks[0],))
-            lowest, total = da.compute(sample_weight.min(), sample_weight.sum())
+            if np.ndim(sample_weight) == 0:
+                sample_weight = da.full(X.shape[0], float(sample_weight), chunks=(X.chunks[0],))
+            sample_weight = _rows_like(da.asarray(sample_weight, dtype=np.float64),
+                                       X.chunks[0], "sample_weight")
+            if sample_weight.ndim != 1:
+                raise ValueError(f"sample_weight must be 1-D, got shape {sample_weight.shape}")
+            checks += [sample_weight.min(), sample_weight.sum()]
+        results = da.compute(*checks)
+        if not results[0]:
+            raise ValueError("X contains NaN or infinity")
+        if sample_weight is not None:
+            lowest, total = results[1], float(results[2])
             if not np.isfinite(total) or lowest < 0:
                 raise ValueError("sample_weight must be finite and non-negative")
-            total = float(total)
+            sample_weight = sample_weight.persist()
+        y_index = y.map_blocks(lambda block: np.searchsorted(classes, block), dtype=np.int64)
         X, y_index = X.persist(), y_index.persist()
         self.n_features_in_ = X.shape[1]
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         return X, y_index, classes, sample_weight, total, dask_loss_and_grad
 
     def decision_function(self, X) -> np.ndarray:

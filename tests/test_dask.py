@@ -110,3 +110,38 @@ def test_softmax_regression_fits_dask_arrays(client, rng):
     np.testing.assert_allclose(model.coef_, ref.coef_, rtol=0, atol=1e-6)
     np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=0, atol=1e-6)
     assert (model.predict(X) == ref.predict(X)).all()
+
+
+def test_empty_blocks_and_bad_arguments(client, rng):
+    W, X, y, _ = problem(rng, m=300)
+    Xd = da.concatenate([da.from_array(X[:100], chunks=(100, 9)),
+                         da.zeros((0, 9), chunks=(0, 9)),
+                         da.from_array(X[100:], chunks=(200, 9))])
+    got = fsd.loss_and_grad(W, Xd, y)
+    assert_results_close(got, fs.loss_and_grad(W, X, y), np.float64)
+    for bad in (0, 1, -1, 2.5):
+        with pytest.raises(ValueError, match="split_every"):
+            fsd.loss_and_grad(W, Xd, y, split_every=bad)
+    unknown = da.from_array(X, chunks=(100, 9))
+    unknown = unknown[unknown[:, 0] > -10]  # chunk sizes now unknown
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        fsd.loss_and_grad(W, unknown, y)
+
+
+def test_fit_checks_dask_input_like_numpy_input(client, rng):
+    pytest.importorskip("sklearn")
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X = rng.standard_normal((200, 4))
+    Xd = da.from_array(X, chunks=(50, 4))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        SoftmaxRegression().fit(Xd, da.from_array(rng.random(200), chunks=50))
+    Xn = X.copy()
+    Xn[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        SoftmaxRegression().fit(da.from_array(Xn, chunks=(50, 4)), np.arange(200) % 2)
+    with pytest.raises(ValueError, match="sample_weight"):
+        SoftmaxRegression().fit(Xd, np.arange(200) % 2, sample_weight=np.ones(150))
+    scalar = SoftmaxRegression(tol=1e-10).fit(Xd, np.arange(200) % 2, sample_weight=2.0)
+    plain = SoftmaxRegression(tol=1e-10).fit(X, np.arange(200) % 2, sample_weight=2.0)
+    np.testing.assert_allclose(scalar.coef_, plain.coef_, atol=1e-6)

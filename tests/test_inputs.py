@@ -209,3 +209,13 @@ def test_masked_logits():
     assert loss == pytest.approx(want, rel=1e-12)
     np.testing.assert_allclose(dZ[:, [0, 2]][0], want_dZ[0], atol=1e-15)
     assert dZ[0, 1] == 0 and dZ[1, 0] == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tiny_float32_loss_is_kept(method):
+    """A loss of about 4e-11 in float32 (a row sum of 1 + 4e-11) is not rounded to 0."""
+    W = np.array([[24.0], [0.0]], dtype=np.float32)
+    X = np.ones((3, 1), dtype=np.float32)
+    y = np.zeros(3, dtype=np.int64)
+    loss, _ = fs.loss_and_grad(W, X, y, method=method)
+    assert loss == pytest.approx(np.log1p(np.exp(-24.0)), rel=1e-6)
