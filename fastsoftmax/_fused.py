@@ -38,30 +38,24 @@ from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
 
 
-def _tile_rows(X, t0, t1, buf):
-    """Rows t0:t1 of X as a C-contiguous array (a view when X is C-contiguous)."""
+def _tile_rows(X, t0, t1, rows, buf):
+    """Rows t0:t1 of X as a C-contiguous array: a view when X is C-contiguous,
+    else a copy into ``buf`` (``rows`` holds t0..t1-1)."""
 
 
 @overload(_tile_rows, jit_options={"cache": True})
-def _tile_rows_impl(X, t0, t1, buf):
+def _tile_rows_impl(X, t0, t1, rows, buf):
     if X.layout == "C":
-        return lambda X, t0, t1, buf: X[t0:t1]
+        return lambda X, t0, t1, rows, buf: X[t0:t1]
     if X.layout == "F":
-        def gather_columns(X, t0, t1, buf):
+        def gather_columns(X, t0, t1, rows, buf):  # column by column: X's own order
             out = buf[: t1 - t0]
             for l in range(X.shape[1]):
                 for r in range(t1 - t0):
                     out[r, l] = X[t0 + r, l]
             return out
         return gather_columns
-
-    def gather_rows(X, t0, t1, buf):
-        out = buf[: t1 - t0]
-        for r in range(t1 - t0):
-            for l in range(X.shape[1]):
-                out[r, l] = X[t0 + r, l]
-        return out
-    return gather_rows
+    return lambda X, t0, t1, rows, buf: _gather(X, rows, buf)
 
 
 @serial_kernel
@@ -119,7 +113,7 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
         t1 = min(t0 + tile, stop)
         R = _kept_rows(labels, t0, t1, rows)
         if R == t1 - t0:
-            Xt = _tile_rows(X, t0, t1, xbuf)
+            Xt = _tile_rows(X, t0, t1, rows[:R], xbuf)
             loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
         elif R > 0:
             Xt = _gather(X, rows[:R], xbuf)
