@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _dispatch as policy
 from ._blas import single_threaded_blas
 from ._fused import fused_sums, fused_sums_serial
 from ._indexloop import indexloop_sums
@@ -19,55 +19,19 @@ from ._validation import Problem, prepare, prepare_logits
 Method = Literal["fused", "indexloop", "numpy"]
 Reduction = Literal["mean", "sum"]
 
-def chunk_count(m: int) -> int:
-    """How many row chunks (and gradient slabs) the parallel kernels use.
-
-    One per numba thread, read at call time so ``numba.set_num_threads`` is
-    honoured; never more than the number of rows.
-    """
-    return max(1, min(m, numba.get_num_threads()))
-
-
-#: Bytes of X per tile of the fused kernel: the tile stays in the L2 cache
-#: between the two GEMMs that read it.
-TILE_BYTES = 384 * 1024
-#: OpenBLAS multiplies small matrices (M N K up to about this) with a
-#: dedicated kernel that is twice as fast on the skinny products of few
-#: classes; tiles are kept under it when that leaves at least 32 rows.
-SMALL_GEMM = 2**19
-#: Below this many multiply-adds (m n K) a call runs on one thread: waking
-#: the others would cost more than it saves.
-SERIAL_WORK = 2**15
-#: Logits per tile of loss_and_grad_logits (its float64 scratch stays in L2).
-LOGITS_TILE_ENTRIES = 2**15
-
-
-def tile_rows(n: int, K: int, itemsize: int) -> int:
-    """Rows per tile of the fused kernel (measured choices, see the constants)."""
-    rows = TILE_BYTES // (n * itemsize)
-    if rows * n * K > SMALL_GEMM and SMALL_GEMM // (n * K) >= 32:
-        rows = SMALL_GEMM // (n * K)
-    return int(min(1024, max(16, rows)))
-
-
-def logits_tile_rows(K: int) -> int:
-    """Rows per tile of :func:`loss_and_grad_logits`."""
-    return int(min(1024, max(16, LOGITS_TILE_ENTRIES // K)))
-
-
 def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
     """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``."""
     if method == "numpy":
         return numpy_sums(p)
     m, n = p.X.shape
     K = p.W.shape[0]
-    chunks = chunk_count(m)
+    chunks = policy.chunk_count(m)
     if method == "indexloop":
         with parallel_region():
             return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
-    tile = tile_rows(n, K, p.X.dtype.itemsize)
+    tile = policy.tile_rows(n, K, p.X.dtype.itemsize)
     with single_threaded_blas:
-        if chunks == 1 or m * n * K < SERIAL_WORK:
+        if chunks == 1 or m * n * K < policy.SERIAL_WORK:
             return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile)
         with parallel_region():
             return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile)
@@ -230,9 +194,9 @@ def loss_and_grad_logits(
                           ignore_index=ignore_index, reduction=reduction)
     m, K = Z.shape
     dZ = np.empty((m, K), dtype=Z.dtype)
-    tile = logits_tile_rows(K)
-    chunks = chunk_count(m)
-    if chunks == 1 or m * K < SERIAL_WORK:
+    tile = policy.logits_tile_rows(K)
+    chunks = policy.chunk_count(m)
+    if chunks == 1 or m * K < policy.SERIAL_WORK:
         loss = logits_sums_serial(Z, t.labels, t.T, t.sw, t.eps, tile, dZ)
     else:
         with parallel_region():

@@ -26,6 +26,7 @@ from numba import prange
 
 from ._api import loss_and_grad
 from ._peers import PEERS
+from ._threading import active_layer
 from ._validation import METHODS
 
 #: name -> (m, n, K); the shapes the project's speed targets are stated on.
@@ -202,16 +203,9 @@ def machine() -> dict[str, object]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "numba_threads": numba.get_num_threads(),
-        "threading_layer": _threading_layer(),
+        "threading_layer": active_layer() or "not yet chosen",
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
         "llvmlite": llvmlite.__version__,
     }
-
-
-def _threading_layer() -> str:
-    try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet
-        return "not yet chosen"

@@ -107,13 +107,11 @@ def report() -> int:
     from rich.table import Table
 
     from . import __version__
+    from ._threading import active_layer
 
     checks = run_checks()
     console = Console()
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
-        layer = "none chosen"
+    layer = active_layer() or "none chosen"
     console.print(f"fastsoftmax {__version__}; numba {numba.__version__}, numpy {np.__version__}, "
                   f"llvmlite {llvmlite.__version__}; threading layer {layer}, "
                   f"{numba.get_num_threads()} threads")

@@ -31,52 +31,11 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
-from numba.extending import overload
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
-
-
-def _tile_rows(X, t0, t1, rows, buf):
-    """Rows t0:t1 of X as a C-contiguous array: a view when X is C-contiguous,
-    else a copy into ``buf`` (``rows`` holds t0..t1-1)."""
-
-
-@overload(_tile_rows, jit_options={"cache": True})
-def _tile_rows_impl(X, t0, t1, rows, buf):
-    if X.layout == "C":
-        return lambda X, t0, t1, rows, buf: X[t0:t1]
-    if X.layout == "F":
-        def gather_columns(X, t0, t1, rows, buf):  # column by column: X's own order
-            out = buf[: t1 - t0]
-            for l in range(X.shape[1]):
-                for r in range(t1 - t0):
-                    out[r, l] = X[t0 + r, l]
-            return out
-        return gather_columns
-    return lambda X, t0, t1, rows, buf: _gather(X, rows, buf)
-
-
-@serial_kernel
-def _kept_rows(labels, t0, t1, rows):
-    """Indices of the tile's samples that ignore_index keeps, into ``rows``; their count."""
-    R = 0
-    for i in range(t0, t1):
-        if labels.shape[0] == 0 or labels[i] >= 0:
-            rows[R] = i
-            R += 1
-    return R
-
-
-@serial_kernel
-def _gather(X, rows, buf):
-    """The rows of X listed in ``rows``, copied into ``buf``."""
-    out = buf[: rows.shape[0]]
-    for r in range(rows.shape[0]):
-        for l in range(X.shape[1]):
-            out[r, l] = X[rows[r], l]
-    return out
+from ._tiles import gather, kept_rows, tile_view
 
 
 @serial_kernel
@@ -111,12 +70,12 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
     loss = 0.0
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
-        R = _kept_rows(labels, t0, t1, rows)
+        R = kept_rows(labels, t0, t1, rows)
         if R == t1 - t0:
-            Xt = _tile_rows(X, t0, t1, rows[:R], xbuf)
+            Xt = tile_view(X, t0, t1, rows[:R], xbuf)
             loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
         elif R > 0:
-            Xt = _gather(X, rows[:R], xbuf)
+            Xt = gather(X, rows[:R], xbuf)
             loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
     return loss
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._fused import _gather, _kept_rows
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
+from ._tiles import gather, kept_rows
 
 
 @serial_kernel
@@ -47,7 +47,7 @@ def logits_chunk(Z, labels, T, sw, eps, start, stop, tile, dZ):
     loss = 0.0
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
-        R = _kept_rows(labels, t0, t1, rows)
+        R = kept_rows(labels, t0, t1, rows)
         if R == t1 - t0:
             loss += _logits_tile(Z[t0:t1], D, E, aux, b, labels, T, sw, eps, rows[:R], gb, dZ)
             continue
@@ -56,7 +56,7 @@ def logits_chunk(Z, labels, T, sw, eps, start, stop, tile, dZ):
             for k in range(K):
                 row[k] = 0.0
         if R > 0:
-            Zt = _gather(Z, rows[:R], zbuf)
+            Zt = gather(Z, rows[:R], zbuf)
             loss += _logits_tile(Zt, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, dZ)
     return loss
 

@@ -29,7 +29,7 @@ depends on the input and the chunk count only: repeated calls with the same
 thread count are bitwise identical.
 
 Peak extra memory besides the result: per chunk, float64 scratch buffers of
-at most 16 KiB while K <= TILE_ELEMENTS (512), and of 16 K bytes for larger
+at most 16 KiB while K <= ``_dispatch.TILE_ELEMENTS`` (512), and of 16 K bytes for larger
 K; plus one converted copy of Z when its dtype is not float32 or float64.
 """
 
@@ -42,20 +42,11 @@ import numpy as np
 from numba import prange
 from numpy.typing import ArrayLike
 
-from ._api import chunk_count
+from . import _dispatch as policy
 from ._jit import parallel_kernel, serial_kernel
 from ._threading import parallel_region
 from ._rowmath import exp_nonpositive
 from ._validation import _as_numeric_array, _working_dtype
-
-#: Below this many input elements (m * K) the kernel runs without a parallel
-#: region: waking the other threads would cost more than it saves.
-SERIAL_ELEMENTS = 2**15
-#: Elements per tile (rows per tile: this divided by K, at least 1).  Each
-#: chunk's two float64 buffers then take 4 KiB each and stay in L1 with the
-#: tile's input and output between passes; measured faster than 1024 to
-#: 16384 elements on K = 10 and as fast for K from 3 to 1000.
-TILE_ELEMENTS = 512
 
 # What the kernel writes; compile-time constants inside the kernel.
 _SOFTMAX = 0
@@ -207,9 +198,9 @@ def _run(Z: ArrayLike, out: Optional[np.ndarray], mode: int, func: str) -> np.nd
     m, K = Z.shape
     if m == 0:
         return out
-    tile = max(1, TILE_ELEMENTS // K)
-    chunks = chunk_count(m)
-    if chunks == 1 or m * K < SERIAL_ELEMENTS:
+    tile = policy.primitive_tile_rows(K)
+    chunks = policy.chunk_count(m)
+    if chunks == 1 or m * K < policy.SERIAL_ELEMENTS:
         _rows_serial(Z, out2, mode, tile)
     else:
         with parallel_region():

@@ -96,15 +96,21 @@ _serial_lock = threading.Lock()
 _layer: str | None = None
 
 
-def parallel_region():
-    """Context for one call of a parallel kernel: a lock unless the layer is thread-safe."""
+def active_layer() -> str | None:
+    """The threading layer numba runs parallel regions on ("tbb", "omp" or
+    "workqueue"), or None before the first parallel region of the process."""
     global _layer
     if _layer is None:
         try:
             _layer = numba.threading_layer()
         except ValueError:  # no parallel region has run yet
-            return _serial_lock
-    return _NO_LOCK if _layer in ("tbb", "omp") else _serial_lock
+            return None
+    return _layer
+
+
+def parallel_region():
+    """Context for one call of a parallel kernel: a lock unless the layer is thread-safe."""
+    return _NO_LOCK if active_layer() in ("tbb", "omp") else _serial_lock
 
 
 _NO_LOCK = contextlib.nullcontext()

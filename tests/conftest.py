@@ -26,12 +26,12 @@ def kernel_path(request, monkeypatch):
     problems, with 3-row tiles so that every chunk has several tiles and the
     last tile is partial.
     """
-    import fastsoftmax._api as api
+    import fastsoftmax._dispatch as policy
 
     if request.param == "serial":
-        monkeypatch.setattr(api, "SERIAL_WORK", 2**62)
+        monkeypatch.setattr(policy, "SERIAL_WORK", 2**62)
     else:
-        monkeypatch.setattr(api, "SERIAL_WORK", 0)
-        monkeypatch.setattr(api, "tile_rows", lambda n, K, itemsize: 3)
-        monkeypatch.setattr(api, "logits_tile_rows", lambda K: 3)
+        monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+        monkeypatch.setattr(policy, "tile_rows", lambda n, K, itemsize: 3)
+        monkeypatch.setattr(policy, "logits_tile_rows", lambda K: 3)
     return request.param

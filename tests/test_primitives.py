@@ -27,6 +27,7 @@ import scipy.special as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastsoftmax import _dispatch as policy
 from fastsoftmax import _primitives as prim
 from helpers import assert_cached_in_new_process
 from fastsoftmax._primitives import log_softmax, logsumexp, softmax
@@ -44,10 +45,10 @@ def path(request, monkeypatch):
     few rows and the last tile of a chunk is partial.
     """
     if request.param == "serial":
-        monkeypatch.setattr(prim, "SERIAL_ELEMENTS", 2**62)
+        monkeypatch.setattr(policy, "SERIAL_ELEMENTS", 2**62)
     else:
-        monkeypatch.setattr(prim, "SERIAL_ELEMENTS", 0)
-        monkeypatch.setattr(prim, "TILE_ELEMENTS", 7)
+        monkeypatch.setattr(policy, "SERIAL_ELEMENTS", 0)
+        monkeypatch.setattr(policy, "TILE_ELEMENTS", 7)
     return request.param
 
 
@@ -182,14 +183,14 @@ def test_large_inputs_take_the_parallel_path(dtype, monkeypatch):
     below it the serial one; both agree with SciPy and with each other bit for bit."""
     rng = np.random.default_rng(7)
     small = (3 * rng.standard_normal((40, 17))).astype(dtype)
-    large = (3 * rng.standard_normal((2 * prim.SERIAL_ELEMENTS // 17 + 3, 17))).astype(dtype)
+    large = (3 * rng.standard_normal((2 * policy.SERIAL_ELEMENTS // 17 + 3, 17))).astype(dtype)
     with counting_calls(monkeypatch) as calls:
         for name, func in FUNCS.items():
             assert_matches_scipy(name, small, func(small), dtype)
             got = func(large)
             assert_matches_scipy(name, large, got, dtype)
             with monkeypatch.context() as mp:
-                mp.setattr(prim, "SERIAL_ELEMENTS", 2**62)
+                mp.setattr(policy, "SERIAL_ELEMENTS", 2**62)
                 np.testing.assert_array_equal(func(large), got)
     parallel = numba.get_num_threads() > 1
     assert calls == {"serial": 3 + 3 * parallel, "parallel": 3 * parallel}

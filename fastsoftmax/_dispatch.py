@@ -1,0 +1,67 @@
+"""Dispatch policy: how every kernel call is cut into chunks and tiles.
+
+The one home of the numbers that decide how work is split: how many row
+chunks (one per numba thread), how many rows per tile, and below which size a
+call runs on the calling thread alone.  The entry points read them from here
+at call time (as ``_dispatch.NAME``), so a test can change one of them for
+the duration of a test with ``monkeypatch.setattr``.
+
+The values were measured on the development machines (see
+``docs/performance.md``); they are policies, not part of any result: a
+kernel's output depends on the tile and chunk counts it is given only
+through the order of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import numba
+
+#: Bytes of X per tile of the fused kernel: the tile stays in the L2 cache
+#: between the two GEMMs that read it.
+TILE_BYTES = 384 * 1024
+#: OpenBLAS multiplies small matrices (M N K up to about this) with a
+#: dedicated kernel that is twice as fast on the skinny products of few
+#: classes; tiles are kept under it when that leaves at least 32 rows.
+SMALL_GEMM = 2**19
+#: Below this many multiply-adds (m n K) a loss call runs on one thread:
+#: waking the others would cost more than it saves.  The logits entry point
+#: applies it to m K.
+SERIAL_WORK = 2**15
+#: Logits per tile of loss_and_grad_logits (its float64 scratch stays in L2).
+LOGITS_TILE_ENTRIES = 2**15
+#: Below this many input elements (m K) the row-wise primitives run on one
+#: thread.
+SERIAL_ELEMENTS = 2**15
+#: Elements per tile of the row-wise primitives (rows per tile: this divided
+#: by K, at least 1).  Each chunk's two float64 buffers then take 4 KiB each
+#: and stay in L1 with the tile's input and output between passes; measured
+#: faster than 1024 to 16384 elements on K = 10 and as fast for K from 3 to
+#: 1000.
+TILE_ELEMENTS = 512
+
+
+def chunk_count(m: int) -> int:
+    """How many row chunks (and gradient slabs) a parallel kernel uses for m rows.
+
+    One per numba thread, read at call time so ``numba.set_num_threads`` is
+    honoured; never more than the number of rows.
+    """
+    return max(1, min(m, numba.get_num_threads()))
+
+
+def tile_rows(n: int, K: int, itemsize: int) -> int:
+    """Rows per tile of the fused kernel for n features, K classes (measured choices)."""
+    rows = TILE_BYTES // (n * itemsize)
+    if rows * n * K > SMALL_GEMM and SMALL_GEMM // (n * K) >= 32:
+        rows = SMALL_GEMM // (n * K)
+    return int(min(1024, max(16, rows)))
+
+
+def logits_tile_rows(K: int) -> int:
+    """Rows per tile of :func:`fastsoftmax.loss_and_grad_logits` for K classes."""
+    return int(min(1024, max(16, LOGITS_TILE_ENTRIES // K)))
+
+
+def primitive_tile_rows(K: int) -> int:
+    """Rows per tile of the row-wise primitives for rows of K entries."""
+    return max(1, TILE_ELEMENTS // K)
