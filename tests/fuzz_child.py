@@ -1,128 +1,79 @@
 """The fuzzing body, run in a child process by test_fuzz.py so that a crash
 (segfault, abort) fails that test instead of killing the test session.
 
-Every call must either return results equal to a reference (NumPy method or
-SciPy; for the logits entry point its loss and dZ^T Z), NaN-propagating when
-the input holds NaN or inf, or raise ValueError or TypeError; and at least
-15% of the calls must return (so that rejecting everything cannot pass).  Before each call the case is written to the file named by the
-first argument, so a crash can be traced to it.
+Usage: ``python fuzz_child.py TRACE_FILE EXAMPLES``.  The run is reproducible:
+hypothesis draws its cases from the seed in ``FASTSOFTMAX_FUZZ_SEED``
+(default 0, printed at the start).  Every case is judged by
+:func:`fuzzing.check_case`; before each call the case is written to
+TRACE_FILE as pasteable Python, so that a crash can be traced to it, and a
+failing case is printed the same way (hypothesis shrinks it first).  At least
+15% of the calls must return, so that a library that rejected everything
+could not pass.
+
+``FASTSOFTMAX_FUZZ_SABOTAGE`` (for the test of this test) wraps the entry
+points in a deliberate bug: ``grad`` scales dW by 1 + 1e-4, ``reject``
+raises ValueError whenever sample weights are given, ``accept`` passes
+negative sample weights and label smoothing through ``abs``.  Every one of them must make the
+run fail.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 
 import numpy as np
-import scipy.special as sp
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, note, seed, settings
 
 import fastsoftmax as fs
+from fuzzing import case_source, cases, check_case
 
 TRACE = sys.argv[1]
+EXAMPLES = int(sys.argv[2])
+SEED = int(os.environ.get("FASTSOFTMAX_FUZZ_SEED", "0"))
 COUNTS = {"returned": 0, "rejected": 0}
-DTYPES = ["float64"] * 4 + ["float32"] * 3 + ["int64", "float16", "bool", "complex128", "object"]
 
 
-def array(draw, shape, dtype, rng):
-    a = rng.standard_normal(shape) * draw(st.sampled_from([1e-3, 1.0, 1e3, 1e6]))
-    if draw(st.integers(0, 9)) == 0 and a.size:
-        a.flat[draw(st.integers(0, a.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
-    a = a.astype(dtype) if dtype != "object" else a.astype(object)
-    layout = draw(st.sampled_from(["C", "F", "strided", "readonly"]))
-    if layout == "F":
-        a = np.asfortranarray(a)
-    elif layout == "strided" and a.ndim >= 1:
-        big = np.zeros((a.shape[0] * 2,) + a.shape[1:], a.dtype)
-        big[::2] = a
-        a = big[::2]
-    elif layout == "readonly":
-        a.flags.writeable = False
-    return a
+def sabotage(kind: str) -> None:
+    """Replace fs.loss_and_grad with a deliberately wrong version."""
+    right = fs.loss_and_grad
+
+    @functools.wraps(right)
+    def wrong(*args, **kw):
+        if kind == "reject" and kw.get("sample_weight") is not None:
+            raise ValueError("sabotaged: sample weights rejected")
+        if kind == "accept":
+            if kw.get("sample_weight") is not None:
+                kw["sample_weight"] = np.abs(kw["sample_weight"])
+            kw["label_smoothing"] = abs(kw.get("label_smoothing", 0.0))
+        out = right(*args, **kw)
+        if kind == "grad":
+            out = (out[0], out[1] * (1 + 1e-4)) + out[2:]
+        return out
+
+    fs.loss_and_grad = wrong
 
 
-@st.composite
-def cases(draw):
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    func = draw(st.sampled_from(["loss_and_grad", "logits", "softmax", "log_softmax",
-                                 "logsumexp"]))
-    m, n, K = draw(st.integers(0, 300)), draw(st.integers(0, 9)), draw(st.integers(0, 7))
-    dtype = draw(st.sampled_from(DTYPES))
-    kw = {}
-    if func in ("softmax", "log_softmax", "logsumexp"):
-        shape = draw(st.sampled_from([(m, K), (K,), (m, K, 2)]))
-        return func, (array(draw, shape, dtype, rng),), kw
-    labels = (rng.integers(-2, K + 2, m) if draw(st.integers(0, 4)) == 0
-              else rng.integers(0, max(K, 1), m))
-    y = labels if draw(st.booleans()) else rng.random((m, max(K, 1)))
-    if draw(st.booleans()):
-        kw["sample_weight"] = rng.random(m) * draw(st.sampled_from([1.0] * 6 + [-1.0, np.nan]))
-    kw["label_smoothing"] = draw(st.sampled_from([0.0] * 4 + [0.1] * 3 + [-0.5, 1.0]))
-    kw["reduction"] = draw(st.sampled_from(["mean"] * 4 + ["sum"] * 3 + ["bad"]))
-    if draw(st.integers(0, 3)) == 0:
-        kw["ignore_index"] = draw(st.sampled_from([-1, -2, 0, 2.5]))
-    if func == "logits":
-        return func, (array(draw, (m, K), dtype, rng), y), kw
-    if draw(st.booleans()):
-        kw["b"] = array(draw, (K,), "float64", rng)
-    kw["l2"] = draw(st.sampled_from([0.0] * 4 + [0.5] * 3 + [-1.0]))
-    kw["method"] = draw(st.sampled_from(["fused", "indexloop", "numpy"]))
-    return func, (array(draw, (K, n), "float64", rng), array(draw, (m, n), dtype, rng), y), kw
-
-
-def call(func, args, kw):
-    if func == "loss_and_grad":
-        return fs.loss_and_grad(*args, **kw)
-    if func == "logits":
-        return fs.loss_and_grad_logits(*args, **kw)
-    return getattr(fs, func)(*args)
-
-
-def reference(func, args, kw):
-    if func == "loss_and_grad":
-        return fs.loss_and_grad(*args, **{**kw, "method": "numpy"})
-    if func == "logits":  # loss_and_grad with W = I: same loss, and dW = dZ^T Z
-        Z, y = args
-        K = Z.shape[1]
-        return fs.loss_and_grad(np.eye(K), Z, y, **{**kw, "method": "numpy"})
-    Z = np.asarray(args[0], dtype=np.float64)
-    return (getattr(sp, func)(Z, axis=-1),)
-
-
-@settings(max_examples=int(sys.argv[2]), deadline=None, database=None,
+@seed(SEED)
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 @given(cases())
 def fuzz(case):
     func, args, kw = case
+    source = case_source(func, args, kw)
     with open(TRACE, "w") as fh:
-        fh.write(repr((func, [getattr(a, "shape", a) for a in args], kw)))
-    try:
-        got = call(func, args, kw)
-    except (ValueError, TypeError):
-        COUNTS["rejected"] += 1
-        return
-    COUNTS["returned"] += 1
-    got = got if isinstance(got, tuple) else (got,)
-    want = reference(func, args, kw)
-    if func == "logits":
-        Z = np.asarray(args[0], dtype=np.float64)
-        if np.isfinite(Z).all():
-            got = (got[0], np.asarray(got[1], dtype=np.float64).T @ Z)
-        else:  # dropped rows make 0 * NaN there: compare the losses only
-            got, want = got[:1], want[:1]
-    for g, w in zip(got, want):
-        g = np.asarray(g, dtype=np.float64)
-        w = np.asarray(w, dtype=np.float64)
-        bad = ~np.isfinite(w)
-        if bad.any():  # NaN or inf in the reference: it must show in the result too
-            assert not np.isfinite(g).all(), (func, kw, g, w)
-            continue
-        tol = 1e-3 if any(getattr(a, "dtype", None) in (np.float32, np.float16) for a in args) else 1e-7
-        scale = max(1.0, float(np.abs(w).max())) if w.size else 1.0
-        assert np.allclose(g, w, rtol=tol, atol=tol * scale), (func, kw, g, w)
+        fh.write(source)
+    note(f"case as a regression test:\n    {source}")
+    COUNTS[check_case(func, args, kw)] += 1
 
 
 if __name__ == "__main__":
+    kind = os.environ.get("FASTSOFTMAX_FUZZ_SABOTAGE")
+    if kind:
+        sabotage(kind)
+    print(f"fuzz seed {SEED}, {EXAMPLES} examples (FASTSOFTMAX_FUZZ_SEED, FASTSOFTMAX_FUZZ_EXAMPLES)",
+          flush=True)
     fuzz()
     print("fuzzed:", COUNTS)
     # a library that rejected everything would pass every check above

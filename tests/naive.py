@@ -10,6 +10,12 @@ import numpy as np
 from scipy.special import logsumexp
 
 
+def _dot0(t, v):
+    """sum_k t_k v_k where a zero target adds nothing, even against an infinite v_k
+    (0 log 0 = 0: a class masked by a -inf logit and not targeted costs nothing)."""
+    return float(np.sum(np.where(t != 0, t * v, 0.0)))
+
+
 def _target(y, i, K, eps, ignore_index):
     """The smoothed target row of sample i, or None when it is ignored."""
     if y.ndim == 1:
@@ -24,10 +30,21 @@ def _target(y, i, K, eps, ignore_index):
 
 def naive_loss_and_grad(W, X, y, *, b=None, sample_weight=None, l2=0.0,
                         label_smoothing=0.0, ignore_index=None, reduction="mean",
-                        return_scales=False):
+                        return_scales=False, logit_rounding=False):
     """The loss and gradients; with ``return_scales`` also, for each of them,
     the sum of the absolute values of the terms it adds up (the scale that
-    rounding errors of any summation order are proportional to)."""
+    rounding errors of any summation order are proportional to).
+
+    With ``logit_rounding`` (which needs ``return_scales``) a third item is
+    returned: for each result, what the rounding of the logits themselves
+    can do to it, in units of the logits' relative precision.  z_ik =
+    sum_l W_kl x_il + b_k is only known to about u * a_ik with a_ik =
+    sum_l |W_kl x_il| + |b_k|, and an error of size a_i = max_k a_ik (over
+    classes that are not masked by a -inf logit) moves sample i's loss by up
+    to 2 s_i a_i and its gradient coefficient s_i p_ij by up to
+    2 s_i p_ij a_i.  It matters when logits are huge and nearly tied (the
+    fuzz test's inputs); the agreement tests, on O(1) logits, leave it out.
+    """
     W = np.asarray(W, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
@@ -36,6 +53,7 @@ def naive_loss_and_grad(W, X, y, *, b=None, sample_weight=None, l2=0.0,
     bias = np.zeros(K) if b is None else np.asarray(b, dtype=np.float64)
     loss, dW, db, total = 0.0, np.zeros((K, n)), np.zeros(K), 0.0
     s_loss, s_dW, s_db = 0.0, np.zeros((K, n)), np.zeros(K)
+    r_loss, r_dW, r_db = 0.0, np.zeros((K, n)), np.zeros(K)
     for i in range(X.shape[0]):
         t = _target(y, i, K, eps, ignore_index)
         if t is None:
@@ -44,16 +62,22 @@ def naive_loss_and_grad(W, X, y, *, b=None, sample_weight=None, l2=0.0,
         z = W @ X[i] + bias
         lse = logsumexp(z)
         p = np.exp(z - lse)
-        loss += w * np.sum(t * (lse - z))
+        loss += w * _dot0(t, lse - z)
         g = w * (t.sum() * p - t)
         dW += np.outer(g, X[i])
         db += g
         # |lse - z| per class, plus s_i * 1: log-sum-exp takes the log of a sum
         # that is at least 1 (the largest term is exp(0)), so it is rounded
         # on the scale of 1 whatever the size of the loss
-        s_loss += w * (np.sum(t * np.abs(lse - z)) + t.sum())
+        s_loss += w * (_dot0(t, np.abs(lse - z)) + t.sum())
         s_dW += np.outer(w * (t.sum() * p + t), np.abs(X[i]))
         s_db += w * (t.sum() * p + t)
+        if logit_rounding:
+            a = np.abs(W) @ np.abs(X[i]) + np.abs(bias)
+            a = np.max(a[np.isfinite(z)], initial=0.0)  # a masked (-inf) class has p = 0
+            r_loss += 2.0 * w * t.sum() * a
+            r_dW += np.outer(2.0 * w * t.sum() * p * a, np.abs(X[i]))
+            r_db += 2.0 * w * t.sum() * p * a
         total += w
     denom = total if reduction == "mean" else 1.0
     loss = loss / denom + 0.5 * l2 * np.sum(W * W)
@@ -63,25 +87,35 @@ def naive_loss_and_grad(W, X, y, *, b=None, sample_weight=None, l2=0.0,
     if not return_scales:
         return out
     scales = (s_loss / denom + 0.5 * l2 * np.sum(W * W), s_dW / denom + l2 * np.abs(W), s_db / denom)
+    if logit_rounding:
+        return out, scales[:len(out)], (r_loss / denom, r_dW / denom, r_db / denom)[:len(out)]
     return out, scales[:len(out)]
 
 
 def naive_logits_loss_and_grad(Z, y, *, sample_weight=None, label_smoothing=0.0,
-                               ignore_index=None, reduction="mean"):
-    """Loss and dZ of cross-entropy on logits Z (m, K), one sample at a time."""
+                               ignore_index=None, reduction="mean", return_scales=False):
+    """Loss and dZ of cross-entropy on logits Z (m, K), one sample at a time;
+    with ``return_scales`` also the rounding scales of the loss and of each
+    entry of dZ, as in :func:`naive_loss_and_grad`."""
     Z = np.asarray(Z, dtype=np.float64)
     y = np.asarray(y)
     m, K = Z.shape
     eps = label_smoothing
     loss, dZ, total = 0.0, np.zeros((m, K)), 0.0
+    s_loss, s_dZ = 0.0, np.zeros((m, K))
     for i in range(m):
         t = _target(y, i, K, eps, ignore_index)
         if t is None:
             continue
         w = 1.0 if sample_weight is None else float(sample_weight[i])
         lse = logsumexp(Z[i])
-        loss += w * np.sum(t * (lse - Z[i]))
-        dZ[i] = w * (t.sum() * np.exp(Z[i] - lse) - t)
+        p = np.exp(Z[i] - lse)
+        loss += w * _dot0(t, lse - Z[i])
+        dZ[i] = w * (t.sum() * p - t)
+        s_loss += w * (_dot0(t, np.abs(lse - Z[i])) + t.sum())
+        s_dZ[i] = w * (t.sum() * p + t)
         total += w
     denom = total if reduction == "mean" else 1.0
+    if return_scales:
+        return (loss / denom, dZ / denom), (s_loss / denom, s_dZ / denom)
     return loss / denom, dZ / denom
