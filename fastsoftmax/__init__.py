@@ -4,7 +4,7 @@ from ._threading import choose_threading_layer
 
 choose_threading_layer()  # before any parallel kernel runs: TBB when available
 
-from ._api import loss_and_grad, loss_and_grad_logits  # noqa: E402
+from ._api import linear_cross_entropy, loss_and_grad, loss_and_grad_logits  # noqa: E402
 from ._primitives import log_softmax, logsumexp, softmax  # noqa: E402
 
 __version__ = "0.1.0"
@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 # SoftmaxRegression is left out of __all__: it needs the optional scikit-learn,
 # and "from fastsoftmax import *" must work without it.
 __all__ = [
-    "loss_and_grad", "loss_and_grad_logits", "softmax", "log_softmax", "logsumexp",
+    "loss_and_grad", "loss_and_grad_logits", "linear_cross_entropy", "softmax", "log_softmax", "logsumexp",
     "__version__",
 ]
 

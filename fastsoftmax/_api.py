@@ -19,22 +19,29 @@ from ._validation import Problem, prepare, prepare_logits
 Method = Literal["fused", "indexloop", "numpy"]
 Reduction = Literal["mean", "sum"]
 
-def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
-    """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``."""
+def sums(p: Problem, method: str, dX: np.ndarray | None = None
+         ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``.
+
+    ``dX``, when given, is a C-ordered (m, n) array of zeros in the working
+    dtype that receives the unnormalised input gradient of every kept sample.
+    """
     if method == "numpy":
-        return numpy_sums(p)
+        return numpy_sums(p, dX)
     m, n = p.X.shape
     K = p.W.shape[0]
+    if dX is None:
+        dX = np.empty((0, n), p.dtype)
     chunks = policy.chunk_count(m)
     if method == "indexloop":
         with parallel_region():
-            return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
+            return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, dX)
     tile = policy.tile_rows(n, K, p.X.dtype.itemsize)
     with single_threaded_blas:
         if chunks == 1 or m * n * K < policy.SERIAL_WORK:
-            return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile)
+            return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX)
         with parallel_region():
-            return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile)
+            return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX)
 
 
 def finish(p: Problem, loss_sum: float, G: np.ndarray, gb: np.ndarray):
@@ -150,6 +157,74 @@ def loss_and_grad(
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
     return finish(p, *sums(p, method))
+
+
+def linear_cross_entropy(
+    X: ArrayLike,
+    W: ArrayLike,
+    y: ArrayLike,
+    *,
+    b: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+    method: Method = "fused",
+) -> Union[tuple[float, np.ndarray, np.ndarray],
+           tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+    """Loss of a linear layer followed by softmax cross-entropy, and its
+    gradients for the layer's input X as well as for W and b.
+
+    For the output layer of a network: the same loss as
+    :func:`loss_and_grad` (same options, validation and working dtype), plus
+    ``dX[i] = (w_i / D) ((sum_k t_ik) p_i - t_i)^T W``, the gradient that
+    backpropagation passes to the layers below.  Rows dropped by
+    ``ignore_index`` get zero gradient; ``l2`` penalises W only.
+
+    Parameters
+    ----------
+    X : array_like, shape (m, n)
+        The layer's input (hidden states), one row per sample; any layout.
+    W : array_like, shape (K, n)
+        The layer's weights, one row per class.
+    y, b, sample_weight, l2, label_smoothing, ignore_index, reduction, method
+        As in :func:`loss_and_grad`.
+
+    Returns
+    -------
+    loss : float
+    dX : ndarray, shape (m, n), working dtype, C-ordered
+    dW : ndarray, shape (K, n), working dtype
+    db : ndarray, shape (K,), working dtype (only when ``b`` is given)
+
+    The fused method computes each tile's input gradient with one more GEMM,
+    ``D^T W``, in the working dtype, while the tile is in cache; each thread
+    writes only its own rows of dX.  Its extra memory is that of
+    :func:`loss_and_grad` (per-thread (K, n) float64 slabs and tiles) besides
+    dX itself.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`loss_and_grad`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> X = np.array([[1.0, 2.0]]); W = np.zeros((3, 2))
+    >>> loss, dX, dW = fs.linear_cross_entropy(X, W, np.array([0]))
+    >>> round(loss, 6), dX  # log(3); all logits equal, so dX = 0
+    (1.098612, array([[0., 0.]]))
+    """
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+                label_smoothing=label_smoothing, ignore_index=ignore_index,
+                reduction=reduction, method=method)
+    dX = np.zeros(p.X.shape, p.dtype)
+    loss, dW, *db = finish(p, *sums(p, method, dX))
+    if p.denom != 1.0:
+        dX /= dX.dtype.type(p.denom)
+    return (loss, dX, dW, *db)
 
 
 def loss_and_grad_logits(

@@ -20,11 +20,16 @@ rows are first gathered into a contiguous buffer.  Tiles of a non-C-contiguous
 X (Fortran order, strided) are gathered the same way, so BLAS always sees
 contiguous rows.
 
+With ``dX`` (for :func:`fastsoftmax.linear_cross_entropy`) a third GEMM,
+``D^T W``, writes the tile's rows of the input gradient; each chunk writes
+only its own rows, so no accumulation is shared.
+
 The slabs are summed in chunk order at the end, so the result depends only on
 the inputs, ``tile`` and ``nchunks``, never on which thread ran which chunk.
 
 Peak extra memory: about ``nchunks * (2 K n + tile (n + 3 K + 5)) * 8`` bytes,
-independent of m.
+independent of m (plus ``nchunks * tile * n`` working-dtype entries when dX is
+wanted and a tile has ignored rows).
 """
 
 from __future__ import annotations
@@ -39,8 +44,14 @@ from ._tiles import gather, kept_rows, tile_view
 
 
 @serial_kernel
-def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G):
-    """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss."""
+def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G, dX, dXbuf,
+               contiguous):
+    """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss.
+
+    When ``dX`` is not empty, also writes the tile's rows of the input
+    gradient ``D^T W`` to ``dX[rows]`` (straight into dX when ``contiguous``,
+    i.e. the tile is rows rows[0]:rows[0]+R of X, else through ``dXbuf``).
+    """
     R = Xt.shape[0]
     K, n = G.shape
     Z = Zbuf[: R * K].reshape((R, K))
@@ -51,13 +62,23 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
     for k in range(K):
         for l in range(n):
             G[k, l] += Gt[k, l]
+    if dX.shape[0] > 0:  # (R, K) x (K, n): each chunk writes only its own rows
+        if contiguous:
+            np.dot(D.T, W, dX[rows[0]: rows[0] + R])
+        else:
+            out = dXbuf[:R]
+            np.dot(D.T, W, out)
+            for r in range(R):
+                for l in range(n):
+                    dX[rows[r], l] = out[r, l]
     return loss
 
 
 @serial_kernel
-def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
+def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX):
     """Rows start:stop, in tiles: adds their gradient sums to G (K, n) and
-    gb (K,) (float64) and returns their loss sum."""
+    gb (K,) (float64), writes their rows of dX when dX is not empty (rows
+    dropped by ignore_index are left as they are), and returns their loss sum."""
     n = X.shape[1]
     K = W.shape[0]
     Z = np.empty(K * tile, dtype=X.dtype)
@@ -66,6 +87,7 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
     aux = np.empty((4, tile))
     rows = np.empty(tile, dtype=np.int64)
     xbuf = np.empty((tile, n), dtype=X.dtype)
+    dxbuf = np.empty((tile if dX.shape[0] > 0 else 0, n), dtype=X.dtype)
     Gt = np.empty((K, n), dtype=X.dtype)
     loss = 0.0
     for t0 in range(start, stop, tile):
@@ -73,36 +95,41 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
         R = kept_rows(labels, t0, t1, rows)
         if R == t1 - t0:
             Xt = tile_view(X, t0, t1, rows[:R], xbuf)
-            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
+            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
+                               dX, dxbuf, True)
         elif R > 0:
             Xt = gather(X, rows[:R], xbuf)
-            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G)
+            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
+                               dX, dxbuf, False)
     return loss
 
 
 @parallel_kernel
-def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
+def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX):
     """Unnormalised loss and gradient sums of softmax regression.
 
     X (m, n) and W (K, n), b (K,) of one float dtype; labels (m,) int64 or
     empty; T (m, K) or (0, K); sw (m,) float64 or empty; eps float;
-    nchunks >= 1; tile >= 1.  Returns ``(loss_sum, G, gb)`` with G (K, n) and
-    gb (K,) float64: the weighted sums over samples of the loss, of
-    ``(s_i p_i - t_i) x_i^T`` and of ``s_i p_i - t_i``.
+    nchunks >= 1; tile >= 1; dX (m, n) zeros of X's dtype, C-contiguous, to
+    receive the unnormalised input gradient ``w_i (s_i p_i - t_i)^T W`` of
+    every kept sample, or an empty (0, n) array when it is not wanted.
+    Returns ``(loss_sum, G, gb)`` with G (K, n) and gb (K,) float64: the
+    weighted sums over samples of the loss, of ``(s_i p_i - t_i) x_i^T`` and
+    of ``s_i p_i - t_i``.
     """
     m, n = X.shape
     K = W.shape[0]
     slabs, bias_slabs, losses = allocate(nchunks, K, n)
     for c in prange(nchunks):
         losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
-                                (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c])
+                                (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX)
     return combine(slabs, bias_slabs, losses)
 
 
 @serial_kernel
-def fused_sums_serial(X, W, b, labels, T, sw, eps, tile):
+def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX):
     """:func:`fused_sums` with one chunk and no parallel region, for small problems."""
     slabs, bias_slabs, losses = allocate(1, W.shape[0], X.shape[1])
     losses[0] = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile,
-                            slabs[0], bias_slabs[0])
+                            slabs[0], bias_slabs[0], dX)
     return combine(slabs, bias_slabs, losses)

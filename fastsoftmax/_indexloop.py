@@ -37,8 +37,12 @@ from ._rowmath import target_value
 
 
 @parallel_kernel
-def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks):
-    """Same contract as :func:`fastsoftmax._fused.fused_sums`."""
+def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks, dX):
+    """Same contract as :func:`fastsoftmax._fused.fused_sums`.
+
+    The input gradient follows from the same coefficients: z_ij depends on
+    x_il through W_jl, so d(loss_i)/d(x_il) = sum_j c_ij W_jl.
+    """
     m, n = X.shape
     K = W.shape[0]
     inv_k = 1.0 / K
@@ -91,5 +95,12 @@ def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks):
                 bias_slabs[c, j] += wc
                 for l in range(n):
                     slabs[c, j, l] += wc * X[i, l]
+            # dX[i, l] = sum_j w_i c_ij W_jl  (row i belongs to this chunk alone)
+            if dX.shape[0] > 0:
+                for l in range(n):
+                    acc = 0.0
+                    for j in range(K):
+                        acc += w * coef[j] * W[j, l]
+                    dX[i, l] = acc
         losses[c] = loss
     return combine(slabs, bias_slabs, losses)

@@ -14,19 +14,22 @@ import numpy as np
 from ._validation import Problem
 
 
-def numpy_sums(p: Problem) -> tuple[float, np.ndarray, np.ndarray]:
-    """Same contract as the compiled kernels: ``(loss_sum, G, gb)``.
+def numpy_sums(p: Problem, dX: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Same contract as the compiled kernels: ``(loss_sum, G, gb)``, and the
+    unnormalised input gradient written into ``dX`` (m, n) when it is given
+    (rows dropped by ignore_index are left as they are).
 
     NaN and infinity in X or W propagate to the result silently, as they do
     in the compiled kernels (no RuntimeWarning).
     """
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _numpy_sums(p)
+        return _numpy_sums(p, dX)
 
 
-def _numpy_sums(p: Problem) -> tuple[float, np.ndarray, np.ndarray]:
+def _numpy_sums(p: Problem, dX: np.ndarray | None) -> tuple[float, np.ndarray, np.ndarray]:
     X, labels, T, sw = p.X, p.labels, p.T, p.sw
     use_labels = labels.shape[0] > 0
+    keep = None
     if use_labels and p.n_ignored:
         keep = labels >= 0
         X, labels = X[keep], labels[keep]
@@ -68,4 +71,9 @@ def _numpy_sums(p: Problem) -> tuple[float, np.ndarray, np.ndarray]:
         loss = float(np.sum(row_loss, dtype=np.float64))
     G = E.T @ X
     gb = E.sum(axis=0, dtype=np.float64)
+    if dX is not None:
+        if keep is None:
+            np.matmul(E, p.W, out=dX)
+        else:
+            dX[keep] = E @ p.W
     return loss, G, gb
