@@ -19,6 +19,7 @@ from ._validation import Problem, prepare, prepare_logits
 Method = Literal["fused", "indexloop", "numpy"]
 Reduction = Literal["mean", "sum"]
 
+
 def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
     """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``."""
     if method == "numpy":
@@ -37,15 +38,15 @@ def sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
             return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile)
 
 
-def finish(p: Problem, loss_sum: float, G: np.ndarray, gb: np.ndarray):
-    """Divide by the reduction's denominator, add the L2 term, cast to the working dtype."""
-    return finalize(loss_sum, G, gb, denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
-                    has_b=p.has_b)
+def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
+           has_b: bool):
+    """``(loss, dW[, db])`` from the sums: divided by ``denom``, plus ``l2`` on W.
 
-
-def finalize(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
-             has_b: bool):
-    """``(loss, dW[, db])`` from the sums: divided by ``denom``, plus ``l2`` on W."""
+    ``G`` (K, n) and ``gb`` (K,) are the unnormalised gradient sums; the
+    results are cast to the working ``dtype``.  Used for in-memory problems
+    (with a :class:`Problem`'s fields) and by :mod:`fastsoftmax.dask` (with
+    the blocks' summed totals).
+    """
     loss = float(loss_sum) / denom
     dW = np.asarray(G, dtype=np.float64) / denom
     if l2:
@@ -149,7 +150,8 @@ def loss_and_grad(
     p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
-    return finish(p, *sums(p, method))
+    return finish(*sums(p, method), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
+                  has_b=p.has_b)
 
 
 def loss_and_grad_logits(

@@ -19,14 +19,15 @@ from typing import Union
 
 import numpy as np
 
-from ._api import finalize, sums
+from ._api import finish, sums
 from ._validation import (
     METHODS,
-    _as_numeric_array,
-    _check_finite_scalar,
-    _working_dtype,
+    as_numeric_array,
+    check_finite_scalar,
     check_options,
+    denominator,
     prepare,
+    working_dtype,
 )
 
 
@@ -38,11 +39,8 @@ def _block_sums(W, b, X, y, sw, eps, ignore_index, method):
     p = prepare(W, X, y, b=b, sample_weight=sw, l2=0.0, label_smoothing=eps,
                 ignore_index=ignore_index, reduction="sum", method=method)
     loss, G, gb = sums(p, method)
-    if p.sw.shape[0]:
-        kept = float(np.sum(p.sw[p.labels >= 0])) if p.n_ignored else float(np.sum(p.sw))
-    else:
-        kept = float(X.shape[0] - p.n_ignored)
-    return (float(loss), np.asarray(G, dtype=np.float64), np.asarray(gb, dtype=np.float64), kept)
+    return (float(loss), np.asarray(G, dtype=np.float64), np.asarray(gb, dtype=np.float64),
+            p.kept_weight)
 
 
 def _add(*parts):
@@ -95,9 +93,9 @@ def loss_and_grad(
     if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
         raise ValueError(f"split_every must be an integer >= 2, got {split_every!r}")
     eps = check_options(label_smoothing, ignore_index, reduction)
-    l2 = _check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
-    W = _as_numeric_array("W", W)
-    b = None if b is None else _as_numeric_array("b", b)
+    l2 = check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
+    W = as_numeric_array("W", W)
+    b = None if b is None else as_numeric_array("b", b)
     X = da.asarray(X)
     if X.ndim != 2 or W.ndim != 2:
         raise ValueError(f"X must be 2-D (m, n) and W 2-D (K, n), got {X.shape} and {W.shape}")
@@ -121,12 +119,6 @@ def loss_and_grad(
                  for i in range(0, len(parts), split_every)]
     (loss_sum, G, gb, kept), = dask.compute(parts[0])
 
-    if reduction == "mean":
-        if kept <= 0.0:
-            raise ValueError("the total sample weight is zero, so reduction='mean' is undefined")
-        denom = kept
-    else:
-        denom = 1.0
     promote = [W, np.empty(0, X.dtype)] + ([] if b is None else [b])
-    return finalize(loss_sum, G, gb, denom=denom, l2=l2, W=W, dtype=_working_dtype(*promote),
-                    has_b=b is not None)
+    return finish(loss_sum, G, gb, denom=denominator(kept, reduction), l2=l2, W=W,
+                  dtype=working_dtype(*promote), has_b=b is not None)
