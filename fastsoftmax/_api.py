@@ -128,6 +128,15 @@ def loss_and_grad(
     For a given thread count (``numba.set_num_threads``) the compiled methods
     are deterministic: repeated calls give bitwise-identical results.
 
+    Notes
+    -----
+    ``import fastsoftmax`` chooses numba's threading layer for the whole
+    process: unless ``NUMBA_THREADING_LAYER`` is set, it asks numba for TBB
+    when TBB can be loaded (GNU OpenMP, numba's fallback, is not fork-safe)
+    and loads ``libtbb`` with ``RTLD_GLOBAL``; both affect any other Numba
+    library in the same process.  ``FASTSOFTMAX_THREADING_LAYER=numba``, set
+    before the import, keeps numba's own choice.
+
     Raises
     ------
     TypeError
