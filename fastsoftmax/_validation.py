@@ -46,6 +46,22 @@ class Problem:
     n_ignored: int
 
 
+def is_dask_collection(value) -> bool:
+    """Whether ``value`` is a Dask collection (dask.array, dask.dataframe...).
+
+    Dask's own test (``__dask_graph__()`` is not None), made without
+    importing dask: an xarray object backed by NumPy has the method but no
+    graph.
+    """
+    method = getattr(type(value), "__dask_graph__", None)
+    if method is None:
+        return False
+    try:
+        return value.__dask_graph__() is not None
+    except Exception:  # a foreign object's method: any failure means "not Dask"
+        return False
+
+
 def as_numeric_array(name: str, value) -> np.ndarray:
     """``value`` as an ndarray of a real integer or floating dtype (no copy when it is one).
 

@@ -15,7 +15,8 @@ they may use (``LocalCluster(threads_per_worker=1, env={"NUMBA_NUM_THREADS":
 
 from __future__ import annotations
 
-from typing import Union
+from dataclasses import dataclass
+from typing import Callable, Union
 
 import numpy as np
 
@@ -122,3 +123,78 @@ def loss_and_grad(
     promote = [W, np.empty(0, X.dtype)] + ([] if b is None else [b])
     return finish(loss_sum, G, gb, denom=denominator(kept, reduction), l2=l2, W=W,
                   dtype=working_dtype(*promote), has_b=b is not None)
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Checked training data of ``SoftmaxRegression.fit``, persisted on the workers.
+
+    ``X`` (m, n) float32/float64 dask array chunked by rows only;
+    ``y_index`` (m,) int64 dask array of indices into ``classes`` (K,), a
+    sorted NumPy array of the distinct labels; ``sample_weight`` (m,) float64
+    dask array or None; ``total`` the sum of the weights (m when unweighted);
+    ``loss_and_grad`` the evaluator to call with them (this module's).
+    """
+
+    X: object
+    y_index: object
+    classes: np.ndarray
+    sample_weight: object
+    total: float
+    loss_and_grad: Callable
+
+
+def prepare_fit(X, y, sample_weight=None) -> FitData:
+    """Check and persist the data of a fit on Dask; see :class:`FitData`.
+
+    The checks scikit-learn's ``validate_data`` makes on NumPy input are made
+    here on the workers (2-D X with known chunk sizes, finite X,
+    classification targets with at least two classes, weight shape, sign and
+    finiteness); only their outcomes come back to the client.  X of another
+    dtype than float32/float64 becomes float64; a scalar ``sample_weight``
+    weights every sample alike.  Needs scikit-learn (for its definition of
+    classification targets).  Raises ValueError for bad data.
+    """
+    import dask.array as da
+    from sklearn.utils.multiclass import check_classification_targets
+
+    X = da.asarray(X)
+    if X.ndim != 2 or np.isnan(X.shape[0]):
+        raise ValueError(f"X must be 2-D (m, n) with known chunk sizes, got shape {X.shape}")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    X = X.rechunk({1: -1})
+    y = _rows_like(y, X.chunks[0], "y")
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (m,), got shape {y.shape}")
+    classes = np.unique(da.unique(y).compute())
+    check_classification_targets(classes)
+    if classes.dtype.kind == "f" and not np.all(np.isfinite(classes)):
+        raise ValueError("y contains NaN or infinity")
+    if classes.shape[0] < 2:
+        raise ValueError(
+            f"SoftmaxRegression needs samples of at least 2 classes in the data, "
+            f"but the data contain only one class: {classes[0]!r}")
+    checks = [da.isfinite(X).all()]
+    if sample_weight is None:
+        total = float(X.shape[0])
+    else:
+        if np.ndim(sample_weight) == 0:
+            sample_weight = da.full(X.shape[0], float(sample_weight), chunks=(X.chunks[0],))
+        sample_weight = _rows_like(da.asarray(sample_weight, dtype=np.float64),
+                                   X.chunks[0], "sample_weight")
+        if sample_weight.ndim != 1:
+            raise ValueError(f"sample_weight must be 1-D, got shape {sample_weight.shape}")
+        checks += [sample_weight.min(), sample_weight.sum()]
+    results = da.compute(*checks)
+    if not results[0]:
+        raise ValueError("X contains NaN or infinity")
+    if sample_weight is not None:
+        lowest, total = results[1], float(results[2])
+        if not np.isfinite(total) or lowest < 0:
+            raise ValueError("sample_weight must be finite and non-negative")
+        sample_weight = sample_weight.persist()
+    y_index = y.map_blocks(lambda block: np.searchsorted(classes, block), dtype=np.int64)
+    X, y_index = X.persist(), y_index.persist()
+    return FitData(X=X, y_index=y_index, classes=classes, sample_weight=sample_weight,
+                   total=total, loss_and_grad=loss_and_grad)
