@@ -141,7 +141,15 @@ def loss_and_grad(
     ------
     TypeError
         Non-numeric (including bool and complex) arrays, a non-integer
-        ``ignore_index``, non-real scalar options.
+        ``ignore_index``, non-real scalar options; and, before anything is
+        converted, array types this in-memory function does not take: a Dask
+        collection (it would be computed whole in this process; use
+        :func:`fastsoftmax.dask.loss_and_grad`), a SciPy sparse matrix or
+        array (not supported yet; pass ``X.toarray()`` only if it fits in
+        memory), or an object ``np.asarray`` cannot convert (GPU arrays such
+        as CuPy's or CUDA torch tensors).  Accepted are NumPy arrays and
+        anything ``np.asarray`` turns into a numeric array: lists,
+        memory-mapped arrays, CPU torch tensors, pandas objects.
     ValueError
         Shape mismatches, empty dimensions, labels outside ``[0, K)`` or not
         integral, negative or non-finite targets or weights, zero total weight
@@ -199,7 +207,8 @@ def loss_and_grad_logits(
     Raises
     ------
     TypeError, ValueError
-        As :func:`loss_and_grad`, for the same kinds of bad input.
+        As :func:`loss_and_grad`, for the same kinds of bad input (Dask
+        collections, SciPy sparse matrices and GPU arrays included).
     """
     Z, t = prepare_logits(Z, y, sample_weight=sample_weight, label_smoothing=label_smoothing,
                           ignore_index=ignore_index, reduction=reduction)

@@ -241,7 +241,9 @@ def softmax(Z: ArrayLike, out: Optional[np.ndarray] = None) -> np.ndarray:
     ------
     TypeError
         Z (or out) of a non-real dtype (bool, complex, object, strings) or
-        ``out`` of the wrong dtype or not an array.
+        ``out`` of the wrong dtype or not an array; Z a Dask collection, a
+        SciPy sparse matrix or an object ``np.asarray`` cannot convert (a GPU
+        array), as in :func:`fastsoftmax.loss_and_grad`.
     ValueError
         Z not 1-D or 2-D, an empty last axis, ``out`` of the wrong shape or
         read-only.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,19 +63,71 @@ def is_dask_collection(value) -> bool:
         return False
 
 
+#: What the in-memory entry points accept, for error messages.
+ACCEPTED = ("NumPy arrays and anything np.asarray turns into a numeric array: lists, "
+            "memory-mapped arrays, CPU torch tensors, pandas objects...")
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _is_sparse(value) -> bool:
+    # A SciPy sparse matrix or array can only exist once scipy.sparse has been
+    # imported, so its absence answers without importing it (which
+    # fastsoftmax itself never needs).
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(value)
+
+
+def check_array_type(name: str, value) -> None:
+    """Raise TypeError for array types the in-memory entry points must not convert.
+
+    A Dask collection would be computed whole in this process (use
+    :func:`fastsoftmax.dask.loss_and_grad`); a SciPy sparse matrix would
+    become a 0-d object array.  Both are detected without importing Dask or
+    SciPy's sparse module.
+    """
+    if is_dask_collection(value):
+        raise TypeError(
+            f"{name} is a Dask collection ({_type_name(value)}); fastsoftmax's in-memory "
+            f"functions would compute all of it in this process.  For the loss and gradient "
+            f"of row-chunked data use fastsoftmax.dask.loss_and_grad(W, X, y, ...), which "
+            f"reduces each block where it lives; otherwise pass {name}.compute() explicitly "
+            f"if it fits in memory")
+    if _is_sparse(value):
+        raise TypeError(
+            f"{name} is a SciPy sparse matrix ({_type_name(value)}): sparse {name} is not "
+            f"supported yet; pass {name}.toarray() instead, but only if the dense array fits "
+            f"in memory")
+
+
 def as_numeric_array(name: str, value) -> np.ndarray:
     """``value`` as an ndarray of a real integer or floating dtype (no copy when it is one).
 
-    TypeError, naming ``name``, for anything else: bool, complex, object or
-    string dtypes, ragged sequences.
+    Accepted: :data:`ACCEPTED`.  TypeError, naming ``name``, for anything
+    else: Dask collections and SciPy sparse matrices
+    (:func:`check_array_type`), objects ``np.asarray`` cannot convert (GPU
+    arrays such as CuPy's or CUDA torch tensors, ragged sequences), and bool,
+    complex, object or string dtypes.
     """
+    if type(value) is not np.ndarray:  # the common case skips the checks
+        check_array_type(name, value)
     try:
         arr = np.asarray(value)
-    except (TypeError, ValueError) as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
-    if arr.dtype.kind not in "iuf":  # bool, complex, object, strings, dates...
+    except MemoryError:
+        raise
+    except Exception as exc:  # ragged lists, GPU arrays, tensors that require grad...
+        if isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
         raise TypeError(
-            f"{name} must have a real integer or floating dtype, got dtype {arr.dtype}"
+            f"{name} of type {_type_name(value)} cannot be converted by np.asarray ({exc}); "
+            f"accepted are {ACCEPTED}; copy GPU arrays to the host first") from None
+    if arr.dtype.kind not in "iuf":  # bool, complex, object, strings, dates...
+        origin = "" if isinstance(value, (np.ndarray, list, tuple)) else f" (from {_type_name(value)})"
+        raise TypeError(
+            f"{name} must have a real integer or floating dtype, got dtype {arr.dtype}{origin}"
         )
     return arr
 

@@ -27,6 +27,7 @@ from ._validation import (
     check_finite_scalar,
     check_options,
     denominator,
+    is_dask_collection,
     prepare,
     working_dtype,
 )
@@ -77,7 +78,8 @@ def loss_and_grad(
 
     ``y`` (m,) or (m, K) and ``sample_weight`` (m,) may be dask or NumPy
     arrays; they are rechunked to X's row blocks (X's columns to one block).
-    ``W`` (K, n) and ``b`` (K,) are small NumPy arrays sent to every block.
+    ``W`` (K, n) and ``b`` (K,) are small arrays sent to every block (Dask
+    ones are computed first).
     ``split_every`` is the fan-in of the tree that adds the blocks' sums.
     Same results as the in-memory call (to rounding: blocks are summed in a
     different order), the same options and the same errors, raised when the
@@ -95,8 +97,10 @@ def loss_and_grad(
         raise ValueError(f"split_every must be an integer >= 2, got {split_every!r}")
     eps = check_options(label_smoothing, ignore_index, reduction)
     l2 = check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
-    W = as_numeric_array("W", W)
-    b = None if b is None else as_numeric_array("b", b)
+    # W and b are small: dask ones are computed here, on purpose, and sent to every block.
+    W = as_numeric_array("W", W.compute() if is_dask_collection(W) else W)
+    if b is not None:
+        b = as_numeric_array("b", b.compute() if is_dask_collection(b) else b)
     X = da.asarray(X)
     if X.ndim != 2 or W.ndim != 2:
         raise ValueError(f"X must be 2-D (m, n) and W 2-D (K, n), got {X.shape} and {W.shape}")

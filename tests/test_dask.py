@@ -164,3 +164,14 @@ def test_prepare_fit_is_the_one_call_the_estimator_makes(client, rng):
     assert unweighted.sample_weight is None and unweighted.total == 300.0
     with pytest.raises(ValueError, match="only one class"):
         fsd.prepare_fit(da.from_array(X, chunks=(120, 5)), np.zeros(300))
+
+
+def test_small_dask_parameters_are_computed_on_purpose(rng):
+    """W and b may be dask arrays here (small; computed and sent to every block)."""
+    import dask
+
+    W, X, y, b = problem(rng, m=500)
+    with dask.config.set(scheduler="threads"):
+        got = fsd.loss_and_grad(da.from_array(W), da.from_array(X, chunks=(200, 9)), y,
+                                b=da.from_array(b))
+    assert_results_close(got, fs.loss_and_grad(W, X, y, b=b), np.float64)
