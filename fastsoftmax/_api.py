@@ -193,16 +193,19 @@ def loss_and_grad_logits(
 
     Parameters
     ----------
-    Z : array_like, shape (m, K)
+    Z : array_like, shape (m, K) or (K,)
         Logits, float32 or float64 (integers become float64, float16
         float32); any layout, used without a copy when its dtype is kept.
+        A 1-D Z is one un-batched sample, as in PyTorch's ``cross_entropy``:
+        y is then a scalar class index or (K,) dense targets, and
+        ``sample_weight`` a scalar if given.
     y, sample_weight, label_smoothing, ignore_index, reduction
         As in :func:`loss_and_grad`.
 
     Returns
     -------
     loss : float
-    dZ : ndarray, shape (m, K), Z's working dtype, C-ordered
+    dZ : ndarray, shape of Z ((m, K) or (K,)), Z's working dtype, C-ordered
 
     Raises
     ------
@@ -210,8 +213,9 @@ def loss_and_grad_logits(
         As :func:`loss_and_grad`, for the same kinds of bad input (Dask
         collections, SciPy sparse matrices and GPU arrays included).
     """
-    Z, t = prepare_logits(Z, y, sample_weight=sample_weight, label_smoothing=label_smoothing,
-                          ignore_index=ignore_index, reduction=reduction)
+    Z, t, unbatched = prepare_logits(Z, y, sample_weight=sample_weight,
+                                     label_smoothing=label_smoothing,
+                                     ignore_index=ignore_index, reduction=reduction)
     m, K = Z.shape
     dZ = np.empty((m, K), dtype=Z.dtype)
     tile = policy.logits_tile_rows(K)
@@ -223,4 +227,4 @@ def loss_and_grad_logits(
             loss = logits_sums(Z, t.labels, t.T, t.sw, t.eps, chunks, tile, dZ)
     if t.denom != 1.0:
         dZ /= dZ.dtype.type(t.denom)
-    return float(loss) / t.denom, dZ
+    return float(loss) / t.denom, (dZ[0] if unbatched else dZ)

@@ -339,18 +339,39 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
 
 
 def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduction):
-    """Validate the arguments of ``loss_and_grad_logits``; return ``(Z, targets)``.
+    """Validate the arguments of ``loss_and_grad_logits``; return ``(Z, targets, unbatched)``.
 
     Z keeps its layout; it is converted (copied) only to change its dtype.
+    Un-batched logits, a (K,) Z with a scalar class index or (K,) dense
+    targets y (and a scalar ``sample_weight``), are returned as a batch of
+    one: Z (1, K), and ``unbatched`` is True.
     """
     eps = check_options(label_smoothing, ignore_index, reduction)
     Z = as_numeric_array("Z", Z)
-    if Z.ndim != 2:
-        raise ValueError(f"Z must be 2-D (m, K) logits, got shape {Z.shape}")
+    unbatched = Z.ndim == 1
+    if unbatched:
+        if Z.shape[0] == 0:
+            raise ValueError(f"Z must have at least one class, got shape {Z.shape}")
+        y = as_numeric_array("y", y)
+        if y.ndim == 1 and y.shape != Z.shape:
+            raise ValueError(f"for 1-D (K,) logits Z of shape {Z.shape}, y must be a scalar "
+                             f"class index or {Z.shape} targets, got shape {y.shape}")
+        if y.ndim > 1:
+            raise ValueError(f"for 1-D (K,) logits Z, y must be a scalar class index or "
+                             f"(K,) targets, got shape {y.shape}")
+        if sample_weight is not None:
+            sample_weight = as_numeric_array("sample_weight", sample_weight)
+            if sample_weight.ndim != 0:
+                raise ValueError(f"for 1-D (K,) logits Z, sample_weight must be a scalar, "
+                                 f"got shape {sample_weight.shape}")
+            sample_weight = sample_weight[np.newaxis]
+        Z, y = Z[np.newaxis], y[np.newaxis]
+    elif Z.ndim != 2:
+        raise ValueError(f"Z must be 2-D (m, K) or 1-D (K,) logits, got shape {Z.shape}")
     m, K = Z.shape
     if m == 0 or K == 0:
         raise ValueError(f"Z must have at least one sample and one class, got shape {Z.shape}")
     dtype = working_dtype(Z, name="Z")
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
                             ignore_index=ignore_index, reduction=reduction, samples="Z")
-    return Z.astype(dtype, copy=False), targets
+    return Z.astype(dtype, copy=False), targets, unbatched
