@@ -5,6 +5,9 @@ reduced where it lives: every block runs :func:`fastsoftmax.loss_and_grad`'s
 kernel with ``reduction="sum"`` (no penalty), the blocks' loss, gradient and
 weight total are added in a tree, and only the client divides and adds the L2
 term.  Only K x n partial sums cross the network, never the data.
+:func:`prepare_fit` checks and persists the data of a
+``SoftmaxRegression.fit`` on Dask, so that the estimator needs no Dask code
+of its own.
 
 Threads: every Dask worker thread runs parallel kernels with numba's thread
 count, so keep ``numba threads x worker threads`` at the core count, e.g.

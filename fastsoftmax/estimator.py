@@ -128,6 +128,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         dask or NumPy arrays): then every loss-and-gradient evaluation runs on
         the Dask workers (:func:`fastsoftmax.dask.loss_and_grad`) and only
         K x n partial sums come back to the client.
+
+        The parameters are checked first, by scikit-learn's parameter
+        validation: a bad one raises ``InvalidParameterError`` (a
+        ``ValueError``) naming it.
         """
         if is_dask_collection(X):
             from .dask import prepare_fit

@@ -212,16 +212,19 @@ def unbatched_target(rng, kind, K):
                         1, K)[0]
 
 
+UNBATCHED_OPTIONS = {"plain": {}, "smoothing": {"label_smoothing": 0.15}, "sum": {"reduction": "sum"},
+                     "weight-sum": {"sample_weight": 2.5, "reduction": "sum"},
+                     "weight-mean": {"sample_weight": 0.3}, "ignore": {"ignore_index": -100}}
+# ignore_index applies to class indices only
+UNBATCHED_CASES = [(t, o) for t in UNBATCHED_TARGETS for o in UNBATCHED_OPTIONS
+                   if o != "ignore" or t in ("index", "float_index")]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("target", UNBATCHED_TARGETS)
-@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.15}, {"reduction": "sum"},
-                                {"sample_weight": 2.5, "reduction": "sum"},
-                                {"sample_weight": 0.3}, {"ignore_index": -100}],
-                         ids=["plain", "smoothing", "sum", "weight-sum", "weight-mean", "ignore"])
-def test_unbatched_matches_oracle(dtype, target, kw, rng):
+@pytest.mark.parametrize("target, opt", UNBATCHED_CASES, ids=[f"{t}-{o}" for t, o in UNBATCHED_CASES])
+def test_unbatched_matches_oracle(dtype, target, opt, rng):
     K = 7
-    if "ignore_index" in kw and target not in ("index", "float_index"):
-        pytest.skip("ignore_index applies to class indices")
+    kw = UNBATCHED_OPTIONS[opt]
     z = logits(rng, 1, K, dtype)[0]
     y = unbatched_target(rng, target, K)
     loss, dz = fs.loss_and_grad_logits(z, y, **kw)
