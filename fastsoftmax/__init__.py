@@ -1,4 +1,21 @@
-"""fastsoftmax: fast, exact softmax-regression loss and gradient kernels for the CPU."""
+"""fastsoftmax: fast, exact softmax-regression loss and gradient kernels for the CPU.
+
+Entry points: :func:`loss_and_grad` (softmax regression), :func:`loss_and_grad_logits`
+(an output layer's logits), the row-wise :func:`softmax`, :func:`log_softmax`
+and :func:`logsumexp`, ``SoftmaxRegression`` (needs scikit-learn) and
+:mod:`fastsoftmax.dask` (needs Dask).  They take NumPy arrays and anything
+``np.asarray`` turns into a numeric array; Dask collections, SciPy sparse
+matrices and GPU arrays raise ``TypeError`` saying what to do instead.
+
+Threading layer (a process-wide effect of ``import fastsoftmax``): unless
+``NUMBA_THREADING_LAYER`` is set, importing the package sets numba's
+threading layer for the whole process to TBB when TBB can be loaded (numba's
+GNU OpenMP fallback is not fork-safe), and loads ``libtbb`` with
+``RTLD_GLOBAL`` to make it loadable.  Both affect every other Numba library
+in the same process.  Set ``FASTSOFTMAX_THREADING_LAYER=numba`` before the
+import to keep numba's own choice.  ``FASTSOFTMAX_CACHE=0`` compiles every
+kernel without numba's on-disk cache.
+"""
 
 from ._threading import choose_threading_layer
 

@@ -19,6 +19,7 @@ from ._validation import Problem, prepare, prepare_logits
 Method = Literal["fused", "indexloop", "numpy"]
 Reduction = Literal["mean", "sum"]
 
+
 def sums(p: Problem, method: str, dX: np.ndarray | None = None
          ) -> tuple[float, np.ndarray, np.ndarray]:
     """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``.
@@ -44,15 +45,15 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
             return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX)
 
 
-def finish(p: Problem, loss_sum: float, G: np.ndarray, gb: np.ndarray):
-    """Divide by the reduction's denominator, add the L2 term, cast to the working dtype."""
-    return finalize(loss_sum, G, gb, denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
-                    has_b=p.has_b)
+def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
+           has_b: bool):
+    """``(loss, dW[, db])`` from the sums: divided by ``denom``, plus ``l2`` on W.
 
-
-def finalize(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
-             has_b: bool):
-    """``(loss, dW[, db])`` from the sums: divided by ``denom``, plus ``l2`` on W."""
+    ``G`` (K, n) and ``gb`` (K,) are the unnormalised gradient sums; the
+    results are cast to the working ``dtype``.  Used for in-memory problems
+    (with a :class:`Problem`'s fields) and by :mod:`fastsoftmax.dask` (with
+    the blocks' summed totals).
+    """
     loss = float(loss_sum) / denom
     dW = np.asarray(G, dtype=np.float64) / denom
     if l2:
@@ -134,11 +135,28 @@ def loss_and_grad(
     For a given thread count (``numba.set_num_threads``) the compiled methods
     are deterministic: repeated calls give bitwise-identical results.
 
+    Notes
+    -----
+    ``import fastsoftmax`` chooses numba's threading layer for the whole
+    process: unless ``NUMBA_THREADING_LAYER`` is set, it asks numba for TBB
+    when TBB can be loaded (GNU OpenMP, numba's fallback, is not fork-safe)
+    and loads ``libtbb`` with ``RTLD_GLOBAL``; both affect any other Numba
+    library in the same process.  ``FASTSOFTMAX_THREADING_LAYER=numba``, set
+    before the import, keeps numba's own choice.
+
     Raises
     ------
     TypeError
         Non-numeric (including bool and complex) arrays, a non-integer
-        ``ignore_index``, non-real scalar options.
+        ``ignore_index``, non-real scalar options; and, before anything is
+        converted, array types this in-memory function does not take: a Dask
+        collection (it would be computed whole in this process; use
+        :func:`fastsoftmax.dask.loss_and_grad`), a SciPy sparse matrix or
+        array (not supported yet; pass ``X.toarray()`` only if it fits in
+        memory), or an object ``np.asarray`` cannot convert (GPU arrays such
+        as CuPy's or CUDA torch tensors).  Accepted are NumPy arrays and
+        anything ``np.asarray`` turns into a numeric array: lists,
+        memory-mapped arrays, CPU torch tensors, pandas objects.
     ValueError
         Shape mismatches, empty dimensions, labels outside ``[0, K)`` or not
         integral, negative or non-finite targets or weights, zero total weight
@@ -156,7 +174,8 @@ def loss_and_grad(
     p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
-    return finish(p, *sums(p, method))
+    return finish(*sums(p, method), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
+                  has_b=p.has_b)
 
 
 def linear_cross_entropy(
@@ -221,7 +240,8 @@ def linear_cross_entropy(
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
     dX = np.zeros(p.X.shape, p.dtype)
-    loss, dW, *db = finish(p, *sums(p, method, dX))
+    loss, dW, *db = finish(*sums(p, method, dX), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
+                           has_b=p.has_b)
     if p.denom != 1.0:
         dX /= dX.dtype.type(p.denom)
     return (loss, dX, dW, *db)
@@ -249,24 +269,29 @@ def loss_and_grad_logits(
 
     Parameters
     ----------
-    Z : array_like, shape (m, K)
+    Z : array_like, shape (m, K) or (K,)
         Logits, float32 or float64 (integers become float64, float16
         float32); any layout, used without a copy when its dtype is kept.
+        A 1-D Z is one un-batched sample, as in PyTorch's ``cross_entropy``:
+        y is then a scalar class index or (K,) dense targets, and
+        ``sample_weight`` a scalar if given.
     y, sample_weight, label_smoothing, ignore_index, reduction
         As in :func:`loss_and_grad`.
 
     Returns
     -------
     loss : float
-    dZ : ndarray, shape (m, K), Z's working dtype, C-ordered
+    dZ : ndarray, shape of Z ((m, K) or (K,)), Z's working dtype, C-ordered
 
     Raises
     ------
     TypeError, ValueError
-        As :func:`loss_and_grad`, for the same kinds of bad input.
+        As :func:`loss_and_grad`, for the same kinds of bad input (Dask
+        collections, SciPy sparse matrices and GPU arrays included).
     """
-    Z, t = prepare_logits(Z, y, sample_weight=sample_weight, label_smoothing=label_smoothing,
-                          ignore_index=ignore_index, reduction=reduction)
+    Z, t, unbatched = prepare_logits(Z, y, sample_weight=sample_weight,
+                                     label_smoothing=label_smoothing,
+                                     ignore_index=ignore_index, reduction=reduction)
     m, K = Z.shape
     dZ = np.empty((m, K), dtype=Z.dtype)
     tile = policy.logits_tile_rows(K)
@@ -278,4 +303,4 @@ def loss_and_grad_logits(
             loss = logits_sums(Z, t.labels, t.T, t.sw, t.eps, chunks, tile, dZ)
     if t.denom != 1.0:
         dZ /= dZ.dtype.type(t.denom)
-    return float(loss) / t.denom, dZ
+    return float(loss) / t.denom, (dZ[0] if unbatched else dZ)

@@ -1,16 +1,23 @@
 """Numba compilation settings shared by every kernel.
 
-One place decides how kernels are compiled, so that all of them agree:
+One place decides how kernels are compiled, so that all of them agree; no
+other module calls ``numba.njit`` or chooses compile flags:
 
 * ``cache=True``: compiled machine code is stored next to the module and a new
   process loads it instead of recompiling.  Nothing in a cached function may
   read dynamic globals (``numba.get_num_threads()`` is the classic example);
   the thread-dependent chunk count is therefore computed in Python and passed
-  in as an argument.
+  in as an argument.  The environment variable ``FASTSOFTMAX_CACHE=0`` (read
+  once, at import) turns the on-disk cache off for every kernel: nothing is
+  read from it or written to it, and every process compiles afresh (useful
+  on read-only installs, or to rule the cache out when debugging).
 * ``fastmath=FASTMATH``: a subset of LLVM's fast-math flags that lets
   reductions be reassociated (and so vectorised) while keeping IEEE NaN and
   infinity semantics (``nnan`` and ``ninf`` are deliberately left out), so a
-  NaN in the input still propagates to the output.
+  NaN in the input still propagates to the output.  Helpers whose arithmetic
+  must be evaluated as written (an argument reduction that reassociation
+  would undo) use :func:`exact_kernel`, which allows only ``contract`` (fused
+  multiply-add).
 * ``error_model="numpy"``: division by zero gives inf/nan as in NumPy instead
   of a Python exception check inside hot loops.
 * ``nogil=True``: several Python threads may run kernels at once.
@@ -18,17 +25,38 @@ One place decides how kernels are compiled, so that all of them agree:
 
 from __future__ import annotations
 
+import os
+
 import numba
 
 #: Fast-math flags that keep NaN/inf semantics but allow vectorised reductions.
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+#: Fast-math flags of :func:`exact_kernel`: fused multiply-add only, no reordering.
+EXACT_FASTMATH = frozenset({"contract"})
 
-_COMMON = dict(cache=True, fastmath=set(FASTMATH), error_model="numpy", nogil=True)
+#: The environment variable that turns the on-disk cache off ("0", "false", "no", "off").
+CACHE_ENV = "FASTSOFTMAX_CACHE"
+
+
+def cache_enabled() -> bool:
+    """Whether kernels use numba's on-disk cache: unless ``FASTSOFTMAX_CACHE`` says no."""
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+#: Read once at import: every kernel of the process is compiled the same way.
+CACHE = cache_enabled()
+
+#: ``jit_options`` for ``numba.extending.overload`` implementations.
+OVERLOAD_OPTIONS = {"cache": CACHE}
+
+
+def _options(fastmath: frozenset) -> dict:
+    return dict(cache=CACHE, fastmath=set(fastmath), error_model="numpy", nogil=True)
 
 
 def parallel_kernel(func):
     """Compile ``func`` as a cached, parallel (``prange``) kernel."""
-    return numba.njit(parallel=True, **_COMMON)(func)
+    return numba.njit(parallel=True, **_options(FASTMATH))(func)
 
 
 def serial_kernel(func):
@@ -37,4 +65,14 @@ def serial_kernel(func):
     Helpers are separate functions for Numba (so each keeps its own fast-math
     flags) and are inlined by LLVM where that pays.
     """
-    return numba.njit(parallel=False, **_COMMON)(func)
+    return numba.njit(parallel=False, **_options(FASTMATH))(func)
+
+
+def exact_kernel(func):
+    """Compile ``func`` as a cached serial helper whose arithmetic is kept as written.
+
+    Only ``contract`` (fused multiply-add) of the fast-math flags: no
+    reassociation, so a two-part argument reduction such as
+    ``(x - n*hi) - n*lo`` is not folded back into one rounded subtraction.
+    """
+    return numba.njit(parallel=False, **_options(EXACT_FASTMATH))(func)

@@ -46,7 +46,7 @@ from . import _dispatch as policy
 from ._jit import parallel_kernel, serial_kernel
 from ._threading import parallel_region
 from ._rowmath import exp_nonpositive
-from ._validation import _as_numeric_array, _working_dtype
+from ._validation import as_numeric_array, working_dtype
 
 # What the kernel writes; compile-time constants inside the kernel.
 _SOFTMAX = 0
@@ -145,13 +145,13 @@ def _prepare(Z: ArrayLike, func: str) -> tuple[np.ndarray, np.dtype]:
     The layout is kept: a float32 or float64 Z is used as it is, other dtypes
     are converted (one copy).
     """
-    Z = _as_numeric_array("Z", Z)  # TypeError for bool, complex, object, strings
+    Z = as_numeric_array("Z", Z)  # TypeError for bool, complex, object, strings
     if Z.ndim not in (1, 2):
         raise ValueError(f"{func}: Z must be 1-D (K,) or 2-D (m, K), got shape {Z.shape}")
     if Z.shape[-1] == 0:
         raise ValueError(f"{func}: Z must have at least one entry along its last axis, "
                          f"got shape {Z.shape}")
-    return Z.astype(_working_dtype(Z, name="Z"), copy=False), Z.dtype
+    return Z.astype(working_dtype(Z, name="Z"), copy=False), Z.dtype
 
 
 def _check_out(out, shape: tuple, dtype: np.dtype, func: str, z_dtype: np.dtype) -> None:
@@ -241,7 +241,9 @@ def softmax(Z: ArrayLike, out: Optional[np.ndarray] = None) -> np.ndarray:
     ------
     TypeError
         Z (or out) of a non-real dtype (bool, complex, object, strings) or
-        ``out`` of the wrong dtype or not an array.
+        ``out`` of the wrong dtype or not an array; Z a Dask collection, a
+        SciPy sparse matrix or an object ``np.asarray`` cannot convert (a GPU
+        array), as in :func:`fastsoftmax.loss_and_grad`.
     ValueError
         Z not 1-D or 2-D, an empty last axis, ``out`` of the wrong shape or
         read-only.

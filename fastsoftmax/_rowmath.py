@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import serial_kernel
+from ._jit import exact_kernel, serial_kernel
 
 
 @serial_kernel
@@ -45,7 +44,8 @@ def target_value(labels, T, i, k, eps, inv_k):
 # for |r| <= ln(2)/2 is its Taylor polynomial of degree 13 (truncation error
 # below 2e-17), evaluated by Horner's rule; 2^n is assembled from its bits.
 # Measured against libm over 10^7 points of [-50, 0]: at most 1.01 ulp apart.
-# It is compiled without "reassoc", which would undo the two-part reduction.
+# It is compiled as an exact_kernel, without "reassoc", which would undo the
+# two-part reduction.
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 rounded to 32 significant bits
@@ -65,7 +65,7 @@ def _float64_from_bits(typingctx, bits):
     return sig, codegen
 
 
-@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy", nogil=True)
+@exact_kernel
 def exp_nonpositive(x):
     """exp(x) for x <= 0 within about 1 ulp; 0 below -708; NaN stays NaN."""
     xc = max(x, _EXP_MIN)

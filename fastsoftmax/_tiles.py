@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from numba.extending import overload
 
-from ._jit import serial_kernel
+from ._jit import OVERLOAD_OPTIONS, serial_kernel
 
 
 def tile_view(X, t0, t1, rows, buf):
@@ -13,7 +13,7 @@ def tile_view(X, t0, t1, rows, buf):
     else a copy into ``buf`` (``rows`` holds t0..t1-1)."""
 
 
-@overload(tile_view, jit_options={"cache": True})
+@overload(tile_view, jit_options=OVERLOAD_OPTIONS)
 def _tile_view_impl(X, t0, t1, rows, buf):
     if X.layout == "C":
         return lambda X, t0, t1, rows, buf: X[t0:t1]

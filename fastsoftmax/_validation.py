@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +26,10 @@ class Problem:
     keeps the caller's memory layout.  With class-index targets ``labels`` is
     (m,) int64, -1 marking ignored samples, and ``T`` is an empty (0, K)
     array; with dense targets ``labels`` is empty and ``T`` is (m, K).  ``sw``
-    is (m,) float64, or empty when unweighted.  ``denom`` is what the sums are
-    divided by.
+    is (m,) float64, or empty when unweighted.  ``kept_weight`` is the total
+    weight of the samples ``ignore_index`` keeps (their count when
+    unweighted); ``denom`` is what the sums are divided by: ``kept_weight``
+    under "mean", 1 under "sum".
     """
 
     X: np.ndarray
@@ -38,24 +41,98 @@ class Problem:
     sw: np.ndarray
     eps: float
     l2: float
+    kept_weight: float
     denom: float
     dtype: np.dtype
     n_ignored: int
 
 
-def _as_numeric_array(name: str, value) -> np.ndarray:
+def is_dask_collection(value) -> bool:
+    """Whether ``value`` is a Dask collection (dask.array, dask.dataframe...).
+
+    Dask's own test (``__dask_graph__()`` is not None), made without
+    importing dask: an xarray object backed by NumPy has the method but no
+    graph.
+    """
+    method = getattr(type(value), "__dask_graph__", None)
+    if method is None:
+        return False
+    try:
+        return value.__dask_graph__() is not None
+    except Exception:  # a foreign object's method: any failure means "not Dask"
+        return False
+
+
+#: What the in-memory entry points accept, for error messages.
+ACCEPTED = ("NumPy arrays and anything np.asarray turns into a numeric array: lists, "
+            "memory-mapped arrays, CPU torch tensors, pandas objects...")
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _is_sparse(value) -> bool:
+    # A SciPy sparse matrix or array can only exist once scipy.sparse has been
+    # imported, so its absence answers without importing it (which
+    # fastsoftmax itself never needs).
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(value)
+
+
+def check_array_type(name: str, value) -> None:
+    """Raise TypeError for array types the in-memory entry points must not convert.
+
+    A Dask collection would be computed whole in this process (use
+    :func:`fastsoftmax.dask.loss_and_grad`); a SciPy sparse matrix would
+    become a 0-d object array.  Both are detected without importing Dask or
+    SciPy's sparse module.
+    """
+    if is_dask_collection(value):
+        raise TypeError(
+            f"{name} is a Dask collection ({_type_name(value)}); fastsoftmax's in-memory "
+            f"functions would compute all of it in this process.  For the loss and gradient "
+            f"of row-chunked data use fastsoftmax.dask.loss_and_grad(W, X, y, ...), which "
+            f"reduces each block where it lives; otherwise pass {name}.compute() explicitly "
+            f"if it fits in memory")
+    if _is_sparse(value):
+        raise TypeError(
+            f"{name} is a SciPy sparse matrix ({_type_name(value)}): sparse {name} is not "
+            f"supported yet; pass {name}.toarray() instead, but only if the dense array fits "
+            f"in memory")
+
+
+def as_numeric_array(name: str, value) -> np.ndarray:
+    """``value`` as an ndarray of a real integer or floating dtype (no copy when it is one).
+
+    Accepted: :data:`ACCEPTED`.  TypeError, naming ``name``, for anything
+    else: Dask collections and SciPy sparse matrices
+    (:func:`check_array_type`), objects ``np.asarray`` cannot convert (GPU
+    arrays such as CuPy's or CUDA torch tensors, ragged sequences), and bool,
+    complex, object or string dtypes.
+    """
+    if type(value) is not np.ndarray:  # the common case skips the checks
+        check_array_type(name, value)
     try:
         arr = np.asarray(value)
-    except (TypeError, ValueError) as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
-    if arr.dtype.kind not in "iuf":  # bool, complex, object, strings, dates...
+    except MemoryError:
+        raise
+    except Exception as exc:  # ragged lists, GPU arrays, tensors that require grad...
+        if isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
         raise TypeError(
-            f"{name} must have a real integer or floating dtype, got dtype {arr.dtype}"
+            f"{name} of type {_type_name(value)} cannot be converted by np.asarray ({exc}); "
+            f"accepted are {ACCEPTED}; copy GPU arrays to the host first") from None
+    if arr.dtype.kind not in "iuf":  # bool, complex, object, strings, dates...
+        origin = "" if isinstance(value, (np.ndarray, list, tuple)) else f" (from {_type_name(value)})"
+        raise TypeError(
+            f"{name} must have a real integer or floating dtype, got dtype {arr.dtype}{origin}"
         )
     return arr
 
 
-def _working_dtype(*arrays: np.ndarray, name: str | None = None) -> np.dtype:
+def working_dtype(*arrays: np.ndarray, name: str | None = None) -> np.dtype:
     """NumPy's promotion of the inputs, mapped onto float32 or float64.
 
     Integers become float64, float16 float32; wider floats raise TypeError
@@ -83,7 +160,12 @@ def _kernel_array(a: np.ndarray, dtype) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
-def _check_finite_scalar(name: str, value, low: float, high: float, high_open: bool):
+def check_finite_scalar(name: str, value, low: float, high: float, high_open: bool) -> float:
+    """``value`` as a float in [low, high] (or [low, high) when ``high_open``).
+
+    TypeError for anything but a real number (bool included), ValueError,
+    naming ``name``, for NaN, infinity or a value out of range.
+    """
     if type(value) not in (float, int) and (  # the common types skip the slower ABC check
             isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
@@ -127,14 +209,17 @@ class Targets:
 
     ``labels`` (m,) int64 with -1 for ignored samples and ``T`` (0, K); or
     ``labels`` empty and ``T`` (m, K) dense targets in the working dtype.
-    ``sw`` (m,) float64 or empty (unweighted); ``denom`` is what sums are
-    divided by (the total kept weight under "mean", 1 under "sum").
+    ``sw`` (m,) float64 or empty (unweighted); ``kept_weight`` the total
+    weight of the samples that are not ignored (their count when unweighted);
+    ``denom`` is what sums are divided by (``kept_weight`` under "mean", 1
+    under "sum").
     """
 
     labels: np.ndarray
     T: np.ndarray
     sw: np.ndarray
     eps: float
+    kept_weight: float
     denom: float
     n_ignored: int
 
@@ -147,13 +232,13 @@ def check_options(label_smoothing, ignore_index, reduction) -> float:
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
         raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
-    return _check_finite_scalar("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    return check_finite_scalar("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
 
 
 def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: float,
                   ignore_index, reduction: str, samples: str) -> Targets:
     """Validate y and sample_weight for m samples (rows of ``samples``) and K classes."""
-    y = _as_numeric_array("y", y)
+    y = as_numeric_array("y", y)
     if y.ndim == 1:
         if y.shape[0] != m:
             raise ValueError(f"y has {y.shape[0]} labels but {samples} has {m} samples")
@@ -184,7 +269,7 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
         sw = np.zeros(0, np.float64)
         total = float(m - n_ignored)
     else:
-        sw = _as_numeric_array("sample_weight", sample_weight)
+        sw = as_numeric_array("sample_weight", sample_weight)
         if sw.shape != (m,):
             raise ValueError(f"sample_weight must have shape ({m},), got {sw.shape}")
         sw = _kernel_array(sw, np.float64)
@@ -194,17 +279,25 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
             raise ValueError(f"sample_weight must be non-negative, found {sw.min()!r}")
         total = float(np.sum(sw[labels >= 0])) if n_ignored else float(np.sum(sw))
 
-    if reduction == "mean":
-        if total <= 0.0:
-            raise ValueError(
-                "the total sample weight is zero"
-                + (" (every sample is ignored)" if n_ignored == m else "")
-                + ", so reduction='mean' is undefined"
-            )
-        denom = total
-    else:
-        denom = 1.0
-    return Targets(labels=labels, T=T, sw=sw, eps=eps, denom=denom, n_ignored=n_ignored)
+    denom = denominator(total, reduction, every_sample_ignored=n_ignored == m)
+    return Targets(labels=labels, T=T, sw=sw, eps=eps, kept_weight=total, denom=denom,
+                   n_ignored=n_ignored)
+
+
+def denominator(kept_weight: float, reduction: str, every_sample_ignored: bool = False) -> float:
+    """What the sums are divided by: ``kept_weight`` under "mean", 1 under "sum".
+
+    ValueError under "mean" when the kept weight is zero (or not positive).
+    """
+    if reduction != "mean":
+        return 1.0
+    if not kept_weight > 0.0:
+        raise ValueError(
+            "the total sample weight is zero"
+            + (" (every sample is ignored)" if every_sample_ignored else "")
+            + ", so reduction='mean' is undefined"
+        )
+    return kept_weight
 
 
 def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
@@ -213,10 +306,10 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     eps = check_options(label_smoothing, ignore_index, reduction)
-    l2 = _check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
+    l2 = check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
 
-    W = _as_numeric_array("W", W)
-    X = _as_numeric_array("X", X)
+    W = as_numeric_array("W", W)
+    X = as_numeric_array("X", X)
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (K, n), got shape {W.shape}")
     if X.ndim != 2:
@@ -232,11 +325,11 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
 
     promote = [W, X]
     if b is not None:
-        b = _as_numeric_array("b", b)
+        b = as_numeric_array("b", b)
         if b.shape != (K,):
             raise ValueError(f"b must have shape ({K},) to match W {W.shape}, got {b.shape}")
         promote.append(b)
-    dtype = _working_dtype(*promote)
+    dtype = working_dtype(*promote)
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
                             ignore_index=ignore_index, reduction=reduction, samples="X")
     X = X.astype(dtype, copy=False)  # keeps layout, copies only to change dtype
@@ -246,18 +339,39 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
 
 
 def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduction):
-    """Validate the arguments of ``loss_and_grad_logits``; return ``(Z, targets)``.
+    """Validate the arguments of ``loss_and_grad_logits``; return ``(Z, targets, unbatched)``.
 
     Z keeps its layout; it is converted (copied) only to change its dtype.
+    Un-batched logits, a (K,) Z with a scalar class index or (K,) dense
+    targets y (and a scalar ``sample_weight``), are returned as a batch of
+    one: Z (1, K), and ``unbatched`` is True.
     """
     eps = check_options(label_smoothing, ignore_index, reduction)
-    Z = _as_numeric_array("Z", Z)
-    if Z.ndim != 2:
-        raise ValueError(f"Z must be 2-D (m, K) logits, got shape {Z.shape}")
+    Z = as_numeric_array("Z", Z)
+    unbatched = Z.ndim == 1
+    if unbatched:
+        if Z.shape[0] == 0:
+            raise ValueError(f"Z must have at least one class, got shape {Z.shape}")
+        y = as_numeric_array("y", y)
+        if y.ndim == 1 and y.shape != Z.shape:
+            raise ValueError(f"for 1-D (K,) logits Z of shape {Z.shape}, y must be a scalar "
+                             f"class index or {Z.shape} targets, got shape {y.shape}")
+        if y.ndim > 1:
+            raise ValueError(f"for 1-D (K,) logits Z, y must be a scalar class index or "
+                             f"(K,) targets, got shape {y.shape}")
+        if sample_weight is not None:
+            sample_weight = as_numeric_array("sample_weight", sample_weight)
+            if sample_weight.ndim != 0:
+                raise ValueError(f"for 1-D (K,) logits Z, sample_weight must be a scalar, "
+                                 f"got shape {sample_weight.shape}")
+            sample_weight = sample_weight[np.newaxis]
+        Z, y = Z[np.newaxis], y[np.newaxis]
+    elif Z.ndim != 2:
+        raise ValueError(f"Z must be 2-D (m, K) or 1-D (K,) logits, got shape {Z.shape}")
     m, K = Z.shape
     if m == 0 or K == 0:
         raise ValueError(f"Z must have at least one sample and one class, got shape {Z.shape}")
-    dtype = _working_dtype(Z, name="Z")
+    dtype = working_dtype(Z, name="Z")
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
                             ignore_index=ignore_index, reduction=reduction, samples="Z")
-    return Z.astype(dtype, copy=False), targets
+    return Z.astype(dtype, copy=False), targets, unbatched

@@ -5,6 +5,9 @@ reduced where it lives: every block runs :func:`fastsoftmax.loss_and_grad`'s
 kernel with ``reduction="sum"`` (no penalty), the blocks' loss, gradient and
 weight total are added in a tree, and only the client divides and adds the L2
 term.  Only K x n partial sums cross the network, never the data.
+:func:`prepare_fit` checks and persists the data of a
+``SoftmaxRegression.fit`` on Dask, so that the estimator needs no Dask code
+of its own.
 
 Threads: every Dask worker thread runs parallel kernels with numba's thread
 count, so keep ``numba threads x worker threads`` at the core count, e.g.
@@ -15,18 +18,21 @@ they may use (``LocalCluster(threads_per_worker=1, env={"NUMBA_NUM_THREADS":
 
 from __future__ import annotations
 
-from typing import Union
+from dataclasses import dataclass
+from typing import Callable, Union
 
 import numpy as np
 
-from ._api import finalize, sums
+from ._api import finish, sums
 from ._validation import (
     METHODS,
-    _as_numeric_array,
-    _check_finite_scalar,
-    _working_dtype,
+    as_numeric_array,
+    check_finite_scalar,
     check_options,
+    denominator,
+    is_dask_collection,
     prepare,
+    working_dtype,
 )
 
 
@@ -38,11 +44,8 @@ def _block_sums(W, b, X, y, sw, eps, ignore_index, method):
     p = prepare(W, X, y, b=b, sample_weight=sw, l2=0.0, label_smoothing=eps,
                 ignore_index=ignore_index, reduction="sum", method=method)
     loss, G, gb = sums(p, method)
-    if p.sw.shape[0]:
-        kept = float(np.sum(p.sw[p.labels >= 0])) if p.n_ignored else float(np.sum(p.sw))
-    else:
-        kept = float(X.shape[0] - p.n_ignored)
-    return (float(loss), np.asarray(G, dtype=np.float64), np.asarray(gb, dtype=np.float64), kept)
+    return (float(loss), np.asarray(G, dtype=np.float64), np.asarray(gb, dtype=np.float64),
+            p.kept_weight)
 
 
 def _add(*parts):
@@ -78,7 +81,8 @@ def loss_and_grad(
 
     ``y`` (m,) or (m, K) and ``sample_weight`` (m,) may be dask or NumPy
     arrays; they are rechunked to X's row blocks (X's columns to one block).
-    ``W`` (K, n) and ``b`` (K,) are small NumPy arrays sent to every block.
+    ``W`` (K, n) and ``b`` (K,) are small arrays sent to every block (Dask
+    ones are computed first).
     ``split_every`` is the fan-in of the tree that adds the blocks' sums.
     Same results as the in-memory call (to rounding: blocks are summed in a
     different order), the same options and the same errors, raised when the
@@ -95,9 +99,11 @@ def loss_and_grad(
     if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
         raise ValueError(f"split_every must be an integer >= 2, got {split_every!r}")
     eps = check_options(label_smoothing, ignore_index, reduction)
-    l2 = _check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
-    W = _as_numeric_array("W", W)
-    b = None if b is None else _as_numeric_array("b", b)
+    l2 = check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
+    # W and b are small: dask ones are computed here, on purpose, and sent to every block.
+    W = as_numeric_array("W", W.compute() if is_dask_collection(W) else W)
+    if b is not None:
+        b = as_numeric_array("b", b.compute() if is_dask_collection(b) else b)
     X = da.asarray(X)
     if X.ndim != 2 or W.ndim != 2:
         raise ValueError(f"X must be 2-D (m, n) and W 2-D (K, n), got {X.shape} and {W.shape}")
@@ -121,12 +127,81 @@ def loss_and_grad(
                  for i in range(0, len(parts), split_every)]
     (loss_sum, G, gb, kept), = dask.compute(parts[0])
 
-    if reduction == "mean":
-        if kept <= 0.0:
-            raise ValueError("the total sample weight is zero, so reduction='mean' is undefined")
-        denom = kept
-    else:
-        denom = 1.0
     promote = [W, np.empty(0, X.dtype)] + ([] if b is None else [b])
-    return finalize(loss_sum, G, gb, denom=denom, l2=l2, W=W, dtype=_working_dtype(*promote),
-                    has_b=b is not None)
+    return finish(loss_sum, G, gb, denom=denominator(kept, reduction), l2=l2, W=W,
+                  dtype=working_dtype(*promote), has_b=b is not None)
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Checked training data of ``SoftmaxRegression.fit``, persisted on the workers.
+
+    ``X`` (m, n) float32/float64 dask array chunked by rows only;
+    ``y_index`` (m,) int64 dask array of indices into ``classes`` (K,), a
+    sorted NumPy array of the distinct labels; ``sample_weight`` (m,) float64
+    dask array or None; ``total`` the sum of the weights (m when unweighted);
+    ``loss_and_grad`` the evaluator to call with them (this module's).
+    """
+
+    X: object
+    y_index: object
+    classes: np.ndarray
+    sample_weight: object
+    total: float
+    loss_and_grad: Callable
+
+
+def prepare_fit(X, y, sample_weight=None) -> FitData:
+    """Check and persist the data of a fit on Dask; see :class:`FitData`.
+
+    The checks scikit-learn's ``validate_data`` makes on NumPy input are made
+    here on the workers (2-D X with known chunk sizes, finite X,
+    classification targets with at least two classes, weight shape, sign and
+    finiteness); only their outcomes come back to the client.  X of another
+    dtype than float32/float64 becomes float64; a scalar ``sample_weight``
+    weights every sample alike.  Needs scikit-learn (for its definition of
+    classification targets).  Raises ValueError for bad data.
+    """
+    import dask.array as da
+    from sklearn.utils.multiclass import check_classification_targets
+
+    X = da.asarray(X)
+    if X.ndim != 2 or np.isnan(X.shape[0]):
+        raise ValueError(f"X must be 2-D (m, n) with known chunk sizes, got shape {X.shape}")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    X = X.rechunk({1: -1})
+    y = _rows_like(y, X.chunks[0], "y")
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (m,), got shape {y.shape}")
+    classes = np.unique(da.unique(y).compute())
+    check_classification_targets(classes)
+    if classes.dtype.kind == "f" and not np.all(np.isfinite(classes)):
+        raise ValueError("y contains NaN or infinity")
+    if classes.shape[0] < 2:
+        raise ValueError(
+            f"SoftmaxRegression needs samples of at least 2 classes in the data, "
+            f"but the data contain only one class: {classes[0]!r}")
+    checks = [da.isfinite(X).all()]
+    if sample_weight is None:
+        total = float(X.shape[0])
+    else:
+        if np.ndim(sample_weight) == 0:
+            sample_weight = da.full(X.shape[0], float(sample_weight), chunks=(X.chunks[0],))
+        sample_weight = _rows_like(da.asarray(sample_weight, dtype=np.float64),
+                                   X.chunks[0], "sample_weight")
+        if sample_weight.ndim != 1:
+            raise ValueError(f"sample_weight must be 1-D, got shape {sample_weight.shape}")
+        checks += [sample_weight.min(), sample_weight.sum()]
+    results = da.compute(*checks)
+    if not results[0]:
+        raise ValueError("X contains NaN or infinity")
+    if sample_weight is not None:
+        lowest, total = results[1], float(results[2])
+        if not np.isfinite(total) or lowest < 0:
+            raise ValueError("sample_weight must be finite and non-negative")
+        sample_weight = sample_weight.persist()
+    y_index = y.map_blocks(lambda block: np.searchsorted(classes, block), dtype=np.int64)
+    X, y_index = X.persist(), y_index.persist()
+    return FitData(X=X, y_index=y_index, classes=classes, sample_weight=sample_weight,
+                   total=total, loss_and_grad=loss_and_grad)

@@ -18,18 +18,39 @@ package does not.
 
 from __future__ import annotations
 
+import math
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.optimize
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from ._api import loss_and_grad
 from ._primitives import log_softmax, softmax
-from ._validation import METHODS
+from ._validation import METHODS, is_dask_collection
+
+
+class _NotBool(Interval):
+    """scikit-learn's ``Interval``, which a bool does not satisfy.
+
+    ``Interval(Real, ...)`` and ``Interval(Integral, ...)`` accept ``True``
+    (a bool is an int); it is no meaningful ``C``, ``tol`` or ``max_iter``.
+    """
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
+
+
+class _FiniteNotBool(_NotBool):
+    """:class:`_NotBool` without infinities (``Interval`` takes ``inf`` when open above)."""
+
+    def is_satisfied_by(self, val):
+        return super().is_satisfied_by(val) and math.isfinite(val)
 
 
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
@@ -87,16 +108,19 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.method = method
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        if not (isinstance(self.C, (int, float, np.number)) and np.isfinite(self.C) and self.C > 0):
-            raise ValueError(f"C must be a positive finite number, got {self.C!r}")
-        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if not (isinstance(self.tol, (int, float, np.number)) and self.tol >= 0):
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+    # Checked by scikit-learn (``_fit_context``) when fit starts; a violation
+    # raises its InvalidParameterError (a ValueError and a TypeError).
+    _parameter_constraints: dict = {
+        "C": [_FiniteNotBool(Real, 0, None, closed="neither")],
+        "fit_intercept": ["boolean"],
+        "max_iter": [_NotBool(Integral, 1, None, closed="left")],
+        "tol": [_NotBool(Real, 0, None, closed="left")],
+        "warm_start": ["boolean"],
+        "method": [StrOptions(set(METHODS))],
+        "verbose": ["verbose"],
+    }
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None) -> "SoftmaxRegression":
         """Fit on X (m, n) and labels y (m,), optionally weighted (m,).
 
@@ -104,11 +128,20 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         dask or NumPy arrays): then every loss-and-gradient evaluation runs on
         the Dask workers (:func:`fastsoftmax.dask.loss_and_grad`) and only
         K x n partial sums come back to the client.
+
+        The parameters are checked first, by scikit-learn's parameter
+        validation: a bad one raises ``InvalidParameterError`` (a
+        ``ValueError``) naming it.
         """
-        self._check_params()
-        if type(X).__module__.startswith("dask"):
-            X, y_index, classes, sample_weight, total, evaluate = self._dask_data(
-                X, y, sample_weight)
+        if is_dask_collection(X):
+            from .dask import prepare_fit
+
+            data = prepare_fit(X, y, sample_weight)
+            X, y_index, classes = data.X, data.y_index, data.classes
+            sample_weight, total, evaluate = data.sample_weight, data.total, data.loss_and_grad
+            self.n_features_in_ = X.shape[1]
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
         else:
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
             check_classification_targets(y)
@@ -162,7 +195,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                       if result.status == 1 else f"of: {result.message}")
             warnings.warn(
                 f"L-BFGS stopped without converging because {reason}; increase max_iter "
-                f"or scale the data.", ConvergenceWarning, stacklevel=2)
+                f"or scale the data.", ConvergenceWarning, stacklevel=3)
         P = result.x.reshape(K, width)
         self.classes_ = classes
         self.coef_ = np.ascontiguousarray(P[:, :n])
@@ -170,61 +203,6 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.n_iter_ = np.array([result.nit], dtype=np.int32)
         self.objective_ = float(result.fun)
         return self
-
-    def _dask_data(self, X, y, sample_weight):
-        """Checked, persisted dask inputs and the evaluator that runs on the workers.
-
-        The checks scikit-learn's ``validate_data`` makes on NumPy input are
-        made here on the workers (finite X, classification targets, weight
-        shape and sign); only their outcomes come back.
-        """
-        import dask.array as da
-
-        from .dask import _rows_like
-        from .dask import loss_and_grad as dask_loss_and_grad
-
-        X = da.asarray(X)
-        if X.ndim != 2 or np.isnan(X.shape[0]):
-            raise ValueError(f"X must be 2-D (m, n) with known chunk sizes, got shape {X.shape}")
-        if X.dtype not in (np.float32, np.float64):
-            X = X.astype(np.float64)
-        X = X.rechunk({1: -1})
-        y = _rows_like(y, X.chunks[0], "y")
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D (m,), got shape {y.shape}")
-        classes = np.unique(da.unique(y).compute())
-        check_classification_targets(classes)
-        if classes.dtype.kind == "f" and not np.all(np.isfinite(classes)):
-            raise ValueError("y contains NaN or infinity")
-        if classes.shape[0] < 2:
-            raise ValueError(
-                f"SoftmaxRegression needs samples of at least 2 classes in the data, "
-                f"but the data contain only one class: {classes[0]!r}")
-        checks = [da.isfinite(X).all()]
-        if sample_weight is None:
-            total = float(X.shape[0])
-        else:
-            if np.ndim(sample_weight) == 0:
-                sample_weight = da.full(X.shape[0], float(sample_weight), chunks=(X.chunks[0],))
-            sample_weight = _rows_like(da.asarray(sample_weight, dtype=np.float64),
-                                       X.chunks[0], "sample_weight")
-            if sample_weight.ndim != 1:
-                raise ValueError(f"sample_weight must be 1-D, got shape {sample_weight.shape}")
-            checks += [sample_weight.min(), sample_weight.sum()]
-        results = da.compute(*checks)
-        if not results[0]:
-            raise ValueError("X contains NaN or infinity")
-        if sample_weight is not None:
-            lowest, total = results[1], float(results[2])
-            if not np.isfinite(total) or lowest < 0:
-                raise ValueError("sample_weight must be finite and non-negative")
-            sample_weight = sample_weight.persist()
-        y_index = y.map_blocks(lambda block: np.searchsorted(classes, block), dtype=np.int64)
-        X, y_index = X.persist(), y_index.persist()
-        self.n_features_in_ = X.shape[1]
-        if hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-        return X, y_index, classes, sample_weight, total, dask_loss_and_grad
 
     def decision_function(self, X) -> np.ndarray:
         """Logits (m, K); for two classes the log-odds of the second, shape (m,)."""

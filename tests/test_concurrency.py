@@ -6,8 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import scipy.special
 
 import fastsoftmax as fs
+from helpers import assert_results_close
+from naive import naive_loss_and_grad
 
 
 @pytest.mark.parametrize("method", ["fused", "indexloop", "numpy"])
@@ -31,31 +34,55 @@ def test_eight_threads_bitwise_identical(method):
 
 
 @pytest.mark.parametrize("layer", ["workqueue", "omp", "tbb"])
-def test_threads_on_every_layer(layer):
-    """Whichever layer numba runs on, eight threads at once neither abort nor differ."""
+def test_threads_on_every_layer(layer, tmp_path):
+    """Whichever layer numba runs on, eight threads at once neither abort nor differ.
+
+    The references are computed on the main thread before the pool starts
+    (same thread count, so the loss and gradient must match bit for bit;
+    softmax is row-wise, so it matches whatever the chunking), and checked
+    against SciPy and the oracle so that a wrong reference fails too.
+    """
     import subprocess
     import sys
 
     code = (
-        "import numpy as np, numba, fastsoftmax as fs\n"
+        "import sys, numpy as np, numba, fastsoftmax as fs\n"
         "from concurrent.futures import ThreadPoolExecutor\n"
         "rng = np.random.default_rng(0)\n"
         "X = rng.standard_normal((20000, 30)); W = rng.standard_normal((5, 30))\n"
         "y = rng.integers(0, 5, 20000)\n"
-        "ref = fs.loss_and_grad(W, X, y)\n"
+        "ref_loss, ref_dW = fs.loss_and_grad(W, X, y)  # serial references, before any thread\n"
+        "ref_softmax = fs.softmax(X)\n"
         "def job(_):\n"
-        "    return all(fs.loss_and_grad(W, X, y)[0] == ref[0] and\n"
-        "               np.array_equal(fs.softmax(X), fs.softmax(X)) for _ in range(5))\n"
+        "    for _ in range(5):\n"
+        "        loss, dW = fs.loss_and_grad(W, X, y)\n"
+        "        if not (loss == ref_loss and np.array_equal(dW, ref_dW)\n"
+        "                and np.array_equal(fs.softmax(X), ref_softmax)):\n"
+        "            return False\n"
+        "    return True\n"
         "with ThreadPoolExecutor(8) as pool:\n"
         "    ok = all(pool.map(job, range(8)))\n"
         "print(numba.threading_layer(), ok)\n"
+        "np.save(sys.argv[1], np.concatenate([[ref_loss], ref_dW.ravel(), ref_softmax.ravel()]))\n"
     )
     import os
 
     env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
+    refs = tmp_path / "refs.npy"
+    out = subprocess.run([sys.executable, "-c", code, str(refs)], env=env, capture_output=True,
+                         text=True, timeout=300)
     if out.returncode != 0 and "No threading layer could be loaded" in out.stderr:
         pytest.skip(f"numba's {layer} layer is not available here")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [layer, "True"], out.stdout + out.stderr[-2000:]
+    # the references themselves are right (the same data, regenerated here)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 30))
+    W = rng.standard_normal((5, 30))
+    y = rng.integers(0, 5, 20000)
+    saved = np.load(refs)
+    ref_loss, ref_dW, ref_softmax = saved[0], saved[1:151].reshape(5, 30), saved[151:]
+    want, scales = naive_loss_and_grad(W, X, y, return_scales=True)
+    assert_results_close((float(ref_loss), ref_dW), want, np.float64, scales)
+    np.testing.assert_allclose(ref_softmax.reshape(X.shape), scipy.special.softmax(X, axis=1),
+                               rtol=1e-12, atol=0)

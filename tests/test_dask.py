@@ -145,3 +145,33 @@ def test_fit_checks_dask_input_like_numpy_input(client, rng):
     scalar = SoftmaxRegression(tol=1e-10).fit(Xd, np.arange(200) % 2, sample_weight=2.0)
     plain = SoftmaxRegression(tol=1e-10).fit(X, np.arange(200) % 2, sample_weight=2.0)
     np.testing.assert_allclose(scalar.coef_, plain.coef_, atol=1e-6)
+
+
+def test_prepare_fit_is_the_one_call_the_estimator_makes(client, rng):
+    """fastsoftmax.dask.prepare_fit: checked, persisted data and the evaluator."""
+    pytest.importorskip("sklearn")
+    X = rng.integers(-3, 4, (300, 5))  # integers become float64
+    y = np.array(["b", "a", "c"])[rng.integers(0, 3, 300)]
+    w = rng.random(300)
+    data = fsd.prepare_fit(da.from_array(X, chunks=(120, 5)), da.from_array(y, chunks=100),
+                           sample_weight=w)
+    assert list(data.classes) == ["a", "b", "c"]
+    assert data.X.dtype == np.float64 and data.X.chunks == ((120, 120, 60), (5,))
+    np.testing.assert_array_equal(data.y_index.compute(), np.searchsorted(["a", "b", "c"], y))
+    assert data.total == pytest.approx(w.sum(), rel=1e-12)
+    assert data.loss_and_grad is fsd.loss_and_grad
+    unweighted = fsd.prepare_fit(da.from_array(X, chunks=(120, 5)), y)
+    assert unweighted.sample_weight is None and unweighted.total == 300.0
+    with pytest.raises(ValueError, match="only one class"):
+        fsd.prepare_fit(da.from_array(X, chunks=(120, 5)), np.zeros(300))
+
+
+def test_small_dask_parameters_are_computed_on_purpose(rng):
+    """W and b may be dask arrays here (small; computed and sent to every block)."""
+    import dask
+
+    W, X, y, b = problem(rng, m=500)
+    with dask.config.set(scheduler="threads"):
+        got = fsd.loss_and_grad(da.from_array(W), da.from_array(X, chunks=(200, 9)), y,
+                                b=da.from_array(b))
+    assert_results_close(got, fs.loss_and_grad(W, X, y, b=b), np.float64)

@@ -108,12 +108,43 @@ def test_float32_data_stays_fast_and_close(digits):
     np.testing.assert_allclose(m32.coef_, m64.coef_, atol=2e-2)
 
 
-@pytest.mark.parametrize("params", [dict(C=0), dict(C=-1.0), dict(max_iter=0), dict(tol=-1.0),
-                                    dict(method="fast")])
+@pytest.mark.parametrize("params", [
+    dict(C=0), dict(C=-1.0), dict(C=True), dict(C=np.inf), dict(C=np.nan), dict(C="1"),
+    dict(max_iter=0), dict(max_iter=True), dict(max_iter=2.0), dict(tol=-1.0), dict(tol=np.nan),
+    dict(tol=False), dict(method="fast"), dict(fit_intercept=1), dict(fit_intercept="yes"),
+    dict(warm_start=None), dict(warm_start=0), dict(verbose=-1), dict(verbose=1.5),
+])
 def test_bad_parameters(digits, params):
+    """scikit-learn's parameter validation (a ValueError), naming the parameter."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
     X, y = digits
-    with pytest.raises(ValueError):
+    (name, value), = params.items()
+    with pytest.raises(InvalidParameterError, match=f"The '{name}' parameter of SoftmaxRegression"):
         SoftmaxRegression(**params).fit(X[:50], y[:50])
+    assert issubclass(InvalidParameterError, ValueError)
+
+
+@pytest.mark.parametrize("params", [
+    dict(C=1), dict(C=np.float32(0.5)), dict(max_iter=np.int64(5)), dict(tol=0),
+    dict(verbose=True), dict(verbose=2), dict(fit_intercept=np.bool_(False)),
+    dict(warm_start=True),
+])
+def test_good_parameters(digits, params, capsys):
+    X, y = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = SoftmaxRegression(**params).fit(X[:50], y[:50])
+    assert model.coef_.shape == (len(np.unique(y[:50])), 64)
+    if params.get("verbose"):
+        assert "objective" in capsys.readouterr().out
+
+
+def test_convergence_warning_points_at_the_caller(digits):
+    X, y = digits
+    with pytest.warns(ConvergenceWarning) as record:
+        SoftmaxRegression(max_iter=2).fit(X[:50], y[:50])
+    assert record[0].filename == __file__
 
 
 def test_top_level_name_and_missing_sklearn_message():

@@ -174,7 +174,7 @@ def test_property_matches_oracle(kernel_path, problem):
 @pytest.mark.parametrize(
     "args, exc, words",
     [
-        (dict(Z=np.ones(4)), ValueError, ["Z", "2-D"]),
+        (dict(Z=np.ones((4, 3, 1))), ValueError, ["Z", "2-D", "1-D"]),
         (dict(Z=np.ones((0, 3)), y=np.zeros(0, int)), ValueError, ["Z", "(0, 3)"]),
         (dict(Z=np.ones((4, 0))), ValueError, ["Z", "(4, 0)"]),
         (dict(y=np.array([0, 1, 3, 0])), ValueError, ["y", "3", "[0, 3)"]),
@@ -195,3 +195,83 @@ def test_bad_input(args, exc, words):
         fs.loss_and_grad_logits(Z, y, **kw)
     for word in words:
         assert word in str(info.value)
+
+
+# --- un-batched (K,) logits, as torch.nn.functional.cross_entropy takes them ---------------
+
+UNBATCHED_TARGETS = ["index", "float_index", "onehot", "probs", "nonneg"]
+
+
+def unbatched_target(rng, kind, K):
+    label = int(rng.integers(0, K))
+    if kind == "index":
+        return label
+    if kind == "float_index":
+        return np.float64(label)
+    return make_targets(rng, {"onehot": "onehot", "probs": "probs", "nonneg": "nonneg"}[kind],
+                        1, K)[0]
+
+
+UNBATCHED_OPTIONS = {"plain": {}, "smoothing": {"label_smoothing": 0.15}, "sum": {"reduction": "sum"},
+                     "weight-sum": {"sample_weight": 2.5, "reduction": "sum"},
+                     "weight-mean": {"sample_weight": 0.3}, "ignore": {"ignore_index": -100}}
+# ignore_index applies to class indices only
+UNBATCHED_CASES = [(t, o) for t in UNBATCHED_TARGETS for o in UNBATCHED_OPTIONS
+                   if o != "ignore" or t in ("index", "float_index")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target, opt", UNBATCHED_CASES, ids=[f"{t}-{o}" for t, o in UNBATCHED_CASES])
+def test_unbatched_matches_oracle(dtype, target, opt, rng):
+    K = 7
+    kw = UNBATCHED_OPTIONS[opt]
+    z = logits(rng, 1, K, dtype)[0]
+    y = unbatched_target(rng, target, K)
+    loss, dz = fs.loss_and_grad_logits(z, y, **kw)
+    oracle_kw = dict(kw)
+    if "sample_weight" in oracle_kw:
+        oracle_kw["sample_weight"] = np.array([oracle_kw["sample_weight"]])
+    want_loss, want_dZ = naive_logits_loss_and_grad(z[None], np.asarray(y)[None], **oracle_kw)
+    assert isinstance(loss, float) and dz.shape == (K,) and dz.dtype == dtype
+    assert_close(loss, want_loss, dtype, "loss")
+    assert_close(dz, want_dZ[0], dtype, "dZ")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", ["index", "probs"])
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.2}, {"reduction": "sum"}],
+                         ids=["plain", "smoothing", "sum"])
+def test_unbatched_matches_pytorch(dtype, target, kw, rng):
+    torch = pytest.importorskip("torch")
+    K = 5
+    z = logits(rng, 1, K, dtype)[0]
+    y = unbatched_target(rng, target, K)
+    loss, dz = fs.loss_and_grad_logits(z, y, **kw)
+    zt = torch.from_numpy(z.copy()).requires_grad_()
+    tt = torch.tensor(y) if target == "index" else torch.from_numpy(y.astype(dtype))
+    out = torch.nn.functional.cross_entropy(zt, tt, **kw)
+    out.backward()
+    assert zt.grad.shape == (K,) and dz.shape == (K,)
+    assert_close(loss, out.item(), dtype, "loss")
+    assert_close(dz, zt.grad.numpy(), dtype, "dZ")
+
+
+@pytest.mark.parametrize(
+    "z, y, kw, exc, words",
+    [
+        (np.zeros(3), np.zeros(4), {}, ValueError, ["y", "(3,)", "(4,)"]),
+        (np.zeros(3), np.zeros((1, 3)), {}, ValueError, ["y", "scalar"]),
+        (np.zeros(3), 3, {}, ValueError, ["y", "3", "[0, 3)"]),
+        (np.zeros(3), 1.5, {}, ValueError, ["y", "1.5"]),
+        (np.zeros(3), 1, {"sample_weight": np.ones(1)}, ValueError, ["sample_weight", "scalar"]),
+        (np.zeros(3), 1, {"sample_weight": -1.0}, ValueError, ["sample_weight"]),
+        (np.zeros(3), -100, {"ignore_index": -100}, ValueError, ["total sample weight"]),
+        (np.zeros(3), -np.ones(3), {}, ValueError, ["y", "non-negative"]),
+        (np.zeros(0), 0, {}, ValueError, ["Z", "(0,)"]),
+    ],
+)
+def test_unbatched_bad_input(z, y, kw, exc, words):
+    with pytest.raises(exc) as info:
+        fs.loss_and_grad_logits(z, y, **kw)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
