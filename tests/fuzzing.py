@@ -43,10 +43,10 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 from helpers import RTOL
-from naive import naive_logits_loss_and_grad, naive_loss_and_grad
+from naive import naive_linear_cross_entropy, naive_logits_loss_and_grad, naive_loss_and_grad
 
 PRIMITIVES = ("softmax", "log_softmax", "logsumexp")
-FUNCS = ("loss_and_grad", "logits") + PRIMITIVES
+FUNCS = ("loss_and_grad", "linear_ce", "logits") + PRIMITIVES
 DTYPES = ["float64"] * 4 + ["float32"] * 3 + ["int64", "float16", "bool", "complex128", "object"]
 LAYOUTS = ("C", "F", "strided", "readonly")
 METHODS = ("fused", "indexloop", "numpy")
@@ -142,8 +142,8 @@ def expected_errors(func: str, args: tuple, kw: dict) -> set[type]:
     eps = kw.get("label_smoothing", 0.0)
     if not (math.isfinite(eps) and 0.0 <= eps < 1.0):
         errors.add(ValueError)
-    if func == "loss_and_grad":
-        W, X, y = args
+    if func in ("loss_and_grad", "linear_ce"):
+        W, X, y = args if func == "loss_and_grad" else (args[1], args[0], args[2])
         if kw.get("method", "fused") not in METHODS:
             errors.add(ValueError)
         l2 = kw.get("l2", 0.0)
@@ -162,6 +162,15 @@ def expected_errors(func: str, args: tuple, kw: dict) -> set[type]:
         Z, y = args
         if not _numeric(Z):
             errors.add(TypeError)
+        if Z.ndim == 1:  # one un-batched sample: y a scalar or (K,), a scalar weight
+            if np.ndim(y) not in (0, 1) or (np.ndim(y) == 1 and np.shape(y) != Z.shape):
+                return errors | {ValueError}
+            sw = kw.get("sample_weight")
+            if sw is not None and np.ndim(sw) != 0:
+                return errors | {ValueError}
+            return errors | expected_errors(
+                func, (Z[np.newaxis], np.asarray(y)[np.newaxis]),
+                {**kw, **({} if sw is None else {"sample_weight": np.asarray(sw)[np.newaxis]})})
         m, K = Z.shape
         if m == 0 or K == 0:
             errors.add(ValueError)
@@ -263,6 +272,8 @@ def check_case(func: str, args: tuple, kw: dict) -> str:
     try:
         if func == "loss_and_grad":
             got = fs.loss_and_grad(*built, **bkw)
+        elif func == "linear_ce":
+            got = fs.linear_cross_entropy(*built, **bkw)
         elif func == "logits":
             got = fs.loss_and_grad_logits(*built, **bkw)
         else:
@@ -293,10 +304,24 @@ def check_case(func: str, args: tuple, kw: dict) -> str:
             want, scales, logit_scales = naive_loss_and_grad(
                 W, X, y, return_scales=True, logit_rounding=True, **oracle_kw)
             names = ("loss", "dW", "db")
+        elif func == "linear_ce":
+            X, W, y = built
+            dtype = _working_dtype(*[W, X] + ([bkw["b"]] if bkw.get("b") is not None else []))
+            oracle_kw = {k: v for k, v in bkw.items() if k != "method"}
+            want, scales, logit_scales = naive_linear_cross_entropy(
+                X, W, y, return_scales=True, logit_rounding=True, **oracle_kw)
+            names = ("loss", "dX", "dW", "db")
         else:
             Z, y = built
             dtype = _working_dtype(Z)
+            unbatched = Z.ndim == 1
+            if unbatched:
+                Z, y = Z[np.newaxis], np.asarray(y)[np.newaxis]
+                if bkw.get("sample_weight") is not None:
+                    bkw["sample_weight"] = np.asarray(bkw["sample_weight"])[np.newaxis]
             want, scales = naive_logits_loss_and_grad(Z, y, return_scales=True, **bkw)
+            if unbatched:
+                want, scales = (want[0], want[1][0]), (scales[0], scales[1][0])
             logit_scales = (0.0, 0.0)  # the logits are the input: nothing rounds them
             names = ("loss", "dZ")
     assert isinstance(got, tuple) and len(got) == len(want), got
@@ -305,7 +330,7 @@ def check_case(func: str, args: tuple, kw: dict) -> str:
     for name, g, w, s, r in zip(names, got, want, scales, logit_scales):
         if name != "loss":
             assert isinstance(g, np.ndarray) and g.dtype == dtype, (name, g.dtype, dtype)
-        assert_matches(name, g, w, s, rtol, excuse="row" if name == "dZ" else "array",
+        assert_matches(name, g, w, s, rtol, excuse="row" if name in ("dZ", "dX") else "array",
                        logit_scale=r)
     return "returned"
 
@@ -342,9 +367,16 @@ def cases(draw):
     if draw(st.integers(0, 3)) == 0:
         kw["ignore_index"] = draw(st.sampled_from([-1, -2, 0, 2.5]))
     if func == "logits":
+        if draw(st.integers(0, 3)) == 0:  # one un-batched sample
+            y1 = (A(rng.integers(-1, K + 1, ()), "int64") if draw(st.booleans())
+                  else A(rng.random(max(K, 1))))
+            if "sample_weight" in kw and draw(st.booleans()):
+                kw["sample_weight"] = A(np.asarray(kw["sample_weight"].values[:1].sum()))
+            return func, (array((K,), dtype), y1), kw
         return func, (array((m, K), dtype), y), kw
     if draw(st.booleans()):
         kw["b"] = array((K,))
     kw["l2"] = draw(st.sampled_from([0.0] * 4 + [0.5] * 3 + [-1.0]))
     kw["method"] = draw(st.sampled_from(list(METHODS)))
-    return func, (array((K, n)), array((m, n), dtype), y), kw
+    W, X = array((K, n)), array((m, n), dtype)
+    return func, ((W, X, y) if func == "loss_and_grad" else (X, W, y)), kw

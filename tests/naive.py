@@ -121,20 +121,24 @@ def naive_logits_loss_and_grad(Z, y, *, sample_weight=None, label_smoothing=0.0,
     return loss / denom, dZ / denom
 
 
-def naive_linear_cross_entropy(X, W, y, *, b=None, return_scales=False, **options):
+def naive_linear_cross_entropy(X, W, y, *, b=None, return_scales=False, logit_rounding=False,
+                               **options):
     """``(loss, dX, dW[, db])`` of a linear layer and cross-entropy, one sample
     at a time: :func:`naive_loss_and_grad` for the loss, dW and db, and
     dX[i] = (w_i / D) (s_i p_i - t_i)^T W; with ``return_scales`` also the
-    rounding scales (for dX[i, l]: (w_i / D) sum_k (s_i p_ik + t_ik) |W_kl|)."""
+    rounding scales (for dX[i, l]: (w_i / D) sum_k (s_i p_ik + t_ik) |W_kl|),
+    and with ``logit_rounding`` the logit-rounding scales as well (dX[i, l]:
+    (w_i / D) sum_k 2 s_i p_ik a_i |W_kl|)."""
     W = np.asarray(W, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
-    out, scales = naive_loss_and_grad(W, X, y, b=b, return_scales=True, **options)
+    out, scales, *rounding = naive_loss_and_grad(W, X, y, b=b, return_scales=True,
+                                                 logit_rounding=logit_rounding, **options)
     K = W.shape[0]
     eps = options.get("label_smoothing", 0.0)
     sw = options.get("sample_weight")
     bias = np.zeros(K) if b is None else np.asarray(b, dtype=np.float64)
-    dX, s_dX, total = np.zeros(X.shape), np.zeros(X.shape), 0.0
+    dX, s_dX, r_dX, total = np.zeros(X.shape), np.zeros(X.shape), np.zeros(X.shape), 0.0
     for i in range(X.shape[0]):
         t = _target(y, i, K, eps, options.get("ignore_index"))
         if t is None:
@@ -144,9 +148,16 @@ def naive_linear_cross_entropy(X, W, y, *, b=None, return_scales=False, **option
         p = np.exp(z - logsumexp(z))
         dX[i] = (w * (t.sum() * p - t)) @ W
         s_dX[i] = (w * (t.sum() * p + t)) @ np.abs(W)
+        if logit_rounding:
+            a = np.abs(W) @ np.abs(X[i]) + np.abs(bias)
+            a = np.max(a[np.isfinite(z)], initial=0.0)
+            r_dX[i] = (2.0 * w * t.sum() * p * a) @ np.abs(W)
         total += w
     denom = total if options.get("reduction", "mean") == "mean" else 1.0
     out = (out[0], dX / denom) + tuple(out[1:])
     if not return_scales:
         return out
-    return out, (scales[0], s_dX / denom) + tuple(scales[1:])
+    scales = (scales[0], s_dX / denom) + tuple(scales[1:])
+    if logit_rounding:
+        return out, scales, (rounding[0][0], r_dX / denom) + tuple(rounding[0][1:])
+    return out, scales
