@@ -15,7 +15,8 @@ import functools
 
 import numpy as np
 
-from fastsoftmax._bench import SHAPES, make_problem
+from fastsoftmax.tools.bench import SHAPES
+from fastsoftmax.tools.problems import make_problem
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,8 +13,8 @@ import pytest
 
 import fastsoftmax as fs
 from conftest import problem
-from fastsoftmax._bench import SHAPES, implementations
-from fastsoftmax._peers import PEERS
+from fastsoftmax.tools.bench import SHAPES, implementations
+from fastsoftmax.tools.peers import PEERS
 
 IMPLS = ["fused", "indexloop", "numpy", *PEERS]
 CASES = [(s, d) for s in SHAPES for d in ("float64", "float32")]
