@@ -18,7 +18,7 @@ import numpy as np
 
 from fastsoftmax import loss_and_grad, loss_and_grad_logits
 
-from .problems import bias, features, ignore_labels, targets, weights
+from .problems import bias, ignore_labels, problem
 
 RTOL = {"float64": 1e-10, "float32": 1e-4}
 FD_STEP, FD_ATOL = 1e-5, 1e-6
@@ -58,9 +58,7 @@ def compare(got, ref, rtol) -> tuple[bool, str]:
 
 
 def _problem(rng, m, n, K, dtype, options: bool, dense: bool):
-    X = features(rng, m, n, dtype)
-    W = weights(rng, K, n, dtype)
-    y = targets(rng, "probs" if dense else "labels", m, K)
+    W, X, y = problem(rng, m, n, K, dtype, "probs" if dense else "labels")
     kw = {}
     if options:
         kw = dict(b=bias(rng, K, dtype), sample_weight=rng.random(m) + 0.1,

@@ -91,6 +91,15 @@ def model_labels(rng: np.random.Generator, X: np.ndarray, W: np.ndarray) -> np.n
     return (P.cumsum(axis=1) > rng.random((X.shape[0], 1))).argmax(axis=1)
 
 
+def problem(rng: np.random.Generator, m: int, n: int, K: int, dtype=np.float64,
+            target: str = "labels", weight_scale: float | None = None):
+    """``(W, X, y)``: :func:`features` X, :func:`weights` W (scaled by
+    ``weight_scale``, by default 1/sqrt(n)) and :func:`targets` y of kind ``target``."""
+    X = features(rng, m, n, dtype)
+    W = weights(rng, K, n, dtype, weight_scale)
+    return W, X, targets(rng, target, m, K)
+
+
 def make_problem(m: int, n: int, K: int, dtype=np.float64, seed: int = 0):
     """The benchmarks' problem ``(W, X, y, b)``: standard-normal X, W scaled by
     1/sqrt(n), a bias of scale 0.1 and uniform labels."""
