@@ -61,12 +61,10 @@ MEMORY_CHILD = PEAK_EXTRA + r"""
 import json
 import numpy as np
 import fastsoftmax as fs
+from fastsoftmax.tools.problems import problem
 m, n, K, method = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-rng = np.random.default_rng(0)
 fs.loss_and_grad(np.zeros((3, 4)), np.ones((5000, 4)), np.arange(5000) % 3, method=method)  # compile
-X = rng.standard_normal((m, n))
-W = rng.standard_normal((K, n)) / np.sqrt(n)
-y = rng.integers(0, K, m)
+W, X, y = problem(np.random.default_rng(0), m, n, K)
 out = []
 extra, how = peak_extra(lambda: out.append(fs.loss_and_grad(W, X, y, method=method)))
 print(json.dumps({"extra_MB": extra / 2**20, "X_MB": X.nbytes / 2**20, "method": how}))

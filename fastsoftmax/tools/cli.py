@@ -150,7 +150,7 @@ def _run_bench(args) -> int:
     # row of its group and its compact dimensions on the second
     table = Table(title=f"softmax regression loss + gradient: {info['cpu']}, "
                         f"{numba.get_num_threads()} threads ({info['threading_layer']})",
-                  box=box.SIMPLE_HEAD, show_edge=False)
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     table.add_column("shape", no_wrap=True)
     table.add_column("dtype", no_wrap=True)
     table.add_column("method", no_wrap=True)
