@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import fastsoftmax as fs
-from conftest import problem
-from fastsoftmax._bench import SHAPES, implementations
-from fastsoftmax._peers import PEERS
+from conftest import SHAPES, problem
+from fastsoftmax.tools.bench import implementations
+from fastsoftmax.tools.peers import PEERS
 
 IMPLS = ["fused", "indexloop", "numpy", *PEERS]
 CASES = [(s, d) for s in SHAPES for d in ("float64", "float32")]
@@ -33,7 +33,7 @@ def test_loss_and_grad(benchmark, shape, dtype, impl):
     except ImportError as exc:
         pytest.skip(f"{impl} not installed: {exc}")
     benchmark.group = f"{shape}-{dtype}"
-    benchmark.extra_info.update(m=m, n=n, K=K, dtype=dtype, impl=impl)
+    benchmark.extra_info.update(shape=shape, m=m, n=n, K=K, dtype=dtype, impl=impl)
     ref = fs.loss_and_grad(W, X, y, b=b, method="numpy")
     got = run()  # warm-up (JIT, tracing) and check
     rtol = 1e-8 if dtype == "float64" else 2e-3

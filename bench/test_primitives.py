@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import scipy.special as sp
 
-from fastsoftmax import _primitives as prim
+import fastsoftmax as fs
+from conftest import sized
 
-SHAPE = (10**6, 10)
+SHAPE = sized((10**6, 10), (1000, 10))
 
 #: primitive -> (fastsoftmax function, SciPy equivalent, absolute tolerance of the check)
 PRIMITIVES = {
-    "softmax": (prim.softmax, lambda Z: sp.softmax(Z, axis=-1), 1e-300),
-    "log_softmax": (prim.log_softmax, lambda Z: sp.log_softmax(Z, axis=-1), 1e-12),
-    "logsumexp": (prim.logsumexp, lambda Z: sp.logsumexp(Z, axis=-1), 1e-12),
+    "softmax": (fs.softmax, lambda Z: sp.softmax(Z, axis=-1), 1e-300),
+    "log_softmax": (fs.log_softmax, lambda Z: sp.log_softmax(Z, axis=-1), 1e-12),
+    "logsumexp": (fs.logsumexp, lambda Z: sp.logsumexp(Z, axis=-1), 1e-12),
 }
 IMPLS = ["fastsoftmax", "scipy"]
 

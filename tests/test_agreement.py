@@ -8,33 +8,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
+from fastsoftmax.tools.problems import TARGET_KINDS, ignore_labels, problem
 from helpers import assert_close, assert_results_close
 from naive import naive_loss_and_grad
 
 METHODS = ["fused", "indexloop", "numpy"]
 DTYPES = [np.float32, np.float64]
-TARGETS = ["labels", "float_labels", "onehot", "probs", "nonneg"]
-
-
-def make_targets(rng, kind, m, K):
-    labels = rng.integers(0, K, m)
-    if kind == "labels":
-        return labels
-    if kind == "float_labels":
-        return labels.astype(np.float64)
-    if kind == "onehot":
-        return np.eye(K)[labels]
-    T = rng.random((m, K))
-    if kind == "probs":
-        return T / T.sum(axis=1, keepdims=True)
-    T[rng.random((m, K)) < 0.3] = 0.0  # arbitrary non-negative rows, some all-zero-ish
-    return 3.0 * T
+TARGETS = list(TARGET_KINDS)
 
 
 def make_problem(rng, m, n, K, dtype, target="labels"):
-    X = rng.standard_normal((m, n)).astype(dtype)
-    W = (0.7 * rng.standard_normal((K, n))).astype(dtype)
-    return W, X, make_targets(rng, target, m, K)
+    """Standard-normal X, W = 0.7 x standard normal, targets of the given kind."""
+    return problem(rng, m, n, K, dtype, target, weight_scale=0.7)
 
 
 def options(name, rng, m, K, dtype, target):
@@ -52,15 +37,6 @@ def options(name, rng, m, K, dtype, target):
         "all": {"b": b, "sample_weight": sw, "l2": 0.2, "label_smoothing": 0.1, "reduction": "sum"},
     }[name]
     return out
-
-
-def ignore_labels(y, rng):
-    """Mark about a third of the labels with ignore_index -100 (never all)."""
-    y = np.array(y, dtype=np.int64)
-    drop = rng.random(y.shape[0]) < 0.35
-    drop[0] = False
-    y[drop] = -100
-    return y
 
 
 def f64(*arrays):

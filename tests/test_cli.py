@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fastsoftmax.cli import main
+from fastsoftmax.tools.cli import main
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_check_passes(capsys):
 
 
 def test_check_reports_failure(monkeypatch, capsys):
-    import fastsoftmax._check as check
+    import fastsoftmax.tools.check as check
 
     monkeypatch.setattr(check, "run_checks",
                         lambda: [check.Check("broken", False, "max abs difference 1")])
@@ -74,3 +74,100 @@ def test_thread_limits_are_restored(restore_threads):
     assert main(["bench", "--quick", "--shape", "200x5x2", "--no-peers", "--threads", "1"]) == 0
     after = sorted((d["filepath"], d["num_threads"]) for d in threadpool_info())
     assert [a for a in after if a[0] in dict(before)] == before
+
+
+# --- --threads: validated, and restored after an in-process call ---------------
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "NUMBA_NUM_THREADS+1"])
+def test_bad_thread_count_is_an_argparse_error(value, capsys):
+    import numba
+
+    if value == "NUMBA_NUM_THREADS+1":
+        value = str(numba.config.NUMBA_NUM_THREADS + 1)
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--quick", "--shape", "200x5x2", "--no-peers", "--threads", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and "Traceback" not in err
+    assert f"between 1 and {numba.config.NUMBA_NUM_THREADS}" in err or "integer" in err
+
+
+def test_bad_thread_count_from_the_console_gives_no_traceback():
+    out = subprocess.run([sys.executable, "-m", "fastsoftmax", "bench", "--threads", "0"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "--threads" in out.stderr
+
+
+def test_numba_thread_count_is_restored(restore_threads):
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS
+    if most < 2:
+        pytest.skip("numba has one thread: nothing to restore")
+    numba.set_num_threads(most)
+    assert main(["bench", "--quick", "--shape", "200x5x2", "--no-peers", "--threads", "1"]) == 0
+    assert numba.get_num_threads() == most
+    numba.set_num_threads(most - 1 if most > 2 else 1)
+    before = numba.get_num_threads()
+    assert main(["bench", "--quick", "--shape", "200x5x2", "--no-peers", "--threads", str(most)]) == 0
+    assert numba.get_num_threads() == before
+
+
+# --- check compares every output ----------------------------------------------
+
+def test_check_fails_on_a_wrong_db(monkeypatch):
+    """A fused method whose db is off by 1e-4 (dW and loss right) fails both the
+    comparison with NumPy and the finite differences."""
+    import fastsoftmax as fs
+    import fastsoftmax.tools.check as check
+
+    def wrong_db(W, X, y, *, method="fused", **kw):
+        out = fs.loss_and_grad(W, X, y, method=method, **kw)
+        if method == "fused" and len(out) == 3:
+            return out[0], out[1], out[2] + 1e-4
+        return out
+
+    monkeypatch.setattr(check, "loss_and_grad", wrong_db)
+    checks = check.run_checks()
+    failed = {c.name for c in checks if not c.passed}
+    assert any(n.startswith("fused = numpy") and "all options" in n for n in failed)
+    assert {"fused gradient = finite differences, labels",
+            "fused gradient = finite differences, dense"} <= failed
+    assert all(c.passed for c in checks if c.name.startswith("indexloop"))
+    assert all("(db)" in c.detail for c in checks if not c.passed)
+
+
+# --- the table fits an 80-column terminal; the floor has its spread -----------
+
+def test_table_fits_80_columns(monkeypatch, capsys):
+    """The longest names (shape "many-classes/10", method "torch-linear-ce") in
+    both dtypes: nothing cut with "…", no line wider than 80 columns."""
+    import fastsoftmax.tools.bench as bench
+
+    monkeypatch.setenv("COLUMNS", "80")
+    # the quick shape's name with fewer rows and features, to keep the test short
+    monkeypatch.setitem(bench.QUICK_SHAPES, "many-classes/10", (2_000, 16, 1_000))
+    assert main(["bench", "--quick", "--shape", "many-classes/10", "--shape", "100000x3x2",
+                 "--dtype", "float64", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "..." not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "many-classes/10" in out and "2k·16·1k" in out and "100k·3·2" in out
+    assert "f64" in out and "f32" in out and "fused" in out
+
+
+def test_floor_is_a_median_with_its_range(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--shape", "300x7x3", "--no-peers", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    floor = data["floor"]
+    assert floor["probes"] >= 3
+    lo, hi = floor["read_gb_s_range"]
+    assert 0 < lo <= floor["read_gb_s"] <= hi
+    for dtype in ("float64", "float32"):
+        lo, hi = floor["gemm_gflop_s_range"][dtype]
+        assert 0 < lo <= floor["gemm_gflop_s"][dtype] <= hi
+    for r in data["results"]:
+        f = r["of_floor"]
+        assert 0 < f["min"] <= f["median"] <= f["max"]

@@ -8,16 +8,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
+from fastsoftmax.tools.problems import TARGET_KINDS, features, ignore_labels
+from fastsoftmax.tools.problems import targets as make_targets
 from helpers import assert_close
 from naive import naive_logits_loss_and_grad
-from test_agreement import ignore_labels, make_targets
 
 DTYPES = [np.float32, np.float64]
-TARGETS = ["labels", "float_labels", "onehot", "probs", "nonneg"]
+TARGETS = list(TARGET_KINDS)
 
 
 def logits(rng, m, K, dtype, scale=2.0):
-    return (scale * rng.standard_normal((m, K))).astype(dtype)
+    """(m, K) standard-normal logits times ``scale``."""
+    return features(rng, m, K, dtype, scale)
 
 
 OPTIONS = {

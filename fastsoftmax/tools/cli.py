@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from dataclasses import asdict
 
 
 def _parse_shape(text: str) -> tuple[str, tuple[int, int, int]]:
-    from ._bench import QUICK_SHAPES, SHAPES
+    from .bench import QUICK_SHAPES, SHAPES
 
     known = {**SHAPES, **QUICK_SHAPES}
     if text in known:
@@ -62,31 +61,68 @@ def _plot(path: str, results, shapes, dtypes) -> None:
     plt.close(fig)
 
 
-def _bench(args) -> int:
-    """Run the comparison, with every thread pool limited when --threads is given."""
+def _thread_count(text: str) -> int:
+    """--threads: an integer from 1 to numba's maximum (``NUMBA_NUM_THREADS``)."""
     import numba
 
-    limits = contextlib.nullcontext()
-    if args.threads is not None:
-        # every implementation gets the same thread count: numba's, the BLAS
-        # and OpenMP pools of NumPy, SciPy and scikit-learn, and PyTorch's
-        # (which follows numba's); JAX sizes its pool at start-up and is not
-        import scipy.linalg  # noqa: F401  (so that its BLAS is limited too)
-        from threadpoolctl import threadpool_limits
+    most = numba.config.NUMBA_NUM_THREADS
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1 and {most} (numba's NUMBA_NUM_THREADS), got {value}")
+    return value
 
-        numba.set_num_threads(args.threads)
-        limits = threadpool_limits(limits=args.threads)
-    with limits:
+
+def _bench(args) -> int:
+    """Run the comparison, with every thread pool limited when --threads is given;
+    numba's thread count and the pools' limits are restored afterwards."""
+    import numba
+
+    if args.threads is None:
         return _run_bench(args)
+    # every implementation gets the same thread count: numba's, the BLAS
+    # and OpenMP pools of NumPy, SciPy and scikit-learn, and PyTorch's
+    # (which follows numba's); JAX sizes its pool at start-up and is not
+    import scipy.linalg  # noqa: F401  (so that its BLAS is limited too)
+    from threadpoolctl import threadpool_limits
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(args.threads)
+        with threadpool_limits(limits=args.threads):
+            return _run_bench(args)
+    finally:
+        numba.set_num_threads(before)
+
+
+#: short names for the table's dtype column
+_SHORT_DTYPE = {"float64": "f64", "float32": "f32"}
+
+
+def _compact(v: int) -> str:
+    """1000000 -> "1M", 60000 -> "60k", 784 -> "784", 1500 -> "1500"."""
+    for unit, size in (("M", 10**6), ("k", 10**3)):
+        if v >= size and v % size == 0:
+            return f"{v // size}{unit}"
+    return str(v)
+
+
+def _milliseconds(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.{3 if ms < 1 else 2 if ms < 10 else 1 if ms < 100 else 0}f} ms"
 
 
 def _run_bench(args) -> int:
     import numba
+    from rich import box
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ._bench import QUICK_SHAPES, SHAPES, machine, probe_floor, run_shape
+    from .bench import QUICK_SHAPES, SHAPES, machine, probe_floor, run_shape
 
     shapes = dict(args.shape) if args.shape else (QUICK_SHAPES if args.quick else SHAPES)
     budget = 0.15 if args.quick else 1.0
@@ -109,33 +145,51 @@ def _run_bench(args) -> int:
                 progress.advance(task)
 
     info = machine()
+    # narrow enough for an 80-column terminal: the shape's name on the first
+    # row of its group and its compact dimensions on the second
     table = Table(title=f"softmax regression loss + gradient: {info['cpu']}, "
-                        f"{numba.get_num_threads()} threads ({info['threading_layer']})")
-    for col in ("shape", "m·n·K", "dtype", "implementation"):
-        table.add_column(col)
+                        f"{numba.get_num_threads()} threads ({info['threading_layer']})",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("dtype", no_wrap=True)
+    table.add_column("method", no_wrap=True)
     for col in ("median", "vs numpy", "of floor"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     base = {(r.shape, r.dtype): r.median_s for r in results if r.impl == "numpy"}
+    of_floor = []
+    row = 0
     last = None
     for r in results:
         key = (r.shape, r.dtype)
-        if last is not None and key != last:
-            table.add_section()
+        if key != last:
+            if last is not None:
+                table.add_section()
+            row = 0
         last = key
-        floor_s = floor.seconds(r.m, r.n, r.K, r.dtype)
+        frac, low, high = floor.fraction(r.m, r.n, r.K, r.dtype, r.median_s)
+        of_floor.append({"median": frac, "min": low, "max": high})
+        label = (r.shape if row == 0 else
+                 f"{_compact(r.m)}·{_compact(r.n)}·{_compact(r.K)}" if row == 1 else "")
         style = "bold green" if r.impl == "fused" else None
-        table.add_row(r.shape, f"{r.m}·{r.n}·{r.K}", r.dtype, r.impl,
-                      f"{r.median_s * 1e3:.3f} ms", f"{base[key] / r.median_s:.2f}x",
-                      f"{100 * floor_s / r.median_s:.0f}%", style=style)
+        table.add_row(label, _SHORT_DTYPE.get(r.dtype, r.dtype) if row == 0 else "", r.impl,
+                      _milliseconds(r.median_s), f"{base[key] / r.median_s:.2f}x",
+                      f"{100 * frac:.0f}% ({100 * low:.0f}-{100 * high:.0f})", style=style)
+        row += 1
     console.print(table)
-    console.print(f"floor: read {floor.read_gb_s:.1f} GB/s; GEMM "
-                  + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in floor.gemm_gflop_s.items())
-                  + "; 'of floor' = max(bytes of X / read rate, 4mnK / GEMM rate) / median")
+    rates = ", ".join(f"{d} {g:.0f} ({floor.gemm_gflop_s_range[d][0]:.0f}-"
+                      f"{floor.gemm_gflop_s_range[d][1]:.0f})"
+                      for d, g in floor.gemm_gflop_s.items())
+    console.print(f"floor: medians (min-max) of {floor.probes} probes: read "
+                  f"{floor.read_gb_s:.1f} ({floor.read_gb_s_range[0]:.1f}-{floor.read_gb_s_range[1]:.1f})"
+                  f" GB/s; GEMM {rates} GFLOP/s.  'of floor' = max(bytes of X / read rate, "
+                  "4mnK / GEMM rate) / median at the median rates (in brackets: at the fastest and "
+                  "the slowest probe's rates)")
     for impl, why in skipped.items():
         console.print(f"[dim]skipped {impl}: {why}[/dim]")
     if args.json:
         payload = {"machine": info, "floor": asdict(floor),
-                   "results": [asdict(r) for r in results], "skipped": skipped}
+                   "results": [{**asdict(r), "of_floor": f} for r, f in zip(results, of_floor)],
+                   "skipped": skipped}
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=1)
         console.print(f"wrote {args.json}")
@@ -158,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="shape to run (repeatable); default: mnist, many-classes, small, tall")
     bench.add_argument("--dtype", action="append", choices=["float64", "float32"],
                        help="dtype (repeatable); default float64")
-    bench.add_argument("--threads", type=int,
-                       help="thread count for every implementation (JAX excepted)")
+    bench.add_argument("--threads", type=_thread_count, metavar="N",
+                       help="thread count for every implementation (JAX excepted), from 1 to "
+                            "numba's NUMBA_NUM_THREADS; restored afterwards")
     bench.add_argument("--no-peers", action="store_true", help="time fastsoftmax's methods only")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="also draw the speed-ups as a PNG chart")
@@ -169,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     "on random problems; print versions and each result; exit 0 when all pass.")
     args = parser.parse_args(argv)
     if args.command == "check":
-        from ._check import report
+        from .check import report
 
         return report()
     args.dtype = args.dtype or ["float64"]

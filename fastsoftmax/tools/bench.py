@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+import typing
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,10 +25,15 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._api import loss_and_grad
-from ._peers import PEERS
-from ._threading import active_layer
-from ._validation import METHODS
+from fastsoftmax import loss_and_grad
+from fastsoftmax._jit import parallel_kernel
+from fastsoftmax._threading import active_layer
+
+from .peers import PEERS
+from .problems import make_problem
+
+#: fastsoftmax's methods, read from the public signature of ``loss_and_grad``
+METHODS: tuple[str, ...] = typing.get_args(typing.get_type_hints(loss_and_grad)["method"])
 
 #: name -> (m, n, K); the shapes the project's speed targets are stated on.
 SHAPES: dict[str, tuple[int, int, int]] = {
@@ -62,25 +68,33 @@ class Timing:
 
 @dataclass
 class Floor:
+    """The machine's rates: medians over ``probes`` short probes, with their ranges (min, max)."""
+
     read_gb_s: float
     gemm_gflop_s: dict[str, float]
+    read_gb_s_range: tuple[float, float] = (0.0, 0.0)
+    gemm_gflop_s_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+    probes: int = 1
 
-    def seconds(self, m: int, n: int, K: int, dtype) -> float:
-        """The shape's floor: one read of X, or 4 m n K flops at the GEMM rate."""
+    def seconds(self, m: int, n: int, K: int, dtype, read_gb_s: float | None = None,
+                gemm_gflop_s: float | None = None) -> float:
+        """The shape's floor: one read of X, or 4 m n K flops at the GEMM rate
+        (the median rates unless others are given)."""
         dtype = np.dtype(dtype)
-        read = m * n * dtype.itemsize / (self.read_gb_s * 1e9)
-        flops = 4.0 * m * n * K / (self.gemm_gflop_s[dtype.name] * 1e9)
+        read = m * n * dtype.itemsize / ((read_gb_s or self.read_gb_s) * 1e9)
+        flops = 4.0 * m * n * K / ((gemm_gflop_s or self.gemm_gflop_s[dtype.name]) * 1e9)
         return max(read, flops)
 
-
-def make_problem(m: int, n: int, K: int, dtype, seed: int = 0):
-    """Random standard-normal X (m, n), W (K, n) scaled by 1/sqrt(n), bias, labels."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((m, n), dtype=np.float64).astype(dtype, copy=False)
-    W = (rng.standard_normal((K, n)) / np.sqrt(n)).astype(dtype)
-    b = (0.1 * rng.standard_normal(K)).astype(dtype)
-    y = rng.integers(0, K, m)
-    return W, X, y, b
+    def fraction(self, m: int, n: int, K: int, dtype, median_s: float) -> tuple[float, float, float]:
+        """``(median, min, max)`` fraction of the floor reached by a call of
+        ``median_s`` seconds: at the median rates, the fastest probe's rates
+        (the smallest floor) and the slowest probe's (the largest floor)."""
+        name = np.dtype(dtype).name
+        read_lo, read_hi = self.read_gb_s_range
+        gemm_lo, gemm_hi = self.gemm_gflop_s_range.get(name, (None, None))
+        fast = self.seconds(m, n, K, dtype, read_hi or None, gemm_hi or None)
+        slow = self.seconds(m, n, K, dtype, read_lo or None, gemm_lo or None)
+        return (self.seconds(m, n, K, dtype) / median_s, fast / median_s, slow / median_s)
 
 
 def time_block(fn: Callable[[], object], budget_s: float, min_reps: int = 3,
@@ -154,9 +168,9 @@ def run_shape(name: str, m: int, n: int, K: int, dtype, budget_s: float, peers: 
     return timings, skipped
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"reassoc"}, nogil=True)
-def _parallel_sum(a, nchunks):
-    """Sum of a 1-D array in ``nchunks`` parallel pieces: a read-bandwidth probe."""
+@parallel_kernel
+def parallel_sum(a, nchunks):
+    """Sum of a 1-D float64 array in ``nchunks`` parallel pieces: a read-bandwidth probe."""
     partial = np.zeros(nchunks)
     m = a.shape[0]
     for c in prange(nchunks):
@@ -168,22 +182,44 @@ def _parallel_sum(a, nchunks):
     return partial.sum()
 
 
-def probe_floor(quick: bool = False) -> Floor:
-    """Measure the read bandwidth (numba threads) and NumPy's GEMM rate."""
+#: how many times each rate is probed; the median is reported with the range
+PROBES = 5
+
+
+def _median_and_range(rates: list[float]) -> tuple[float, tuple[float, float]]:
+    return float(np.median(rates)), (float(min(rates)), float(max(rates)))
+
+
+def probe_floor(quick: bool = False, probes: int = PROBES) -> Floor:
+    """Measure the read bandwidth (numba threads) and NumPy's GEMM rates.
+
+    Each rate is probed ``probes`` times in short blocks (the best call of each
+    block), the probes of the different rates taking turns so that a slow spell
+    of a shared machine does not fall on one rate only; the median and the
+    range over the probes are returned.
+    """
     a = np.ones((64 if quick else 256) * 2**20 // 8 * 4)  # 256 MiB, 1 GiB when not quick
     threads = numba.get_num_threads()
-    _parallel_sum(a[:1024], threads)
-    t = min(time_block(lambda: _parallel_sum(a, threads), 0.5 if quick else 2.0, min_reps=3))
-    read = a.nbytes / t / 1e9
-    del a
-    gemm = {}
     size = 1024 if quick else 2048
-    for dtype in ("float64", "float32"):
-        A = np.ones((size, size), dtype)
+    mats = {dtype: np.ones((size, size), dtype) for dtype in ("float64", "float32")}
+    parallel_sum(a[:1024], threads)  # compile or load from the cache
+    for A in mats.values():
         A @ A
-        tg = min(time_block(lambda: A @ A, 0.5 if quick else 1.5, min_reps=3))
-        gemm[dtype] = 2.0 * size**3 / tg / 1e9
-    return Floor(read, gemm)
+    read_budget = (0.5 if quick else 2.0) / probes
+    gemm_budget = (0.5 if quick else 1.5) / probes
+    reads: list[float] = []
+    gemms: dict[str, list[float]] = {dtype: [] for dtype in mats}
+    for _ in range(probes):
+        t = min(time_block(lambda: parallel_sum(a, threads), read_budget, min_reps=2))
+        reads.append(a.nbytes / t / 1e9)
+        for dtype, A in mats.items():
+            tg = min(time_block(lambda A=A: A @ A, gemm_budget, min_reps=2))
+            gemms[dtype].append(2.0 * size**3 / tg / 1e9)
+    del a, mats
+    read, read_range = _median_and_range(reads)
+    gemm = {d: _median_and_range(r) for d, r in gemms.items()}
+    return Floor(read, {d: g[0] for d, g in gemm.items()}, read_range,
+                 {d: g[1] for d, g in gemm.items()}, probes)
 
 
 def machine() -> dict[str, object]:
