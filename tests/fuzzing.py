@@ -297,20 +297,16 @@ def check_case(func: str, args: tuple, kw: dict) -> str:
         return "returned"
 
     with np.errstate(all="ignore"):
-        if func == "loss_and_grad":
-            W, X, y = built
+        if func in ("loss_and_grad", "linear_ce"):
+            W, X, y = built if func == "loss_and_grad" else (built[1], built[0], built[2])
             dtype = _working_dtype(*[W, X] + ([bkw["b"]] if bkw.get("b") is not None else []))
             oracle_kw = {k: v for k, v in bkw.items() if k != "method"}
-            want, scales, logit_scales = naive_loss_and_grad(
-                W, X, y, return_scales=True, logit_rounding=True, **oracle_kw)
-            names = ("loss", "dW", "db")
-        elif func == "linear_ce":
-            X, W, y = built
-            dtype = _working_dtype(*[W, X] + ([bkw["b"]] if bkw.get("b") is not None else []))
-            oracle_kw = {k: v for k, v in bkw.items() if k != "method"}
-            want, scales, logit_scales = naive_linear_cross_entropy(
-                X, W, y, return_scales=True, logit_rounding=True, **oracle_kw)
-            names = ("loss", "dX", "dW", "db")
+            if func == "loss_and_grad":
+                oracle, names = naive_loss_and_grad, ("loss", "dW", "db")
+            else:
+                oracle, names = naive_linear_cross_entropy, ("loss", "dX", "dW", "db")
+            want, scales, logit_scales = oracle(
+                W=W, X=X, y=y, return_scales=True, logit_rounding=True, **oracle_kw)
         else:
             Z, y = built
             dtype = _working_dtype(Z)

@@ -64,3 +64,16 @@ def assert_cached_in_new_process(calls: str, dispatchers: dict[str, str]) -> Non
     assert "Cannot cache" not in out.stderr
     counts = [[int(v) for v in line.split()] for line in out.stdout.splitlines()]
     assert counts == [[1, 0]] * len(dispatchers), out.stdout  # (hits, misses) per kernel
+
+
+def central_differences(f, A, h):
+    """Central differences of scalar f with respect to every entry of A."""
+    G = np.zeros(A.shape)
+    for idx in np.ndindex(A.shape):
+        Ap, Am = A.copy(), A.copy()
+        Ap[idx] += h
+        Am[idx] -= h
+        hp = float(Ap[idx]) - float(A[idx])  # the step actually taken in A's dtype
+        hm = float(A[idx]) - float(Am[idx])
+        G[idx] = (f(Ap) - f(Am)) / (hp + hm)
+    return G

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import TARGET_KINDS, ignore_labels, problem
-from helpers import assert_close, assert_results_close
+from helpers import assert_close, assert_results_close, central_differences
 from naive import naive_loss_and_grad
 
 METHODS = ["fused", "indexloop", "numpy"]
@@ -99,19 +99,6 @@ def test_methods_agree_with_each_other(method, rng):
 # --- finite differences -------------------------------------------------------
 
 FD = {np.dtype(np.float64): (1e-5, 1e-7), np.dtype(np.float32): (2.0**-7, 2e-3)}
-
-
-def central_differences(f, A, h):
-    """Central differences of scalar f with respect to every entry of A."""
-    G = np.zeros(A.shape)
-    for idx in np.ndindex(A.shape):
-        Ap, Am = A.copy(), A.copy()
-        Ap[idx] += h
-        Am[idx] -= h
-        hp = float(Ap[idx]) - float(A[idx])  # the step actually taken in A's dtype
-        hm = float(A[idx]) - float(Am[idx])
-        G[idx] = (f(Ap) - f(Am)) / (hp + hm)
-    return G
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import assert_close
+from helpers import assert_close, central_differences
 from naive import naive_linear_cross_entropy
 
 METHODS = ["fused", "indexloop", "numpy"]
@@ -93,14 +93,7 @@ def test_input_gradient_matches_finite_differences(method, dtype, rng, kernel_pa
     kw = dict(b=rng.standard_normal(3).astype(dtype), sample_weight=rng.random(11),
               label_smoothing=0.1)
     dX = fs.linear_cross_entropy(X, W, y, method=method, **kw)[1]
-    fd = np.zeros(X.shape)
-    for idx in np.ndindex(X.shape):
-        Xp, Xm = X.copy(), X.copy()
-        Xp[idx] += h
-        Xm[idx] -= h
-        step = float(Xp[idx]) - float(Xm[idx])
-        fd[idx] = (fs.loss_and_grad(W, Xp, y, method=method, **kw)[0]
-                   - fs.loss_and_grad(W, Xm, y, method=method, **kw)[0]) / step
+    fd = central_differences(lambda A: fs.loss_and_grad(W, A, y, method=method, **kw)[0], X, h)
     np.testing.assert_allclose(dX, fd, rtol=0, atol=atol * max(1.0, np.abs(fd).max()))
 
 
