@@ -103,6 +103,24 @@ def check_array_type(name: str, value) -> None:
             f"in memory")
 
 
+def _non_numeric_columns(value) -> str:
+    """The names of a data frame's non-numeric columns ("" for anything else).
+
+    Duck-typed on a ``dtypes`` mapping of column names to dtypes (pandas,
+    and frames that follow its interface), so no frame library is imported.
+    """
+    dtypes = getattr(value, "dtypes", None)
+    items = getattr(dtypes, "items", None)
+    if items is None:
+        return ""
+    try:
+        bad = [str(col) for col, dt in items() if np.dtype(dt).kind not in "iuf"]
+    except TypeError:  # extension dtypes NumPy does not know are not numeric here
+        bad = [str(col) for col, dt in items()
+               if getattr(dt, "kind", "O") not in "iuf"]
+    return ", ".join(repr(c) for c in bad)
+
+
 def as_numeric_array(name: str, value) -> np.ndarray:
     """``value`` as an ndarray of a real integer or floating dtype (no copy when it is one).
 
@@ -125,6 +143,10 @@ def as_numeric_array(name: str, value) -> np.ndarray:
             f"{name} of type {_type_name(value)} cannot be converted by np.asarray ({exc}); "
             f"accepted are {ACCEPTED}; copy GPU arrays to the host first") from None
     if arr.dtype.kind not in "iuf":  # bool, complex, object, strings, dates...
+        columns = _non_numeric_columns(value)
+        if columns:
+            raise TypeError(f"{name} must hold real numbers, but its column(s) {columns} of "
+                            f"{_type_name(value)} are not numeric; encode or drop them")
         origin = "" if isinstance(value, (np.ndarray, list, tuple)) else f" (from {_type_name(value)})"
         raise TypeError(
             f"{name} must have a real integer or floating dtype, got dtype {arr.dtype}{origin}"
@@ -168,23 +190,32 @@ def check_finite_scalar(name: str, value, low: float, high: float, high_open: bo
     """
     if type(value) not in (float, int) and (  # the common types skip the slower ABC check
             isinstance(value, bool) or not isinstance(value, numbers.Real)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise TypeError(f"{name} must be a real number, got {_num(value)}")
     value = float(value)
     ok = math.isfinite(value) and value >= low and (value < high if high_open else value <= high)
     if not ok:
         bracket = ")" if high_open else "]"
-        raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {value!r}")
+        raise ValueError(f"{name} must lie in [{_num(low)}, {_num(high)}{bracket}, got {_num(value)}")
     return value
 
 
-def _labels(y: np.ndarray, K: int, ignore_index) -> tuple[np.ndarray, int]:
-    """Class indices as C-contiguous int64, ignored samples marked -1; their count."""
+def _num(value) -> str:
+    """A number as it would be typed: 1.5, -1, nan (not np.float64(1.5))."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return repr(value)
+
+
+def _labels(y: np.ndarray, K: int, ignore_index, classes: str) -> tuple[np.ndarray, int]:
+    """Class indices as C-contiguous int64, ignored samples marked -1; their count.
+
+    ``classes`` names where K comes from in messages ("W's 6 rows", "Z's 6 columns").
+    """
     if y.dtype.kind == "f":
         if not np.isfinite(y).all():
             raise ValueError("y contains NaN or infinite class labels")
         if not (y == np.floor(y)).all():
             bad = y[y != np.floor(y)][0]
-            raise ValueError(f"y holds class labels, which must be integers; found {bad!r}")
+            raise ValueError(f"y holds class labels, which must be integers; found {_num(bad)}")
     ignored = None if ignore_index is None else (y == ignore_index)
     n_ignored = 0 if ignored is None else int(np.count_nonzero(ignored))
     if n_ignored:
@@ -195,7 +226,8 @@ def _labels(y: np.ndarray, K: int, ignore_index) -> tuple[np.ndarray, int]:
     if bad_any:
         bad = y[((y < 0) | (y >= K)) & (True if ignored is None else ~ignored)][0]
         raise ValueError(
-            f"y contains class label {int(bad)}, outside [0, {K}) for W with {K} rows"
+            f"y contains class label {int(bad)}, outside [0, {K}) for the {K} classes of "
+            f"{classes}"
             + ("" if ignore_index is None else f" (ignore_index is {ignore_index})")
         )
     if n_ignored:
@@ -231,18 +263,24 @@ def check_options(label_smoothing, ignore_index, reduction) -> float:
     if ignore_index is not None and (
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
-        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+        raise TypeError(f"ignore_index must be an integer or None, got {_num(ignore_index)}")
     return check_finite_scalar("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
 
 
 def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: float,
-                  ignore_index, reduction: str, samples: str) -> Targets:
-    """Validate y and sample_weight for m samples (rows of ``samples``) and K classes."""
+                  ignore_index, reduction: str, samples: str,
+                  classes: str = "W (one row per class)") -> Targets:
+    """Validate y and sample_weight for m samples (rows of ``samples``) and K
+    classes (``classes`` says where they come from, for messages)."""
     y = as_numeric_array("y", y)
+    if y.ndim == 2 and y.shape[1] == 1 and K != 1:
+        raise ValueError(
+            f"y has shape {y.shape}, a column vector: pass the class labels as a 1-D array "
+            f"of length {y.shape[0]} (y.ravel()), or dense targets of shape ({m}, {K})")
     if y.ndim == 1:
         if y.shape[0] != m:
             raise ValueError(f"y has {y.shape[0]} labels but {samples} has {m} samples")
-        labels, n_ignored = _labels(y, K, ignore_index)
+        labels, n_ignored = _labels(y, K, ignore_index, classes)
         T = np.zeros((0, K), dtype)
     elif y.ndim == 2:
         if y.shape != (m, K):
@@ -260,7 +298,7 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
             raise ValueError("dense targets y contain NaN or infinite values "
                              f"(in the working dtype {dtype})")
         if np.any(T < 0):
-            raise ValueError(f"dense targets y must be non-negative, found {T.min()!r}")
+            raise ValueError(f"dense targets y must be non-negative, found {_num(T.min())}")
         labels, n_ignored = np.zeros(0, np.int64), 0
     else:
         raise ValueError(f"y must be (m,) class labels or (m, K) targets, got shape {y.shape}")
@@ -271,12 +309,14 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
     else:
         sw = as_numeric_array("sample_weight", sample_weight)
         if sw.shape != (m,):
-            raise ValueError(f"sample_weight must have shape ({m},), got {sw.shape}")
+            raise ValueError(
+                f"sample_weight must hold one weight per sample: shape ({m},) for the {m} "
+                f"samples of {samples}, got shape {sw.shape}")
         sw = _kernel_array(sw, np.float64)
         if not np.all(np.isfinite(sw)):
             raise ValueError("sample_weight contains NaN or infinite values")
         if np.any(sw < 0):
-            raise ValueError(f"sample_weight must be non-negative, found {sw.min()!r}")
+            raise ValueError(f"sample_weight must be non-negative, found {_num(sw.min())}")
         total = float(np.sum(sw[labels >= 0])) if n_ignored else float(np.sum(sw))
 
     denom = denominator(total, reduction, every_sample_ignored=n_ignored == m)
@@ -373,5 +413,6 @@ def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduct
         raise ValueError(f"Z must have at least one sample and one class, got shape {Z.shape}")
     dtype = working_dtype(Z, name="Z")
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
-                            ignore_index=ignore_index, reduction=reduction, samples="Z")
+                            ignore_index=ignore_index, reduction=reduction, samples="Z",
+                            classes="Z (one column per class)")
     return Z.astype(dtype, copy=False), targets, unbatched

@@ -35,6 +35,9 @@ from ._validation import (
     working_dtype,
 )
 
+#: the message for row blocks of unknown size (after boolean filtering, say)
+UNKNOWN_CHUNKS = "X has unknown chunk sizes; call X.compute_chunk_sizes() first"
+
 
 def _block_sums(W, b, X, y, sw, eps, ignore_index, method):
     """One row block: ``(loss sum, G (K, n), gb (K,), kept weight)``, all float64."""
@@ -108,7 +111,7 @@ def loss_and_grad(
     if X.ndim != 2 or W.ndim != 2:
         raise ValueError(f"X must be 2-D (m, n) and W 2-D (K, n), got {X.shape} and {W.shape}")
     if np.isnan(X.shape[0]):
-        raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
+        raise ValueError(UNKNOWN_CHUNKS)
     if X.shape[0] == 0:
         raise ValueError(f"X has no samples (shape {X.shape})")
     X = X.rechunk({1: -1})
@@ -166,8 +169,10 @@ def prepare_fit(X, y, sample_weight=None) -> FitData:
     from sklearn.utils.multiclass import check_classification_targets
 
     X = da.asarray(X)
-    if X.ndim != 2 or np.isnan(X.shape[0]):
-        raise ValueError(f"X must be 2-D (m, n) with known chunk sizes, got shape {X.shape}")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (m, n), got shape {X.shape}")
+    if np.isnan(X.shape[0]):
+        raise ValueError(UNKNOWN_CHUNKS)
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     X = X.rechunk({1: -1})
