@@ -1,0 +1,269 @@
+"""Public entry points for Hessian-vector products of the softmax-regression loss.
+
+The objective is the one :func:`fastsoftmax.loss_and_grad` differentiates,
+
+    J(W, b) = (1/D) sum_i w_i [s_i lse_i - t_i . z_i] + (l2/2) ||W||_F^2,
+
+with z_i = W x_i + b, lse_i = log sum_k exp(z_ik), s_i = sum_k t_ik and the
+targets t after label smoothing.  Its logit Hessian for one sample is
+s_i (diag p_i - p_i p_i^T), which depends on the targets only through s_i.
+For a direction (V (K, n), vb (K,)), with u_i = V x_i + vb,
+
+    HV  = (1/D) sum_i w_i s_i (p_i * (u_i - <p_i, u_i>)) x_i^T + l2 V,
+    Hvb = (1/D) sum_i w_i s_i  p_i * (u_i - <p_i, u_i>).
+
+Samples dropped by ``ignore_index`` add nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _dispatch as policy
+from ._api import Method, Reduction, finish, sums
+from ._blas import single_threaded_blas
+from ._hessian_fused import hessian_sums, hessian_sums_serial
+from ._hessian_indexloop import hessian_indexloop_sums
+from ._hessian_numpy import Curvature, numpy_curvature, numpy_hessian_sums
+from ._threading import parallel_region
+# underscore helpers of _validation, to be renamed at merge
+from ._validation import Problem, _as_numeric_array, _kernel_array, _working_dtype, prepare
+
+
+def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
+                 curvature: Curvature | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unnormalised ``(HV, Hvb)`` sums (float64) of a validated problem along (V, vb).
+
+    V (K, n) and vb (K,) are C-contiguous in the problem's dtype.  ``curvature``
+    is the NumPy method's cached state at the point, computed when missing.
+    """
+    if method == "numpy":
+        return numpy_hessian_sums(curvature or numpy_curvature(p), V, vb)
+    m, n = p.X.shape
+    K = p.W.shape[0]
+    chunks = policy.chunk_count(m)
+    if method == "indexloop":
+        with parallel_region():
+            return hessian_indexloop_sums(p.X, p.W, p.b, V, vb, p.labels, p.T, p.sw, p.eps,
+                                          chunks)
+    WV = np.concatenate((p.W, V))  # (2K, n): one GEMM gives logits and directions
+    tile = policy.tile_rows(n, 2 * K, p.X.dtype.itemsize)
+    with single_threaded_blas:
+        if chunks == 1 or 2 * m * n * K < policy.SERIAL_WORK:
+            return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile)
+        with parallel_region():
+            return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile)
+
+
+def check_direction(p: Problem, V, vb) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a direction against a problem; ``(V (K, n), vb (K,))`` in its dtype.
+
+    ``vb=None`` means a zero intercept direction; it must be None when the
+    problem has no intercept.
+    """
+    K, n = p.W.shape
+    V = _as_numeric_array("V", V)
+    _working_dtype(V, name="V")  # rejects float128 and wider
+    if V.shape != (K, n):
+        raise ValueError(f"V must have W's shape ({K}, {n}), got {V.shape}")
+    if vb is None:
+        vb_arr = np.zeros(K, p.dtype)
+    else:
+        if not p.has_b:
+            raise ValueError("vb is a direction for the intercept, but no intercept b was given")
+        vb = _as_numeric_array("vb", vb)
+        _working_dtype(vb, name="vb")
+        if vb.shape != (K,):
+            raise ValueError(f"vb must have b's shape ({K},), got {vb.shape}")
+        vb_arr = _kernel_array(vb, p.dtype)
+    return _kernel_array(V, p.dtype), vb_arr
+
+
+def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray):
+    """``HV[, Hvb]`` from the sums: divided by ``denom``, plus ``l2 V``, working dtype."""
+    HV = np.asarray(G, dtype=np.float64) / p.denom
+    if p.l2:
+        HV += p.l2 * np.asarray(V, dtype=np.float64)
+    HV = HV.astype(p.dtype, copy=False)
+    if not p.has_b:
+        return HV
+    return HV, (np.asarray(gb, dtype=np.float64) / p.denom).astype(p.dtype, copy=False)
+
+
+class HessianProduct:
+    """``hessp(V, vb=None)``: the Hessian of the objective at a fixed (W, b) times (V, vb).
+
+    Returned by :func:`loss_grad_hessp`; it holds the validated problem (a
+    reference to X, not a copy), so a product does not check X again.  Do
+    not modify X, y or the weights while it is in use.
+
+    Call it with
+
+    * ``V`` (K, n) and optionally ``vb`` (K,) (only when the problem has an
+      intercept; None means zero): returns ``HV`` (K, n), or ``(HV, Hvb)``
+      when the problem has an intercept; or
+    * one flat vector of length ``K n`` (plus ``K`` with an intercept), W's
+      entries in C order followed by b's, the layout of
+      ``np.concatenate([W.ravel(), b])``: returns the product in the same
+      flat layout, as ``scipy.optimize.minimize(..., hessp=...)`` expects.
+
+    Results are in the problem's working dtype.  With ``method="fused"`` or
+    ``"indexloop"`` every product recomputes the probabilities from X (so
+    nothing of size m x K is ever stored; a product costs about one gradient
+    evaluation); with ``method="numpy"`` the probabilities (m x K) are
+    computed on the first product and kept.
+    """
+
+    def __init__(self, problem: Problem, method: str):
+        self._problem = problem
+        self._method = method
+        self._curvature: Curvature | None = None
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def __call__(self, V: ArrayLike, vb: ArrayLike | None = None):
+        p = self._problem
+        K, n = p.W.shape
+        size = K * n + (K if p.has_b else 0)
+        V_in = np.asarray(V) if not isinstance(V, np.ndarray) else V
+        flat = V_in.ndim == 1
+        if flat:
+            if vb is not None:
+                raise ValueError("vb must be None when V is a flat vector (it holds vb already)")
+            if V_in.shape != (size,):
+                raise ValueError(
+                    f"a flat direction must have length {size} (K n"
+                    + (" + K" if p.has_b else "") + f" for W {p.W.shape}), got {V_in.shape}")
+            V_in, vb = V_in[: K * n].reshape(K, n), (V_in[K * n:] if p.has_b else None)
+        Vk, vbk = check_direction(p, V_in, vb)
+        if self._method == "numpy" and self._curvature is None:
+            self._curvature = numpy_curvature(p)
+        out = finish_product(p, Vk, *product_sums(p, Vk, vbk, self._method, self._curvature))
+        if not flat:
+            return out
+        return np.concatenate([out[0].ravel(), out[1]]) if p.has_b else out.ravel()
+
+    def __repr__(self) -> str:
+        K, n = self._problem.W.shape
+        return (f"<HessianProduct K={K} n={n} intercept={self._problem.has_b} "
+                f"method={self._method!r}>")
+
+
+def loss_grad_hessp(
+    W: ArrayLike,
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    b: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+    method: Method = "fused",
+) -> Union[tuple[float, np.ndarray, Callable], tuple[float, np.ndarray, np.ndarray, Callable]]:
+    """Loss, gradient and a Hessian-vector product at (W, b), for Newton solvers.
+
+    The loss and gradient are exactly those of :func:`fastsoftmax.loss_and_grad`
+    with the same arguments.  The last element, ``hessp``, is a
+    :class:`HessianProduct`: ``hessp(V, vb=None)`` applies the Hessian of that
+    objective at (W, b) to the direction (V, vb).  With ``u_i = V x_i + vb``
+    (the logits' change along the direction), ``s_i = sum_k t_ik`` and the
+    probabilities ``p_i`` at (W, b):
+
+        HV  = (1/D) sum_i w_i s_i (p_i * (u_i - <p_i, u_i>)) x_i^T + l2 V
+        Hvb = (1/D) sum_i w_i s_i  p_i * (u_i - <p_i, u_i>)
+
+    (``*`` elementwise): the sample's logit Hessian ``s_i (diag p_i - p_i p_i^T)``
+    applied to ``u_i``, then mapped back to weights like a gradient.  It is
+    positive semi-definite, and positive definite on W when ``l2 > 0``.
+
+    Parameters
+    ----------
+    W, X, y, b, sample_weight, l2, label_smoothing, ignore_index, reduction, method
+        As in :func:`fastsoftmax.loss_and_grad`, validated once here; every
+        product uses the same method.
+
+    Returns
+    -------
+    loss : float
+    dW : ndarray, shape (K, n), working dtype
+    db : ndarray, shape (K,), working dtype (only when ``b`` is given)
+    hessp : HessianProduct
+        ``hessp(V)`` -> HV (K, n); with an intercept ``hessp(V, vb=None)``
+        -> ``(HV, Hvb)``; also takes and returns flat vectors laid out as
+        ``np.concatenate([W.ravel(), b])``.  The fused and index-loop methods
+        recompute the probabilities for every product (memory independent of
+        m); the NumPy method caches them (m x K) on first use.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`fastsoftmax.loss_and_grad`; ``hessp`` raises them for a
+        direction of the wrong shape or type (bool, complex, object, wider
+        than float64).  NaN or infinity in a direction propagates.
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> from scipy.optimize import minimize
+    >>> X = np.array([[1.0, 2.0], [0.5, -1.0], [-1.0, 0.3]]); y = np.array([0, 1, 2])
+    >>> K, n = 3, 2
+    >>> def fun(w):
+    ...     loss, dW, db, hessp = fs.loss_grad_hessp(w[:K * n].reshape(K, n), X, y,
+    ...                                              b=w[K * n:], l2=0.1)
+    ...     return loss, np.concatenate([dW.ravel(), db])
+    >>> def hessp(w, v):
+    ...     return fs.loss_grad_hessp(w[:K * n].reshape(K, n), X, y, b=w[K * n:], l2=0.1)[-1](v)
+    >>> res = minimize(fun, np.zeros(K * n + K), jac=True, hessp=hessp, method="trust-ncg")
+    >>> bool(res.success)
+    True
+    """
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+                label_smoothing=label_smoothing, ignore_index=ignore_index,
+                reduction=reduction, method=method)
+    return (*finish(p, *sums(p, method)), HessianProduct(p, method))
+
+
+def hessian_product(
+    W: ArrayLike,
+    X: ArrayLike,
+    y: ArrayLike,
+    V: ArrayLike,
+    *,
+    b: ArrayLike | None = None,
+    vb: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+    method: Method = "fused",
+) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The Hessian of :func:`fastsoftmax.loss_and_grad`'s objective at (W, b) times (V, vb).
+
+    One product, without the loss and gradient: ``HV`` (K, n), or
+    ``(HV, Hvb)`` when ``b`` is given, with
+
+        HV  = (1/D) sum_i w_i s_i (p_i * (u_i - <p_i, u_i>)) x_i^T + l2 V
+        Hvb = (1/D) sum_i w_i s_i  p_i * (u_i - <p_i, u_i>)
+
+    where ``u_i = V x_i + vb``, ``s_i = sum_k t_ik`` (targets after label
+    smoothing) and ``D`` is the reduction's denominator (see
+    :func:`loss_grad_hessp`).  ``V`` (K, n) and ``vb`` (K,) (allowed only
+    with ``b``; None means zero) are converted to the working dtype, which
+    they do not promote.  The other arguments are those of
+    :func:`fastsoftmax.loss_and_grad`.  Results are in the working dtype;
+    sums over samples are accumulated in float64 by the compiled methods and
+    are deterministic for a given thread count.
+    """
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+                label_smoothing=label_smoothing, ignore_index=ignore_index,
+                reduction=reduction, method=method)
+    Vk, vbk = check_direction(p, V, vb)
+    return finish_product(p, Vk, *product_sums(p, Vk, vbk, method))
