@@ -130,7 +130,7 @@ class HessianProduct:
         p = self._problem
         K, n = p.W.shape
         size = K * n + (K if p.has_b else 0)
-        V_in = np.asarray(V) if not isinstance(V, np.ndarray) else V
+        V_in = _as_numeric_array("V", V)
         flat = V_in.ndim == 1
         if flat:
             if vb is not None:
