@@ -6,7 +6,7 @@ choose_threading_layer()  # before any parallel kernel runs: TBB when available
 
 from ._api import loss_and_grad, loss_and_grad_logits  # noqa: E402
 from ._primitives import log_softmax, logsumexp, softmax  # noqa: E402
-from ._hessian import HessianProduct, hessian_product, loss_grad_hessp  # noqa: E402
+from ._hessian import HessianProduct, hessian, hessian_product, loss_grad_hessp  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # and "from fastsoftmax import *" must work without it.
 __all__ = [
     "loss_and_grad", "loss_and_grad_logits", "softmax", "log_softmax", "logsumexp",
-    "loss_grad_hessp", "hessian_product", "HessianProduct",
+    "loss_grad_hessp", "hessian_product", "hessian", "HessianProduct",
     "__version__",
 ]
 

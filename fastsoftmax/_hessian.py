@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike
 from . import _dispatch as policy
 from ._api import Method, Reduction, finish, sums
 from ._blas import single_threaded_blas
+from ._hessian_full import full_hessian_sums, full_hessian_sums_serial
 from ._hessian_fused import hessian_sums, hessian_sums_serial
 from ._hessian_indexloop import hessian_indexloop_sums
 from ._hessian_numpy import Curvature, numpy_curvature, numpy_hessian_sums
@@ -93,6 +94,37 @@ def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray):
     return HV, (np.asarray(gb, dtype=np.float64) / p.denom).astype(p.dtype, copy=False)
 
 
+def full_hessian(p: Problem) -> np.ndarray:
+    """The Hessian (N, N) float64 of a validated problem, in the flat layout
+    ``[W.ravel(), b]`` (N = K n, plus K with an intercept), symmetric."""
+    m, n = p.X.shape
+    K = p.W.shape[0]
+    W64 = p.W.astype(np.float64)
+    Wa = np.ascontiguousarray(np.column_stack([W64, p.b.astype(np.float64)])) if p.has_b else W64
+    nt = Wa.shape[1]
+    N = K * nt
+    chunks = policy.chunk_count(m)
+    tile = policy.tile_rows(N, 1, 8)  # the (tile, N) float64 buffers stay in L2
+    with single_threaded_blas:
+        if chunks == 1 or m * N * N < policy.SERIAL_WORK:
+            H = full_hessian_sums_serial(p.X, Wa, p.labels, p.T, p.sw, p.eps, tile)
+        else:
+            with parallel_region():
+                H = full_hessian_sums(p.X, Wa, p.labels, p.T, p.sw, p.eps, chunks, tile)
+    # class-major [W | b] -> [W.ravel(), b]
+    classes = np.arange(K)[:, None] * nt
+    order = (classes + np.arange(n)).ravel()
+    if p.has_b:
+        order = np.concatenate([order, classes.ravel() + n])
+    H = H[np.ix_(order, order)]
+    H /= p.denom
+    H += H.T
+    H *= 0.5  # exactly symmetric, for Cholesky
+    if p.l2:
+        H[np.arange(K * n), np.arange(K * n)] += p.l2
+    return H
+
+
 class HessianProduct:
     """``hessp(V, vb=None)``: the Hessian of the objective at a fixed (W, b) times (V, vb).
 
@@ -147,6 +179,15 @@ class HessianProduct:
         if not flat:
             return out
         return np.concatenate([out[0].ravel(), out[1]]) if p.has_b else out.ravel()
+
+    def matrix(self) -> np.ndarray:
+        """The full Hessian at the same point, (N, N) float64, N = K n (+ K).
+
+        Rows and columns in the flat layout ``[W.ravel(), b]``; exactly
+        symmetric.  Built by a fused parallel kernel whatever the method (see
+        :func:`hessian`): worth it when N is small (a Newton-Cholesky step).
+        """
+        return full_hessian(self._problem)
 
     def __repr__(self) -> str:
         K, n = self._problem.W.shape
@@ -267,3 +308,39 @@ def hessian_product(
                 reduction=reduction, method=method)
     Vk, vbk = check_direction(p, V, vb)
     return finish_product(p, Vk, *product_sums(p, Vk, vbk, method))
+
+
+def hessian(
+    W: ArrayLike,
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    b: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+) -> np.ndarray:
+    """The full Hessian of :func:`fastsoftmax.loss_and_grad`'s objective at (W, b).
+
+    For Newton-Cholesky steps when ``N = K n`` (``K (n + 1)`` with an
+    intercept) is small: the (N, N) matrix
+
+        H = (1/D) sum_i w_i s_i (diag p_i - p_i p_i^T) kron x~_i x~_i^T + l2 I_W
+
+    with ``x~_i = (x_i, 1)`` with an intercept, ``s_i = sum_k t_ik`` and
+    ``I_W`` the identity on the entries of W (b is not penalised), rows and
+    columns in the flat layout ``np.concatenate([W.ravel(), b])`` (the layout
+    :class:`HessianProduct` takes and returns).  ``H @ theta`` equals the
+    flat ``hessp(theta)``.  Arguments as in :func:`fastsoftmax.loss_and_grad`.
+
+    Always float64 (it is meant for a Cholesky factorisation), whatever the
+    working dtype, and exactly symmetric.  Cost O(m N^2) (GEMMs); memory
+    about ``threads * (2 N^2 + tile (2 N + 2 n + 2 K)) * 8`` bytes plus two
+    N^2 float64 arrays for the result, independent of m.
+    """
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+                label_smoothing=label_smoothing, ignore_index=ignore_index,
+                reduction=reduction, method="fused")
+    return full_hessian(p)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 from helpers import assert_cached_in_new_process, assert_close
-from naive_hessian import naive_hessian_product
+from naive_hessian import naive_hessian, naive_hessian_product
 from test_agreement import DTYPES, METHODS, TARGETS, f64, ignore_labels, make_problem, options
 
 OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
@@ -369,6 +369,63 @@ def test_property_all_methods_match_oracle(kernel_path, problem):
             assert_product_close(got, want, dtype, scales)
 
 
+# --- the full Hessian -----------------------------------------------------------
+
+def oracle_in_flat_layout(H, K, n, has_b):
+    """The oracle's class-major [W | b] layout reordered to [W.ravel(), b]."""
+    nt = n + int(has_b)
+    order = [j * nt + l for j in range(K) for l in range(n)]
+    if has_b:
+        order += [j * nt + n for j in range(K)]
+    return H[np.ix_(order, order)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("opt", OPTION_NAMES + ["ignore"])
+def test_full_hessian(dtype, target, opt, rng, kernel_path):
+    """fs.hessian against the oracle's Hessian (RTOL[dtype] with the oracle's
+    entrywise scale) and against the Hessian assembled column by column from
+    the NumPy method's hessp on unit vectors (the same bound); exactly
+    symmetric, float64 whatever the working dtype."""
+    m, n, K = 31, 4, 3
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    if opt == "ignore":
+        if target != "labels":
+            pytest.skip("ignore_index needs class-index targets")
+        y = ignore_labels(y, rng)
+        kw = {"ignore_index": -100, "b": rng.standard_normal(K).astype(dtype)}
+    else:
+        kw = options(opt, rng, m, K, dtype, target)
+    has_b = "b" in kw
+    H = fs.hessian(W, X, y, **kw)
+    assert H.dtype == np.float64 and H.shape == (K * n + K * has_b,) * 2
+    np.testing.assert_array_equal(H, H.T)
+    want, scale = naive_hessian(*f64(W, X), y, return_scale=True, **kw)
+    want = oracle_in_flat_layout(want, K, n, has_b)
+    scale = oracle_in_flat_layout(scale, K, n, has_b)
+    assert_close(H, want, dtype, "H", scale)
+    hessp = fs.loss_grad_hessp(W, X, y, method="numpy", **kw)[-1]
+    columns = np.column_stack([hessp(e) for e in np.eye(H.shape[0], dtype=dtype)])
+    assert_close(H, columns, dtype, "H vs hessp", scale)
+    np.testing.assert_array_equal(hessp.matrix(), H)
+
+
+def test_full_hessian_parallel_matches_serial(rng, monkeypatch):
+    """Bigger than the serial threshold: the parallel kernel against the
+    NumPy hessp on unit vectors, float64, rtol 1e-10 of the largest entry."""
+    m, n, K = 3000, 6, 5
+    W, X, y = make_problem(rng, m, n, K, np.float64, "probs")
+    kw = dict(b=rng.standard_normal(K), sample_weight=rng.random(m), l2=0.01)
+    H = fs.hessian(W, X, y, **kw)
+    hessp = fs.loss_grad_hessp(W, X, y, method="numpy", **kw)[-1]
+    assert_close(H, np.column_stack([hessp(e) for e in np.eye(H.shape[0])]), np.float64)
+    np.testing.assert_array_equal(H, fs.hessian(W, X, y, **kw))  # deterministic
+    import fastsoftmax._dispatch as policy
+    monkeypatch.setattr(policy, "SERIAL_WORK", 2**62)
+    assert_close(fs.hessian(W, X, y, **kw), H, np.float64)
+
+
 def test_kernels_load_from_cache_in_new_process():
     calls = (
         "import numba\n"
@@ -377,6 +434,7 @@ def test_kernels_load_from_cache_in_new_process():
         "fs.hessian_product(W, X[:10], y[:10], V)\n"
         "fs.hessian_product(W, X, y, V)\n"
         "fs.hessian_product(W, X, y, V, method='indexloop')\n"
+        "fs.hessian(W, X[:2], y[:2]); fs.hessian(W, X, y)\n"
     )
     if __import__("numba").get_num_threads() < 2:
         pytest.skip("the parallel kernel needs two threads")
@@ -384,4 +442,6 @@ def test_kernels_load_from_cache_in_new_process():
         "hessian_sums_serial": "fastsoftmax._hessian_fused",
         "hessian_sums": "fastsoftmax._hessian_fused",
         "hessian_indexloop_sums": "fastsoftmax._hessian_indexloop",
+        "full_hessian_sums_serial": "fastsoftmax._hessian_full",
+        "full_hessian_sums": "fastsoftmax._hessian_full",
     })
