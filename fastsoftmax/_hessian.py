@@ -104,7 +104,7 @@ def full_hessian(p: Problem) -> np.ndarray:
     nt = Wa.shape[1]
     N = K * nt
     chunks = policy.chunk_count(m)
-    tile = policy.tile_rows(N, 1, 8)  # the (tile, N) float64 buffers stay in L2
+    tile = policy.tile_rows(nt, K, 8)  # the tile's float64 rows, as the fused gradient's
     with single_threaded_blas:
         if chunks == 1 or m * N * N < policy.SERIAL_WORK:
             H = full_hessian_sums_serial(p.X, Wa, p.labels, p.T, p.sw, p.eps, tile)
@@ -336,9 +336,9 @@ def hessian(
     flat ``hessp(theta)``.  Arguments as in :func:`fastsoftmax.loss_and_grad`.
 
     Always float64 (it is meant for a Cholesky factorisation), whatever the
-    working dtype, and exactly symmetric.  Cost O(m N^2) (GEMMs); memory
-    about ``threads * (2 N^2 + tile (2 N + 2 n + 2 K)) * 8`` bytes plus two
-    N^2 float64 arrays for the result, independent of m.
+    working dtype, and exactly symmetric.  Cost about m K (K + 1) n^2 / 2
+    multiply-adds (GEMMs); memory about ``threads * (N^2 + tile (2 n + 2 K)) * 8``
+    bytes plus two N^2 float64 arrays for the result, independent of m.
     """
     p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,

@@ -6,22 +6,24 @@ length and N = K n~, the Hessian of the loss sums is
     H = sum_i w_i s_i (diag p_i - p_i p_i^T) kron x~_i x~_i^T,
 
 an (N, N) matrix in the class-major layout of the (K, n~) matrix [W | b]
-(entry (j n~ + l, j' n~ + l')).  Per tile of R kept rows (:func:`full_chunk`),
-all in float64 whatever the working dtype:
+(entry (j n~ + l, j' n~ + l')).  Its (j, j') block is
+X~^T diag(w s p_j (delta_jj' - p_j')) X~.  Per tile of R kept rows
+(:func:`full_chunk`), all in float64 whatever the working dtype:
 
 1. the rows are copied into a float64 buffer with a column of ones appended
    for the intercept, and one GEMM against [W | b] gives the logits;
-2. the probabilities come out class-major (one SIMD pass of
+2. the probabilities come out class-major (one pass of
    :func:`fastsoftmax._rowmath.exp_nonpositive`);
-3. A (R, N) holds the rows p_ij x~_il and B = c A with c_i = w_i s_i; one GEMM
-   A^T B (N x R x N) gives the outer-product part, subtracted from the
-   chunk's (N, N) float64 slab, and K GEMMs X~^T B_j (n~ x R x n~) give the
-   diagonal blocks, added to it.
+3. for each block j <= j' of the upper block triangle (the Hessian is
+   symmetric), the rows scaled by c_i p_ij (delta_jj' - p_ij') with
+   c_i = w_i s_i go into a (R, n~) buffer and one GEMM X~^T Y (n~ x R x n~)
+   gives the tile's block, added to the chunk's (N, N) float64 slab.
 
 Chunks of rows run in parallel with their own slabs, summed in chunk order
-(deterministic for a given thread count).  Cost O(m K^2 n~^2).
+(deterministic for a given thread count).  Cost about m K (K + 1) n~^2 / 2
+multiply-adds; the lower block triangle is copied from the upper one at the end.
 
-Peak extra memory: ``nchunks * (2 N^2 + tile (2 N + 2 n~ + 2 K + 3) + n~^2) * 8``
+Peak extra memory: ``nchunks * (N^2 + tile (2 n~ + 2 K + 3) + n~^2) * 8``
 bytes, plus the (N, N) float64 result (and its reordering, another N^2 * 8).
 """
 
@@ -38,14 +40,14 @@ from ._tiles import kept_rows
 
 @serial_kernel
 def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
-    """Rows start:stop in tiles: adds their Hessian sum to H (N, N) float64.
+    """Rows start:stop in tiles: adds their Hessian sum to the upper block
+    triangle of H (N, N) float64 (blocks (j, j') with j <= j').
 
     X (m, n) float32 or float64; Wa (K, n~) float64 is [W | b] (n~ = n + 1)
     or W (n~ = n); labels, T, sw, eps as for the gradient kernels.
     """
     n = X.shape[1]
     K, nt = Wa.shape
-    N = K * nt
     inv_k = 1.0 / K
     use_labels = labels.shape[0] > 0
     weighted = sw.shape[0] > 0
@@ -55,11 +57,8 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
     P = np.empty((K, tile))
     c = np.empty(tile)
     mx = np.empty(tile)
-    Ab = np.empty((tile, N))
-    Bb = np.empty((tile, N))
     Yb = np.empty((tile, nt))
     Hd = np.empty((nt, nt))
-    Ho = np.empty((N, N))
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
         R = kept_rows(labels, t0, t1, rows)
@@ -99,28 +98,30 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
                 for k in range(K):
                     s += (1.0 - eps) * T[i, k] + eps * inv_k
             c[r] = (sw[i] if weighted else 1.0) * s
-        A = Ab[:R]
-        B = Bb[:R]
-        for r in range(R):
-            for j in range(K):
-                pj = P[j, r]
-                for l in range(nt):
-                    a = pj * Xa[r, l] if pj != 0.0 else 0.0  # probability 0 adds nothing
-                    A[r, j * nt + l] = a
-                    B[r, j * nt + l] = c[r] * a
-        np.dot(A.T, B, Ho)
-        for q in range(N):
-            for e in range(N):
-                H[q, e] -= Ho[q, e]
+        # block (j, j') = X~^T diag(c p_j (delta_jj' - p_j')) X~, for j <= j'
         Y = Yb[:R]
         for j in range(K):
-            for r in range(R):
+            for jp in range(j, K):
+                delta = 1.0 if jp == j else 0.0
+                for r in range(R):
+                    g = c[r] * P[j, r] * (delta - P[jp, r])
+                    for l in range(nt):
+                        Y[r, l] = g * Xa[r, l] if g != 0.0 else 0.0  # 0 adds nothing
+                np.dot(Xa.T, Y, Hd)
                 for l in range(nt):
-                    Y[r, l] = B[r, j * nt + l]
-            np.dot(Xa.T, Y, Hd)
+                    for e in range(nt):
+                        H[j * nt + l, jp * nt + e] += Hd[l, e]
+
+
+@serial_kernel
+def mirror_blocks(H, K, nt):
+    """Fill the lower block triangle of H from the upper one; return H."""
+    for j in range(K):
+        for jp in range(j + 1, K):
             for l in range(nt):
                 for e in range(nt):
-                    H[j * nt + l, j * nt + e] += Hd[l, e]
+                    H[jp * nt + e, j * nt + l] = H[j * nt + l, jp * nt + e]
+    return H
 
 
 @parallel_kernel
@@ -132,7 +133,7 @@ def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile):
     for c in prange(nchunks):
         full_chunk(X, Wa, labels, T, sw, eps, c * m // nchunks, (c + 1) * m // nchunks, tile,
                    slabs[c])
-    return combine(slabs, bias_slabs, unused)[1]
+    return mirror_blocks(combine(slabs, bias_slabs, unused)[1], Wa.shape[0], Wa.shape[1])
 
 
 @serial_kernel
@@ -141,4 +142,4 @@ def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile):
     N = Wa.shape[0] * Wa.shape[1]
     slabs, bias_slabs, unused = allocate(1, N, N)
     full_chunk(X, Wa, labels, T, sw, eps, 0, X.shape[0], tile, slabs[0])
-    return combine(slabs, bias_slabs, unused)[1]
+    return mirror_blocks(combine(slabs, bias_slabs, unused)[1], Wa.shape[0], Wa.shape[1])
