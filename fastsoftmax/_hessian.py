@@ -17,6 +17,7 @@ Samples dropped by ``ignore_index`` add nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Union
 
 import numpy as np
@@ -129,8 +130,8 @@ class HessianProduct:
     """``hessp(V, vb=None)``: the Hessian of the objective at a fixed (W, b) times (V, vb).
 
     Returned by :func:`loss_grad_hessp`; it holds the validated problem (a
-    reference to X, not a copy), so a product does not check X again.  Do
-    not modify X, y or the weights while it is in use.
+    copy of W and b, a reference to X, not a copy), so a product does not
+    check X again.  Do not modify X, y or sample_weight while it is in use.
 
     Call it with
 
@@ -268,6 +269,9 @@ def loss_grad_hessp(
     p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
+    # the point is the caller's W and b as they are now, even if they are
+    # updated in place afterwards (prepare may return the caller's arrays)
+    p = dataclasses.replace(p, W=p.W.copy(), b=p.b.copy())
     return (*finish(p, *sums(p, method)), HessianProduct(p, method))
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import assert_cached_in_new_process, assert_close
+from helpers import RTOL, assert_cached_in_new_process, assert_close
 from naive_hessian import naive_hessian, naive_hessian_product
 from test_agreement import DTYPES, METHODS, TARGETS, f64, ignore_labels, make_problem, options
 
@@ -38,6 +38,35 @@ def assert_product_close(got, want, dtype, scales):
         assert_close(got, want, dtype, "HV", scales)
 
 
+def oracle(W, X, y, V, vb, kw, dtype):
+    """The oracle's product and scales, the scales widened by an underflow floor.
+
+    Results are in the working dtype, whose smallest normal number ``tiny``
+    bounds the absolute error of each per-sample term that underflows (a
+    probability, or a coefficient w_i s_i p_ik (u_ik - <p_i, u_i>), below
+    it).  Summed over samples and mapped through x_i, that is at most
+    ``tiny * sum_i (1 + w_i s_i (1 + max|u_i|)) (1 + max|x_i|) / D``, which
+    is added to the bound (about 1e-36 in float32 for these problems, so it
+    only matters for products that are themselves that small).
+    """
+    want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, return_scales=True, **kw)
+    X64, V64 = f64(X, V)
+    m, K = X64.shape[0], V64.shape[0]
+    sw = np.ones(m) if kw.get("sample_weight") is None else np.asarray(kw["sample_weight"])
+    keep = np.ones(m, bool) if "ignore_index" not in kw else (np.asarray(y) != kw["ignore_index"])
+    s = np.full(m, 1.0) if np.ndim(y) == 1 else np.asarray(y, np.float64).sum(axis=1) + 1.0
+    u = np.abs(X64 @ V64.T).max(axis=1) + (0 if vb is None else np.abs(vb).max())
+    terms = (1 + sw * s * (1 + u)) * (1 + np.abs(X64).max(axis=1))
+    denom = sw[keep].sum() if kw.get("reduction", "mean") == "mean" else 1.0
+    floor = np.finfo(dtype).tiny * terms[keep].sum() / denom
+    rtol = RTOL[np.dtype(dtype)]
+    if isinstance(scales, tuple):
+        scales = tuple(sc + floor / rtol for sc in scales)
+    else:
+        scales = scales + floor / rtol
+    return want, scales
+
+
 def both_entry_points(W, X, y, V, vb, method, kw):
     """The product from hessian_product and from loss_grad_hessp's hessp."""
     one = fs.hessian_product(W, X, y, V, vb=vb, method=method, **kw)
@@ -54,7 +83,7 @@ def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
     W, X, y = make_problem(rng, m, n, K, dtype, target)
     kw = options(opt, rng, m, K, dtype, target)
     V, vb = direction(rng, K, n, dtype, "b" in kw)
-    want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, return_scales=True, **kw)
+    want, scales = oracle(W, X, y, V, vb, kw, dtype)
     for got in both_entry_points(W, X, y, V, vb, method, kw):
         assert_product_close(got, want, dtype, scales)
 
@@ -216,6 +245,22 @@ def test_flat_and_structured_directions_agree(rng):
         np.testing.assert_array_equal(got, want_flat)
 
 
+def test_hessp_keeps_its_point(rng):
+    """Updating W and b in place after loss_grad_hessp does not move hessp's point."""
+    m, n, K = 30, 3, 4
+    W, X, y = make_problem(rng, m, n, K, np.float64)
+    b = rng.standard_normal(K)
+    V, vb = direction(rng, K, n, np.float64, True)
+    want = fs.hessian_product(W, X, y, V, b=b, vb=vb)
+    for method in METHODS:
+        Wc, bc = W.copy(), b.copy()
+        hessp = fs.loss_grad_hessp(Wc, X, y, b=bc, method=method)[-1]
+        Wc += 5.0
+        bc -= 3.0
+        for g, w in zip(hessp(V, vb), want):
+            assert_close(g, w, np.float64)
+
+
 def test_loss_and_gradient_are_loss_and_grads(rng):
     """loss_grad_hessp's first elements are loss_and_grad's, bit for bit."""
     m, n, K = 50, 4, 3
@@ -363,7 +408,7 @@ def problems(draw):
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_property_all_methods_match_oracle(kernel_path, problem):
     W, X, y, V, vb, kw, dtype = problem
-    want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, return_scales=True, **kw)
+    want, scales = oracle(W, X, y, V, vb, kw, dtype)
     for method in METHODS:
         for got in both_entry_points(W, X, y, V, vb, method, kw):
             assert_product_close(got, want, dtype, scales)
