@@ -490,3 +490,20 @@ def test_kernels_load_from_cache_in_new_process():
         "full_hessian_sums_serial": "fastsoftmax._hessian_full",
         "full_hessian_sums": "fastsoftmax._hessian_full",
     })
+
+
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_full_hessian_matches_oracle(kernel_path, problem):
+    """fs.hessian computes in float64 from the inputs' values whatever their
+    dtype, so it meets the float64 tolerance (1e-10 with the oracle's scale)
+    even for float32 data (dense targets take the working dtype, so the
+    oracle gets them rounded the same way)."""
+    W, X, y, V, vb, kw, dtype = problem
+    K, n = W.shape
+    H = fs.hessian(W, X, y, **kw)
+    y_seen = y.astype(dtype) if y.ndim == 2 else y
+    want, scale = naive_hessian(*f64(W, X), y_seen, return_scale=True, **kw)
+    has_b = "b" in kw
+    assert_close(H, oracle_in_flat_layout(want, K, n, has_b), np.float64, "H",
+                 oracle_in_flat_layout(scale, K, n, has_b))
