@@ -118,9 +118,7 @@ def full_hessian(p: Problem) -> np.ndarray:
     if p.has_b:
         order = np.concatenate([order, classes.ravel() + n])
     H = H[np.ix_(order, order)]
-    H /= p.denom
-    H += H.T
-    H *= 0.5  # exactly symmetric, for Cholesky
+    H = (H + H.T) * (0.5 / p.denom)  # exactly symmetric, for Cholesky
     if p.l2:
         H[np.arange(K * n), np.arange(K * n)] += p.l2
     return H
