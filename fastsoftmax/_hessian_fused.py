@@ -31,7 +31,7 @@ memory independent of m.  Rows dropped by ``ignore_index`` are skipped
 non-C-contiguous X are gathered too.  The slabs are summed in chunk order,
 so for a given ``nchunks`` and ``tile`` the result is bitwise reproducible.
 
-Peak extra memory: about ``nchunks * (2 K n + tile (n + 5 K + 3)) * 8``
+Peak extra memory: about ``nchunks * (2 K n + tile (n + 5 K + 4)) * 8``
 bytes plus the (2K, n) stacked matrix, independent of m.
 """
 

@@ -316,6 +316,31 @@ def test_masked_class_and_extreme_logits(rng, kernel_path):
         assert np.all(np.isfinite(HV)) and np.all(np.isfinite(Hvb))
 
 
+def test_python_threads_get_the_serial_results(rng):
+    """Eight Python threads computing products and Hessians at once get the
+    single-threaded caller's results bit for bit (fused and index-loop)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m, n, K = 20_000, 12, 5
+    W, X, y = make_problem(rng, m, n, K, np.float64)
+    b = rng.standard_normal(K)
+    V, vb = direction(rng, K, n, np.float64, True)
+    refs = {meth: fs.hessian_product(W, X, y, V, b=b, vb=vb, method=meth)
+            for meth in ("fused", "indexloop")}
+    H = fs.hessian(W, X[:2000], y[:2000], b=b)
+
+    def job(k):
+        meth = ("fused", "indexloop")[k % 2]
+        for _ in range(3):
+            got = fs.hessian_product(W, X, y, V, b=b, vb=vb, method=meth)
+            if not all(np.array_equal(g, r) for g, r in zip(got, refs[meth])):
+                return False
+        return np.array_equal(fs.hessian(W, X[:2000], y[:2000], b=b), H)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(job, range(8)))
+
+
 # --- hostile directions -------------------------------------------------------
 
 @pytest.mark.parametrize("bad, kwargs, error, match", [
