@@ -18,7 +18,8 @@ import scipy.optimize
 from sklearn.datasets import load_digits, load_wine
 
 import fastsoftmax as fs
-from fastsoftmax._newton import minimize_newton_cholesky, minimize_trust_newton
+from fastsoftmax._newton import (minimize_newton_cholesky, minimize_newton_pcg,
+                                 minimize_trust_newton)
 
 
 def lbfgs(X, y, K, l2, tol):
@@ -46,10 +47,13 @@ def main(tol: float = 1e-6) -> None:
         l2 = 1.0 / m
         minimize_newton_cholesky(X[:50], y[:50], n_classes=K, l2=l2, max_iter=1)  # compile
         minimize_trust_newton(X[:50], y[:50], n_classes=K, l2=l2, max_iter=1)
+        minimize_newton_pcg(X[:50], y[:50], n_classes=K, l2=l2, max_iter=1)
         rows = {"L-BFGS-B": lbfgs(X, y, K, l2, tol)}
         for solver in ("trust-ncg", "trust-krylov"):
             r = minimize_trust_newton(X, y, l2=l2, tol=tol, solver=solver, max_iter=1000)
             rows[solver] = (r.loss, r.grad_max, r.n_iter, r.n_evals, r.n_hessp, r.seconds)
+        r = minimize_newton_pcg(X, y, l2=l2, tol=tol)
+        rows["newton-pcg"] = (r.loss, r.grad_max, r.n_iter, r.n_evals, r.n_hessp, r.seconds)
         r = minimize_newton_cholesky(X, y, l2=l2, tol=tol)
         rows["newton-cholesky"] = (r.loss, r.grad_max, r.n_iter, r.n_evals, 0, r.seconds)
         best = min(v[0] for v in rows.values())

@@ -26,6 +26,7 @@ from numpy.typing import ArrayLike
 from . import _dispatch as policy
 from ._api import Method, Reduction, finish, sums
 from ._blas import single_threaded_blas
+from ._hessian_diag import diag_sums, diag_sums_serial
 from ._hessian_full import full_hessian_sums, full_hessian_sums_serial
 from ._hessian_fused import hessian_sums, hessian_sums_serial
 from ._hessian_indexloop import hessian_indexloop_sums
@@ -124,6 +125,24 @@ def full_hessian(p: Problem) -> np.ndarray:
     return H
 
 
+def hessian_diagonal(p: Problem) -> np.ndarray:
+    """The Hessian's diagonal (N,) float64 of a validated problem, flat layout ``[W.ravel(), b]``."""
+    m, n = p.X.shape
+    K = p.W.shape[0]
+    W64 = p.W.astype(np.float64)
+    b64 = p.b.astype(np.float64)
+    chunks = policy.chunk_count(m)
+    tile = policy.tile_rows(n, K, 8)
+    with single_threaded_blas:
+        if chunks == 1 or m * n * K < policy.SERIAL_WORK:
+            G, gb = diag_sums_serial(p.X, W64, b64, p.labels, p.T, p.sw, p.eps, tile)
+        else:
+            with parallel_region():
+                G, gb = diag_sums(p.X, W64, b64, p.labels, p.T, p.sw, p.eps, chunks, tile)
+    dW = G / p.denom + p.l2
+    return np.concatenate([dW.ravel(), gb / p.denom]) if p.has_b else dW.ravel()
+
+
 class HessianProduct:
     """``hessp(V, vb=None)``: the Hessian of the objective at a fixed (W, b) times (V, vb).
 
@@ -187,6 +206,15 @@ class HessianProduct:
         :func:`hessian`): worth it when N is small (a Newton-Cholesky step).
         """
         return full_hessian(self._problem)
+
+    def diagonal(self) -> np.ndarray:
+        """The Hessian's diagonal at the same point, (N,) float64, flat layout.
+
+        ``(1/D) sum_i w_i s_i p_ij (1 - p_ij) x_il^2 + l2`` for W_jl and the
+        same without x_il^2 and l2 for b_j: a Jacobi preconditioner for
+        conjugate gradients.  One fused pass over X (like one gradient).
+        """
+        return hessian_diagonal(self._problem)
 
     def __repr__(self) -> str:
         K, n = self._problem.W.shape

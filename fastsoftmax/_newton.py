@@ -9,6 +9,9 @@ and stop when the largest absolute entry of the gradient is at most ``tol``
   ``trust-krylov`` (Lanczos, trlib) with the fused Hessian-vector product of
   :func:`fastsoftmax.loss_grad_hessp`: each CG step costs about one gradient
   evaluation and no m x K array is stored.
+* :func:`minimize_newton_pcg`: truncated Newton with conjugate gradients on
+  the same products, preconditioned by the Hessian's diagonal (one fused
+  pass over X per iteration), and a backtracking line search.
 * :func:`minimize_newton_cholesky`: Newton steps from the full Hessian of
   :func:`fastsoftmax.hessian` (N = K n, plus K with an intercept), solved by
   Cholesky, with a backtracking (Armijo) line search.  Each iteration costs
@@ -204,15 +207,88 @@ def minimize_newton_cholesky(
         if step is None:
             message = "the Hessian could not be factored"
             break
-        slope = float(grad @ step)
-        t = 1.0
-        for _ in range(40):
-            # (slack of a few ulps of the loss: near the optimum its decrease is rounding)
-            if obj.at(x + t * step)[0] <= loss + 1e-4 * t * slope + 8e-16 * abs(loss):
-                break
-            t *= 0.5
-        else:
+        x_new = _line_search(obj, x, loss, grad, step)
+        if x_new is None:
             message = "the line search found no decrease (rounding level reached)"
             break
-        x = x + t * step
+        x = x_new
+    return _result(obj, x, converged, it, start, message, history)
+
+
+def _line_search(obj, x, loss, grad, step):
+    """Backtracking (Armijo) from a unit step; the new point, or None."""
+    slope = float(grad @ step)
+    t = 1.0
+    for _ in range(40):
+        # (slack of a few ulps of the loss: near the optimum its decrease is rounding)
+        if obj.at(x + t * step)[0] <= loss + 1e-4 * t * slope + 8e-16 * abs(loss):
+            return x + t * step
+        t *= 0.5
+    return None
+
+
+def minimize_newton_pcg(
+    X: ArrayLike, y: ArrayLike, *, W0: ArrayLike | None = None, b0: ArrayLike | None = None,
+    n_classes: int | None = None, fit_intercept: bool = True, sample_weight=None,
+    l2: float = 0.0, label_smoothing: float = 0.0, ignore_index: int | None = None,
+    reduction: str = "mean", method: str = "fused", tol: float = 1e-6, max_iter: int = 100,
+    max_cg: int = 500,
+) -> NewtonResult:
+    """Truncated Newton: Jacobi-preconditioned CG on the fused Hessian products, line search.
+
+    Each iteration computes the Hessian's diagonal (one fused pass over X,
+    :meth:`HessianProduct.diagonal`) and solves ``H s = -g`` by conjugate
+    gradients preconditioned with it, to a relative residual of
+    ``min(0.5, sqrt(||g||))`` (superlinear convergence) or ``max_cg`` steps,
+    then backtracks from the full step.  Memory: a few vectors of length N
+    besides the kernels'; nothing of size m x K.  Same arguments and stopping
+    rule as :func:`minimize_trust_newton`.
+    """
+    start = time.perf_counter()
+    options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
+                   ignore_index=ignore_index, reduction=reduction, method=method)
+    obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
+    history = []
+    message = f"max_iter={max_iter} reached"
+    converged = False
+    it = 0
+    for it in range(max_iter + 1):
+        loss, grad, hessp = obj.at(x)
+        history.append(float(loss))
+        if np.max(np.abs(grad)) <= tol:
+            converged, message = True, "converged"
+            break
+        if it == max_iter:
+            break
+        diag = hessp.diagonal()
+        floor = max(float(np.max(diag)), np.finfo(float).tiny) * 1e-12
+        inv_diag = 1.0 / np.maximum(diag, floor)
+        gnorm = float(np.linalg.norm(grad))
+        eta = min(0.5, np.sqrt(gnorm))
+        step = np.zeros_like(grad)
+        r = -grad
+        z = inv_diag * r
+        d = z.copy()
+        rz = float(r @ z)
+        for _ in range(max_cg):
+            Hd = obj.hessp(x, d)
+            curvature = float(d @ Hd)
+            if not curvature > 0.0:  # no positive curvature left (rounding)
+                if not step.any():
+                    step = d
+                break
+            alpha = rz / curvature
+            step += alpha * d
+            r -= alpha * Hd
+            if np.linalg.norm(r) <= eta * gnorm:
+                break
+            z = inv_diag * r
+            rz_new = float(r @ z)
+            d = z + (rz_new / rz) * d
+            rz = rz_new
+        x_new = _line_search(obj, x, loss, grad, step)
+        if x_new is None:
+            message = "the line search found no decrease (rounding level reached)"
+            break
+        x = x_new
     return _result(obj, x, converged, it, start, message, history)

@@ -481,6 +481,25 @@ def test_full_hessian(dtype, target, opt, rng, kernel_path):
     np.testing.assert_array_equal(hessp.matrix(), H)
 
 
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_diagonal_matches_oracle(kernel_path, problem):
+    """hessp.diagonal() is the oracle Hessian's diagonal at the float64
+    tolerance (it computes in float64 whatever the dtype; dense targets are
+    rounded to the working dtype for the oracle too), for every method."""
+    W, X, y, V, vb, kw, dtype = problem
+    K, n = W.shape
+    y_seen = y.astype(dtype) if y.ndim == 2 else y
+    want, scale = naive_hessian(*f64(W, X), y_seen, return_scale=True, **kw)
+    has_b = "b" in kw
+    want = np.diag(oracle_in_flat_layout(want, K, n, has_b))
+    scale = np.diag(oracle_in_flat_layout(scale, K, n, has_b))
+    for method in METHODS:
+        d = fs.loss_grad_hessp(W, X, y, method=method, **kw)[-1].diagonal()
+        assert d.dtype == np.float64
+        assert_close(d, want, np.float64, "diagonal", scale)
+
+
 def test_full_hessian_parallel_matches_serial(rng, monkeypatch):
     """Bigger than the serial threshold: the parallel kernel against the
     NumPy hessp on unit vectors, float64, rtol 1e-10 of the largest entry."""
@@ -505,6 +524,8 @@ def test_kernels_load_from_cache_in_new_process():
         "fs.hessian_product(W, X, y, V)\n"
         "fs.hessian_product(W, X, y, V, method='indexloop')\n"
         "fs.hessian(W, X[:2], y[:2]); fs.hessian(W, X, y)\n"
+        "fs.loss_grad_hessp(W, X[:2], y[:2])[-1].diagonal()\n"
+        "fs.loss_grad_hessp(W, X, y)[-1].diagonal()\n"
     )
     if __import__("numba").get_num_threads() < 2:
         pytest.skip("the parallel kernel needs two threads")
@@ -514,6 +535,8 @@ def test_kernels_load_from_cache_in_new_process():
         "hessian_indexloop_sums": "fastsoftmax._hessian_indexloop",
         "full_hessian_sums_serial": "fastsoftmax._hessian_full",
         "full_hessian_sums": "fastsoftmax._hessian_full",
+        "diag_sums_serial": "fastsoftmax._hessian_diag",
+        "diag_sums": "fastsoftmax._hessian_diag",
     })
 
 

@@ -7,7 +7,8 @@ import pytest
 import scipy.optimize
 
 import fastsoftmax as fs
-from fastsoftmax._newton import minimize_newton_cholesky, minimize_trust_newton
+from fastsoftmax._newton import (minimize_newton_cholesky, minimize_newton_pcg,
+                                 minimize_trust_newton)
 
 
 def lbfgs_reference(X, y, K, fit_intercept, **kw):
@@ -30,6 +31,7 @@ SOLVERS = {
     "trust-ncg": lambda *a, **k: minimize_trust_newton(*a, solver="trust-ncg", **k),
     "trust-krylov": lambda *a, **k: minimize_trust_newton(*a, solver="trust-krylov", **k),
     "newton-cholesky": minimize_newton_cholesky,
+    "newton-pcg": minimize_newton_pcg,
 }
 
 
