@@ -4,12 +4,13 @@ The diagonal entries of the Hessian of the loss sums are
 
     d(W_jl) = sum_i w_i s_i p_ij (1 - p_ij) x_il^2,   d(b_j) = sum_i w_i s_i p_ij (1 - p_ij).
 
-Per tile (:func:`diag_chunk`): one GEMM for the logits (R, K), the
-probabilities class-major in float64, the coefficients C (K, R) =
-w s p (1 - p), the tile's squared features in a float64 (R, n) buffer (next to a float64
-copy of the tile) and one
-GEMM ``C X_tile^2`` into a (K, n) scratch added to the chunk's float64 slab.
-Chunks run in parallel with their own slabs, summed in chunk order.
+Everything is computed in float64 whatever the working dtype.  Per tile
+(:func:`diag_chunk`): the tile's rows and their squares are copied into two
+float64 (R, n) buffers; one GEMM gives the logits (R, K); the probabilities
+come out class-major and become the coefficients C (K, R) = w s p (1 - p);
+one GEMM ``C X_tile^2`` goes into a (K, n) scratch added to the chunk's
+float64 slab.  Chunks run in parallel with their own slabs, summed in chunk
+order (deterministic for a given thread count).
 
 Peak extra memory: about ``nchunks * (2 K n + tile (2 n + 2 K + 3)) * 8``
 bytes, independent of m.
