@@ -23,13 +23,15 @@ choose_threading_layer()  # before any parallel kernel runs: TBB when available
 
 from ._api import linear_cross_entropy, loss_and_grad, loss_and_grad_logits  # noqa: E402
 from ._primitives import log_softmax, logsumexp, softmax  # noqa: E402
+from ._hessian import HessianProduct, hessian, hessian_product, loss_grad_hessp  # noqa: E402
 
 __version__ = "0.1.0"
 
 # SoftmaxRegression is left out of __all__: it needs the optional scikit-learn,
 # and "from fastsoftmax import *" must work without it.
 __all__ = [
-    "loss_and_grad", "loss_and_grad_logits", "linear_cross_entropy", "softmax", "log_softmax", "logsumexp",
+    "loss_and_grad", "loss_and_grad_logits", "linear_cross_entropy", "softmax", "log_softmax",
+    "logsumexp", "loss_grad_hessp", "hessian_product", "hessian", "HessianProduct",
     "__version__",
 ]
 

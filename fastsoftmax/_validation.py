@@ -171,7 +171,7 @@ def working_dtype(*arrays: np.ndarray, name: str | None = None) -> np.dtype:
     raise TypeError(f"{what} not supported; use float32 or float64")
 
 
-def _kernel_array(a: np.ndarray, dtype) -> np.ndarray:
+def kernel_array(a: np.ndarray, dtype) -> np.ndarray:
     """A C-contiguous, writeable array of ``dtype`` with a's values (a copy only if needed).
 
     Small arrays (W, b, weights, targets) are normalised so that their layout
@@ -293,7 +293,7 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
         # which may overflow.  C order and writeable, like every array the
         # kernels get, so that no new specialisation is compiled for them.
         with np.errstate(over="ignore"):  # an overflow is reported just below
-            T = _kernel_array(y, dtype)
+            T = kernel_array(y, dtype)
         if not np.all(np.isfinite(T)):
             raise ValueError("dense targets y contain NaN or infinite values "
                              f"(in the working dtype {dtype})")
@@ -312,7 +312,7 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
             raise ValueError(
                 f"sample_weight must hold one weight per sample: shape ({m},) for the {m} "
                 f"samples of {samples}, got shape {sw.shape}")
-        sw = _kernel_array(sw, np.float64)
+        sw = kernel_array(sw, np.float64)
         if not np.all(np.isfinite(sw)):
             raise ValueError("sample_weight contains NaN or infinite values")
         if np.any(sw < 0):
@@ -373,8 +373,8 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
                             ignore_index=ignore_index, reduction=reduction, samples="X")
     X = X.astype(dtype, copy=False)  # keeps layout, copies only to change dtype
-    W = _kernel_array(W, dtype)
-    b_arr = np.zeros(K, dtype) if b is None else _kernel_array(b, dtype)
+    W = kernel_array(W, dtype)
+    b_arr = np.zeros(K, dtype) if b is None else kernel_array(b, dtype)
     return Problem(X=X, W=W, b=b_arr, has_b=b is not None, l2=l2, dtype=dtype, **vars(targets))
 
 

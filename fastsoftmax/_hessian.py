@@ -1,0 +1,377 @@
+"""Public entry points for Hessian-vector products of the softmax-regression loss.
+
+The objective is the one :func:`fastsoftmax.loss_and_grad` differentiates,
+
+    J(W, b) = (1/D) sum_i w_i [s_i lse_i - t_i . z_i] + (l2/2) ||W||_F^2,
+
+with z_i = W x_i + b, lse_i = log sum_k exp(z_ik), s_i = sum_k t_ik and the
+targets t after label smoothing.  Its logit Hessian for one sample is
+s_i (diag p_i - p_i p_i^T), which depends on the targets only through s_i.
+For a direction (V (K, n), vb (K,)), with u_i = V x_i + vb,
+
+    HV  = (1/D) sum_i w_i s_i (p_i * (u_i - <p_i, u_i>)) x_i^T + l2 V,
+    Hvb = (1/D) sum_i w_i s_i  p_i * (u_i - <p_i, u_i>).
+
+Samples dropped by ``ignore_index`` add nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Union
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _dispatch as policy
+from ._api import Method, Reduction, finish, sums
+from ._blas import single_threaded_blas
+from ._hessian_diag import diag_sums, diag_sums_serial
+from ._hessian_full import full_hessian_sums, full_hessian_sums_serial
+from ._hessian_fused import hessian_sums, hessian_sums_serial
+from ._hessian_indexloop import hessian_indexloop_sums
+from ._hessian_numpy import Curvature, numpy_curvature, numpy_hessian_sums
+from ._threading import parallel_region
+# underscore helpers of _validation, to be renamed at merge
+from ._validation import Problem, as_numeric_array, kernel_array, prepare, working_dtype
+
+
+def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
+                 curvature: Curvature | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unnormalised ``(HV, Hvb)`` sums (float64) of a validated problem along (V, vb).
+
+    V (K, n) and vb (K,) are C-contiguous in the problem's dtype.  ``curvature``
+    is the NumPy method's cached state at the point, computed when missing.
+    """
+    if method == "numpy":
+        return numpy_hessian_sums(curvature or numpy_curvature(p), V, vb)
+    m, n = p.X.shape
+    K = p.W.shape[0]
+    chunks = policy.chunk_count(m)
+    if method == "indexloop":
+        with parallel_region():
+            return hessian_indexloop_sums(p.X, p.W, p.b, V, vb, p.labels, p.T, p.sw, p.eps,
+                                          chunks)
+    WV = np.concatenate((p.W, V))  # (2K, n): one GEMM gives logits and directions
+    tile = policy.tile_rows(n, 2 * K, p.X.dtype.itemsize)
+    with single_threaded_blas:
+        if chunks == 1 or 2 * m * n * K < policy.SERIAL_WORK:
+            return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile)
+        with parallel_region():
+            return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile)
+
+
+def check_direction(p: Problem, V, vb) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a direction against a problem; ``(V (K, n), vb (K,))`` in its dtype.
+
+    ``vb=None`` means a zero intercept direction; it must be None when the
+    problem has no intercept.
+    """
+    K, n = p.W.shape
+    V = as_numeric_array("V", V)
+    working_dtype(V, name="V")  # rejects float128 and wider
+    if V.shape != (K, n):
+        raise ValueError(f"V must have W's shape ({K}, {n}), got {V.shape}")
+    if vb is None:
+        vb_arr = np.zeros(K, p.dtype)
+    else:
+        if not p.has_b:
+            raise ValueError("vb is a direction for the intercept, but no intercept b was given")
+        vb = as_numeric_array("vb", vb)
+        working_dtype(vb, name="vb")
+        if vb.shape != (K,):
+            raise ValueError(f"vb must have b's shape ({K},), got {vb.shape}")
+        vb_arr = kernel_array(vb, p.dtype)
+    return kernel_array(V, p.dtype), vb_arr
+
+
+def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray):
+    """``HV[, Hvb]`` from the sums: divided by ``denom``, plus ``l2 V``, working dtype."""
+    HV = np.asarray(G, dtype=np.float64) / p.denom
+    if p.l2:
+        HV += p.l2 * np.asarray(V, dtype=np.float64)
+    HV = HV.astype(p.dtype, copy=False)
+    if not p.has_b:
+        return HV
+    return HV, (np.asarray(gb, dtype=np.float64) / p.denom).astype(p.dtype, copy=False)
+
+
+def full_hessian(p: Problem) -> np.ndarray:
+    """The Hessian (N, N) float64 of a validated problem, in the flat layout
+    ``[W.ravel(), b]`` (N = K n, plus K with an intercept), symmetric."""
+    m, n = p.X.shape
+    K = p.W.shape[0]
+    W64 = p.W.astype(np.float64)
+    Wa = np.ascontiguousarray(np.column_stack([W64, p.b.astype(np.float64)])) if p.has_b else W64
+    nt = Wa.shape[1]
+    N = K * nt
+    chunks = policy.chunk_count(m)
+    tile = policy.tile_rows(nt, K, 8)  # the tile's float64 rows, as the fused gradient's
+    with single_threaded_blas:
+        if chunks == 1 or m * N * N < policy.SERIAL_WORK:
+            H = full_hessian_sums_serial(p.X, Wa, p.labels, p.T, p.sw, p.eps, tile)
+        else:
+            with parallel_region():
+                H = full_hessian_sums(p.X, Wa, p.labels, p.T, p.sw, p.eps, chunks, tile)
+    # class-major [W | b] -> [W.ravel(), b]
+    classes = np.arange(K)[:, None] * nt
+    order = (classes + np.arange(n)).ravel()
+    if p.has_b:
+        order = np.concatenate([order, classes.ravel() + n])
+    H = H[np.ix_(order, order)]
+    H = (H + H.T) * (0.5 / p.denom)  # exactly symmetric, for Cholesky
+    if p.l2:
+        H[np.arange(K * n), np.arange(K * n)] += p.l2
+    return H
+
+
+def hessian_diagonal(p: Problem) -> np.ndarray:
+    """The Hessian's diagonal (N,) float64 of a validated problem, flat layout ``[W.ravel(), b]``."""
+    m, n = p.X.shape
+    K = p.W.shape[0]
+    W64 = p.W.astype(np.float64)
+    b64 = p.b.astype(np.float64)
+    chunks = policy.chunk_count(m)
+    tile = policy.tile_rows(n, K, 8)
+    with single_threaded_blas:
+        if chunks == 1 or m * n * K < policy.SERIAL_WORK:
+            G, gb = diag_sums_serial(p.X, W64, b64, p.labels, p.T, p.sw, p.eps, tile)
+        else:
+            with parallel_region():
+                G, gb = diag_sums(p.X, W64, b64, p.labels, p.T, p.sw, p.eps, chunks, tile)
+    dW = G / p.denom + p.l2
+    return np.concatenate([dW.ravel(), gb / p.denom]) if p.has_b else dW.ravel()
+
+
+class HessianProduct:
+    """``hessp(V, vb=None)``: the Hessian of the objective at a fixed (W, b) times (V, vb).
+
+    Returned by :func:`loss_grad_hessp`; it holds the validated problem (a
+    copy of W and b, a reference to X, not a copy), so a product does not
+    check X again.  Do not modify X, y or sample_weight while it is in use.
+
+    Call it with
+
+    * ``V`` (K, n) and optionally ``vb`` (K,) (only when the problem has an
+      intercept; None means zero): returns ``HV`` (K, n), or ``(HV, Hvb)``
+      when the problem has an intercept; or
+    * one flat vector of length ``K n`` (plus ``K`` with an intercept), W's
+      entries in C order followed by b's, the layout of
+      ``np.concatenate([W.ravel(), b])``: returns the product in the same
+      flat layout, as ``scipy.optimize.minimize(..., hessp=...)`` expects.
+
+    Results are in the problem's working dtype.  With ``method="fused"`` or
+    ``"indexloop"`` every product recomputes the probabilities from X (so
+    nothing of size m x K is ever stored; a product costs about one gradient
+    evaluation); with ``method="numpy"`` the probabilities (m x K) are
+    computed on the first product and kept.
+    """
+
+    def __init__(self, problem: Problem, method: str):
+        self._problem = problem
+        self._method = method
+        self._curvature: Curvature | None = None
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def __call__(self, V: ArrayLike, vb: ArrayLike | None = None):
+        p = self._problem
+        K, n = p.W.shape
+        size = K * n + (K if p.has_b else 0)
+        V_in = as_numeric_array("V", V)
+        flat = V_in.ndim == 1
+        if flat:
+            if vb is not None:
+                raise ValueError("vb must be None when V is a flat vector (it holds vb already)")
+            if V_in.shape != (size,):
+                raise ValueError(
+                    f"a flat direction must have length {size} (K n"
+                    + (" + K" if p.has_b else "") + f" for W {p.W.shape}), got {V_in.shape}")
+            V_in, vb = V_in[: K * n].reshape(K, n), (V_in[K * n:] if p.has_b else None)
+        Vk, vbk = check_direction(p, V_in, vb)
+        if self._method == "numpy" and self._curvature is None:
+            self._curvature = numpy_curvature(p)
+        out = finish_product(p, Vk, *product_sums(p, Vk, vbk, self._method, self._curvature))
+        if not flat:
+            return out
+        return np.concatenate([out[0].ravel(), out[1]]) if p.has_b else out.ravel()
+
+    def matrix(self) -> np.ndarray:
+        """The full Hessian at the same point, (N, N) float64, N = K n (+ K).
+
+        Rows and columns in the flat layout ``[W.ravel(), b]``; exactly
+        symmetric.  Built by a fused parallel kernel whatever the method (see
+        :func:`hessian`): worth it when N is small (a Newton-Cholesky step).
+        """
+        return full_hessian(self._problem)
+
+    def diagonal(self) -> np.ndarray:
+        """The Hessian's diagonal at the same point, (N,) float64, flat layout.
+
+        ``(1/D) sum_i w_i s_i p_ij (1 - p_ij) x_il^2 + l2`` for W_jl and the
+        same without x_il^2 and l2 for b_j: a Jacobi preconditioner for
+        conjugate gradients.  One fused pass over X (like one gradient).
+        """
+        return hessian_diagonal(self._problem)
+
+    def __repr__(self) -> str:
+        K, n = self._problem.W.shape
+        return (f"<HessianProduct K={K} n={n} intercept={self._problem.has_b} "
+                f"method={self._method!r}>")
+
+
+def loss_grad_hessp(
+    W: ArrayLike,
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    b: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+    method: Method = "fused",
+) -> Union[tuple[float, np.ndarray, Callable], tuple[float, np.ndarray, np.ndarray, Callable]]:
+    """Loss, gradient and a Hessian-vector product at (W, b), for Newton solvers.
+
+    The loss and gradient are exactly those of :func:`fastsoftmax.loss_and_grad`
+    with the same arguments.  The last element, ``hessp``, is a
+    :class:`HessianProduct`: ``hessp(V, vb=None)`` applies the Hessian of that
+    objective at (W, b) to the direction (V, vb).  With ``u_i = V x_i + vb``
+    (the logits' change along the direction), ``s_i = sum_k t_ik`` and the
+    probabilities ``p_i`` at (W, b):
+
+        HV  = (1/D) sum_i w_i s_i (p_i * (u_i - <p_i, u_i>)) x_i^T + l2 V
+        Hvb = (1/D) sum_i w_i s_i  p_i * (u_i - <p_i, u_i>)
+
+    (``*`` elementwise): the sample's logit Hessian ``s_i (diag p_i - p_i p_i^T)``
+    applied to ``u_i``, then mapped back to weights like a gradient.  It is
+    positive semi-definite, and positive definite on W when ``l2 > 0``.
+
+    Parameters
+    ----------
+    W, X, y, b, sample_weight, l2, label_smoothing, ignore_index, reduction, method
+        As in :func:`fastsoftmax.loss_and_grad`, validated once here; every
+        product uses the same method.
+
+    Returns
+    -------
+    loss : float
+    dW : ndarray, shape (K, n), working dtype
+    db : ndarray, shape (K,), working dtype (only when ``b`` is given)
+    hessp : HessianProduct
+        ``hessp(V)`` -> HV (K, n); with an intercept ``hessp(V, vb=None)``
+        -> ``(HV, Hvb)``; also takes and returns flat vectors laid out as
+        ``np.concatenate([W.ravel(), b])``.  The fused and index-loop methods
+        recompute the probabilities for every product (memory independent of
+        m); the NumPy method caches them (m x K) on first use.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`fastsoftmax.loss_and_grad`; ``hessp`` raises them for a
+        direction of the wrong shape or type (bool, complex, object, wider
+        than float64).  NaN or infinity in a direction propagates.
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> from scipy.optimize import minimize
+    >>> X = np.array([[1.0, 2.0], [0.5, -1.0], [-1.0, 0.3]]); y = np.array([0, 1, 2])
+    >>> K, n = 3, 2
+    >>> def fun(w):
+    ...     loss, dW, db, hessp = fs.loss_grad_hessp(w[:K * n].reshape(K, n), X, y,
+    ...                                              b=w[K * n:], l2=0.1)
+    ...     return loss, np.concatenate([dW.ravel(), db])
+    >>> def hessp(w, v):
+    ...     return fs.loss_grad_hessp(w[:K * n].reshape(K, n), X, y, b=w[K * n:], l2=0.1)[-1](v)
+    >>> res = minimize(fun, np.zeros(K * n + K), jac=True, hessp=hessp, method="trust-ncg")
+    >>> bool(res.success)
+    True
+    """
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+                label_smoothing=label_smoothing, ignore_index=ignore_index,
+                reduction=reduction, method=method)
+    # the point is the caller's W and b as they are now, even if they are
+    # updated in place afterwards (prepare may return the caller's arrays)
+    p = dataclasses.replace(p, W=p.W.copy(), b=p.b.copy())
+    return (*finish(*sums(p, method), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
+                    has_b=p.has_b), HessianProduct(p, method))
+
+
+def hessian_product(
+    W: ArrayLike,
+    X: ArrayLike,
+    y: ArrayLike,
+    V: ArrayLike,
+    *,
+    b: ArrayLike | None = None,
+    vb: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+    method: Method = "fused",
+) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The Hessian of :func:`fastsoftmax.loss_and_grad`'s objective at (W, b) times (V, vb).
+
+    One product, without the loss and gradient: ``HV`` (K, n), or
+    ``(HV, Hvb)`` when ``b`` is given, with
+
+        HV  = (1/D) sum_i w_i s_i (p_i * (u_i - <p_i, u_i>)) x_i^T + l2 V
+        Hvb = (1/D) sum_i w_i s_i  p_i * (u_i - <p_i, u_i>)
+
+    where ``u_i = V x_i + vb``, ``s_i = sum_k t_ik`` (targets after label
+    smoothing) and ``D`` is the reduction's denominator (see
+    :func:`loss_grad_hessp`).  ``V`` (K, n) and ``vb`` (K,) (allowed only
+    with ``b``; None means zero) are converted to the working dtype, which
+    they do not promote.  The other arguments are those of
+    :func:`fastsoftmax.loss_and_grad`.  Results are in the working dtype;
+    sums over samples are accumulated in float64 by the compiled methods and
+    are deterministic for a given thread count.
+    """
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+                label_smoothing=label_smoothing, ignore_index=ignore_index,
+                reduction=reduction, method=method)
+    Vk, vbk = check_direction(p, V, vb)
+    return finish_product(p, Vk, *product_sums(p, Vk, vbk, method))
+
+
+def hessian(
+    W: ArrayLike,
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    b: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    reduction: Reduction = "mean",
+) -> np.ndarray:
+    """The full Hessian of :func:`fastsoftmax.loss_and_grad`'s objective at (W, b).
+
+    For Newton-Cholesky steps when ``N = K n`` (``K (n + 1)`` with an
+    intercept) is small: the (N, N) matrix
+
+        H = (1/D) sum_i w_i s_i (diag p_i - p_i p_i^T) kron x~_i x~_i^T + l2 I_W
+
+    with ``x~_i = (x_i, 1)`` with an intercept, ``s_i = sum_k t_ik`` and
+    ``I_W`` the identity on the entries of W (b is not penalised), rows and
+    columns in the flat layout ``np.concatenate([W.ravel(), b])`` (the layout
+    :class:`HessianProduct` takes and returns).  ``H @ theta`` equals the
+    flat ``hessp(theta)``.  Arguments as in :func:`fastsoftmax.loss_and_grad`.
+
+    Always float64 (it is meant for a Cholesky factorisation), whatever the
+    working dtype, and exactly symmetric.  Cost about m K (K + 1) n^2 / 2
+    multiply-adds (GEMMs); memory about ``threads * (N^2 + tile (2 n + 2 K)) * 8``
+    bytes plus two N^2 float64 arrays for the result, independent of m.
+    """
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+                label_smoothing=label_smoothing, ignore_index=ignore_index,
+                reduction=reduction, method="fused")
+    return full_hessian(p)

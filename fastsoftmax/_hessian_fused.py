@@ -1,0 +1,196 @@
+"""The fused Hessian-vector product: logits, direction, softmax Jacobian, GEMM.
+
+For a direction (V (K, n), vb (K,)) the product of the Hessian of the
+softmax-regression loss sums with it is (see :mod:`fastsoftmax._hessian`)
+
+    HV  = sum_i w_i s_i (p_i * (u_i - <p_i, u_i>)) x_i^T,
+    Hvb = sum_i w_i s_i  p_i * (u_i - <p_i, u_i>),
+
+with ``u_i = V x_i + vb`` the directional derivative of the logits and
+``s_i = sum_k t_ik``.  The rows of X are split into ``nchunks`` contiguous
+chunks, one per ``prange`` iteration (:func:`hessian_sums`), or taken as one
+chunk without a parallel region for small problems
+(:func:`hessian_sums_serial`).  Each chunk walks its rows in tiles of
+``tile`` rows (:func:`hessian_chunk`):
+
+1. one BLAS GEMM of the tile against the stacked (2K, n) matrix ``[W; V]``
+   gives the logits and the logits' directional derivatives side by side in
+   one (R, 2K) buffer (the caller holds BLAS to one thread);
+2. :func:`tile_hessian_coef` adds the intercepts, transposes both into
+   class-major float64 scratch, computes the softmax with one SIMD pass of
+   :func:`fastsoftmax._rowmath.exp_nonpositive`, and applies the softmax
+   Jacobian to u: column r of D (K, R) becomes
+   ``w_i s_i p_i * (u_i - <p_i, u_i>)``, and its sum is added to ``gb``;
+3. a second GEMM, ``D X_tile``, while the tile is still in cache, goes into
+   a scratch (K, n) buffer that is added to the chunk's float64 slab.
+
+No (m, K) array exists: the probabilities are recomputed from X for every
+product (one GEMM twice as wide as the gradient's), which is what keeps the
+memory independent of m.  Rows dropped by ``ignore_index`` are skipped
+(gathered out of the tile, as in :mod:`fastsoftmax._fused`); tiles of a
+non-C-contiguous X are gathered too.  The slabs are summed in chunk order,
+so for a given ``nchunks`` and ``tile`` the result is bitwise reproducible.
+
+Peak extra memory: about ``nchunks * (2 K n + tile (n + 5 K + 4)) * 8``
+bytes plus the (2K, n) stacked matrix, independent of m.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._accumulate import allocate, combine
+from ._jit import parallel_kernel, serial_kernel
+from ._rowmath import exp_nonpositive
+from ._tiles import gather, kept_rows, tile_view
+
+
+@serial_kernel
+def tile_hessian_coef(Zr, D, E, aux, b, vb, labels, T, sw, eps, rows, gb):
+    """The softmax Jacobian applied to the logits' directional derivatives of a tile.
+
+    ``Zr`` (R, 2K), in the working dtype: columns 0..K-1 hold ``X_tile W^T``,
+    columns K..2K-1 hold ``X_tile V^T`` (both without intercepts); row r
+    belongs to sample ``i = rows[r]``.  ``b`` and ``vb`` (K,) are the
+    intercept and its direction.  ``E`` (>= 2 K R) and ``aux`` (3, >= R) are
+    float64 scratch.  On return column r of ``D`` (K, R), working dtype, is
+    ``w_i s_i p_i * (u_i - <p_i, u_i>)`` and the tile's sum of those columns
+    (in float64) has been added to ``gb`` (K,).
+
+    Reduction loops only read memory (see :mod:`fastsoftmax._rowmath`), so
+    the summation order never depends on buffer addresses.
+    """
+    R = Zr.shape[0]
+    K = b.shape[0]
+    inv_k = 1.0 / K
+    S = E[: K * R].reshape((K, R))
+    U = E[K * R: 2 * K * R].reshape((K, R))
+    mx = aux[0, :R]
+    ssum = aux[1, :R]
+    pu = aux[2, :R]
+    for k in range(K):
+        bk = b[k]
+        for r in range(R):
+            S[k, r] = Zr[r, k] + bk
+    for k in range(K):
+        vk = vb[k]
+        for r in range(R):
+            U[k, r] = Zr[r, K + k] + vk
+    for r in range(R):
+        mx[r] = S[0, r]
+    for k in range(1, K):
+        for r in range(R):
+            mx[r] = max(mx[r], S[k, r])
+    for k in range(K):
+        for r in range(R):
+            S[k, r] = S[k, r] - mx[r]
+    flat = E[: K * R]
+    for q in range(K * R):  # one SIMD pass of exponentials over the tile
+        flat[q] = exp_nonpositive(flat[q])
+    for r in range(R):
+        ssum[r] = 0.0
+        pu[r] = 0.0
+    for k in range(K):
+        for r in range(R):
+            ssum[r] += S[k, r]
+    for k in range(K):
+        for r in range(R):
+            # a class of probability 0 (a -inf logit) adds nothing whatever u is
+            pu[r] += S[k, r] * U[k, r] if S[k, r] != 0.0 else 0.0
+    # mx becomes the scale w_i s_i / sum_k exp(z_ik - mx_i), pu <p_i, u_i>
+    use_labels = labels.shape[0] > 0
+    weighted = sw.shape[0] > 0
+    for r in range(R):
+        pu[r] = pu[r] / ssum[r]
+    if use_labels:  # smoothed one-hot rows sum to one
+        for r in range(R):
+            w = sw[rows[r]] if weighted else 1.0
+            mx[r] = w / ssum[r]
+    else:
+        for r in range(R):
+            s = 0.0
+            for k in range(K):
+                s += (1.0 - eps) * T[rows[r], k] + eps * inv_k
+            w = sw[rows[r]] if weighted else 1.0
+            mx[r] = w * s / ssum[r]
+    for k in range(K):
+        for r in range(R):
+            e = S[k, r]
+            U[k, r] = mx[r] * e * (U[k, r] - pu[r]) if e != 0.0 else 0.0
+    for k in range(K):
+        acc = 0.0
+        for r in range(R):
+            acc += U[k, r]
+        gb[k] += acc
+        for r in range(R):
+            D[k, r] = U[k, r]
+
+
+@serial_kernel
+def _tile_step(Xt, WV, Zbuf, Dbuf, E, aux, b, vb, labels, T, sw, eps, rows, gb, Gt, G):
+    """The product's sums over one tile, added to ``G`` and ``gb``."""
+    R = Xt.shape[0]
+    K, n = G.shape
+    Z = Zbuf[: R * 2 * K].reshape((R, 2 * K))
+    D = Dbuf[: K * R].reshape((K, R))
+    np.dot(Xt, WV.T, Z)  # (R, 2K): logits and their directional derivatives
+    tile_hessian_coef(Z, D, E, aux, b, vb, labels, T, sw, eps, rows, gb)
+    np.dot(D, Xt, Gt)  # (K, R) x (R, n)
+    for k in range(K):
+        for l in range(n):
+            G[k, l] += Gt[k, l]
+
+
+@serial_kernel
+def hessian_chunk(X, WV, b, vb, labels, T, sw, eps, start, stop, tile, G, gb):
+    """Rows start:stop in tiles: adds their Hessian-product sums to G (K, n)
+    and gb (K,), both float64."""
+    n = X.shape[1]
+    K = b.shape[0]
+    Z = np.empty(2 * K * tile, dtype=X.dtype)
+    D = np.empty(K * tile, dtype=X.dtype)
+    E = np.empty(2 * K * tile)
+    aux = np.empty((3, tile))
+    rows = np.empty(tile, dtype=np.int64)
+    xbuf = np.empty((tile, n), dtype=X.dtype)
+    Gt = np.empty((K, n), dtype=X.dtype)
+    for t0 in range(start, stop, tile):
+        t1 = min(t0 + tile, stop)
+        R = kept_rows(labels, t0, t1, rows)
+        if R == t1 - t0:
+            Xt = tile_view(X, t0, t1, rows[:R], xbuf)
+            _tile_step(Xt, WV, Z, D, E, aux, b, vb, labels, T, sw, eps, rows[:R], gb, Gt, G)
+        elif R > 0:
+            Xt = gather(X, rows[:R], xbuf)
+            _tile_step(Xt, WV, Z, D, E, aux, b, vb, labels, T, sw, eps, rows[:R], gb, Gt, G)
+
+
+@parallel_kernel
+def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile):
+    """Unnormalised sums of the Hessian-vector product.
+
+    X (m, n), WV (2K, n) = [W; V], b and vb (K,), all of one float dtype;
+    labels (m,) int64 or empty; T (m, K) or (0, K); sw (m,) float64 or empty;
+    eps float; nchunks >= 1; tile >= 1.  Returns ``(HV, Hvb)``, (K, n) and
+    (K,) float64: the weighted sums over the kept samples of
+    ``s_i (p_i * (u_i - <p_i, u_i>)) x_i^T`` and of ``s_i p_i * (u_i - <p_i, u_i>)``.
+    """
+    m, n = X.shape
+    K = b.shape[0]
+    slabs, bias_slabs, unused = allocate(nchunks, K, n)
+    for c in prange(nchunks):
+        hessian_chunk(X, WV, b, vb, labels, T, sw, eps, c * m // nchunks,
+                      (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c])
+    _, G, gb = combine(slabs, bias_slabs, unused)
+    return G, gb
+
+
+@serial_kernel
+def hessian_sums_serial(X, WV, b, vb, labels, T, sw, eps, tile):
+    """:func:`hessian_sums` with one chunk and no parallel region, for small problems."""
+    K = b.shape[0]
+    slabs, bias_slabs, unused = allocate(1, K, X.shape[1])
+    hessian_chunk(X, WV, b, vb, labels, T, sw, eps, 0, X.shape[0], tile, slabs[0], bias_slabs[0])
+    _, G, gb = combine(slabs, bias_slabs, unused)
+    return G, gb

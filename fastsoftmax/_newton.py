@@ -1,0 +1,294 @@
+"""Second-order solvers for the softmax-regression objective (not yet wired
+into ``SoftmaxRegression``).
+
+Both minimise the objective of :func:`fastsoftmax.loss_and_grad` over (W, b)
+and stop when the largest absolute entry of the gradient is at most ``tol``
+(the meaning ``gtol`` has for SciPy's L-BFGS-B, which the estimator uses):
+
+* :func:`minimize_trust_newton`: SciPy's ``trust-ncg`` (Steihaug CG) or
+  ``trust-krylov`` (Lanczos, trlib) with the fused Hessian-vector product of
+  :func:`fastsoftmax.loss_grad_hessp`: each CG step costs about one gradient
+  evaluation and no m x K array is stored.
+* :func:`minimize_newton_pcg`: truncated Newton with conjugate gradients on
+  the same products, preconditioned by the Hessian's diagonal (one fused
+  pass over X per iteration), and a backtracking line search.
+* :func:`minimize_newton_cholesky`: Newton steps from the full Hessian of
+  :func:`fastsoftmax.hessian` (N = K n, plus K with an intercept), solved by
+  Cholesky, with a backtracking (Armijo) line search.  Each iteration costs
+  O(m N^2 + N^3) and N^2 float64 of memory: for small N.
+
+The parameter vector is ``theta = [W.ravel(), b]`` (float64).  The objective
+is invariant under adding one vector to every row of W (one number to every
+b) when ``l2 = 0`` (and always for b), so the Hessian is singular along those
+directions; the Cholesky solver adds ``1e-10 * max(diag H)`` to the diagonal
+(the gradient has no component along them, so the step has none either to
+rounding).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+from numpy.typing import ArrayLike
+
+from ._hessian import loss_grad_hessp
+
+#: Relative diagonal shift that makes the singular directions solvable.
+JITTER = 1e-10
+
+
+@dataclass
+class NewtonResult:
+    """Outcome of a solver: the solution, its objective and gradient size, and counts."""
+
+    W: np.ndarray
+    b: np.ndarray | None
+    loss: float
+    grad_max: float
+    converged: bool
+    n_iter: int
+    n_evals: int
+    n_hessp: int
+    seconds: float
+    message: str = ""
+    history: list = field(default_factory=list)
+
+
+class _Objective:
+    """Loss, flat gradient and hessp at theta, with the last point cached."""
+
+    def __init__(self, X, y, K, fit_intercept, dtype, options):
+        self.X, self.y, self.K = X, y, K
+        self.n = X.shape[1]
+        self.fit_intercept = fit_intercept
+        self.dtype = dtype
+        self.options = options
+        self.n_evals = 0
+        self.n_hessp = 0
+        self._x = None
+        self._out = None
+
+    def split(self, x):
+        K, n = self.K, self.n
+        W = x[: K * n].reshape(K, n).astype(self.dtype)
+        b = x[K * n:].astype(self.dtype) if self.fit_intercept else None
+        return W, b
+
+    def at(self, x):
+        if self._x is None or not np.array_equal(x, self._x):
+            W, b = self.split(x)
+            out = loss_grad_hessp(W, self.X, self.y, b=b, **self.options)
+            grad = (np.concatenate([out[1].ravel(), out[2]]) if self.fit_intercept
+                    else out[1].ravel()).astype(np.float64)
+            self._x = np.array(x, dtype=np.float64)
+            self._out = (out[0], grad, out[-1])
+            self.n_evals += 1
+        return self._out
+
+    def fun(self, x):
+        loss, grad, _ = self.at(x)
+        return loss, grad
+
+    def hessp(self, x, v):
+        self.n_hessp += 1
+        return np.asarray(self.at(x)[2](v), dtype=np.float64)
+
+
+def _setup(X, y, W0, b0, n_classes, fit_intercept, options):
+    X = np.asarray(X)
+    dtype = np.float32 if X.dtype == np.float32 else np.float64
+    y_arr = np.asarray(y)
+    if W0 is not None:
+        K = np.shape(W0)[0]
+    elif n_classes is not None:
+        K = int(n_classes)
+    elif y_arr.ndim == 2:
+        K = y_arr.shape[1]
+    else:
+        K = int(np.max(y_arr)) + 1
+    n = X.shape[1]
+    x0 = np.zeros(K * n + (K if fit_intercept else 0))
+    if W0 is not None:
+        x0[: K * n] = np.asarray(W0, dtype=np.float64).ravel()
+    if b0 is not None and fit_intercept:
+        x0[K * n:] = np.asarray(b0, dtype=np.float64)
+    return _Objective(X, y, K, fit_intercept, dtype, options), x0
+
+
+def _result(obj, x, converged, n_iter, start, message, history):
+    loss, grad, _ = obj.at(x)
+    W, b = obj.split(x)
+    return NewtonResult(W=W, b=b, loss=float(loss), grad_max=float(np.max(np.abs(grad))),
+                        converged=converged, n_iter=n_iter, n_evals=obj.n_evals,
+                        n_hessp=obj.n_hessp, seconds=time.perf_counter() - start,
+                        message=message, history=history)
+
+
+def minimize_trust_newton(
+    X: ArrayLike, y: ArrayLike, *, W0: ArrayLike | None = None, b0: ArrayLike | None = None,
+    n_classes: int | None = None, fit_intercept: bool = True, sample_weight=None,
+    l2: float = 0.0, label_smoothing: float = 0.0, ignore_index: int | None = None,
+    reduction: str = "mean", method: str = "fused", tol: float = 1e-6, max_iter: int = 200,
+    solver: str = "trust-ncg",
+) -> NewtonResult:
+    """Trust-region Newton (``solver="trust-ncg"`` or ``"trust-krylov"``) with fused Hessian products.
+
+    Minimises ``loss_and_grad``'s objective over W (K, n) and, with
+    ``fit_intercept``, b (K,), from ``W0``/``b0`` (zeros by default; K from
+    ``W0``, ``n_classes``, dense targets or ``max(y) + 1``).  Stops when
+    ``max |gradient| <= tol`` or after ``max_iter`` outer iterations.  The
+    other arguments are those of :func:`fastsoftmax.loss_and_grad`.
+    """
+    if solver not in ("trust-ncg", "trust-krylov"):
+        raise ValueError(f"solver must be 'trust-ncg' or 'trust-krylov', got {solver!r}")
+    start = time.perf_counter()
+    options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
+                   ignore_index=ignore_index, reduction=reduction, method=method)
+    obj, x0 = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
+    history = []
+
+    def callback(intermediate_result):
+        grad = obj.at(intermediate_result.x)[1]
+        history.append(float(intermediate_result.fun))
+        if np.max(np.abs(grad)) <= tol:
+            raise StopIteration
+
+    loss, grad = obj.fun(x0)
+    if np.max(np.abs(grad)) <= tol:
+        return _result(obj, x0, True, 0, start, "converged at the start", history)
+    res = scipy.optimize.minimize(obj.fun, x0, jac=True, hessp=obj.hessp, method=solver,
+                                  callback=callback, options={"gtol": tol, "maxiter": max_iter})
+    converged = float(np.max(np.abs(obj.at(res.x)[1]))) <= tol
+    return _result(obj, res.x, converged, int(res.nit), start, str(res.message), history)
+
+
+def minimize_newton_cholesky(
+    X: ArrayLike, y: ArrayLike, *, W0: ArrayLike | None = None, b0: ArrayLike | None = None,
+    n_classes: int | None = None, fit_intercept: bool = True, sample_weight=None,
+    l2: float = 0.0, label_smoothing: float = 0.0, ignore_index: int | None = None,
+    reduction: str = "mean", method: str = "fused", tol: float = 1e-6, max_iter: int = 100,
+) -> NewtonResult:
+    """Newton's method with the full Hessian, Cholesky solves and an Armijo line search.
+
+    Same arguments and stopping rule as :func:`minimize_trust_newton`.  For
+    N = K n (+ K) up to a few thousand: each iteration builds the (N, N)
+    Hessian (O(m N^2), fused kernel) and factors it (O(N^3)).
+    """
+    start = time.perf_counter()
+    options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
+                   ignore_index=ignore_index, reduction=reduction, method=method)
+    obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
+    history = []
+    message = f"max_iter={max_iter} reached"
+    converged = False
+    it = 0
+    for it in range(max_iter + 1):
+        loss, grad, hessp = obj.at(x)
+        history.append(float(loss))
+        if np.max(np.abs(grad)) <= tol:
+            converged, message = True, "converged"
+            break
+        if it == max_iter:
+            break
+        H = hessp.matrix()
+        shift = JITTER * max(float(np.max(np.diag(H))), np.finfo(float).tiny)
+        step = None
+        for _ in range(8):  # more shift if rounding made H indefinite
+            H[np.diag_indices_from(H)] += shift
+            try:
+                step = scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), -grad)
+                break
+            except np.linalg.LinAlgError:
+                shift *= 100.0
+        if step is None:
+            message = "the Hessian could not be factored"
+            break
+        x_new = _line_search(obj, x, loss, grad, step)
+        if x_new is None:
+            message = "the line search found no decrease (rounding level reached)"
+            break
+        x = x_new
+    return _result(obj, x, converged, it, start, message, history)
+
+
+def _line_search(obj, x, loss, grad, step):
+    """Backtracking (Armijo) from a unit step; the new point, or None."""
+    slope = float(grad @ step)
+    t = 1.0
+    for _ in range(40):
+        # (slack of a few ulps of the loss: near the optimum its decrease is rounding)
+        if obj.at(x + t * step)[0] <= loss + 1e-4 * t * slope + 8e-16 * abs(loss):
+            return x + t * step
+        t *= 0.5
+    return None
+
+
+def minimize_newton_pcg(
+    X: ArrayLike, y: ArrayLike, *, W0: ArrayLike | None = None, b0: ArrayLike | None = None,
+    n_classes: int | None = None, fit_intercept: bool = True, sample_weight=None,
+    l2: float = 0.0, label_smoothing: float = 0.0, ignore_index: int | None = None,
+    reduction: str = "mean", method: str = "fused", tol: float = 1e-6, max_iter: int = 100,
+    max_cg: int = 500,
+) -> NewtonResult:
+    """Truncated Newton: Jacobi-preconditioned CG on the fused Hessian products, line search.
+
+    Each iteration computes the Hessian's diagonal (one fused pass over X,
+    :meth:`HessianProduct.diagonal`) and solves ``H s = -g`` by conjugate
+    gradients preconditioned with it, to a relative residual of
+    ``min(0.5, sqrt(||g||))`` (superlinear convergence) or ``max_cg`` steps,
+    then backtracks from the full step.  Memory: a few vectors of length N
+    besides the kernels'; nothing of size m x K.  Same arguments and stopping
+    rule as :func:`minimize_trust_newton`.
+    """
+    start = time.perf_counter()
+    options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
+                   ignore_index=ignore_index, reduction=reduction, method=method)
+    obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
+    history = []
+    message = f"max_iter={max_iter} reached"
+    converged = False
+    it = 0
+    for it in range(max_iter + 1):
+        loss, grad, hessp = obj.at(x)
+        history.append(float(loss))
+        if np.max(np.abs(grad)) <= tol:
+            converged, message = True, "converged"
+            break
+        if it == max_iter:
+            break
+        diag = hessp.diagonal()
+        floor = max(float(np.max(diag)), np.finfo(float).tiny) * 1e-12
+        inv_diag = 1.0 / np.maximum(diag, floor)
+        gnorm = float(np.linalg.norm(grad))
+        eta = min(0.5, np.sqrt(gnorm))
+        step = np.zeros_like(grad)
+        r = -grad
+        z = inv_diag * r
+        d = z.copy()
+        rz = float(r @ z)
+        for _ in range(max_cg):
+            Hd = obj.hessp(x, d)
+            curvature = float(d @ Hd)
+            if not curvature > 0.0:  # no positive curvature left (rounding)
+                if not step.any():
+                    step = d
+                break
+            alpha = rz / curvature
+            step += alpha * d
+            r -= alpha * Hd
+            if np.linalg.norm(r) <= eta * gnorm:
+                break
+            z = inv_diag * r
+            rz_new = float(r @ z)
+            d = z + (rz_new / rz) * d
+            rz = rz_new
+        x_new = _line_search(obj, x, loss, grad, step)
+        if x_new is None:
+            message = "the line search found no decrease (rounding level reached)"
+            break
+        x = x_new
+    return _result(obj, x, converged, it, start, message, history)

@@ -1,0 +1,557 @@
+"""Hessian-vector products: every method against the float64 oracle
+(tests/naive_hessian.py), central differences of the gradient, scikit-learn's
+LinearModelLoss, each other, and hostile directions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastsoftmax as fs
+from helpers import RTOL, assert_cached_in_new_process, assert_close
+from naive_hessian import naive_hessian, naive_hessian_product
+from test_agreement import DTYPES, METHODS, TARGETS, f64, ignore_labels, make_problem, options
+
+OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
+
+
+def direction(rng, K, n, dtype, has_b):
+    V = rng.standard_normal((K, n)).astype(dtype)
+    vb = rng.standard_normal(K).astype(dtype) if has_b else None
+    return V, vb
+
+
+def assert_product_close(got, want, dtype, scales):
+    """``HV`` or ``(HV, Hvb)`` against the oracle, entrywise within
+    RTOL[dtype] * (|expected| + scale) (tests/helpers.py: 1e-10 for float64,
+    1e-4 for float32), where scale is |H| |direction| from the oracle."""
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == 2
+        for name, g, w, s in zip(("HV", "Hvb"), got, want, scales):
+            assert g.dtype == np.dtype(dtype), name
+            assert_close(g, w, dtype, name, s)
+    else:
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == np.dtype(dtype)
+        assert_close(got, want, dtype, "HV", scales)
+
+
+def oracle(W, X, y, V, vb, kw, dtype):
+    """The oracle's product and scales, the scales widened by an underflow floor.
+
+    Results are in the working dtype, whose smallest normal number ``tiny``
+    bounds the absolute error of each per-sample term that underflows (a
+    probability, or a coefficient w_i s_i p_ik (u_ik - <p_i, u_i>), below
+    it).  Summed over samples and mapped through x_i, that is at most
+    ``tiny * sum_i (1 + w_i s_i (1 + max|u_i|)) (1 + max|x_i|) / D``, which
+    is added to the bound (about 1e-36 in float32 for these problems, so it
+    only matters for products that are themselves that small).
+    """
+    want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, return_scales=True, **kw)
+    X64, V64 = f64(X, V)
+    m, K = X64.shape[0], V64.shape[0]
+    sw = np.ones(m) if kw.get("sample_weight") is None else np.asarray(kw["sample_weight"])
+    keep = np.ones(m, bool) if "ignore_index" not in kw else (np.asarray(y) != kw["ignore_index"])
+    s = np.full(m, 1.0) if np.ndim(y) == 1 else np.asarray(y, np.float64).sum(axis=1) + 1.0
+    u = np.abs(X64 @ V64.T).max(axis=1) + (0 if vb is None else np.abs(vb).max())
+    terms = (1 + sw * s * (1 + u)) * (1 + np.abs(X64).max(axis=1))
+    denom = sw[keep].sum() if kw.get("reduction", "mean") == "mean" else 1.0
+    floor = np.finfo(dtype).tiny * terms[keep].sum() / denom
+    rtol = RTOL[np.dtype(dtype)]
+    if isinstance(scales, tuple):
+        scales = tuple(sc + floor / rtol for sc in scales)
+    else:
+        scales = scales + floor / rtol
+    return want, scales
+
+
+def both_entry_points(W, X, y, V, vb, method, kw):
+    """The product from hessian_product and from loss_grad_hessp's hessp."""
+    one = fs.hessian_product(W, X, y, V, vb=vb, method=method, **kw)
+    hessp = fs.loss_grad_hessp(W, X, y, method=method, **kw)[-1]
+    return one, hessp(V, vb) if "b" in kw else hessp(V)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("opt", OPTION_NAMES)
+def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
+    m, n, K = 37, 6, 4
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    kw = options(opt, rng, m, K, dtype, target)
+    V, vb = direction(rng, K, n, dtype, "b" in kw)
+    want, scales = oracle(W, X, y, V, vb, kw, dtype)
+    for got in both_entry_points(W, X, y, V, vb, method, kw):
+        assert_product_close(got, want, dtype, scales)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
+def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
+    m, n, K = 41, 5, 3
+    W, X, y = make_problem(rng, m, n, K, dtype)
+    y = ignore_labels(y, rng)
+    kw = dict(extra)
+    if "sample_weight" in kw:
+        kw["sample_weight"] = rng.random(m)
+    if "b" in kw:
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    V, vb = direction(rng, K, n, dtype, "b" in kw)
+    for reduction in ("mean", "sum"):
+        want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, ignore_index=-100,
+                                             reduction=reduction, return_scales=True, **kw)
+        for got in both_entry_points(W, X, y, V, vb, method,
+                                     {**kw, "ignore_index": -100, "reduction": reduction}):
+            assert_product_close(got, want, dtype, scales)
+    # ignoring is the same as leaving the samples out
+    keep = y != -100
+    sub = {k: (v[keep] if k == "sample_weight" else v) for k, v in kw.items()}
+    left_out = fs.hessian_product(W, X[keep], y[keep], V, vb=vb, method=method, **sub)
+    got = fs.hessian_product(W, X, y, V, vb=vb, ignore_index=-100, method=method, **kw)
+    _, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, ignore_index=-100,
+                                      return_scales=True, **kw)
+    assert_product_close(got, left_out, dtype, scales)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_agree_with_each_other(method, rng):
+    """On a larger problem with every option, against the NumPy method: the
+    stated rtol relative to the largest entry."""
+    for dtype in DTYPES:
+        m, n, K = 2000, 17, 7
+        W, X, y = make_problem(rng, m, n, K, dtype)
+        kw = dict(b=rng.standard_normal(K).astype(dtype), sample_weight=rng.random(m),
+                  l2=0.01, label_smoothing=0.05)
+        V, vb = direction(rng, K, n, dtype, True)
+        ref = fs.hessian_product(W, X, y, V, vb=vb, method="numpy", **kw)
+        got = fs.hessian_product(W, X, y, V, vb=vb, method=method, **kw)
+        for g, r in zip(got, ref):
+            assert_close(g, r, dtype)
+
+
+# --- finite differences of the gradient -----------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("target", ["labels", "probs", "nonneg"])
+@pytest.mark.parametrize("opt", ["plain", "all", "ignore"])
+def test_finite_differences_of_gradient(method, target, opt, rng, kernel_path):
+    """(HV, Hvb) against (g(theta + h d) - g(theta - h d)) / 2h of the method's
+    own float64 gradient, h = 1e-5; atol 1e-7 times the largest entry (at least 1):
+    the truncation error is O(h^2) and the rounding error O(1e-16 / h)."""
+    m, n, K = 23, 4, 3
+    W, X, y = make_problem(rng, m, n, K, np.float64, target)
+    b = rng.standard_normal(K)
+    kw = {"b": b}
+    if opt == "all":
+        kw.update(sample_weight=rng.random(m), l2=0.3, label_smoothing=0.1, reduction="sum")
+    elif opt == "ignore":
+        if target != "labels":
+            pytest.skip("ignore_index needs class-index targets")
+        y = ignore_labels(y, rng)
+        kw["ignore_index"] = -100
+    V, vb = direction(rng, K, n, np.float64, True)
+    h = 1e-5
+
+    def grad(s):
+        _, dW, db = fs.loss_and_grad(W + s * V, X, y, method=method, **{**kw, "b": b + s * vb})
+        return dW, db
+
+    (gWp, gbp), (gWm, gbm) = grad(h), grad(-h)
+    fd_W, fd_b = (gWp - gWm) / (2 * h), (gbp - gbm) / (2 * h)
+    HV, Hvb = fs.hessian_product(W, X, y, V, vb=vb, method=method, **kw)
+    scale = max(np.abs(fd_W).max(), np.abs(fd_b).max(), 1.0)
+    np.testing.assert_allclose(HV, fd_W, rtol=0, atol=1e-7 * scale)
+    np.testing.assert_allclose(Hvb, fd_b, rtol=0, atol=1e-7 * scale)
+
+
+# --- scikit-learn ------------------------------------------------------------
+
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_sklearn_linear_model_loss(fit_intercept, weighted, method, rng):
+    """LinearModelLoss(HalfMultinomialLoss(n_classes=K), fit_intercept) on the same data.
+
+    Mapping: its coef is (K, n + 1) = [W | b] (intercept last column) or
+    (K, n) = W; its objective is sum_i sw_i loss_i / sum_i sw_i
+    + (l2_reg_strength / 2) ||W||^2 (the intercept not penalised), which is
+    fs's reduction="mean" (D = total weight) with l2 = l2_reg_strength;
+    HalfMultinomialLoss's loss_i is lse_i - z_iy (not halved).  So its
+    gradient and hessp(s) with s = [V | vb] must equal fs's (dW | db) and
+    (HV | Hvb).  float64, rtol 1e-10 relative to the largest entry.
+    """
+    from sklearn._loss.loss import HalfMultinomialLoss
+    from sklearn.linear_model._linear_loss import LinearModelLoss
+
+    m, n, K = 60, 5, 4
+    W, X, y = make_problem(rng, m, n, K, np.float64)
+    b = rng.standard_normal(K) if fit_intercept else None
+    sw = rng.random(m) * 3 if weighted else None
+    l2 = 0.25
+    V, vb = direction(rng, K, n, np.float64, fit_intercept)
+    lml = LinearModelLoss(HalfMultinomialLoss(n_classes=K), fit_intercept=fit_intercept)
+    coef = np.column_stack([W, b]) if fit_intercept else W.copy()
+    s = np.column_stack([V, vb]) if fit_intercept else V.copy()
+    grad, hessp = lml.gradient_hessian_product(coef, X, y.astype(np.float64), sample_weight=sw,
+                                               l2_reg_strength=l2)
+    want = hessp(s)
+    out = fs.loss_grad_hessp(W, X, y, b=b, sample_weight=sw, l2=l2, method=method)
+    if fit_intercept:
+        _, dW, db, fs_hessp = out
+        HV, Hvb = fs_hessp(V, vb)
+        assert_close(np.column_stack([dW, db]), grad, np.float64, "gradient")
+        assert_close(np.column_stack([HV, Hvb]), want, np.float64, "hessp")
+    else:
+        _, dW, fs_hessp = out
+        assert_close(dW, grad, np.float64, "gradient")
+        assert_close(fs_hessp(V), want, np.float64, "hessp")
+
+
+# --- properties of the operator -----------------------------------------------
+
+def test_symmetric_and_positive_semidefinite(rng):
+    """<d1, H d2> = <d2, H d1> and <d, H d> >= 0 (float64, every method)."""
+    m, n, K = 80, 6, 5
+    W, X, y = make_problem(rng, m, n, K, np.float64, "nonneg")
+    kw = dict(b=rng.standard_normal(K), sample_weight=rng.random(m), label_smoothing=0.1)
+    for method in METHODS:
+        hessp = fs.loss_grad_hessp(W, X, y, method=method, **kw)[-1]
+        d1 = rng.standard_normal(K * n + K)
+        d2 = rng.standard_normal(K * n + K)
+        a, c = d1 @ hessp(d2), d2 @ hessp(d1)
+        assert abs(a - c) <= 1e-12 * (abs(a) + abs(c) + 1)
+        assert d1 @ hessp(d1) >= -1e-12
+        # the direction of a constant shift of every class's logits is in the null space
+        shift = np.concatenate([np.zeros(K * n), np.ones(K)])
+        np.testing.assert_allclose(hessp(shift), 0.0, atol=1e-12)
+
+
+def test_flat_and_structured_directions_agree(rng):
+    m, n, K = 30, 3, 4
+    for has_b in (False, True):
+        W, X, y = make_problem(rng, m, n, K, np.float64)
+        kw = {"b": rng.standard_normal(K)} if has_b else {}
+        hessp = fs.loss_grad_hessp(W, X, y, l2=0.1, **kw)[-1]
+        V, vb = direction(rng, K, n, np.float64, has_b)
+        flat = np.concatenate([V.ravel(), vb]) if has_b else V.ravel()
+        got = hessp(flat)
+        assert got.shape == flat.shape
+        want = hessp(V, vb) if has_b else hessp(V)
+        want_flat = np.concatenate([want[0].ravel(), want[1]]) if has_b else want.ravel()
+        np.testing.assert_array_equal(got, want_flat)
+
+
+def test_hessp_keeps_its_point(rng):
+    """Updating W and b in place after loss_grad_hessp does not move hessp's point."""
+    m, n, K = 30, 3, 4
+    W, X, y = make_problem(rng, m, n, K, np.float64)
+    b = rng.standard_normal(K)
+    V, vb = direction(rng, K, n, np.float64, True)
+    want = fs.hessian_product(W, X, y, V, b=b, vb=vb)
+    for method in METHODS:
+        Wc, bc = W.copy(), b.copy()
+        hessp = fs.loss_grad_hessp(Wc, X, y, b=bc, method=method)[-1]
+        Wc += 5.0
+        bc -= 3.0
+        for g, w in zip(hessp(V, vb), want):
+            assert_close(g, w, np.float64)
+
+
+def test_loss_and_gradient_are_loss_and_grads(rng):
+    """loss_grad_hessp's first elements are loss_and_grad's, bit for bit."""
+    m, n, K = 50, 4, 3
+    for dtype in DTYPES:
+        W, X, y = make_problem(rng, m, n, K, dtype)
+        kw = options("all", rng, m, K, dtype, "labels")
+        for method in METHODS:
+            want = fs.loss_and_grad(W, X, y, method=method, **kw)
+            got = fs.loss_grad_hessp(W, X, y, method=method, **kw)
+            assert len(got) == len(want) + 1
+            assert got[0] == want[0]
+            for g, w in zip(got[1:-1], want[1:]):
+                np.testing.assert_array_equal(g, w)
+            assert isinstance(got[-1], fs.HessianProduct)
+
+
+def test_deterministic_and_layout_independent(rng, kernel_path):
+    """Repeated calls agree bit for bit; Fortran and strided X give the same
+    product within float64 rounding (their tiles are gathered)."""
+    m, n, K = 300, 7, 5
+    W, X, y = make_problem(rng, m, n, K, np.float64)
+    V, vb = direction(rng, K, n, np.float64, True)
+    b = rng.standard_normal(K)
+    for method in ("fused", "indexloop"):
+        first = fs.hessian_product(W, X, y, V, b=b, vb=vb, method=method)
+        for _ in range(3):
+            again = fs.hessian_product(W, X, y, V, b=b, vb=vb, method=method)
+            for a, c in zip(first, again):
+                np.testing.assert_array_equal(a, c)
+        big = np.zeros((m, 2 * n))
+        big[:, ::2] = X
+        for Xl in (np.asfortranarray(X), big[:, ::2]):
+            got = fs.hessian_product(W, Xl, y, V, b=b, vb=vb, method=method)
+            for a, c in zip(got, first):
+                assert_close(a, c, np.float64)
+
+
+def test_masked_class_and_extreme_logits(rng, kernel_path):
+    """A class with a -inf intercept has probability 0 and adds nothing; logits
+    of 1e6 give finite products equal to the oracle's."""
+    m, n, K = 20, 3, 4
+    W, X, y = make_problem(rng, m, n, K, np.float64)
+    y = np.where(y == 3, 0, y)
+    b = np.array([0.0, 0.1, -0.2, -np.inf])
+    V, vb = direction(rng, K, n, np.float64, True)
+    for method in METHODS:
+        HV, Hvb = fs.hessian_product(W, X, y, V, b=b, vb=vb, method=method)
+        assert np.all(np.isfinite(HV)) and np.all(np.isfinite(Hvb))
+        assert np.all(HV[3] == 0) and Hvb[3] == 0
+        want = naive_hessian_product(W[:3], X, y, V[:3], b=b[:3], vb=vb[:3])
+        assert_close(HV[:3], want[0], np.float64)
+        HV, Hvb = fs.hessian_product(1e6 * W, X, y, V, b=np.zeros(K), vb=vb, method=method)
+        assert np.all(np.isfinite(HV)) and np.all(np.isfinite(Hvb))
+
+
+def test_python_threads_get_the_serial_results(rng):
+    """Eight Python threads computing products and Hessians at once get the
+    single-threaded caller's results bit for bit (fused and index-loop)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m, n, K = 20_000, 12, 5
+    W, X, y = make_problem(rng, m, n, K, np.float64)
+    b = rng.standard_normal(K)
+    V, vb = direction(rng, K, n, np.float64, True)
+    refs = {meth: fs.hessian_product(W, X, y, V, b=b, vb=vb, method=meth)
+            for meth in ("fused", "indexloop")}
+    H = fs.hessian(W, X[:2000], y[:2000], b=b)
+
+    def job(k):
+        meth = ("fused", "indexloop")[k % 2]
+        for _ in range(3):
+            got = fs.hessian_product(W, X, y, V, b=b, vb=vb, method=meth)
+            if not all(np.array_equal(g, r) for g, r in zip(got, refs[meth])):
+                return False
+        return np.array_equal(fs.hessian(W, X[:2000], y[:2000], b=b), H)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(job, range(8)))
+
+
+# --- hostile directions -------------------------------------------------------
+
+@pytest.mark.parametrize("bad, kwargs, error, match", [
+    (np.zeros((3, 2)), {}, ValueError, "V must have W's shape"),
+    (np.zeros((4, 2)), {"vb": np.zeros(4)}, ValueError, "no intercept"),
+    (np.zeros((4, 3), dtype=bool), {}, TypeError, "V must have a real"),
+    (np.zeros((4, 3), dtype=complex), {}, TypeError, "V must have a real"),
+    (np.zeros((4, 3), dtype=np.longdouble), {}, TypeError, "V has dtype"),
+    ([[1, 2, 3]] * 3 + [[1, 2]], {}, TypeError, "V must be array-like"),
+])
+def test_bad_directions(bad, kwargs, error, match, rng):
+    if np.dtype(np.longdouble).itemsize <= 8 and match == "V has dtype":
+        pytest.skip("long double is float64 here")
+    W, X, y = make_problem(rng, 10, 3, 4, np.float64)
+    if match == "no intercept":
+        W = W[:, :2]
+        X = X[:, :2]
+    with pytest.raises(error, match=match):
+        fs.hessian_product(W, X, y, bad, **kwargs)
+    hessp = fs.loss_grad_hessp(W, X, y)[-1]
+    with pytest.raises(error, match=match):
+        hessp(bad, **kwargs)
+
+
+def test_bad_intercept_directions_and_flat_lengths(rng):
+    W, X, y = make_problem(rng, 10, 3, 4, np.float64)
+    b = np.zeros(4)
+    with pytest.raises(ValueError, match="vb must have b's shape"):
+        fs.hessian_product(W, X, y, W, b=b, vb=np.zeros(3))
+    with pytest.raises(TypeError, match="vb must have a real"):
+        fs.hessian_product(W, X, y, W, b=b, vb=np.zeros(4, dtype=complex))
+    hessp = fs.loss_grad_hessp(W, X, y, b=b)[-1]
+    with pytest.raises(ValueError, match="length 16"):
+        hessp(np.zeros(12))
+    with pytest.raises(ValueError, match="vb must be None"):
+        hessp(np.zeros(16), np.zeros(4))
+    # the direction takes the working dtype, it does not promote it
+    W32, X32 = W.astype(np.float32), X.astype(np.float32)
+    HV, Hvb = fs.loss_grad_hessp(W32, X32, y, b=b.astype(np.float32))[-1](W, np.ones(4))
+    assert HV.dtype == Hvb.dtype == np.float32
+    # integers are directions too
+    HV = fs.hessian_product(W, X, y, np.ones((4, 3), dtype=np.int64))
+    assert HV.dtype == np.float64
+
+
+def test_nan_in_direction_propagates(rng):
+    W, X, y = make_problem(rng, 10, 3, 4, np.float64)
+    V = np.zeros((4, 3))
+    V[1, 2] = np.nan
+    for method in METHODS:
+        assert np.isnan(fs.hessian_product(W, X, y, V, method=method)).any()
+
+
+# --- property-based -----------------------------------------------------------
+
+@st.composite
+def problems(draw):
+    m = draw(st.integers(1, 40))
+    n = draw(st.integers(1, 7))
+    K = draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from(DTYPES))
+    target = draw(st.sampled_from(TARGETS))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    scale = draw(st.sampled_from([0.01, 1.0, 30.0]))
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    W = (W * scale).astype(dtype)
+    kw = {}
+    if draw(st.booleans()):
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    if draw(st.booleans()):
+        sw = rng.random(m) * draw(st.sampled_from([1.0, 1e3]))
+        sw[rng.random(m) < 0.2] = 0.0
+        sw[0] = 1.0
+        kw["sample_weight"] = sw
+    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
+    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
+    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
+    if target == "labels" and draw(st.booleans()):
+        y = ignore_labels(y, rng)
+        kw["ignore_index"] = -100
+    V, vb = direction(rng, K, n, dtype, "b" in kw)
+    if vb is not None and draw(st.booleans()):
+        vb = None  # a zero intercept direction
+    return W, X, y, V, vb, kw, dtype
+
+
+@given(problems())
+# kernel_path only sets module constants, the same for every example
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_all_methods_match_oracle(kernel_path, problem):
+    W, X, y, V, vb, kw, dtype = problem
+    want, scales = oracle(W, X, y, V, vb, kw, dtype)
+    for method in METHODS:
+        for got in both_entry_points(W, X, y, V, vb, method, kw):
+            assert_product_close(got, want, dtype, scales)
+
+
+# --- the full Hessian -----------------------------------------------------------
+
+def oracle_in_flat_layout(H, K, n, has_b):
+    """The oracle's class-major [W | b] layout reordered to [W.ravel(), b]."""
+    nt = n + int(has_b)
+    order = [j * nt + l for j in range(K) for l in range(n)]
+    if has_b:
+        order += [j * nt + n for j in range(K)]
+    return H[np.ix_(order, order)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("opt", OPTION_NAMES + ["ignore"])
+def test_full_hessian(dtype, target, opt, rng, kernel_path):
+    """fs.hessian against the oracle's Hessian (RTOL[dtype] with the oracle's
+    entrywise scale) and against the Hessian assembled column by column from
+    the NumPy method's hessp on unit vectors (the same bound); exactly
+    symmetric, float64 whatever the working dtype."""
+    m, n, K = 31, 4, 3
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    if opt == "ignore":
+        if target != "labels":
+            pytest.skip("ignore_index needs class-index targets")
+        y = ignore_labels(y, rng)
+        kw = {"ignore_index": -100, "b": rng.standard_normal(K).astype(dtype)}
+    else:
+        kw = options(opt, rng, m, K, dtype, target)
+    has_b = "b" in kw
+    H = fs.hessian(W, X, y, **kw)
+    assert H.dtype == np.float64 and H.shape == (K * n + K * has_b,) * 2
+    np.testing.assert_array_equal(H, H.T)
+    want, scale = naive_hessian(*f64(W, X), y, return_scale=True, **kw)
+    want = oracle_in_flat_layout(want, K, n, has_b)
+    scale = oracle_in_flat_layout(scale, K, n, has_b)
+    assert_close(H, want, dtype, "H", scale)
+    hessp = fs.loss_grad_hessp(W, X, y, method="numpy", **kw)[-1]
+    columns = np.column_stack([hessp(e) for e in np.eye(H.shape[0], dtype=dtype)])
+    assert_close(H, columns, dtype, "H vs hessp", scale)
+    np.testing.assert_array_equal(hessp.matrix(), H)
+
+
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_diagonal_matches_oracle(kernel_path, problem):
+    """hessp.diagonal() is the oracle Hessian's diagonal at the float64
+    tolerance (it computes in float64 whatever the dtype; dense targets are
+    rounded to the working dtype for the oracle too), for every method."""
+    W, X, y, V, vb, kw, dtype = problem
+    K, n = W.shape
+    y_seen = y.astype(dtype) if y.ndim == 2 else y
+    want, scale = naive_hessian(*f64(W, X), y_seen, return_scale=True, **kw)
+    has_b = "b" in kw
+    want = np.diag(oracle_in_flat_layout(want, K, n, has_b))
+    scale = np.diag(oracle_in_flat_layout(scale, K, n, has_b))
+    for method in METHODS:
+        d = fs.loss_grad_hessp(W, X, y, method=method, **kw)[-1].diagonal()
+        assert d.dtype == np.float64
+        assert_close(d, want, np.float64, "diagonal", scale)
+
+
+def test_full_hessian_parallel_matches_serial(rng, monkeypatch):
+    """Bigger than the serial threshold: the parallel kernel against the
+    NumPy hessp on unit vectors, float64, rtol 1e-10 of the largest entry."""
+    m, n, K = 3000, 6, 5
+    W, X, y = make_problem(rng, m, n, K, np.float64, "probs")
+    kw = dict(b=rng.standard_normal(K), sample_weight=rng.random(m), l2=0.01)
+    H = fs.hessian(W, X, y, **kw)
+    hessp = fs.loss_grad_hessp(W, X, y, method="numpy", **kw)[-1]
+    assert_close(H, np.column_stack([hessp(e) for e in np.eye(H.shape[0])]), np.float64)
+    np.testing.assert_array_equal(H, fs.hessian(W, X, y, **kw))  # deterministic
+    import fastsoftmax._dispatch as policy
+    monkeypatch.setattr(policy, "SERIAL_WORK", 2**62)
+    assert_close(fs.hessian(W, X, y, **kw), H, np.float64)
+
+
+def test_kernels_load_from_cache_in_new_process():
+    calls = (
+        "import numba\n"
+        "X = np.random.default_rng(0).standard_normal((4000, 20)); y = np.arange(4000) % 5\n"
+        "W = np.zeros((5, 20)); V = np.ones((5, 20))\n"
+        "fs.hessian_product(W, X[:10], y[:10], V)\n"
+        "fs.hessian_product(W, X, y, V)\n"
+        "fs.hessian_product(W, X, y, V, method='indexloop')\n"
+        "fs.hessian(W, X[:2], y[:2]); fs.hessian(W, X, y)\n"
+        "fs.loss_grad_hessp(W, X[:2], y[:2])[-1].diagonal()\n"
+        "fs.loss_grad_hessp(W, X, y)[-1].diagonal()\n"
+    )
+    if __import__("numba").get_num_threads() < 2:
+        pytest.skip("the parallel kernel needs two threads")
+    assert_cached_in_new_process(calls, {
+        "hessian_sums_serial": "fastsoftmax._hessian_fused",
+        "hessian_sums": "fastsoftmax._hessian_fused",
+        "hessian_indexloop_sums": "fastsoftmax._hessian_indexloop",
+        "full_hessian_sums_serial": "fastsoftmax._hessian_full",
+        "full_hessian_sums": "fastsoftmax._hessian_full",
+        "diag_sums_serial": "fastsoftmax._hessian_diag",
+        "diag_sums": "fastsoftmax._hessian_diag",
+    })
+
+
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_full_hessian_matches_oracle(kernel_path, problem):
+    """fs.hessian computes in float64 from the inputs' values whatever their
+    dtype, so it meets the float64 tolerance (1e-10 with the oracle's scale)
+    even for float32 data (dense targets take the working dtype, so the
+    oracle gets them rounded the same way)."""
+    W, X, y, V, vb, kw, dtype = problem
+    K, n = W.shape
+    H = fs.hessian(W, X, y, **kw)
+    y_seen = y.astype(dtype) if y.ndim == 2 else y
+    want, scale = naive_hessian(*f64(W, X), y_seen, return_scale=True, **kw)
+    has_b = "b" in kw
+    assert_close(H, oracle_in_flat_layout(want, K, n, has_b), np.float64, "H",
+                 oracle_in_flat_layout(scale, K, n, has_b))
