@@ -13,6 +13,10 @@ from ._fused import fused_sums, fused_sums_serial
 from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
+from ._sparse import CSR
+from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
+from ._sparse_indexloop import sparse_indexloop_sums
+from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region
 from ._validation import Problem, prepare, prepare_logits
 
@@ -25,8 +29,11 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
     """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``.
 
     ``dX``, when given, is a C-ordered (m, n) array of zeros in the working
-    dtype that receives the unnormalised input gradient of every kept sample.
+    dtype that receives the unnormalised input gradient of every kept sample
+    (dense X only).
     """
+    if isinstance(p.X, CSR):
+        return sparse_sums(p, method)
     if method == "numpy":
         return numpy_sums(p, dX)
     m, n = p.X.shape
@@ -43,6 +50,32 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
             return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX)
         with parallel_region():
             return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX)
+
+
+def sparse_sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """:func:`sums` for a problem whose X is CSR (:class:`fastsoftmax._sparse.CSR`).
+
+    The fused kernel gets W transposed, (n, K) C-contiguous in the working
+    dtype (one copy per call); it runs serially below ``SERIAL_WORK``
+    multiply-adds (nnz K), in tiles of ``logits_tile_rows(K)`` rows: its
+    per-tile scratch is logits-sized, like that of the logits entry point.
+    """
+    X = p.X
+    if method == "numpy":
+        return sparse_numpy_sums(X, p.W, p.b, p.labels, p.T, p.sw, p.eps, p.n_ignored)
+    m = X.shape[0]
+    K = p.W.shape[0]
+    chunks = policy.chunk_count(m)
+    args = (X.data, X.indices, X.indptr)
+    if method == "indexloop":
+        with parallel_region():
+            return sparse_indexloop_sums(*args, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
+    Wt = np.ascontiguousarray(p.W.T)
+    tile = policy.logits_tile_rows(K)
+    if chunks == 1 or X.nnz * K < policy.SERIAL_WORK:
+        return sparse_fused_sums_serial(*args, Wt, p.b, p.labels, p.T, p.sw, p.eps, tile)
+    with parallel_region():
+        return sparse_fused_sums(*args, Wt, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile)
 
 
 def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
@@ -239,6 +272,9 @@ def linear_cross_entropy(
     p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
+    if isinstance(p.X, CSR):
+        raise TypeError("X is a SciPy sparse matrix: linear_cross_entropy takes dense X only "
+                        "(its dX is dense (m, n)); use loss_and_grad for sparse X")
     dX = np.zeros(p.X.shape, p.dtype)
     loss, dW, *db = finish(*sums(p, method, dX), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
                            has_b=p.has_b)
