@@ -1,0 +1,265 @@
+"""SciPy CSR X: every method against the float64 oracle on X.toarray().
+
+The matrices are built entry by entry (``make_csr``) with what real CSR data
+may hold: unsorted column indices within a row, duplicate entries (which
+SciPy's toarray and arithmetic sum), explicit zeros and empty rows, int32 or
+int64 index arrays, as ``csr_matrix`` or ``csr_array``.  The oracle
+(tests/naive.py) sees only ``X.toarray()``; tolerances are the dense tests'
+(tests/helpers.py RTOL, relative to the oracle's rounding scales).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastsoftmax as fs
+from helpers import assert_results_close
+from naive import naive_loss_and_grad
+
+METHODS = ["fused", "indexloop", "numpy"]
+DTYPES = [np.float32, np.float64]
+INDEX_DTYPES = [np.int32, np.int64]
+KINDS = ["csr_matrix", "csr_array"]
+
+
+def make_csr(rng, m, n, density, dtype, index_dtype=np.int32, kind="csr_matrix",
+             hostile=True):
+    """A random (m, n) CSR matrix; with ``hostile``, rows hold their entries in
+    random column order, some values split into two duplicate entries of the
+    same sign, some explicit zeros, and one row is emptied."""
+    mask = rng.random((m, n)) < density
+    if hostile and m > 1:
+        mask[rng.integers(m)] = False
+    data, indices, indptr = [], [], [0]
+    for i in range(m):
+        cols = list(np.flatnonzero(mask[i]))
+        vals = list(rng.standard_normal(len(cols)))
+        if hostile:
+            for q in range(len(cols)):
+                if rng.random() < 0.3:  # a duplicate: v = f v + (1 - f) v
+                    f = rng.random()
+                    cols.append(cols[q])
+                    vals.append((1.0 - f) * vals[q])
+                    vals[q] *= f
+            if rng.random() < 0.4:
+                cols.append(int(rng.integers(n)))
+                vals.append(0.0)  # an explicit zero
+            order = rng.permutation(len(cols))
+            cols = [cols[q] for q in order]
+            vals = [vals[q] for q in order]
+        data += vals
+        indices += cols
+        indptr.append(len(indices))
+    X = getattr(scipy.sparse, kind)(
+        (np.array(data, dtype=dtype), np.array(indices, dtype=np.int64),
+         np.array(indptr, dtype=np.int64)), shape=(m, n))
+    X.indices = np.array(indices, dtype=index_dtype)  # SciPy may have chosen int32
+    X.indptr = np.array(indptr, dtype=index_dtype)
+    assert X.data.dtype == dtype
+    return X
+
+
+def make_targets(rng, kind, m, K):
+    labels = rng.integers(0, K, m)
+    if kind == "labels":
+        return labels
+    if kind == "onehot":
+        return np.eye(K)[labels]
+    T = rng.random((m, K))
+    T[rng.random((m, K)) < 0.3] = 0.0
+    return 2.0 * T
+
+
+def make_options(name, rng, m, K, dtype):
+    b = rng.standard_normal(K).astype(dtype)
+    sw = rng.random(m) * 2.0
+    return {
+        "plain": {},
+        "bias": {"b": b},
+        "weights": {"sample_weight": sw},
+        "l2": {"l2": 0.37},
+        "smoothing": {"label_smoothing": 0.15},
+        "sum": {"reduction": "sum"},
+        "all": {"b": b, "sample_weight": sw, "l2": 0.2, "label_smoothing": 0.1,
+                "reduction": "sum"},
+    }[name]
+
+
+def oracle(W, X, y, **kw):
+    return naive_loss_and_grad(np.asarray(W, np.float64), X.toarray().astype(np.float64), y,
+                               return_scales=True, **kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("target", ["labels", "onehot", "nonneg"])
+@pytest.mark.parametrize("opt", ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"])
+def test_matches_oracle(method, dtype, index_dtype, target, opt, rng, kernel_path):
+    m, n, K = 37, 11, 4
+    X = make_csr(rng, m, n, 0.3, dtype, index_dtype, kind=KINDS[len(opt) % 2])
+    W = (0.7 * rng.standard_normal((K, n))).astype(dtype)
+    y = make_targets(rng, target, m, K)
+    kw = make_options(opt, rng, m, K, dtype)
+    got = fs.loss_and_grad(W, X, y, method=method, **kw)
+    want, scales = oracle(W, X, y, **kw)
+    assert_results_close(got, want, dtype, scales)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ignore_index_matches_oracle(method, dtype, rng, kernel_path):
+    m, n, K = 41, 9, 3
+    X = make_csr(rng, m, n, 0.4, dtype, np.int64)
+    W = rng.standard_normal((K, n)).astype(dtype)
+    y = rng.integers(0, K, m)
+    y[rng.random(m) < 0.35] = -100
+    y[0] = 1
+    kw = {"b": rng.standard_normal(K).astype(dtype), "sample_weight": rng.random(m),
+          "label_smoothing": 0.2, "ignore_index": -100}
+    for reduction in ("mean", "sum"):
+        got = fs.loss_and_grad(W, X, y, reduction=reduction, method=method, **kw)
+        want, scales = oracle(W, X, y, reduction=reduction, **kw)
+        assert_results_close(got, want, dtype, scales)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_equals_the_dense_call_on_a_larger_problem(method, rng):
+    """Against the dense fused call on X.toarray(), every option, both paths by size."""
+    for dtype in DTYPES:
+        m, n, K = 1500, 300, 7
+        X = make_csr(rng, m, n, 0.02, dtype)
+        W = rng.standard_normal((K, n)).astype(dtype)
+        y = rng.integers(0, K, m)
+        kw = dict(b=rng.standard_normal(K).astype(dtype), sample_weight=rng.random(m),
+                  l2=0.01, label_smoothing=0.05)
+        ref = fs.loss_and_grad(W, X.toarray(), y, **kw)
+        assert_results_close(fs.loss_and_grad(W, X, y, method=method, **kw), ref, dtype)
+
+
+def test_deterministic_and_caller_matrix_untouched(rng, kernel_path):
+    X = make_csr(rng, 60, 20, 0.3, np.float64)
+    before = (X.data.copy(), X.indices.copy(), X.indptr.copy())
+    W = rng.standard_normal((5, 20))
+    y = rng.integers(0, 5, 60)
+    first = fs.loss_and_grad(W, X, y)
+    for _ in range(3):
+        again = fs.loss_and_grad(W, X, y)
+        assert again[0] == first[0] and np.array_equal(again[1], first[1])
+    for a, b in zip(before, (X.data, X.indices, X.indptr)):
+        assert np.array_equal(a, b) and a.dtype == b.dtype
+
+
+def test_working_dtype_follows_the_dense_rule(rng):
+    X = make_csr(rng, 10, 6, 0.5, np.float32)
+    y = rng.integers(0, 3, 10)
+    assert fs.loss_and_grad(np.zeros((3, 6), np.float32), X, y)[1].dtype == np.float32
+    assert fs.loss_and_grad(np.zeros((3, 6)), X, y)[1].dtype == np.float64
+    Xi = scipy.sparse.csr_matrix(X.toarray().round().astype(np.int64))
+    got = fs.loss_and_grad(np.zeros((3, 6), np.float32), Xi, y)
+    assert got[1].dtype == np.float64  # integer data promote to float64, as dense
+    want, scales = oracle(np.zeros((3, 6)), Xi, y)
+    assert_results_close(got, want, np.float64, scales)
+
+
+# --- property-based -----------------------------------------------------------
+
+@st.composite
+def problems(draw):
+    m = draw(st.integers(1, 30))
+    n = draw(st.integers(1, 25))
+    K = draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from(DTYPES))
+    index_dtype = draw(st.sampled_from(INDEX_DTYPES))
+    density = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    X = make_csr(rng, m, n, density, dtype, index_dtype, kind=draw(st.sampled_from(KINDS)),
+                 hostile=draw(st.booleans()))
+    W = (draw(st.sampled_from([0.01, 1.0, 10.0])) * rng.standard_normal((K, n))).astype(dtype)
+    target = draw(st.sampled_from(["labels", "onehot", "nonneg"]))
+    y = make_targets(rng, target, m, K)
+    kw = {}
+    if draw(st.booleans()):
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    if draw(st.booleans()):
+        sw = rng.random(m)
+        sw[0] = 1.0
+        kw["sample_weight"] = sw
+    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
+    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
+    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
+    if target == "labels" and draw(st.booleans()):
+        y = y.copy()
+        y[rng.random(m) < 0.3] = -7
+        y[0] = 0
+        kw["ignore_index"] = -7
+    return W, X, y, kw, dtype
+
+
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_all_methods_match_oracle(kernel_path, problem):
+    W, X, y, kw, dtype = problem
+    want, scales = oracle(W, X, y, **kw)
+    for method in METHODS:
+        got = fs.loss_and_grad(W, X, y, method=method, **kw)
+        assert_results_close(got, want, dtype, scales)
+
+
+# --- bad input ----------------------------------------------------------------
+
+def small(rng):
+    return make_csr(rng, 8, 5, 0.5, np.float64, hostile=False), np.zeros((3, 5)), \
+        rng.integers(0, 3, 8)
+
+
+@pytest.mark.parametrize("kind", ["csc_matrix", "coo_matrix", "coo_array", "lil_matrix",
+                                  "bsr_array", "dok_matrix"])
+def test_other_formats_are_refused_naming_csr(kind, rng):
+    X, W, y = small(rng)
+    with pytest.raises(TypeError, match=r"CSR.*X\.tocsr\(\)"):
+        fs.loss_and_grad(W, getattr(scipy.sparse, kind)(X), y)
+
+
+def test_malformed_structure_is_refused(rng):
+    X, W, y = small(rng)
+    bad = X.copy()
+    bad.indices = bad.indices.copy()
+    bad.indices[0] = 5
+    with pytest.raises(ValueError, match="column indices outside"):
+        fs.loss_and_grad(W, bad, y)
+    bad.indices[0] = -1
+    with pytest.raises(ValueError, match="column indices outside"):
+        fs.loss_and_grad(W, bad, y)
+    bad = X.copy()
+    bad.indptr = bad.indptr.copy()
+    bad.indptr[3], bad.indptr[4] = bad.indptr[4] + 1, bad.indptr[3]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        fs.loss_and_grad(W, bad, y)
+    bad = X.copy()
+    bad.indptr = bad.indptr.copy()
+    bad.indptr[-1] += 3
+    with pytest.raises(ValueError, match="indptr"):
+        fs.loss_and_grad(W, bad, y)
+
+
+def test_bad_dtypes_shapes_and_slots(rng):
+    X, W, y = small(rng)
+    with pytest.raises(TypeError, match="dtype bool"):
+        fs.loss_and_grad(W, X.astype(bool), y)
+    with pytest.raises(TypeError, match="dtype complex"):
+        fs.loss_and_grad(W, X.astype(np.complex128), y)
+    with pytest.raises(ValueError, match="features"):
+        fs.loss_and_grad(np.zeros((3, 4)), X, y)
+    with pytest.raises(ValueError, match="labels"):
+        fs.loss_and_grad(W, X, y[:-1])
+    with pytest.raises(ValueError, match="no samples"):
+        fs.loss_and_grad(W, scipy.sparse.csr_matrix((0, 5)), y[:0])
+    with pytest.raises(TypeError, match="sparse W"):
+        fs.loss_and_grad(scipy.sparse.csr_matrix(W), X, y)
+    with pytest.raises(TypeError, match="linear_cross_entropy takes dense X"):
+        fs.linear_cross_entropy(X, W, y)
