@@ -263,3 +263,62 @@ def test_bad_dtypes_shapes_and_slots(rng):
         fs.loss_and_grad(scipy.sparse.csr_matrix(W), X, y)
     with pytest.raises(TypeError, match="linear_cross_entropy takes dense X"):
         fs.linear_cross_entropy(X, W, y)
+
+
+# --- the estimator --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sparse_digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, y = datasets.load_digits(return_X_y=True)
+    return scipy.sparse.csr_matrix(X / 16.0), y  # about half the pixels are 0
+
+
+@pytest.mark.parametrize("C", [1.0, 0.05])
+def test_estimator_same_model_as_logistic_regression_on_sparse_data(sparse_digits, C):
+    """Tolerances of the dense test (tests/test_estimator.py) on the same data as CSR."""
+    from sklearn.linear_model import LogisticRegression
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X, y = sparse_digits
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    ours = SoftmaxRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-4)
+    assert ours.score(X, y) == ref.score(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X), atol=1e-3)
+
+
+def test_estimator_sparse_and_dense_inputs_agree(sparse_digits):
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X, y = sparse_digits
+    X, y = X[:600], y[:600]
+    dense = SoftmaxRegression(tol=1e-10, max_iter=10_000).fit(X.toarray(), y)
+    for Xs in (X, scipy.sparse.csr_array(X), X.tocsc(), X.astype(np.float32)):
+        model = SoftmaxRegression(tol=1e-10, max_iter=10_000).fit(Xs, y)
+        atol = 2e-2 if Xs.dtype == np.float32 else 1e-5  # as the dense float32 test
+        np.testing.assert_allclose(model.coef_, dense.coef_, atol=atol)
+        np.testing.assert_allclose(model.predict_proba(Xs), dense.predict_proba(X.toarray()),
+                                   atol=atol)
+    for method in ("indexloop", "numpy"):
+        model = SoftmaxRegression(tol=1e-10, max_iter=10_000, method=method).fit(X, y)
+        np.testing.assert_allclose(model.coef_, dense.coef_, atol=1e-5)
+
+
+def test_text_classification_pipeline():
+    """The README's example: TF-IDF features straight into the estimator."""
+    pytest.importorskip("sklearn")
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    docs = ["the cat sat on the mat", "dogs chase cats", "stocks fell sharply today",
+            "the market rallied", "a kitten and a puppy", "bond yields rose"]
+    labels = ["pets", "pets", "finance", "finance", "pets", "finance"]
+    model = make_pipeline(TfidfVectorizer(), SoftmaxRegression(C=10.0)).fit(docs, labels)
+    assert list(model.predict(["the puppy sat", "the market fell"])) == ["pets", "finance"]
