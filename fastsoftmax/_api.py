@@ -133,6 +133,15 @@ def loss_and_grad(
         Samples, one per row.  Any layout (C, Fortran, strided) and read-only
         arrays (e.g. ``np.load(..., mmap_mode="r")``) are used without a
         copy, unless X's dtype differs from the working dtype.
+        Or a SciPy CSR matrix or array (``csr_matrix``, ``csr_array``):
+        used as it is, never densified (its data are copied only to change
+        dtype); unsorted column indices, explicit zeros, empty rows and
+        duplicate entries (summed, as SciPy does) are allowed, int32 or
+        int64 indices.  The fused method's extra memory is then at most
+        ``n K itemsize + threads n 8 + min(threads n, nnz) K 8`` bytes
+        besides dW (see ``fastsoftmax._sparse_fused``).  Other sparse
+        formats (CSC, COO...) raise TypeError: convert them once with
+        ``X.tocsr()``.
     y : array_like, shape (m,) or (m, K)
         Class indices in ``[0, K)`` (integers, or floats with integral
         values), or non-negative dense targets: one-hot rows, probability
@@ -185,8 +194,8 @@ def loss_and_grad(
         converted, array types this in-memory function does not take: a Dask
         collection (it would be computed whole in this process; use
         :func:`fastsoftmax.dask.loss_and_grad`), a SciPy sparse matrix or
-        array (not supported yet; pass ``X.toarray()`` only if it fits in
-        memory), or an object ``np.asarray`` cannot convert (GPU arrays such
+        array other than CSR X (sparse W, y, b or weights; X in another
+        sparse format: use ``X.tocsr()``), or an object ``np.asarray`` cannot convert (GPU arrays such
         as CuPy's or CUDA torch tensors).  Accepted are NumPy arrays and
         anything ``np.asarray`` turns into a numeric array: lists,
         memory-mapped arrays, CPU torch tensors, pandas objects.
@@ -194,7 +203,8 @@ def loss_and_grad(
         Shape mismatches, empty dimensions, labels outside ``[0, K)`` or not
         integral, negative or non-finite targets or weights, zero total weight
         under ``reduction="mean"``, options out of range, unknown ``method``
-        or ``reduction``.
+        or ``reduction``; a malformed CSR structure (``indptr`` not
+        non-decreasing from 0, column indices outside ``[0, n)``).
 
     Examples
     --------

@@ -75,6 +75,7 @@ def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, 
     E = np.empty(tile * K)
     aux = np.empty((4, tile))
     rows = np.empty(tile, dtype=np.int64)
+    acc = np.empty(K)
     loss = 0.0
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
@@ -85,12 +86,14 @@ def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, 
         for r in range(R):
             i = rows[r]
             for k in range(K):
-                Zr[r, k] = 0.0
+                acc[k] = 0.0
             for p in range(indptr[i], indptr[i + 1]):
                 v = np.float64(data[p])
-                w = Wt[indices[p]]
+                j = indices[p]
                 for k in range(K):
-                    Zr[r, k] += v * w[k]
+                    acc[k] += v * Wt[j, k]
+            for k in range(K):
+                Zr[r, k] = acc[k]
         Dm = D[: K * R].reshape((K, R))
         loss += tile_loss_and_coef(Zr, Dm, E, aux, b, labels, T, sw, eps, rows[:R], gb)
         Dt = Zr  # the logits are no longer needed: the gradients, sample-major
@@ -99,12 +102,13 @@ def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, 
                 Dt[r, k] = Dm[k, r]
         for r in range(R):
             i = rows[r]
-            d = Dt[r]
+            for k in range(K):
+                acc[k] = Dt[r, k]
             for p in range(indptr[i], indptr[i + 1]):
                 v = np.float64(data[p])
-                s = slab[colmap[indices[p]]]
+                q = colmap[indices[p]]
                 for k in range(K):
-                    s[k] += v * d[k]
+                    slab[q, k] += v * acc[k]
     return loss
 
 
@@ -112,13 +116,12 @@ def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, 
 def add_slabs(G, colmaps, slabs, offsets, j0, j1):
     """G[:, j] += the slab row of column j of every chunk, in chunk order, for j in j0:j1."""
     K = G.shape[0]
-    for j in range(j0, j1):
-        for c in range(colmaps.shape[0]):
-            loc = colmaps[c, j]
-            if loc >= 0:
-                base = (offsets[c] + loc) * K
-                for k in range(K):
-                    G[k, j] += slabs[base + k]
+    for c in range(colmaps.shape[0]):  # chunk order for every entry
+        for k in range(K):  # along G's rows: (K, n) is far apart by columns
+            for j in range(j0, j1):
+                loc = colmaps[c, j]
+                if loc >= 0:
+                    G[k, j] += slabs[(offsets[c] + loc) * K + k]
 
 
 @serial_kernel
@@ -180,9 +183,9 @@ def sparse_fused_sums_serial(data, indices, indptr, Wt, b, labels, T, sw, eps, t
     loss = sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, 0, m, tile, colmap,
                         slab, gb)
     G = np.zeros((K, n))
-    for j in range(n):
-        loc = colmap[j]
-        if loc >= 0:
-            for k in range(K):
+    for k in range(K):
+        for j in range(n):
+            loc = colmap[j]
+            if loc >= 0:
                 G[k, j] = slab[loc, k]
     return loss, G, gb
