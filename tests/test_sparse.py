@@ -322,3 +322,59 @@ def test_text_classification_pipeline():
     labels = ["pets", "pets", "finance", "finance", "pets", "finance"]
     model = make_pipeline(TfidfVectorizer(), SoftmaxRegression(C=10.0)).fit(docs, labels)
     assert list(model.predict(["the puppy sat", "the market fell"])) == ["pets", "finance"]
+
+
+# --- Dask arrays of CSR blocks ------------------------------------------------------
+
+@pytest.mark.parametrize("opts", [{}, {"b": True, "sample_weight": True, "l2": 0.3,
+                                       "label_smoothing": 0.1, "ignore_index": -100}])
+def test_dask_blocks_of_csr_matrices(opts, rng):
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    import fastsoftmax.dask as fsd
+
+    m, n, K = 230, 12, 4
+    X = make_csr(rng, m, n, 0.3, np.float64, hostile=False)
+    W = rng.standard_normal((K, n))
+    y = rng.integers(0, K, m)
+    opts = dict(opts)
+    if opts.pop("b", False):
+        opts["b"] = rng.standard_normal(K)
+    if opts.pop("sample_weight", False):
+        opts["sample_weight"] = rng.random(m)
+    if "ignore_index" in opts:
+        y[rng.random(m) < 0.2] = -100
+    blocks = da.from_array(X.toarray(), chunks=(60, n)).map_blocks(scipy.sparse.csr_matrix)
+    seen = []
+
+    def spy(block):  # what the blocks are when the kernels get them
+        seen.append(type(block))
+        return block
+
+    blocks = blocks.map_blocks(spy, meta=scipy.sparse.csr_matrix((0, 0)))
+    with dask.config.set(scheduler="synchronous"):
+        got = fsd.loss_and_grad(W, blocks, da.from_array(y, chunks=60), split_every=2, **opts)
+    assert seen and all(t is scipy.sparse.csr_matrix for t in seen)
+    want, scales = oracle(W, X, y, **opts)
+    assert_results_close(got, want, np.float64, scales)
+
+
+def test_estimator_fit_on_dask_csr_blocks(sparse_digits):
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X, y = sparse_digits
+    X, y = X[:500], y[:500]
+    Xd = da.from_array(X.toarray(), chunks=(128, 64)).map_blocks(scipy.sparse.csr_matrix)
+    with dask.config.set(scheduler="synchronous"):
+        model = SoftmaxRegression(tol=1e-10, max_iter=10_000).fit(Xd, da.from_array(y, 128))
+    ref = SoftmaxRegression(tol=1e-10, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(model.coef_, ref.coef_, atol=1e-5)
+    bad = X.toarray()
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        SoftmaxRegression().fit(da.from_array(bad, chunks=(128, 64)).map_blocks(
+            scipy.sparse.csr_matrix), da.from_array(y, 128))
