@@ -378,3 +378,43 @@ def test_estimator_fit_on_dask_csr_blocks(sparse_digits):
     with pytest.raises(ValueError, match="NaN or infinity"):
         SoftmaxRegression().fit(da.from_array(bad, chunks=(128, 64)).map_blocks(
             scipy.sparse.csr_matrix), da.from_array(y, 128))
+
+
+# --- compilation ------------------------------------------------------------------
+
+def test_four_compiled_variants_per_kernel_whatever_the_options(rng, monkeypatch):
+    """(data dtype) x (index dtype): options, targets and paths add no specialisation."""
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
+    from fastsoftmax._sparse_indexloop import sparse_indexloop_sums
+
+    for serial_work in (2**62, 0):
+        monkeypatch.setattr(policy, "SERIAL_WORK", serial_work)
+        for dtype in DTYPES:
+            for index_dtype in INDEX_DTYPES:
+                X = make_csr(rng, 20, 7, 0.4, dtype, index_dtype)
+                W = rng.standard_normal((3, 7)).astype(dtype)
+                y = rng.integers(0, 3, 20)
+                for kw in ({}, {"b": np.ones(3, np.float64), "sample_weight": np.ones(20),
+                                "label_smoothing": 0.1, "ignore_index": 2},
+                           {"y": np.eye(3)[y], "l2": 1.0}):
+                    kw = dict(kw)
+                    yy = kw.pop("y", y)
+                    for method in ("fused", "indexloop"):
+                        fs.loss_and_grad(W, X, yy, method=method, **kw)
+    for kernel in (sparse_fused_sums, sparse_fused_sums_serial, sparse_indexloop_sums):
+        assert len(kernel.signatures) == 4, kernel.signatures
+
+
+def test_sparse_kernels_load_from_the_cache_in_a_new_process():
+    from helpers import assert_cached_in_new_process
+
+    calls = ("import scipy.sparse\n"
+             "X = scipy.sparse.random(4000, 30, density=0.2, format='csr', random_state=0)\n"
+             "W = np.ones((3, 30)); y = np.arange(4000) % 3\n"
+             "fs.loss_and_grad(W, X, y); fs.loss_and_grad(W, X, y, method='indexloop')\n"
+             "fs.loss_and_grad(W, X[:5], y[:5])\n")
+    assert_cached_in_new_process(calls, {"sparse_fused_sums": "fastsoftmax._sparse_fused",
+                                         "sparse_fused_sums_serial": "fastsoftmax._sparse_fused",
+                                         "sparse_indexloop_sums":
+                                             "fastsoftmax._sparse_indexloop"})
