@@ -64,8 +64,14 @@ def _type_name(value) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _index_array(a: np.ndarray, dtype) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=dtype)
+def _kernel_array(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` as a C-contiguous, writeable array of ``dtype``, copied only if needed.
+
+    Read-only arrays (a memory-mapped matrix) are copied: Numba would compile
+    another specialisation of every sparse kernel for them.
+    """
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
 
 
 def check_csr(name: str, value, n_features: int | None = None) -> CSR:
@@ -114,11 +120,11 @@ def check_csr(name: str, value, n_features: int | None = None) -> CSR:
     # has 4 compiled variants (float32/float64 data x int32/int64 indices).
     both32 = indices.dtype == np.int32 and indptr.dtype == np.int32
     index_dtype = np.int32 if both32 else np.int64
-    return CSR(data=data, indices=_index_array(indices, index_dtype),
-               indptr=_index_array(indptr, index_dtype), shape=(m, n))
+    return CSR(data=data, indices=_kernel_array(indices, index_dtype),
+               indptr=_kernel_array(indptr, index_dtype), shape=(m, n))
 
 
 def with_dtype(X: CSR, dtype) -> CSR:
-    """X with its data in ``dtype`` (C-contiguous; a copy only if needed)."""
-    return CSR(data=np.ascontiguousarray(X.data, dtype=dtype), indices=X.indices,
+    """X with its data in ``dtype`` (C-contiguous, writeable; a copy only if needed)."""
+    return CSR(data=_kernel_array(X.data, dtype), indices=X.indices,
                indptr=X.indptr, shape=X.shape)

@@ -418,3 +418,21 @@ def test_sparse_kernels_load_from_the_cache_in_a_new_process():
                                          "sparse_fused_sums_serial": "fastsoftmax._sparse_fused",
                                          "sparse_indexloop_sums":
                                              "fastsoftmax._sparse_indexloop"})
+
+
+def test_read_only_and_mixed_index_arrays(rng, kernel_path):
+    """Read-only arrays (a memory-mapped matrix) and indices/indptr of different
+    integer dtypes give the same results (copied to the kernels' types)."""
+    X = make_csr(rng, 30, 9, 0.4, np.float64, np.int32)
+    W = rng.standard_normal((3, 9))
+    y = rng.integers(0, 3, 30)
+    want, scales = oracle(W, X, y)
+    ro = X.copy()
+    for a in (ro.data, ro.indices, ro.indptr):
+        a.flags.writeable = False
+    assert_results_close(fs.loss_and_grad(W, ro, y), want, np.float64, scales)
+    mixed = X.copy()
+    mixed.indptr = mixed.indptr.astype(np.int64)
+    for method in METHODS:
+        assert_results_close(fs.loss_and_grad(W, mixed, y, method=method), want, np.float64,
+                             scales)
