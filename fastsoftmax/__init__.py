@@ -1,11 +1,15 @@
 """fastsoftmax: fast, exact softmax-regression loss and gradient kernels for the CPU.
 
-Entry points: :func:`loss_and_grad` (softmax regression), :func:`loss_and_grad_logits`
-(an output layer's logits), the row-wise :func:`softmax`, :func:`log_softmax`
-and :func:`logsumexp`, ``SoftmaxRegression`` (needs scikit-learn) and
-:mod:`fastsoftmax.dask` (needs Dask).  They take NumPy arrays and anything
-``np.asarray`` turns into a numeric array; Dask collections, SciPy sparse
-matrices and GPU arrays raise ``TypeError`` saying what to do instead.
+Entry points: :func:`loss_and_grad` (softmax regression),
+:func:`linear_cross_entropy` (an output layer: gradients for its input too),
+:func:`loss_and_grad_logits` (an output layer's logits), the Hessian products
+:func:`loss_grad_hessp`, :func:`hessian_product` and :func:`hessian`, the
+row-wise :func:`softmax`, :func:`log_softmax` and :func:`logsumexp`,
+``SoftmaxRegression`` (needs scikit-learn) and :mod:`fastsoftmax.dask` (needs
+Dask).  They take NumPy arrays and anything ``np.asarray`` turns into a
+numeric array, and ``loss_and_grad`` also a SciPy CSR matrix or array for X;
+Dask collections, other sparse input and GPU arrays raise ``TypeError``
+saying what to do instead.
 
 Threading layer (a process-wide effect of ``import fastsoftmax``): unless
 ``NUMBA_THREADING_LAYER`` is set, importing the package sets numba's

@@ -13,6 +13,10 @@ from ._fused import fused_sums, fused_sums_serial
 from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
+from ._sparse import CSR
+from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
+from ._sparse_indexloop import sparse_indexloop_sums
+from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region
 from ._validation import Problem, prepare, prepare_logits
 
@@ -25,8 +29,11 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
     """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``.
 
     ``dX``, when given, is a C-ordered (m, n) array of zeros in the working
-    dtype that receives the unnormalised input gradient of every kept sample.
+    dtype that receives the unnormalised input gradient of every kept sample
+    (dense X only).
     """
+    if isinstance(p.X, CSR):
+        return sparse_sums(p, method)
     if method == "numpy":
         return numpy_sums(p, dX)
     m, n = p.X.shape
@@ -43,6 +50,33 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
             return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX)
         with parallel_region():
             return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX)
+
+
+def sparse_sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """:func:`sums` for a problem whose X is CSR (:class:`fastsoftmax._sparse.CSR`).
+
+    The fused kernel gets W transposed, (n, K) C-contiguous in the working
+    dtype (one copy per call); it runs serially below ``SERIAL_WORK``
+    multiply-adds (nnz K), in tiles of ``logits_tile_rows(K)`` rows: its
+    per-tile scratch is logits-sized, like that of the logits entry point.
+    """
+    X = p.X
+    if method == "numpy":
+        return sparse_numpy_sums(X, p.W, p.b, p.labels, p.T, p.sw, p.eps, p.n_ignored)
+    m = X.shape[0]
+    K = p.W.shape[0]
+    chunks = policy.chunk_count(m)
+    args = (X.data, X.indices, X.indptr)
+    if method == "indexloop":
+        with parallel_region():
+            return sparse_indexloop_sums(*args, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
+    Wt = np.ascontiguousarray(p.W.T)
+    tile = policy.logits_tile_rows(K)
+    if chunks == 1 or X.nnz * K < policy.SERIAL_WORK:
+        return sparse_fused_sums_serial(*args, Wt, p.b, p.labels, p.T, p.sw, p.eps, tile)
+    with parallel_region():
+        return sparse_fused_sums(*args, Wt, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile,
+                                 policy.SPARSE_COMBINE_COLUMNS)
 
 
 def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
@@ -100,6 +134,15 @@ def loss_and_grad(
         Samples, one per row.  Any layout (C, Fortran, strided) and read-only
         arrays (e.g. ``np.load(..., mmap_mode="r")``) are used without a
         copy, unless X's dtype differs from the working dtype.
+        Or a SciPy CSR matrix or array (``csr_matrix``, ``csr_array``):
+        used as it is, never densified (its data are copied only to change
+        dtype); unsorted column indices, explicit zeros, empty rows and
+        duplicate entries (summed, as SciPy does) are allowed, int32 or
+        int64 indices.  The fused method's extra memory is then at most
+        ``n K itemsize + threads n 8 + min(threads n, nnz) K 8`` bytes
+        besides dW (see ``fastsoftmax._sparse_fused``).  Other sparse
+        formats (CSC, COO...) raise TypeError: convert them once with
+        ``X.tocsr()``.
     y : array_like, shape (m,) or (m, K)
         Class indices in ``[0, K)`` (integers, or floats with integral
         values), or non-negative dense targets: one-hot rows, probability
@@ -152,8 +195,8 @@ def loss_and_grad(
         converted, array types this in-memory function does not take: a Dask
         collection (it would be computed whole in this process; use
         :func:`fastsoftmax.dask.loss_and_grad`), a SciPy sparse matrix or
-        array (not supported yet; pass ``X.toarray()`` only if it fits in
-        memory), or an object ``np.asarray`` cannot convert (GPU arrays such
+        array other than CSR X (sparse W, y, b or weights; X in another
+        sparse format: use ``X.tocsr()``), or an object ``np.asarray`` cannot convert (GPU arrays such
         as CuPy's or CUDA torch tensors).  Accepted are NumPy arrays and
         anything ``np.asarray`` turns into a numeric array: lists,
         memory-mapped arrays, CPU torch tensors, pandas objects.
@@ -161,7 +204,8 @@ def loss_and_grad(
         Shape mismatches, empty dimensions, labels outside ``[0, K)`` or not
         integral, negative or non-finite targets or weights, zero total weight
         under ``reduction="mean"``, options out of range, unknown ``method``
-        or ``reduction``.
+        or ``reduction``; a malformed CSR structure (``indptr`` not
+        non-decreasing from 0, column indices outside ``[0, n)``).
 
     Examples
     --------
@@ -239,6 +283,9 @@ def linear_cross_entropy(
     p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
+    if isinstance(p.X, CSR):
+        raise TypeError("X is a SciPy sparse matrix: linear_cross_entropy takes dense X only "
+                        "(its dX is dense (m, n)); use loss_and_grad for sparse X")
     dX = np.zeros(p.X.shape, p.dtype)
     loss, dW, *db = finish(*sums(p, method, dX), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
                            has_b=p.has_b)

@@ -40,6 +40,11 @@ SERIAL_ELEMENTS = 2**15
 TILE_ELEMENTS = 512
 
 
+#: Columns per block when the sparse kernel adds its chunks' column slabs
+#: into the gradient (blocks run in parallel, each in chunk order).
+SPARSE_COMBINE_COLUMNS = 2048
+
+
 def chunk_count(m: int) -> int:
     """How many row chunks (and gradient slabs) a parallel kernel uses for m rows.
 

@@ -33,7 +33,17 @@ from ._hessian_indexloop import hessian_indexloop_sums
 from ._hessian_numpy import Curvature, numpy_curvature, numpy_hessian_sums
 from ._threading import parallel_region
 # underscore helpers of _validation, to be renamed at merge
-from ._validation import Problem, as_numeric_array, kernel_array, prepare, working_dtype
+from ._arrays import kernel_array
+from ._sparse import is_sparse
+from ._validation import Problem, as_numeric_array, prepare, working_dtype
+
+
+def _dense_problem(W, X, y, **options) -> Problem:
+    """:func:`prepare` for the Hessian entry points, which take dense X only (so far)."""
+    if is_sparse(X):
+        raise TypeError("X is a SciPy sparse matrix: the Hessian products take dense X only "
+                        "(so far); loss_and_grad takes CSR X")
+    return prepare(W, X, y, **options)
 
 
 def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
@@ -292,7 +302,7 @@ def loss_grad_hessp(
     >>> bool(res.success)
     True
     """
-    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+    p = _dense_problem(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
     # the point is the caller's W and b as they are now, even if they are
@@ -334,7 +344,7 @@ def hessian_product(
     sums over samples are accumulated in float64 by the compiled methods and
     are deterministic for a given thread count.
     """
-    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+    p = _dense_problem(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
     Vk, vbk = check_direction(p, V, vb)
@@ -371,7 +381,7 @@ def hessian(
     multiply-adds (GEMMs); memory about ``threads * (N^2 + tile (2 n + 2 K)) * 8``
     bytes plus two N^2 float64 arrays for the result, independent of m.
     """
-    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+    p = _dense_problem(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method="fused")
     return full_hessian(p)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._arrays import kernel_array, type_name
+from ._sparse import CSR, check_csr, is_sparse, with_dtype
 
 METHODS = ("fused", "indexloop", "numpy")
 REDUCTIONS = ("mean", "sum")
@@ -23,7 +25,8 @@ class Problem:
     """A validated problem in the encoding the kernels expect.
 
     X (m, n), W (K, n) and b (K,) share ``dtype`` (float32 or float64); X
-    keeps the caller's memory layout.  With class-index targets ``labels`` is
+    keeps the caller's memory layout, or is a :class:`fastsoftmax._sparse.CSR`
+    (its data in ``dtype``) when the caller passed a SciPy CSR matrix.  With class-index targets ``labels`` is
     (m,) int64, -1 marking ignored samples, and ``T`` is an empty (0, K)
     array; with dense targets ``labels`` is empty and ``T`` is (m, K).  ``sw``
     is (m,) float64, or empty when unweighted.  ``kept_weight`` is the total
@@ -32,7 +35,7 @@ class Problem:
     under "mean", 1 under "sum".
     """
 
-    X: np.ndarray
+    X: np.ndarray | CSR
     W: np.ndarray
     b: np.ndarray
     has_b: bool
@@ -68,39 +71,26 @@ ACCEPTED = ("NumPy arrays and anything np.asarray turns into a numeric array: li
             "memory-mapped arrays, CPU torch tensors, pandas objects...")
 
 
-def _type_name(value) -> str:
-    kind = type(value)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _is_sparse(value) -> bool:
-    # A SciPy sparse matrix or array can only exist once scipy.sparse has been
-    # imported, so its absence answers without importing it (which
-    # fastsoftmax itself never needs).
-    sparse = sys.modules.get("scipy.sparse")
-    return sparse is not None and sparse.issparse(value)
-
-
 def check_array_type(name: str, value) -> None:
     """Raise TypeError for array types the in-memory entry points must not convert.
 
     A Dask collection would be computed whole in this process (use
     :func:`fastsoftmax.dask.loss_and_grad`); a SciPy sparse matrix would
-    become a 0-d object array.  Both are detected without importing Dask or
+    become a 0-d object array (:func:`prepare` takes CSR X before this check).  Both are detected without importing Dask or
     SciPy's sparse module.
     """
     if is_dask_collection(value):
         raise TypeError(
-            f"{name} is a Dask collection ({_type_name(value)}); fastsoftmax's in-memory "
+            f"{name} is a Dask collection ({type_name(value)}); fastsoftmax's in-memory "
             f"functions would compute all of it in this process.  For the loss and gradient "
             f"of row-chunked data use fastsoftmax.dask.loss_and_grad(W, X, y, ...), which "
             f"reduces each block where it lives; otherwise pass {name}.compute() explicitly "
             f"if it fits in memory")
-    if _is_sparse(value):
+    if is_sparse(value):
         raise TypeError(
-            f"{name} is a SciPy sparse matrix ({_type_name(value)}): sparse {name} is not "
-            f"supported yet; pass {name}.toarray() instead, but only if the dense array fits "
-            f"in memory")
+            f"{name} is a SciPy sparse matrix ({type_name(value)}): sparse {name} is not "
+            f"supported here (only X of loss_and_grad may be a CSR matrix); pass "
+            f"{name}.toarray() instead, but only if the dense array fits in memory")
 
 
 def _non_numeric_columns(value) -> str:
@@ -140,14 +130,14 @@ def as_numeric_array(name: str, value) -> np.ndarray:
         if isinstance(value, (list, tuple)):
             raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
         raise TypeError(
-            f"{name} of type {_type_name(value)} cannot be converted by np.asarray ({exc}); "
+            f"{name} of type {type_name(value)} cannot be converted by np.asarray ({exc}); "
             f"accepted are {ACCEPTED}; copy GPU arrays to the host first") from None
     if arr.dtype.kind not in "iuf":  # bool, complex, object, strings, dates...
         columns = _non_numeric_columns(value)
         if columns:
             raise TypeError(f"{name} must hold real numbers, but its column(s) {columns} of "
-                            f"{_type_name(value)} are not numeric; encode or drop them")
-        origin = "" if isinstance(value, (np.ndarray, list, tuple)) else f" (from {_type_name(value)})"
+                            f"{type_name(value)} are not numeric; encode or drop them")
+        origin = "" if isinstance(value, (np.ndarray, list, tuple)) else f" (from {type_name(value)})"
         raise TypeError(
             f"{name} must have a real integer or floating dtype, got dtype {arr.dtype}{origin}"
         )
@@ -169,17 +159,6 @@ def working_dtype(*arrays: np.ndarray, name: str | None = None) -> np.dtype:
         return np.dtype(np.float64)
     what = f"{name} has dtype {dtype}, which is" if name else f"dtype {dtype} is"
     raise TypeError(f"{what} not supported; use float32 or float64")
-
-
-def kernel_array(a: np.ndarray, dtype) -> np.ndarray:
-    """A C-contiguous, writeable array of ``dtype`` with a's values (a copy only if needed).
-
-    Small arrays (W, b, weights, targets) are normalised so that their layout
-    and read-only flag never make Numba compile another specialisation; X is
-    passed as it is, to avoid copying it.
-    """
-    a = np.ascontiguousarray(a, dtype=dtype)
-    return a if a.flags.writeable else a.copy()
 
 
 def check_finite_scalar(name: str, value, low: float, high: float, high_open: bool) -> float:
@@ -349,10 +328,11 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
     l2 = check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
 
     W = as_numeric_array("W", W)
-    X = as_numeric_array("X", X)
+    X = check_csr("X", X) if is_sparse(X) else as_numeric_array("X", X)
+    sparse = isinstance(X, CSR)
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (K, n), got shape {W.shape}")
-    if X.ndim != 2:
+    if not sparse and X.ndim != 2:
         raise ValueError(f"X must be 2-D (m, n), got shape {X.shape}")
     K, n = W.shape
     m = X.shape[0]
@@ -363,7 +343,7 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
     if m == 0:
         raise ValueError(f"X has no samples (shape {X.shape})")
 
-    promote = [W, X]
+    promote = [W, X.data if sparse else X]
     if b is not None:
         b = as_numeric_array("b", b)
         if b.shape != (K,):
@@ -372,7 +352,8 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
     dtype = working_dtype(*promote)
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
                             ignore_index=ignore_index, reduction=reduction, samples="X")
-    X = X.astype(dtype, copy=False)  # keeps layout, copies only to change dtype
+    # keeps layout (or the CSR arrays), copies only to change dtype
+    X = with_dtype(X, dtype) if sparse else X.astype(dtype, copy=False)
     W = kernel_array(W, dtype)
     b_arr = np.zeros(K, dtype) if b is None else kernel_array(b, dtype)
     return Problem(X=X, W=W, b=b_arr, has_b=b is not None, l2=l2, dtype=dtype, **vars(targets))

@@ -24,6 +24,7 @@ from typing import Callable, Union
 import numpy as np
 
 from ._api import finish, sums
+from ._sparse import is_sparse
 from ._validation import (
     METHODS,
     as_numeric_array,
@@ -63,6 +64,12 @@ def _add(*parts):
     return loss, G, gb, kept
 
 
+def _all_finite(block):
+    """Whether a block (dense, or SciPy sparse: its stored values) is finite, as a (1, 1) array."""
+    values = block.data if is_sparse(block) else block
+    return np.array([[bool(np.isfinite(values).all())]])
+
+
 def _rows_like(a, chunks, name):
     import dask.array as da
 
@@ -91,6 +98,10 @@ def loss_and_grad(
     different order), the same options and the same errors, raised when the
     blocks are computed.  Computes with Dask's current scheduler (a
     ``distributed.Client`` if one is active).
+
+    X's blocks may be SciPy CSR matrices (``X.map_blocks(scipy.sparse.csr_matrix)``,
+    or a vectorizer's output): each block then runs the sparse kernels of
+    :func:`fastsoftmax.loss_and_grad`, and is never densified.
 
     Returns ``(loss, dW)`` or ``(loss, dW, db)`` as NumPy values.
     """
@@ -160,7 +171,8 @@ def prepare_fit(X, y, sample_weight=None) -> FitData:
     The checks scikit-learn's ``validate_data`` makes on NumPy input are made
     here on the workers (2-D X with known chunk sizes, finite X,
     classification targets with at least two classes, weight shape, sign and
-    finiteness); only their outcomes come back to the client.  X of another
+    finiteness); only their outcomes come back to the client.  X's blocks
+    may be SciPy CSR matrices (kept sparse).  X of another
     dtype than float32/float64 becomes float64; a scalar ``sample_weight``
     weights every sample alike.  Needs scikit-learn (for its definition of
     classification targets).  Raises ValueError for bad data.
@@ -187,7 +199,10 @@ def prepare_fit(X, y, sample_weight=None) -> FitData:
         raise ValueError(
             f"SoftmaxRegression needs samples of at least 2 classes in the data, "
             f"but the data contain only one class: {classes[0]!r}")
-    checks = [da.isfinite(X).all()]
+    # per block, so that blocks of SciPy sparse matrices (which np.isfinite
+    # does not take) are checked on their stored values
+    checks = [X.map_blocks(_all_finite, dtype=bool, chunks=(1, 1),
+                           meta=np.empty((0, 0), bool)).all()]
     if sample_weight is None:
         total = float(X.shape[0])
     else:

@@ -129,6 +129,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         the Dask workers (:func:`fastsoftmax.dask.loss_and_grad`) and only
         K x n partial sums come back to the client.
 
+        X may be a SciPy sparse matrix or array: CSR is used as it is (never
+        densified), other formats are converted to CSR once, as
+        scikit-learn's ``accept_sparse="csr"`` does.  The same holds for
+        ``predict``, ``predict_proba``, ``decision_function`` and ``score``.
+
         The parameters are checked first, by scikit-learn's parameter
         validation: a bad one raises ``InvalidParameterError`` (a
         ``ValueError``) naming it.
@@ -143,7 +148,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
         else:
-            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
+            X, y = validate_data(self, X, y, accept_sparse="csr",
+                                 dtype=[np.float64, np.float32], order="C")
             check_classification_targets(y)
             classes, y_index = np.unique(y, return_inverse=True)
             if sample_weight is not None and np.ndim(sample_weight) == 1 and len(
@@ -209,6 +215,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.objective_ = float(result.fun)
         return self
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
     def decision_function(self, X) -> np.ndarray:
         """Logits (m, K); for two classes the log-odds of the second, shape (m,)."""
         Z = self._logits(X)
@@ -219,8 +230,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     def _logits(self, X) -> np.ndarray:
         """Logits (m, K) of new samples, in X's dtype."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return X @ self.coef_.T.astype(X.dtype, copy=False) + self.intercept_.astype(X.dtype)
+        X = validate_data(self, X, reset=False, accept_sparse="csr",
+                          dtype=[np.float64, np.float32])
+        Z = X @ self.coef_.T.astype(X.dtype, copy=False)  # an ndarray for sparse X too
+        return np.asarray(Z) + self.intercept_.astype(X.dtype)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (m, K), columns in the order of ``classes_``."""

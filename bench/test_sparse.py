@@ -1,0 +1,210 @@
+"""Sparse (CSR) X: loss and gradient, fit, and peak extra memory on text-like data.
+
+Bag-of-words matrices with Zipf-distributed term frequencies, TF-IDF weighted
+and L2-normalised by rows (as ``TfidfVectorizer`` makes them), labels drawn
+from a softmax model over those features:
+
+* ``20news``: 11314 x 130107, about 1.8 M non-zeros, 20 classes (the shape of
+  scikit-learn's 20 newsgroups training set);
+* ``rcv1ish``: 200000 x 47236, about 75 non-zeros a row, 50 classes;
+* ``docstrings``: a real corpus that needs no download, the docstrings of the
+  functions and classes of installed packages (read from their source files
+  with ``ast``, nothing imported), labelled by package, through
+  ``TfidfVectorizer``.
+
+The loss-and-gradient comparison is against scikit-learn's own multinomial
+objective, ``LinearModelLoss(HalfMultinomialLoss).loss_gradient`` (what its
+lbfgs solver calls) on the same CSR input with the same thread count.  The
+fit comparison (20news and docstrings) runs both estimators to a tight tolerance and
+reports both objectives.  Peak extra memory is measured in a fresh process
+(Linux only: the peak resident size ``VmHWM`` is reset before the call) and reported next to the size of X's own arrays.  Numbers go
+to ``extra_info``; run with ``--benchmark-only`` (see bench/conftest.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+import fastsoftmax as fs
+
+SHAPES = {"20news": (11314, 130107, 132, 20), "rcv1ish": (200_000, 47236, 75, 50)}
+
+
+def zipf_tfidf(m, n, per_row, K, seed=0):
+    """(X csr float64 (m, n), y (m,) int64): Zipf bag-of-words rows, TF-IDF, L2-normalised.
+
+    Term j is drawn with probability proportional to 1 / (j + 2); each row
+    draws about 1.6 ``per_row`` tokens (geometric lengths), which gives about
+    ``per_row`` distinct terms; repeats become counts.
+    """
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(2, n + 2)
+    p /= p.sum()
+    lengths = np.maximum(1, rng.geometric(1.0 / (1.6 * per_row), m))
+    tokens = rng.choice(n, size=int(lengths.sum()), p=p)
+    rows = np.repeat(np.arange(m), lengths)
+    X = scipy.sparse.csr_matrix((np.ones(tokens.shape[0]), (rows, tokens)), shape=(m, n))
+    X.sum_duplicates()
+    df = np.bincount(X.indices, minlength=n)
+    X.data = np.log1p(X.data) * (np.log((1 + m) / (1 + df)) + 1.0)[X.indices]
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X = scipy.sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ X
+    X = scipy.sparse.csr_matrix(X)
+    W = scipy.sparse.random(K, n, density=0.02, random_state=seed).toarray() * 20.0
+    Z = np.asarray(X @ W.T) - np.log(-np.log(rng.random((m, K))))  # Gumbel: a softmax draw
+    return X, Z.argmax(axis=1)
+
+
+#: Installed packages whose docstrings make the corpus (the missing ones are skipped).
+DOC_PACKAGES = ("numpy", "scipy", "sklearn", "dask", "numba", "hypothesis", "distributed",
+                "setuptools", "pandas")
+
+
+def docstring_corpus(min_chars=80):
+    """(documents, labels): docstrings of installed packages, each labelled by its package."""
+    import ast
+    import importlib.util
+    import os
+
+    docs, labels = [], []
+    for package in DOC_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for root, _, files in os.walk(spec.submodule_search_locations[0]):
+            for name in sorted(files):
+                if not name.endswith(".py"):
+                    continue
+                try:
+                    with open(os.path.join(root, name), encoding="utf-8") as f:
+                        tree = ast.parse(f.read())
+                except (SyntaxError, UnicodeDecodeError, ValueError):
+                    continue
+                for node in ast.walk(tree):
+                    if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                        doc = ast.get_docstring(node)
+                        if doc and len(doc) >= min_chars:
+                            docs.append(doc)
+                            labels.append(package)
+    return docs, np.array(labels)
+
+
+@functools.lru_cache(maxsize=1)
+def data(shape):
+    if shape == "docstrings":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        docs, labels = docstring_corpus()
+        classes, y = np.unique(labels, return_inverse=True)
+        return TfidfVectorizer(min_df=2).fit_transform(docs), y, classes.shape[0]
+    m, n, per_row, K = SHAPES[shape]
+    return zipf_tfidf(m, n, per_row, K) + (K,)
+
+
+def sklearn_loss_gradient(K):
+    from sklearn._loss.loss import HalfMultinomialLoss
+    from sklearn.linear_model._linear_loss import LinearModelLoss
+
+    return LinearModelLoss(base_loss=HalfMultinomialLoss(n_classes=K), fit_intercept=True)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES) + ["docstrings"])
+@pytest.mark.parametrize("who", ["fastsoftmax", "sklearn"])
+def test_loss_and_grad(benchmark, shape, who):
+    import numba
+
+    X, y, K = data(shape)
+    m, n = X.shape
+    rng = np.random.default_rng(1)
+    W = 0.1 * rng.standard_normal((K, n))
+    b = 0.1 * rng.standard_normal(K)
+    threads = numba.get_num_threads()
+    if who == "fastsoftmax":
+        run = functools.partial(fs.loss_and_grad, W, X, y, b=b, l2=1e-4)
+        run()  # compile
+    else:
+        loss = sklearn_loss_gradient(K)
+        coef = np.hstack([W, b[:, None]])
+        yf = y.astype(np.float64)
+        sw = np.full(m, 1.0 / m)  # sklearn's lbfgs passes weights summing to one
+        run = functools.partial(loss.loss_gradient, coef, X, yf, sample_weight=sw,
+                                l2_reg_strength=1e-4, n_threads=threads)
+    benchmark.group = f"sparse loss+grad {shape} {m}x{n} nnz={X.nnz} K={K}, {threads} threads"
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+
+
+def objective(model, X, y, C):
+    loss = fs.loss_and_grad(model.coef_, X, np.searchsorted(model.classes_, y),
+                            b=model.intercept_, reduction="sum")[0]
+    return 0.5 * float(np.sum(model.coef_ ** 2)) + C * loss
+
+
+@pytest.mark.parametrize("shape", ["20news", "docstrings"])
+@pytest.mark.parametrize("who", ["SoftmaxRegression", "LogisticRegression-lbfgs"])
+def test_fit(benchmark, shape, who):
+    from sklearn.linear_model import LogisticRegression
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X, y, K = data(shape)
+    C = 10.0
+    make = {"SoftmaxRegression": lambda: SoftmaxRegression(C=C, tol=1e-8, max_iter=2000),
+            "LogisticRegression-lbfgs": lambda: LogisticRegression(C=C, tol=1e-8,
+                                                                   max_iter=2000)}[who]
+    t0 = time.perf_counter()
+    model = benchmark.pedantic(lambda: make().fit(X, y), rounds=1, iterations=1)
+    benchmark.group = f"sparse fit {shape} {X.shape} nnz={X.nnz} K={K}, C=10, tol=1e-8"
+    benchmark.extra_info.update(seconds=time.perf_counter() - t0,
+                                objective=objective(model, X, y, C))
+
+
+MEMORY_CHILD = r"""
+import json, sys
+import numpy as np, numba
+sys.path.insert(0, sys.argv[2])
+import fastsoftmax as fs
+from test_sparse import data
+X, y, K = data(sys.argv[1])
+W = np.zeros((K, X.shape[1]))
+fs.loss_and_grad(W[:, :50], X[:100, :50], y[:100] % K)  # compile
+fs.loss_and_grad(W, X[:2000], y[:2000])  # compile the parallel path
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+with open("/proc/self/clear_refs", "w") as f:  # Linux: resets the peak (VmHWM) to the current RSS
+    f.write("5")
+before = status("VmRSS:")
+loss, dW = fs.loss_and_grad(W, X, y)
+after = status("VmHWM:")
+X_MB = (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20
+print(json.dumps({"extra_MB": (after - before) / 1024, "X_MB": X_MB, "dW_MB": dW.nbytes / 2**20,
+                  "dense_slabs_MB": numba.get_num_threads() * dW.nbytes / 2**20,
+                  "threads": numba.get_num_threads()}))
+"""
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_peak_memory(benchmark, shape):
+    """Peak extra memory of the fused call (including dW), X's own size beside it."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    # A fixed mmap threshold: glibc then returns every large block to the
+    # system when it is freed, so the data generation's freed memory is not
+    # silently reused by the call (which would hide its allocations).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    run = lambda: json.loads(subprocess.run(  # noqa: E731
+        [sys.executable, "-c", MEMORY_CHILD, shape, here], check=True, capture_output=True,
+        text=True, env=env).stdout)
+    result = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.group = f"sparse peak extra memory (MB) {shape}"
+    benchmark.extra_info.update(result)
+    print(f"\n{shape}: {result}")

@@ -1,0 +1,447 @@
+"""SciPy CSR X: every method against the float64 oracle on X.toarray().
+
+The matrices are built entry by entry (``make_csr``) with what real CSR data
+may hold: unsorted column indices within a row, duplicate entries (which
+SciPy's toarray and arithmetic sum), explicit zeros and empty rows, int32 or
+int64 index arrays, as ``csr_matrix`` or ``csr_array``.  The oracle
+(tests/naive.py) sees only ``X.toarray()``; tolerances are the dense tests'
+(tests/helpers.py RTOL, relative to the oracle's rounding scales).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastsoftmax as fs
+from helpers import assert_results_close
+from naive import naive_loss_and_grad
+
+METHODS = ["fused", "indexloop", "numpy"]
+DTYPES = [np.float32, np.float64]
+INDEX_DTYPES = [np.int32, np.int64]
+KINDS = ["csr_matrix", "csr_array"]
+
+
+def make_csr(rng, m, n, density, dtype, index_dtype=np.int32, kind="csr_matrix",
+             hostile=True):
+    """A random (m, n) CSR matrix; with ``hostile``, rows hold their entries in
+    random column order, some values split into two duplicate entries of the
+    same sign, some explicit zeros, and one row is emptied."""
+    mask = rng.random((m, n)) < density
+    if hostile and m > 1:
+        mask[rng.integers(m)] = False
+    data, indices, indptr = [], [], [0]
+    for i in range(m):
+        cols = list(np.flatnonzero(mask[i]))
+        vals = list(rng.standard_normal(len(cols)))
+        if hostile:
+            for q in range(len(cols)):
+                if rng.random() < 0.3:  # a duplicate: v = f v + (1 - f) v
+                    f = rng.random()
+                    cols.append(cols[q])
+                    vals.append((1.0 - f) * vals[q])
+                    vals[q] *= f
+            if rng.random() < 0.4:
+                cols.append(int(rng.integers(n)))
+                vals.append(0.0)  # an explicit zero
+            order = rng.permutation(len(cols))
+            cols = [cols[q] for q in order]
+            vals = [vals[q] for q in order]
+        data += vals
+        indices += cols
+        indptr.append(len(indices))
+    X = getattr(scipy.sparse, kind)(
+        (np.array(data, dtype=dtype), np.array(indices, dtype=np.int64),
+         np.array(indptr, dtype=np.int64)), shape=(m, n))
+    X.indices = np.array(indices, dtype=index_dtype)  # SciPy may have chosen int32
+    X.indptr = np.array(indptr, dtype=index_dtype)
+    assert X.data.dtype == dtype
+    return X
+
+
+def make_targets(rng, kind, m, K):
+    labels = rng.integers(0, K, m)
+    if kind == "labels":
+        return labels
+    if kind == "onehot":
+        return np.eye(K)[labels]
+    T = rng.random((m, K))
+    T[rng.random((m, K)) < 0.3] = 0.0
+    return 2.0 * T
+
+
+def make_options(name, rng, m, K, dtype):
+    b = rng.standard_normal(K).astype(dtype)
+    sw = rng.random(m) * 2.0
+    return {
+        "plain": {},
+        "bias": {"b": b},
+        "weights": {"sample_weight": sw},
+        "l2": {"l2": 0.37},
+        "smoothing": {"label_smoothing": 0.15},
+        "sum": {"reduction": "sum"},
+        "all": {"b": b, "sample_weight": sw, "l2": 0.2, "label_smoothing": 0.1,
+                "reduction": "sum"},
+    }[name]
+
+
+def oracle(W, X, y, **kw):
+    return naive_loss_and_grad(np.asarray(W, np.float64), X.toarray().astype(np.float64), y,
+                               return_scales=True, **kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("target", ["labels", "onehot", "nonneg"])
+@pytest.mark.parametrize("opt", ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"])
+def test_matches_oracle(method, dtype, index_dtype, target, opt, rng, kernel_path):
+    m, n, K = 37, 11, 4
+    X = make_csr(rng, m, n, 0.3, dtype, index_dtype, kind=KINDS[len(opt) % 2])
+    W = (0.7 * rng.standard_normal((K, n))).astype(dtype)
+    y = make_targets(rng, target, m, K)
+    kw = make_options(opt, rng, m, K, dtype)
+    got = fs.loss_and_grad(W, X, y, method=method, **kw)
+    want, scales = oracle(W, X, y, **kw)
+    assert_results_close(got, want, dtype, scales)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ignore_index_matches_oracle(method, dtype, rng, kernel_path):
+    m, n, K = 41, 9, 3
+    X = make_csr(rng, m, n, 0.4, dtype, np.int64)
+    W = rng.standard_normal((K, n)).astype(dtype)
+    y = rng.integers(0, K, m)
+    y[rng.random(m) < 0.35] = -100
+    y[0] = 1
+    kw = {"b": rng.standard_normal(K).astype(dtype), "sample_weight": rng.random(m),
+          "label_smoothing": 0.2, "ignore_index": -100}
+    for reduction in ("mean", "sum"):
+        got = fs.loss_and_grad(W, X, y, reduction=reduction, method=method, **kw)
+        want, scales = oracle(W, X, y, reduction=reduction, **kw)
+        assert_results_close(got, want, dtype, scales)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_equals_the_dense_call_on_a_larger_problem(method, rng):
+    """Against the dense fused call on X.toarray(), every option, both paths by size."""
+    for dtype in DTYPES:
+        m, n, K = 1500, 300, 7
+        X = make_csr(rng, m, n, 0.02, dtype)
+        W = rng.standard_normal((K, n)).astype(dtype)
+        y = rng.integers(0, K, m)
+        kw = dict(b=rng.standard_normal(K).astype(dtype), sample_weight=rng.random(m),
+                  l2=0.01, label_smoothing=0.05)
+        ref = fs.loss_and_grad(W, X.toarray(), y, **kw)
+        assert_results_close(fs.loss_and_grad(W, X, y, method=method, **kw), ref, dtype)
+
+
+def test_deterministic_and_caller_matrix_untouched(rng, kernel_path):
+    X = make_csr(rng, 60, 20, 0.3, np.float64)
+    before = (X.data.copy(), X.indices.copy(), X.indptr.copy())
+    W = rng.standard_normal((5, 20))
+    y = rng.integers(0, 5, 60)
+    first = fs.loss_and_grad(W, X, y)
+    for _ in range(3):
+        again = fs.loss_and_grad(W, X, y)
+        assert again[0] == first[0] and np.array_equal(again[1], first[1])
+    for a, b in zip(before, (X.data, X.indices, X.indptr)):
+        assert np.array_equal(a, b) and a.dtype == b.dtype
+
+
+def test_working_dtype_follows_the_dense_rule(rng):
+    X = make_csr(rng, 10, 6, 0.5, np.float32)
+    y = rng.integers(0, 3, 10)
+    assert fs.loss_and_grad(np.zeros((3, 6), np.float32), X, y)[1].dtype == np.float32
+    assert fs.loss_and_grad(np.zeros((3, 6)), X, y)[1].dtype == np.float64
+    Xi = scipy.sparse.csr_matrix(X.toarray().round().astype(np.int64))
+    got = fs.loss_and_grad(np.zeros((3, 6), np.float32), Xi, y)
+    assert got[1].dtype == np.float64  # integer data promote to float64, as dense
+    want, scales = oracle(np.zeros((3, 6)), Xi, y)
+    assert_results_close(got, want, np.float64, scales)
+
+
+# --- property-based -----------------------------------------------------------
+
+@st.composite
+def problems(draw):
+    m = draw(st.integers(1, 30))
+    n = draw(st.integers(1, 25))
+    K = draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from(DTYPES))
+    index_dtype = draw(st.sampled_from(INDEX_DTYPES))
+    density = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    X = make_csr(rng, m, n, density, dtype, index_dtype, kind=draw(st.sampled_from(KINDS)),
+                 hostile=draw(st.booleans()))
+    W = (draw(st.sampled_from([0.01, 1.0, 10.0])) * rng.standard_normal((K, n))).astype(dtype)
+    target = draw(st.sampled_from(["labels", "onehot", "nonneg"]))
+    y = make_targets(rng, target, m, K)
+    kw = {}
+    if draw(st.booleans()):
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    if draw(st.booleans()):
+        sw = rng.random(m)
+        sw[0] = 1.0
+        kw["sample_weight"] = sw
+    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
+    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
+    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
+    if target == "labels" and draw(st.booleans()):
+        y = y.copy()
+        y[rng.random(m) < 0.3] = -7
+        y[0] = 0
+        kw["ignore_index"] = -7
+    return W, X, y, kw, dtype
+
+
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_all_methods_match_oracle(kernel_path, problem):
+    W, X, y, kw, dtype = problem
+    want, scales = oracle(W, X, y, **kw)
+    for method in METHODS:
+        got = fs.loss_and_grad(W, X, y, method=method, **kw)
+        assert_results_close(got, want, dtype, scales)
+
+
+# --- bad input ----------------------------------------------------------------
+
+def small(rng):
+    return make_csr(rng, 8, 5, 0.5, np.float64, hostile=False), np.zeros((3, 5)), \
+        rng.integers(0, 3, 8)
+
+
+@pytest.mark.parametrize("kind", ["csc_matrix", "coo_matrix", "coo_array", "lil_matrix",
+                                  "bsr_array", "dok_matrix"])
+def test_other_formats_are_refused_naming_csr(kind, rng):
+    X, W, y = small(rng)
+    with pytest.raises(TypeError, match=r"CSR.*X\.tocsr\(\)"):
+        fs.loss_and_grad(W, getattr(scipy.sparse, kind)(X), y)
+
+
+def test_malformed_structure_is_refused(rng):
+    X, W, y = small(rng)
+    bad = X.copy()
+    bad.indices = bad.indices.copy()
+    bad.indices[0] = 5
+    with pytest.raises(ValueError, match="column indices outside"):
+        fs.loss_and_grad(W, bad, y)
+    bad.indices[0] = -1
+    with pytest.raises(ValueError, match="column indices outside"):
+        fs.loss_and_grad(W, bad, y)
+    bad = X.copy()
+    bad.indptr = bad.indptr.copy()
+    bad.indptr[3], bad.indptr[4] = bad.indptr[4] + 1, bad.indptr[3]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        fs.loss_and_grad(W, bad, y)
+    bad = X.copy()
+    bad.indptr = bad.indptr.copy()
+    bad.indptr[-1] += 3
+    with pytest.raises(ValueError, match="indptr"):
+        fs.loss_and_grad(W, bad, y)
+
+
+def test_bad_dtypes_shapes_and_slots(rng):
+    X, W, y = small(rng)
+    with pytest.raises(TypeError, match="dtype bool"):
+        fs.loss_and_grad(W, X.astype(bool), y)
+    with pytest.raises(TypeError, match="dtype complex"):
+        fs.loss_and_grad(W, X.astype(np.complex128), y)
+    with pytest.raises(ValueError, match="features"):
+        fs.loss_and_grad(np.zeros((3, 4)), X, y)
+    with pytest.raises(ValueError, match="labels"):
+        fs.loss_and_grad(W, X, y[:-1])
+    with pytest.raises(ValueError, match="no samples"):
+        fs.loss_and_grad(W, scipy.sparse.csr_matrix((0, 5)), y[:0])
+    with pytest.raises(TypeError, match="sparse W"):
+        fs.loss_and_grad(scipy.sparse.csr_matrix(W), X, y)
+    with pytest.raises(TypeError, match="linear_cross_entropy takes dense X"):
+        fs.linear_cross_entropy(X, W, y)
+
+
+# --- the estimator --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sparse_digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, y = datasets.load_digits(return_X_y=True)
+    return scipy.sparse.csr_matrix(X / 16.0), y  # about half the pixels are 0
+
+
+@pytest.mark.parametrize("C", [1.0, 0.05])
+def test_estimator_same_model_as_logistic_regression_on_sparse_data(sparse_digits, C):
+    """Tolerances of the dense test (tests/test_estimator.py) on the same data as CSR."""
+    from sklearn.linear_model import LogisticRegression
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X, y = sparse_digits
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    ours = SoftmaxRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-4)
+    assert ours.score(X, y) == ref.score(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X), atol=1e-3)
+
+
+def test_estimator_sparse_and_dense_inputs_agree(sparse_digits):
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X, y = sparse_digits
+    X, y = X[:600], y[:600]
+    dense = SoftmaxRegression(tol=1e-10, max_iter=10_000).fit(X.toarray(), y)
+    for Xs in (X, scipy.sparse.csr_array(X), X.tocsc(), X.astype(np.float32)):
+        model = SoftmaxRegression(tol=1e-10, max_iter=10_000).fit(Xs, y)
+        atol = 2e-2 if Xs.dtype == np.float32 else 1e-5  # as the dense float32 test
+        np.testing.assert_allclose(model.coef_, dense.coef_, atol=atol)
+        np.testing.assert_allclose(model.predict_proba(Xs), dense.predict_proba(X.toarray()),
+                                   atol=atol)
+    for method in ("indexloop", "numpy"):
+        model = SoftmaxRegression(tol=1e-10, max_iter=10_000, method=method).fit(X, y)
+        np.testing.assert_allclose(model.coef_, dense.coef_, atol=1e-5)
+
+
+def test_text_classification_pipeline():
+    """The README's example: TF-IDF features straight into the estimator."""
+    pytest.importorskip("sklearn")
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    docs = ["the cat sat on the mat", "dogs chase cats", "stocks fell sharply today",
+            "the market rallied", "a kitten and a puppy", "bond yields rose"]
+    labels = ["pets", "pets", "finance", "finance", "pets", "finance"]
+    model = make_pipeline(TfidfVectorizer(), SoftmaxRegression(C=10.0)).fit(docs, labels)
+    assert list(model.predict(["the puppy sat", "the market fell"])) == ["pets", "finance"]
+
+
+# --- Dask arrays of CSR blocks ------------------------------------------------------
+
+@pytest.mark.parametrize("opts", [{}, {"b": True, "sample_weight": True, "l2": 0.3,
+                                       "label_smoothing": 0.1, "ignore_index": -100}])
+def test_dask_blocks_of_csr_matrices(opts, rng):
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    import fastsoftmax.dask as fsd
+
+    m, n, K = 230, 12, 4
+    X = make_csr(rng, m, n, 0.3, np.float64, hostile=False)
+    W = rng.standard_normal((K, n))
+    y = rng.integers(0, K, m)
+    opts = dict(opts)
+    if opts.pop("b", False):
+        opts["b"] = rng.standard_normal(K)
+    if opts.pop("sample_weight", False):
+        opts["sample_weight"] = rng.random(m)
+    if "ignore_index" in opts:
+        y[rng.random(m) < 0.2] = -100
+    blocks = da.from_array(X.toarray(), chunks=(60, n)).map_blocks(scipy.sparse.csr_matrix)
+    seen = []
+
+    def spy(block):  # what the blocks are when the kernels get them
+        seen.append(type(block))
+        return block
+
+    blocks = blocks.map_blocks(spy, meta=scipy.sparse.csr_matrix((0, 0)))
+    with dask.config.set(scheduler="synchronous"):
+        got = fsd.loss_and_grad(W, blocks, da.from_array(y, chunks=60), split_every=2, **opts)
+    assert seen and all(t is scipy.sparse.csr_matrix for t in seen)
+    want, scales = oracle(W, X, y, **opts)
+    assert_results_close(got, want, np.float64, scales)
+
+
+def test_estimator_fit_on_dask_csr_blocks(sparse_digits):
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X, y = sparse_digits
+    X, y = X[:500], y[:500]
+    Xd = da.from_array(X.toarray(), chunks=(128, 64)).map_blocks(scipy.sparse.csr_matrix)
+    with dask.config.set(scheduler="synchronous"):
+        model = SoftmaxRegression(tol=1e-10, max_iter=10_000).fit(Xd, da.from_array(y, 128))
+    ref = SoftmaxRegression(tol=1e-10, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(model.coef_, ref.coef_, atol=1e-5)
+    bad = X.toarray()
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        SoftmaxRegression().fit(da.from_array(bad, chunks=(128, 64)).map_blocks(
+            scipy.sparse.csr_matrix), da.from_array(y, 128))
+
+
+# --- compilation ------------------------------------------------------------------
+
+def test_four_compiled_variants_per_kernel_whatever_the_options(rng, monkeypatch):
+    """(data dtype) x (index dtype): options, targets and paths add no specialisation."""
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
+    from fastsoftmax._sparse_indexloop import sparse_indexloop_sums
+
+    for serial_work in (2**62, 0):
+        monkeypatch.setattr(policy, "SERIAL_WORK", serial_work)
+        for dtype in DTYPES:
+            for index_dtype in INDEX_DTYPES:
+                X = make_csr(rng, 20, 7, 0.4, dtype, index_dtype)
+                W = rng.standard_normal((3, 7)).astype(dtype)
+                y = rng.integers(0, 3, 20)
+                for kw in ({}, {"b": np.ones(3, np.float64), "sample_weight": np.ones(20),
+                                "label_smoothing": 0.1, "ignore_index": 2},
+                           {"y": np.eye(3)[y], "l2": 1.0}):
+                    kw = dict(kw)
+                    yy = kw.pop("y", y)
+                    for method in ("fused", "indexloop"):
+                        fs.loss_and_grad(W, X, yy, method=method, **kw)
+    for kernel in (sparse_fused_sums, sparse_fused_sums_serial, sparse_indexloop_sums):
+        assert len(kernel.signatures) == 4, kernel.signatures
+
+
+def test_sparse_kernels_load_from_the_cache_in_a_new_process():
+    from helpers import assert_cached_in_new_process
+
+    calls = ("import scipy.sparse\n"
+             "X = scipy.sparse.random(4000, 30, density=0.2, format='csr', random_state=0)\n"
+             "W = np.ones((3, 30)); y = np.arange(4000) % 3\n"
+             "fs.loss_and_grad(W, X, y); fs.loss_and_grad(W, X, y, method='indexloop')\n"
+             "fs.loss_and_grad(W, X[:5], y[:5])\n")
+    assert_cached_in_new_process(calls, {"sparse_fused_sums": "fastsoftmax._sparse_fused",
+                                         "sparse_fused_sums_serial": "fastsoftmax._sparse_fused",
+                                         "sparse_indexloop_sums":
+                                             "fastsoftmax._sparse_indexloop"})
+
+
+def test_read_only_and_mixed_index_arrays(rng, kernel_path):
+    """Read-only arrays (a memory-mapped matrix) and indices/indptr of different
+    integer dtypes give the same results (copied to the kernels' types)."""
+    X = make_csr(rng, 30, 9, 0.4, np.float64, np.int32)
+    W = rng.standard_normal((3, 9))
+    y = rng.integers(0, 3, 30)
+    want, scales = oracle(W, X, y)
+    ro = X.copy()
+    for a in (ro.data, ro.indices, ro.indptr):
+        a.flags.writeable = False
+    assert_results_close(fs.loss_and_grad(W, ro, y), want, np.float64, scales)
+    mixed = X.copy()
+    mixed.indptr = mixed.indptr.astype(np.int64)
+    for method in METHODS:
+        assert_results_close(fs.loss_and_grad(W, mixed, y, method=method), want, np.float64,
+                             scales)
+
+
+def test_hessian_products_refuse_sparse_x_clearly():
+    X = scipy.sparse.random(20, 4, density=0.5, format="csr", random_state=0)
+    for call in (lambda: fs.hessian_product(np.zeros((3, 4)), X, np.arange(20) % 3, np.ones((3, 4))),
+                 lambda: fs.loss_grad_hessp(np.zeros((3, 4)), X, np.arange(20) % 3),
+                 lambda: fs.hessian(np.zeros((3, 4)), X, np.arange(20) % 3)):
+        with pytest.raises(TypeError, match="dense X only"):
+            call()
