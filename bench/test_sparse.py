@@ -34,8 +34,11 @@ import pytest
 import scipy.sparse
 
 import fastsoftmax as fs
+from conftest import sized
 
-SHAPES = {"20news": (11314, 130107, 132, 20), "rcv1ish": (200_000, 47236, 75, 50)}
+#: name -> (m, n, distinct terms a row, K); FASTSOFTMAX_BENCH_TINY=1: tiny stand-ins
+SHAPES = {"20news": sized((11314, 130107, 132, 20), (300, 2000, 20, 4)),
+          "rcv1ish": sized((200_000, 47236, 75, 50), (500, 1000, 10, 5))}
 
 
 def zipf_tfidf(m, n, per_row, K, seed=0):
@@ -64,8 +67,10 @@ def zipf_tfidf(m, n, per_row, K, seed=0):
 
 
 #: Installed packages whose docstrings make the corpus (the missing ones are skipped).
-DOC_PACKAGES = ("numpy", "scipy", "sklearn", "dask", "numba", "hypothesis", "distributed",
-                "setuptools", "pandas")
+DOC_PACKAGES = sized(("numpy", "scipy", "sklearn", "dask", "numba", "hypothesis", "distributed",
+                      "setuptools", "pandas"), ("hypothesis", "numba", "numpy"))
+#: at most this many docstrings a package (all of them for a real run)
+DOCS_PER_PACKAGE = sized(None, 150)
 
 
 def docstring_corpus(min_chars=80):
@@ -80,6 +85,8 @@ def docstring_corpus(min_chars=80):
         if spec is None or not spec.submodule_search_locations:
             continue
         for root, _, files in os.walk(spec.submodule_search_locations[0]):
+            if DOCS_PER_PACKAGE and labels.count(package) >= DOCS_PER_PACKAGE:
+                break
             for name in sorted(files):
                 if not name.endswith(".py"):
                     continue
@@ -156,9 +163,10 @@ def test_fit(benchmark, shape, who):
 
     X, y, K = data(shape)
     C = 10.0
-    make = {"SoftmaxRegression": lambda: SoftmaxRegression(C=C, tol=1e-8, max_iter=2000),
+    iters = sized(2000, 50)
+    make = {"SoftmaxRegression": lambda: SoftmaxRegression(C=C, tol=1e-8, max_iter=iters),
             "LogisticRegression-lbfgs": lambda: LogisticRegression(C=C, tol=1e-8,
-                                                                   max_iter=2000)}[who]
+                                                                   max_iter=iters)}[who]
     t0 = time.perf_counter()
     model = benchmark.pedantic(lambda: make().fit(X, y), rounds=1, iterations=1)
     benchmark.group = f"sparse fit {shape} {X.shape} nnz={X.nnz} K={K}, C=10, tol=1e-8"
