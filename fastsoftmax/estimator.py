@@ -152,11 +152,12 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                                  dtype=[np.float64, np.float32], order="C")
             check_classification_targets(y)
             classes, y_index = np.unique(y, return_inverse=True)
-            if sample_weight is not None and np.ndim(sample_weight) == 1 and len(
-                    sample_weight) != X.shape[0]:
-                raise ValueError(
-                    f"sample_weight must hold one weight per sample: {X.shape[0]} for the "
-                    f"{X.shape[0]} samples of X, got {len(sample_weight)}")
+            if sample_weight is not None:
+                weights = np.asarray(sample_weight)
+                if weights.ndim == 1 and weights.shape[0] != X.shape[0]:
+                    raise ValueError(
+                        f"sample_weight must hold one weight per sample: {X.shape[0]} for the "
+                        f"{X.shape[0]} samples of X, got {weights.shape[0]}")
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
             total = float(sample_weight.sum())
             evaluate = loss_and_grad
