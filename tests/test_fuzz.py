@@ -39,9 +39,10 @@ def run_child(tmp_path, examples: str, **env):
 
 def test_fuzz_in_a_child_process(tmp_path):
     out, last = run_child(tmp_path, os.environ.get("FASTSOFTMAX_FUZZ_EXAMPLES", "600"))
+    seed = os.environ.get("FASTSOFTMAX_FUZZ_SEED", "0")
     assert out.returncode == 0, (
-        f"exit code {out.returncode} (negative: killed by a signal) after case {last}\n"
-        f"{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
+        f"FASTSOFTMAX_FUZZ_SEED={seed}: exit code {out.returncode} (negative: killed by a "
+        f"signal) after case {last}\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
     assert "fuzzed" in out.stdout
     print(out.stdout.strip())
 
