@@ -84,6 +84,59 @@ def exp_nonpositive(x):
 
 
 @serial_kernel
+def tile_softmax_exp(Zr, b, S, mx, ssum):
+    """Class-major shifted exponentials of a tile of R samples (the Hessian kernels').
+
+    ``Zr`` (R, >= K) holds the tile's logits without the intercept ``b`` (K,)
+    in its first K columns.  Writes ``S[k, r] = exp(z_rk - mx_r)`` into ``S``
+    (K, R) float64, with ``z_rk = Zr[r, k] + b[k]``, the row maxima into
+    ``mx`` (R,) and ``ssum[r] = sum_k S[k, r]`` into ``ssum`` (R,), so that
+    ``p_rk = S[k, r] / ssum[r]``.  As in :func:`tile_loss_and_coef`, every
+    inner loop runs over the samples and no reducing loop also stores.
+    """
+    K, R = S.shape
+    for k in range(K):
+        bk = b[k]
+        for r in range(R):
+            S[k, r] = Zr[r, k] + bk
+    for r in range(R):
+        mx[r] = S[0, r]
+    for k in range(1, K):
+        for r in range(R):
+            mx[r] = max(mx[r], S[k, r])
+    for k in range(K):
+        for r in range(R):
+            S[k, r] = exp_nonpositive(S[k, r] - mx[r])
+    for r in range(R):
+        ssum[r] = 0.0
+    for k in range(K):
+        for r in range(R):
+            ssum[r] += S[k, r]
+
+
+@serial_kernel
+def tile_sample_scale(rows, R, labels, T, sw, eps, out):
+    """``out[r] = w_i s_i`` for the tile's samples ``i = rows[r]``, r < R.
+
+    ``s_i = sum_k t_ik`` is the smoothed target total (1 for class indices,
+    whose smoothed rows sum to one), ``w_i`` the sample weight (1 when ``sw``
+    is empty).  ``out`` (>= R,) float64.
+    """
+    use_labels = labels.shape[0] > 0
+    weighted = sw.shape[0] > 0
+    K = T.shape[1]
+    inv_k = 1.0 / K
+    for r in range(R):
+        i = rows[r]
+        s = 1.0
+        if not use_labels:
+            s = 0.0
+            for k in range(K):
+                s += (1.0 - eps) * T[i, k] + eps * inv_k
+        out[r] = (sw[i] if weighted else 1.0) * s
+
+
+@serial_kernel
 def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
     """Softmax, loss and logit gradient for a tile of R samples.
 
