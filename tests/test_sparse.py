@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import assert_results_close
+from helpers import assert_results_close, assert_same_model_as_logistic_regression
 from naive import naive_loss_and_grad
 
 METHODS = ["fused", "indexloop", "numpy"]
@@ -277,17 +277,8 @@ def sparse_digits():
 @pytest.mark.parametrize("C", [1.0, 0.05])
 def test_estimator_same_model_as_logistic_regression_on_sparse_data(sparse_digits, C):
     """Tolerances of the dense test (tests/test_estimator.py) on the same data as CSR."""
-    from sklearn.linear_model import LogisticRegression
-
-    from fastsoftmax.estimator import SoftmaxRegression
-
     X, y = sparse_digits
-    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
-    ours = SoftmaxRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
-    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-4)
-    assert ours.score(X, y) == ref.score(X, y)
-    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
+    ours, ref = assert_same_model_as_logistic_regression(X, y, C)
     np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
     np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X), atol=1e-3)
 
