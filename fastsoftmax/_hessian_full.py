@@ -51,7 +51,7 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
     rows = np.empty(tile, dtype=np.int64)
     xa = np.empty((tile, nt))
     Zb = np.empty((tile, K))
-    P = np.empty((K, tile))
+    Pbuf = np.empty(K * tile)
     c = np.empty(tile)
     mx = np.empty(tile)
     ssum = np.empty(tile)
@@ -72,7 +72,8 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
         Z = Zb[:R]
         np.dot(Xa, Wa.T, Z)
         # class-major probabilities
-        tile_softmax_exp(Z, zero_b, P[:, :R], mx, ssum)  # the intercept is in Z already
+        P = Pbuf[: K * R].reshape((K, R))  # contiguous
+        tile_softmax_exp(Z, zero_b, P, mx, ssum)  # the intercept is in Z already
         for k in range(K):
             for r in range(R):
                 P[k, r] = P[k, r] / ssum[r]
