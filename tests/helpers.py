@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from hypothesis import strategies as st
 
-from fastsoftmax.tools.problems import TARGET_KINDS, ignore_labels, problem
+from fastsoftmax.tools.problems import TARGET_KINDS, ignore_labels, problem  # noqa: F401
 
 METHODS = ["fused", "indexloop", "numpy"]
 DTYPES = [np.float32, np.float64]
@@ -92,7 +92,7 @@ def make_problem(rng, m, n, K, dtype, target="labels"):
     return problem(rng, m, n, K, dtype, target, weight_scale=0.7)
 
 
-def options(name, rng, m, K, dtype, target):
+def options(name, rng, m, K, dtype, target=None):
     """Keyword arguments for a named option set."""
     labels_ok = target in ("labels", "float_labels")
     b = (rng.standard_normal(K)).astype(dtype)
@@ -111,6 +111,21 @@ def options(name, rng, m, K, dtype, target):
 
 def f64(*arrays):
     return [None if a is None else np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def ignore_index_problem(rng, dtype, extra):
+    """A (41, 5, 3) labels problem with some labels set to -100 (ignored), and its
+    keyword arguments: ``extra`` with "sample_weight" and "b" replaced by random
+    arrays.  Returns ``(W, X, y, kw)``."""
+    m, n, K = 41, 5, 3
+    W, X, y = make_problem(rng, m, n, K, dtype)
+    y = ignore_labels(y, rng)
+    kw = dict(extra)
+    if "sample_weight" in kw:
+        kw["sample_weight"] = rng.random(m)
+    if "b" in kw:
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    return W, X, y, kw
 
 
 def draw_dense_problem(draw):

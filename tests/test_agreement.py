@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import ignore_labels
 from helpers import (DTYPES, METHODS, TARGETS, assert_close, assert_results_close, central_differences,
-                     draw_dense_problem, f64, make_problem, options)
+                     draw_dense_problem, f64, ignore_index_problem, make_problem, options)
 from naive import naive_loss_and_grad
 
 OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
@@ -33,14 +33,7 @@ def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
 def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
-    m, n, K = 41, 5, 3
-    W, X, y = make_problem(rng, m, n, K, dtype)
-    y = ignore_labels(y, rng)
-    kw = dict(extra)
-    if "sample_weight" in kw:
-        kw["sample_weight"] = rng.random(m)
-    if "b" in kw:
-        kw["b"] = rng.standard_normal(K).astype(dtype)
+    W, X, y, kw = ignore_index_problem(rng, dtype, extra)
     for reduction in ("mean", "sum"):
         got = fs.loss_and_grad(W, X, y, ignore_index=-100, reduction=reduction, method=method, **kw)
         want, scales = naive_loss_and_grad(*f64(W, X), y, ignore_index=-100,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import ignore_labels
 from helpers import (DTYPES, METHODS, RTOL, TARGETS, assert_cached_in_new_process, assert_close,
-                     draw_dense_problem, f64, make_problem, options)
+                     draw_dense_problem, f64, ignore_index_problem, make_problem, options)
 from naive_hessian import naive_hessian, naive_hessian_product
 
 OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
@@ -93,14 +93,8 @@ def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
 def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
-    m, n, K = 41, 5, 3
-    W, X, y = make_problem(rng, m, n, K, dtype)
-    y = ignore_labels(y, rng)
-    kw = dict(extra)
-    if "sample_weight" in kw:
-        kw["sample_weight"] = rng.random(m)
-    if "b" in kw:
-        kw["b"] = rng.standard_normal(K).astype(dtype)
+    W, X, y, kw = ignore_index_problem(rng, dtype, extra)
+    K, n = W.shape
     V, vb = direction(rng, K, n, dtype, "b" in kw)
     for reduction in ("mean", "sum"):
         want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, ignore_index=-100,

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import assert_results_close, assert_same_model_as_logistic_regression
+from helpers import assert_results_close, assert_same_model_as_logistic_regression, options
 from naive import naive_loss_and_grad
 
 METHODS = ["fused", "indexloop", "numpy"]
@@ -74,21 +74,6 @@ def make_targets(rng, kind, m, K):
     return 2.0 * T
 
 
-def make_options(name, rng, m, K, dtype):
-    b = rng.standard_normal(K).astype(dtype)
-    sw = rng.random(m) * 2.0
-    return {
-        "plain": {},
-        "bias": {"b": b},
-        "weights": {"sample_weight": sw},
-        "l2": {"l2": 0.37},
-        "smoothing": {"label_smoothing": 0.15},
-        "sum": {"reduction": "sum"},
-        "all": {"b": b, "sample_weight": sw, "l2": 0.2, "label_smoothing": 0.1,
-                "reduction": "sum"},
-    }[name]
-
-
 def oracle(W, X, y, **kw):
     return naive_loss_and_grad(np.asarray(W, np.float64), X.toarray().astype(np.float64), y,
                                return_scales=True, **kw)
@@ -104,7 +89,7 @@ def test_matches_oracle(method, dtype, index_dtype, target, opt, rng, kernel_pat
     X = make_csr(rng, m, n, 0.3, dtype, index_dtype, kind=KINDS[len(opt) % 2])
     W = (0.7 * rng.standard_normal((K, n))).astype(dtype)
     y = make_targets(rng, target, m, K)
-    kw = make_options(opt, rng, m, K, dtype)
+    kw = options(opt, rng, m, K, dtype)
     got = fs.loss_and_grad(W, X, y, method=method, **kw)
     want, scales = oracle(W, X, y, **kw)
     assert_results_close(got, want, dtype, scales)
