@@ -23,7 +23,7 @@ from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
-from ._rowmath import exp_nonpositive
+from ._rowmath import tile_sample_scale, tile_softmax_exp
 from ._tiles import kept_rows
 
 
@@ -32,15 +32,13 @@ def diag_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
     """Rows start:stop in tiles: adds their diagonal sums to G (K, n) and gb (K,)."""
     n = X.shape[1]
     K = W.shape[0]
-    inv_k = 1.0 / K
-    use_labels = labels.shape[0] > 0
-    weighted = sw.shape[0] > 0
     rows = np.empty(tile, dtype=np.int64)
     xb = np.empty((tile, n))
     sq = np.empty((tile, n))
     Zb = np.empty((tile, K))
     Cbuf = np.empty(K * tile)
     mx = np.empty(tile)
+    ssum = np.empty(tile)
     ws = np.empty(tile)
     Gt = np.empty((K, n))
     for t0 in range(start, stop, tile):
@@ -58,31 +56,12 @@ def diag_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
         Z = Zb[:R]
         np.dot(Xt, W.T, Z)
         Cr = Cbuf[: K * R].reshape((K, R))  # contiguous, for BLAS
-        for r in range(R):
-            mx[r] = Z[r, 0] + b[0]
-        for k in range(1, K):
-            for r in range(R):
-                mx[r] = max(mx[r], Z[r, k] + b[k])
-        for k in range(K):
-            for r in range(R):
-                Cr[k, r] = exp_nonpositive(Z[r, k] + b[k] - mx[r])
-        for r in range(R):
-            mx[r] = 0.0
-        for k in range(K):
-            for r in range(R):
-                mx[r] += Cr[k, r]
+        tile_softmax_exp(Z, b, Cr, mx, ssum)
         # C = w_i s_i p_ik (1 - p_ik)
-        for r in range(R):
-            i = rows[r]
-            s = 1.0
-            if not use_labels:
-                s = 0.0
-                for k in range(K):
-                    s += (1.0 - eps) * T[i, k] + eps * inv_k
-            ws[r] = (sw[i] if weighted else 1.0) * s
+        tile_sample_scale(rows, R, labels, T, sw, eps, ws)
         for k in range(K):
             for r in range(R):
-                p = Cr[k, r] / mx[r]
+                p = Cr[k, r] / ssum[r]
                 Cr[k, r] = ws[r] * p * (1.0 - p)
         for k in range(K):
             acc = 0.0

@@ -34,7 +34,7 @@ from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
-from ._rowmath import exp_nonpositive
+from ._rowmath import tile_sample_scale, tile_softmax_exp
 from ._tiles import kept_rows
 
 
@@ -48,15 +48,14 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
     """
     n = X.shape[1]
     K, nt = Wa.shape
-    inv_k = 1.0 / K
-    use_labels = labels.shape[0] > 0
-    weighted = sw.shape[0] > 0
     rows = np.empty(tile, dtype=np.int64)
     xa = np.empty((tile, nt))
     Zb = np.empty((tile, K))
-    P = np.empty((K, tile))
+    Pbuf = np.empty(K * tile)
     c = np.empty(tile)
     mx = np.empty(tile)
+    ssum = np.empty(tile)
+    zero_b = np.zeros(K)
     Yb = np.empty((tile, nt))
     Hd = np.empty((nt, nt))
     for t0 in range(start, stop, tile):
@@ -73,31 +72,13 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
         Z = Zb[:R]
         np.dot(Xa, Wa.T, Z)
         # class-major probabilities
-        for r in range(R):
-            mx[r] = Z[r, 0]
-        for k in range(1, K):
-            for r in range(R):
-                mx[r] = max(mx[r], Z[r, k])
+        P = Pbuf[: K * R].reshape((K, R))  # contiguous
+        tile_softmax_exp(Z, zero_b, P, mx, ssum)  # the intercept is in Z already
         for k in range(K):
             for r in range(R):
-                P[k, r] = exp_nonpositive(Z[r, k] - mx[r])
-        for r in range(R):
-            mx[r] = 0.0
-        for k in range(K):
-            for r in range(R):
-                mx[r] += P[k, r]
-        for k in range(K):
-            for r in range(R):
-                P[k, r] = P[k, r] / mx[r]
+                P[k, r] = P[k, r] / ssum[r]
         # c_i = w_i s_i
-        for r in range(R):
-            i = rows[r]
-            s = 1.0
-            if not use_labels:
-                s = 0.0
-                for k in range(K):
-                    s += (1.0 - eps) * T[i, k] + eps * inv_k
-            c[r] = (sw[i] if weighted else 1.0) * s
+        tile_sample_scale(rows, R, labels, T, sw, eps, c)
         # block (j, j') = X~^T diag(c p_j (delta_jj' - p_j')) X~, for j <= j'
         Y = Yb[:R]
         for j in range(K):

@@ -42,7 +42,7 @@ from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
-from ._rowmath import exp_nonpositive
+from ._rowmath import tile_sample_scale, tile_softmax_exp
 from ._tiles import gather, kept_rows, tile_view
 
 
@@ -63,57 +63,28 @@ def tile_hessian_coef(Zr, D, E, aux, b, vb, labels, T, sw, eps, rows, gb):
     """
     R = Zr.shape[0]
     K = b.shape[0]
-    inv_k = 1.0 / K
     S = E[: K * R].reshape((K, R))
     U = E[K * R: 2 * K * R].reshape((K, R))
     mx = aux[0, :R]
     ssum = aux[1, :R]
     pu = aux[2, :R]
     for k in range(K):
-        bk = b[k]
-        for r in range(R):
-            S[k, r] = Zr[r, k] + bk
-    for k in range(K):
         vk = vb[k]
         for r in range(R):
             U[k, r] = Zr[r, K + k] + vk
+    tile_softmax_exp(Zr, b, S, mx, ssum)
     for r in range(R):
-        mx[r] = S[0, r]
-    for k in range(1, K):
-        for r in range(R):
-            mx[r] = max(mx[r], S[k, r])
-    for k in range(K):
-        for r in range(R):
-            S[k, r] = S[k, r] - mx[r]
-    flat = E[: K * R]
-    for q in range(K * R):  # one SIMD pass of exponentials over the tile
-        flat[q] = exp_nonpositive(flat[q])
-    for r in range(R):
-        ssum[r] = 0.0
         pu[r] = 0.0
-    for k in range(K):
-        for r in range(R):
-            ssum[r] += S[k, r]
     for k in range(K):
         for r in range(R):
             # a class of probability 0 (a -inf logit) adds nothing whatever u is
             pu[r] += S[k, r] * U[k, r] if S[k, r] != 0.0 else 0.0
     # mx becomes the scale w_i s_i / sum_k exp(z_ik - mx_i), pu <p_i, u_i>
-    use_labels = labels.shape[0] > 0
-    weighted = sw.shape[0] > 0
     for r in range(R):
         pu[r] = pu[r] / ssum[r]
-    if use_labels:  # smoothed one-hot rows sum to one
-        for r in range(R):
-            w = sw[rows[r]] if weighted else 1.0
-            mx[r] = w / ssum[r]
-    else:
-        for r in range(R):
-            s = 0.0
-            for k in range(K):
-                s += (1.0 - eps) * T[rows[r], k] + eps * inv_k
-            w = sw[rows[r]] if weighted else 1.0
-            mx[r] = w * s / ssum[r]
+    tile_sample_scale(rows, R, labels, T, sw, eps, mx)
+    for r in range(R):
+        mx[r] = mx[r] / ssum[r]
     for k in range(K):
         for r in range(R):
             e = S[k, r]

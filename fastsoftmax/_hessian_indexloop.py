@@ -17,25 +17,23 @@ coefficient
     h_ij = sum_j' s_i p_ij (delta_jj' - p_ij') u_ij',
 
 and adds w_i h_ij x_il to HV[j, l] and w_i h_ij to Hvb[j].  This kernel
-evaluates s_i as the loop over k of the smoothed targets and h_ij as the
+evaluates s_i as the loop over k of the smoothed targets t_ik and h_ij as the
 literal double loop with a Kronecker delta.
 
 Reduction loops only read memory (see :mod:`fastsoftmax._indexloop`).  Cost
 O(m (2 n K + K^2)); rows split into ``nchunks`` chunks with their own slabs,
 so the result is deterministic for a given ``nchunks``.
-Peak extra memory: ``nchunks * (K * n + 5 * K) * 8`` bytes.
+Peak extra memory: ``nchunks * (K * n + 6 * K) * 8`` bytes.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel
-from ._rowmath import target_value
+from ._sample import dense_logits, sample_softmax
 
 
 @parallel_kernel
@@ -51,35 +49,21 @@ def hessian_indexloop_sums(X, W, b, V, vb, labels, T, sw, eps, nchunks):
     for c in prange(nchunks):
         z = np.empty(K)
         p = np.empty(K)
+        t = np.empty(K)
         u = np.empty(K)
         h = np.empty(K)
         for i in range(c * m // nchunks, (c + 1) * m // nchunks):
             if use_labels and labels[i] < 0:
                 continue  # dropped by ignore_index
             w = sw[i] if weighted else 1.0
-            # logits z_ij and their directional derivatives u_ij
-            for j in range(K):
-                acc = 0.0
-                for l in range(n):
-                    acc += W[j, l] * X[i, l]
-                z[j] = acc + b[j]
-            for j in range(K):
-                acc = 0.0
-                for l in range(n):
-                    acc += V[j, l] * X[i, l]
-                u[j] = acc + vb[j]
-            zmax = z[0]
-            for j in range(1, K):
-                zmax = max(zmax, z[j])
-            total = 0.0
-            for j in range(K):
-                total += math.exp(z[j] - zmax)
-            for j in range(K):
-                p[j] = math.exp(z[j] - zmax) / total
+            # logits z_ij, their directional derivatives u_ij, probabilities p_ij
+            dense_logits(W, b, X, i, z)
+            dense_logits(V, vb, X, i, u)
+            sample_softmax(z, p, t, labels, T, i, eps, inv_k)
             # s_i = sum_k t_ik
             s = 0.0
             for k in range(K):
-                s += target_value(labels, T, i, k, eps, inv_k)
+                s += t[k]
             # h_ij = sum_j' s_i p_ij (delta_jj' - p_ij') u_ij'
             for j in range(K):
                 hj = 0.0

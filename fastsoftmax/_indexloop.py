@@ -26,14 +26,12 @@ Peak extra memory: ``nchunks * (K * n + 5 * K) * 8`` bytes.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel
-from ._rowmath import target_value
+from ._sample import add_sample_loss, dense_logits, sample_softmax
 
 
 @parallel_kernel
@@ -59,29 +57,11 @@ def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks, dX):
             if use_labels and labels[i] < 0:
                 continue  # dropped by ignore_index
             w = sw[i] if weighted else 1.0
-            # logits z_ij and their maximum
-            for j in range(K):
-                acc = 0.0
-                for l in range(n):
-                    acc += W[j, l] * X[i, l]
-                z[j] = acc + b[j]
-            zmax = z[0]
-            for j in range(1, K):
-                zmax = max(zmax, z[j])
-            # log-sum-exp and probabilities p_ij
-            s = 0.0
-            for j in range(K):
-                s += math.exp(z[j] - zmax)
-            log_s = math.log(s)
-            for j in range(K):
-                p[j] = math.exp(z[j] - zmax) / s
-            # targets t_ik and the loss -sum_k t_ik log p_ik,
-            # with log p_ik = (z_ik - zmax) - log_s
-            for k in range(K):
-                t[k] = target_value(labels, T, i, k, eps, inv_k)
-            for k in range(K):
-                if t[k] != 0.0:  # a zero target adds nothing, even for a -inf logit
-                    loss -= w * t[k] * ((z[k] - zmax) - log_s)
+            # logits z_ij; log-sum-exp, probabilities p_ij and targets t_ik;
+            # the loss -sum_k t_ik log p_ik
+            dense_logits(W, b, X, i, z)
+            zmax, log_s = sample_softmax(z, p, t, labels, T, i, eps, inv_k)
+            loss = add_sample_loss(loss, w, t, z, zmax, log_s)
             # c_ij = sum_k t_ik (p_ij - delta_kj)
             for j in range(K):
                 cj = 0.0

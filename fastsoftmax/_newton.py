@@ -182,6 +182,27 @@ def minimize_newton_cholesky(
     options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction, method=method)
     obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
+
+    def cholesky_step(x, grad, hessp):
+        H = hessp.matrix()
+        shift = JITTER * max(float(np.max(np.diag(H))), np.finfo(float).tiny)
+        for _ in range(8):  # more shift if rounding made H indefinite
+            H[np.diag_indices_from(H)] += shift
+            try:
+                return scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), -grad)
+            except np.linalg.LinAlgError:
+                shift *= 100.0
+        return "the Hessian could not be factored"
+
+    return _newton_loop(obj, x, cholesky_step, tol, max_iter, start)
+
+
+def _newton_loop(obj, x, newton_step, tol, max_iter, start):
+    """The Newton drivers' outer loop: stop test, step, Armijo line search.
+
+    ``newton_step(x, grad, hessp)`` returns the search direction, or a
+    message (str) saying why there is none, which ends the loop.
+    """
     history = []
     message = f"max_iter={max_iter} reached"
     converged = False
@@ -194,18 +215,9 @@ def minimize_newton_cholesky(
             break
         if it == max_iter:
             break
-        H = hessp.matrix()
-        shift = JITTER * max(float(np.max(np.diag(H))), np.finfo(float).tiny)
-        step = None
-        for _ in range(8):  # more shift if rounding made H indefinite
-            H[np.diag_indices_from(H)] += shift
-            try:
-                step = scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), -grad)
-                break
-            except np.linalg.LinAlgError:
-                shift *= 100.0
-        if step is None:
-            message = "the Hessian could not be factored"
+        step = newton_step(x, grad, hessp)
+        if isinstance(step, str):
+            message = step
             break
         x_new = _line_search(obj, x, loss, grad, step)
         if x_new is None:
@@ -248,18 +260,8 @@ def minimize_newton_pcg(
     options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction, method=method)
     obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
-    history = []
-    message = f"max_iter={max_iter} reached"
-    converged = False
-    it = 0
-    for it in range(max_iter + 1):
-        loss, grad, hessp = obj.at(x)
-        history.append(float(loss))
-        if np.max(np.abs(grad)) <= tol:
-            converged, message = True, "converged"
-            break
-        if it == max_iter:
-            break
+
+    def pcg_step(x, grad, hessp):
         diag = hessp.diagonal()
         floor = max(float(np.max(diag)), np.finfo(float).tiny) * 1e-12
         inv_diag = 1.0 / np.maximum(diag, floor)
@@ -286,9 +288,6 @@ def minimize_newton_pcg(
             rz_new = float(r @ z)
             d = z + (rz_new / rz) * d
             rz = rz_new
-        x_new = _line_search(obj, x, loss, grad, step)
-        if x_new is None:
-            message = "the line search found no decrease (rounding level reached)"
-            break
-        x = x_new
-    return _result(obj, x, converged, it, start, message, history)
+        return step
+
+    return _newton_loop(obj, x, pcg_step, tol, max_iter, start)

@@ -34,12 +34,33 @@ def _numpy_sums(p: Problem, dX: np.ndarray | None) -> tuple[float, np.ndarray, n
         keep = labels >= 0
         X, labels = X[keep], labels[keep]
         sw = sw[keep] if sw.shape[0] else sw
-    m = X.shape[0]
-    K = p.W.shape[0]
-    eps = p.eps
-
     Z = X @ p.W.T
-    Z += p.b
+    loss, E, gb = logits_loss_and_coef(Z, p.b, labels, T, sw, p.eps)
+    G = E.T @ X
+    if dX is not None:
+        if keep is None:
+            np.matmul(E, p.W, out=dX)
+        else:
+            dX[keep] = E @ p.W
+    return loss, G, gb
+
+
+def logits_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: np.ndarray,
+                         sw: np.ndarray, eps: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Softmax, loss and weighted logit gradient from the (m, K) logits without intercept.
+
+    ``Z`` (m, K), in the working dtype, holds ``X W^T`` for the kept rows; it
+    is overwritten.  ``b`` (K,) is the intercept; ``labels`` (m,) int64 or
+    empty, ``T`` (m, K) or empty, ``sw`` (m,) or empty and ``eps`` are the
+    kept rows' targets and weights in the kernels' encoding (see
+    :mod:`fastsoftmax._rowmath`).  Returns ``(loss_sum, E, gb)``: the weighted
+    loss sum (float), ``E`` (m, K) working dtype with rows
+    ``w_i (s_i p_i - t_i)``, and ``gb = sum_i E_i`` (K,) float64.  The caller
+    forms ``G = E^T X``.
+    """
+    m, K = Z.shape
+    use_labels = labels.shape[0] > 0
+    Z += b
     Z -= Z.max(axis=1, keepdims=True)  # Z now holds z - max <= 0
     E = np.exp(Z)
     # The row sums are at least 1 (the maximum contributes exp(0)); in float32
@@ -69,11 +90,5 @@ def _numpy_sums(p: Problem, dX: np.ndarray | None) -> tuple[float, np.ndarray, n
         loss = float(np.dot(sw, row_loss.astype(np.float64)))
     else:
         loss = float(np.sum(row_loss, dtype=np.float64))
-    G = E.T @ X
     gb = E.sum(axis=0, dtype=np.float64)
-    if dX is not None:
-        if keep is None:
-            np.matmul(E, p.W, out=dX)
-        else:
-            dX[keep] = E @ p.W
-    return loss, G, gb
+    return loss, E, gb

@@ -84,6 +84,81 @@ def exp_nonpositive(x):
 
 
 @serial_kernel
+def tile_shifted_logits(Zr, b, S, mx):
+    """Class-major shifted logits of a tile of R samples.
+
+    ``Zr`` (R, >= K) holds the tile's logits without the intercept ``b`` (K,)
+    in its first K columns.  Writes ``S[k, r] = z_rk - mx_r`` into ``S``
+    (K, R) float64, with ``z_rk = Zr[r, k] + b[k]`` and the row maxima
+    ``mx_r`` into ``mx`` (R,).  In class-major order every inner loop runs
+    over the samples of the tile (see :func:`tile_loss_and_coef`).
+    """
+    K, R = S.shape
+    for k in range(K):
+        bk = b[k]
+        for r in range(R):
+            S[k, r] = Zr[r, k] + bk
+    for r in range(R):
+        mx[r] = S[0, r]
+    for k in range(1, K):
+        for r in range(R):
+            mx[r] = max(mx[r], S[k, r])
+    for k in range(K):
+        for r in range(R):
+            S[k, r] = S[k, r] - mx[r]
+
+
+@serial_kernel
+def tile_exp_rowsums(S, ssum):
+    """``S <- exp(S)`` in place for shifted logits ``S`` (K, R) float64, C-contiguous,
+    in one SIMD pass over the K R entries; ``ssum[r] = sum_k S[k, r]`` (R,)."""
+    K, R = S.shape
+    flat = S.reshape(K * R)
+    for q in range(K * R):
+        flat[q] = exp_nonpositive(flat[q])
+    for r in range(R):
+        ssum[r] = 0.0
+    for k in range(K):
+        for r in range(R):
+            ssum[r] += S[k, r]
+
+
+@serial_kernel
+def tile_softmax_exp(Zr, b, S, mx, ssum):
+    """Class-major shifted exponentials of a tile of R samples (the Hessian kernels').
+
+    :func:`tile_shifted_logits` then :func:`tile_exp_rowsums`: on return
+    ``S[k, r] = exp(z_rk - mx_r)`` (``S`` (K, R) float64, C-contiguous), ``mx``
+    (R,) holds the row maxima and ``ssum`` (R,) the row sums, so that
+    ``p_rk = S[k, r] / ssum[r]``.
+    """
+    tile_shifted_logits(Zr, b, S, mx)
+    tile_exp_rowsums(S, ssum)
+
+
+@serial_kernel
+def tile_sample_scale(rows, R, labels, T, sw, eps, out):
+    """``out[r] = w_i s_i`` for the tile's samples ``i = rows[r]``, r < R.
+
+    ``s_i = sum_k t_ik`` is the smoothed target total (1 for class indices,
+    whose smoothed rows sum to one), ``w_i`` the sample weight (1 when ``sw``
+    is empty).  ``out`` (>= R,) float64.
+    """
+    use_labels = labels.shape[0] > 0
+    weighted = sw.shape[0] > 0
+    K = T.shape[1]
+    inv_k = 1.0 / K
+    for r in range(R):
+        i = rows[r]
+        s = 1.0
+        if not use_labels:
+            s = 0.0
+            for k in range(K):
+                s += (1.0 - eps) * T[i, k] + eps * inv_k
+        out[r] = (sw[i] if weighted else 1.0) * s
+
+
+@serial_kernel
 def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
     """Softmax, loss and logit gradient for a tile of R samples.
 
@@ -113,18 +188,7 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
     tz = aux[1, :R]  # sum_k t_ik (z_ik - mx_i), later the weighted scale
     tsum = aux[2, :R]
     ssum = aux[3, :R]
-    for k in range(K):
-        bk = b[k]
-        for r in range(R):
-            S[k, r] = Zr[r, k] + bk
-    for r in range(R):
-        mx[r] = S[0, r]
-    for k in range(1, K):
-        for r in range(R):
-            mx[r] = max(mx[r], S[k, r])
-    for k in range(K):
-        for r in range(R):
-            S[k, r] = S[k, r] - mx[r]
+    tile_shifted_logits(Zr, b, S, mx)
     use_labels = labels.shape[0] > 0
     weighted = sw.shape[0] > 0
     # A class whose target is 0 contributes nothing, even when its logit is
@@ -148,14 +212,7 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
                 t = (1.0 - eps) * T[rows[r], k] + eps * inv_k
                 tz[r] += t * S[k, r] if t != 0.0 else 0.0
                 tsum[r] += t
-    flat = E[: K * R]
-    for q in range(K * R):  # one SIMD pass of exponentials over the tile
-        flat[q] = exp_nonpositive(flat[q])
-    for r in range(R):
-        ssum[r] = 0.0
-    for k in range(K):
-        for r in range(R):
-            ssum[r] += S[k, r]
+    tile_exp_rowsums(S, ssum)  # one SIMD pass of exponentials over the tile
     loss = 0.0
     for r in range(R):
         w = sw[rows[r]] if weighted else 1.0

@@ -14,14 +14,12 @@ a given ``nchunks``.  Compiled variants: one per (data dtype, index dtype).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel
-from ._rowmath import target_value
+from ._sample import add_sample_loss, sample_softmax
 
 
 @parallel_kernel
@@ -44,26 +42,14 @@ def sparse_indexloop_sums(data, indices, indptr, W, b, labels, T, sw, eps, nchun
                 continue  # dropped by ignore_index
             w = sw[i] if weighted else 1.0
             lo, hi = indptr[i], indptr[i + 1]
-            # logits z_ij over the row's non-zeros, and their maximum
+            # logits z_ij over the row's non-zeros; then as the dense kernel
             for j in range(K):
                 acc = 0.0
                 for q in range(lo, hi):
                     acc += W[j, indices[q]] * data[q]
                 z[j] = acc + b[j]
-            zmax = z[0]
-            for j in range(1, K):
-                zmax = max(zmax, z[j])
-            s = 0.0
-            for j in range(K):
-                s += math.exp(z[j] - zmax)
-            log_s = math.log(s)
-            for j in range(K):
-                p[j] = math.exp(z[j] - zmax) / s
-            for k in range(K):
-                t[k] = target_value(labels, T, i, k, eps, inv_k)
-            for k in range(K):
-                if t[k] != 0.0:  # a zero target adds nothing, even for a -inf logit
-                    loss -= w * t[k] * ((z[k] - zmax) - log_s)
+            zmax, log_s = sample_softmax(z, p, t, labels, T, i, eps, inv_k)
+            loss = add_sample_loss(loss, w, t, z, zmax, log_s)
             # c_ij = sum_k t_ik (p_ij - delta_kj)
             for j in range(K):
                 cj = 0.0

@@ -1,9 +1,17 @@
-"""Helpers shared by the tests: stated tolerances, the compile-cache check."""
+"""Helpers shared by the tests: stated tolerances, the compile-cache check, the dense
+problems (fixed option sets and a hypothesis strategy) and the estimator comparison."""
 
 import subprocess
 import sys
 
 import numpy as np
+from hypothesis import strategies as st
+
+from fastsoftmax.tools.problems import TARGET_KINDS, ignore_labels, problem  # noqa: F401
+
+METHODS = ["fused", "indexloop", "numpy"]
+DTYPES = [np.float32, np.float64]
+TARGETS = list(TARGET_KINDS)
 
 #: Stated tolerances between an implementation and the float64 reference.
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
@@ -77,3 +85,95 @@ def central_differences(f, A, h):
         hm = float(A[idx]) - float(Am[idx])
         G[idx] = (f(Ap) - f(Am)) / (hp + hm)
     return G
+
+
+def make_problem(rng, m, n, K, dtype, target="labels"):
+    """Standard-normal X, W = 0.7 x standard normal, targets of the given kind."""
+    return problem(rng, m, n, K, dtype, target, weight_scale=0.7)
+
+
+def options(name, rng, m, K, dtype, target=None):
+    """Keyword arguments for a named option set."""
+    labels_ok = target in ("labels", "float_labels")
+    b = (rng.standard_normal(K)).astype(dtype)
+    sw = rng.random(m) * 2.0
+    out = {
+        "plain": {},
+        "bias": {"b": b},
+        "weights": {"sample_weight": sw},
+        "l2": {"l2": 0.37},
+        "smoothing": {"label_smoothing": 0.15},
+        "sum": {"reduction": "sum"},
+        "all": {"b": b, "sample_weight": sw, "l2": 0.2, "label_smoothing": 0.1, "reduction": "sum"},
+    }[name]
+    return out
+
+
+def f64(*arrays):
+    return [None if a is None else np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def ignore_index_problem(rng, dtype, extra):
+    """A (41, 5, 3) labels problem with some labels set to -100 (ignored), and its
+    keyword arguments: ``extra`` with "sample_weight" and "b" replaced by random
+    arrays.  Returns ``(W, X, y, kw)``."""
+    m, n, K = 41, 5, 3
+    W, X, y = make_problem(rng, m, n, K, dtype)
+    y = ignore_labels(y, rng)
+    kw = dict(extra)
+    if "sample_weight" in kw:
+        kw["sample_weight"] = rng.random(m)
+    if "b" in kw:
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    return W, X, y, kw
+
+
+def draw_dense_problem(draw):
+    """Draw a small dense problem inside a ``st.composite`` strategy.
+
+    Returns ``(rng, W, X, y, kw, dtype)``: every target kind and dtype, logit
+    scales from 0.01 to 30, optional intercept, sample weights (some zero),
+    l2, label smoothing, reduction and ignore_index; ``rng`` is the problem's
+    generator, for anything the caller draws after it.
+    """
+    m = draw(st.integers(1, 40))
+    n = draw(st.integers(1, 7))
+    K = draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from(DTYPES))
+    target = draw(st.sampled_from(TARGETS))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    scale = draw(st.sampled_from([0.01, 1.0, 30.0]))
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    W = (W * scale).astype(dtype)
+    kw = {}
+    if draw(st.booleans()):
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    if draw(st.booleans()):
+        sw = rng.random(m) * draw(st.sampled_from([1.0, 1e3]))
+        sw[rng.random(m) < 0.2] = 0.0
+        sw[0] = 1.0
+        kw["sample_weight"] = sw
+    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
+    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
+    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
+    if target == "labels" and draw(st.booleans()):
+        y = ignore_labels(y, rng)
+        kw["ignore_index"] = -100
+    return rng, W, X, y, kw, dtype
+
+
+def assert_same_model_as_logistic_regression(X, y, C):
+    """Fit SoftmaxRegression and scikit-learn's LogisticRegression with the same C on (X, y)
+    and compare coefficients, intercepts, accuracy and probabilities; returns (ours, ref)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    ours = SoftmaxRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-4)
+    assert ours.score(X, y) == ref.score(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
+    return ours, ref

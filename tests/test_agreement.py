@@ -8,40 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from fastsoftmax.tools.problems import TARGET_KINDS, ignore_labels, problem
-from helpers import assert_close, assert_results_close, central_differences
+from fastsoftmax.tools.problems import ignore_labels
+from helpers import (DTYPES, METHODS, TARGETS, assert_close, assert_results_close, central_differences,
+                     draw_dense_problem, f64, ignore_index_problem, make_problem, options)
 from naive import naive_loss_and_grad
-
-METHODS = ["fused", "indexloop", "numpy"]
-DTYPES = [np.float32, np.float64]
-TARGETS = list(TARGET_KINDS)
-
-
-def make_problem(rng, m, n, K, dtype, target="labels"):
-    """Standard-normal X, W = 0.7 x standard normal, targets of the given kind."""
-    return problem(rng, m, n, K, dtype, target, weight_scale=0.7)
-
-
-def options(name, rng, m, K, dtype, target):
-    """Keyword arguments for a named option set."""
-    labels_ok = target in ("labels", "float_labels")
-    b = (rng.standard_normal(K)).astype(dtype)
-    sw = rng.random(m) * 2.0
-    out = {
-        "plain": {},
-        "bias": {"b": b},
-        "weights": {"sample_weight": sw},
-        "l2": {"l2": 0.37},
-        "smoothing": {"label_smoothing": 0.15},
-        "sum": {"reduction": "sum"},
-        "all": {"b": b, "sample_weight": sw, "l2": 0.2, "label_smoothing": 0.1, "reduction": "sum"},
-    }[name]
-    return out
-
-
-def f64(*arrays):
-    return [None if a is None else np.asarray(a, dtype=np.float64) for a in arrays]
-
 
 OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
 
@@ -63,14 +33,7 @@ def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
 def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
-    m, n, K = 41, 5, 3
-    W, X, y = make_problem(rng, m, n, K, dtype)
-    y = ignore_labels(y, rng)
-    kw = dict(extra)
-    if "sample_weight" in kw:
-        kw["sample_weight"] = rng.random(m)
-    if "b" in kw:
-        kw["b"] = rng.standard_normal(K).astype(dtype)
+    W, X, y, kw = ignore_index_problem(rng, dtype, extra)
     for reduction in ("mean", "sum"):
         got = fs.loss_and_grad(W, X, y, ignore_index=-100, reduction=reduction, method=method, **kw)
         want, scales = naive_loss_and_grad(*f64(W, X), y, ignore_index=-100,
@@ -138,30 +101,7 @@ def test_finite_differences(method, dtype, target, opt, rng, kernel_path):
 
 @st.composite
 def problems(draw):
-    m = draw(st.integers(1, 40))
-    n = draw(st.integers(1, 7))
-    K = draw(st.integers(1, 6))
-    dtype = draw(st.sampled_from(DTYPES))
-    target = draw(st.sampled_from(TARGETS))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    scale = draw(st.sampled_from([0.01, 1.0, 30.0]))
-    W, X, y = make_problem(rng, m, n, K, dtype, target)
-    W = (W * scale).astype(dtype)
-    kw = {}
-    if draw(st.booleans()):
-        kw["b"] = rng.standard_normal(K).astype(dtype)
-    if draw(st.booleans()):
-        sw = rng.random(m) * draw(st.sampled_from([1.0, 1e3]))
-        sw[rng.random(m) < 0.2] = 0.0
-        sw[0] = 1.0
-        kw["sample_weight"] = sw
-    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
-    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
-    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
-    if target == "labels" and draw(st.booleans()):
-        y = ignore_labels(y, rng)
-        kw["ignore_index"] = -100
+    rng, W, X, y, kw, dtype = draw_dense_problem(draw)
     return W, X, y, kw, dtype
 
 

@@ -21,6 +21,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastsoftmax as fs  # noqa: E402
 from fastsoftmax.estimator import SoftmaxRegression  # noqa: E402
+from helpers import assert_same_model_as_logistic_regression  # noqa: E402
 
 
 @parametrize_with_checks([SoftmaxRegression()])
@@ -40,12 +41,7 @@ def digits():
 def test_same_model_as_logistic_regression_on_digits(digits, C):
     """scikit-learn's bundled digits (1797 x 64, 10 classes), standardised."""
     X, y = digits
-    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
-    ours = SoftmaxRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
-    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-4)
-    assert ours.score(X, y) == ref.score(X, y)
-    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
+    assert_same_model_as_logistic_regression(X, y, C)
 
 
 def test_sample_weight_and_string_labels(digits):

@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import RTOL, assert_cached_in_new_process, assert_close
+from fastsoftmax.tools.problems import ignore_labels
+from helpers import (DTYPES, METHODS, RTOL, TARGETS, assert_cached_in_new_process, assert_close,
+                     draw_dense_problem, f64, ignore_index_problem, make_problem, options)
 from naive_hessian import naive_hessian, naive_hessian_product
-from test_agreement import DTYPES, METHODS, TARGETS, f64, ignore_labels, make_problem, options
 
 OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
 
@@ -92,14 +93,8 @@ def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
 def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
-    m, n, K = 41, 5, 3
-    W, X, y = make_problem(rng, m, n, K, dtype)
-    y = ignore_labels(y, rng)
-    kw = dict(extra)
-    if "sample_weight" in kw:
-        kw["sample_weight"] = rng.random(m)
-    if "b" in kw:
-        kw["b"] = rng.standard_normal(K).astype(dtype)
+    W, X, y, kw = ignore_index_problem(rng, dtype, extra)
+    K, n = W.shape
     V, vb = direction(rng, K, n, dtype, "b" in kw)
     for reduction in ("mean", "sum"):
         want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, ignore_index=-100,
@@ -398,30 +393,8 @@ def test_nan_in_direction_propagates(rng):
 
 @st.composite
 def problems(draw):
-    m = draw(st.integers(1, 40))
-    n = draw(st.integers(1, 7))
-    K = draw(st.integers(1, 6))
-    dtype = draw(st.sampled_from(DTYPES))
-    target = draw(st.sampled_from(TARGETS))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    scale = draw(st.sampled_from([0.01, 1.0, 30.0]))
-    W, X, y = make_problem(rng, m, n, K, dtype, target)
-    W = (W * scale).astype(dtype)
-    kw = {}
-    if draw(st.booleans()):
-        kw["b"] = rng.standard_normal(K).astype(dtype)
-    if draw(st.booleans()):
-        sw = rng.random(m) * draw(st.sampled_from([1.0, 1e3]))
-        sw[rng.random(m) < 0.2] = 0.0
-        sw[0] = 1.0
-        kw["sample_weight"] = sw
-    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
-    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
-    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
-    if target == "labels" and draw(st.booleans()):
-        y = ignore_labels(y, rng)
-        kw["ignore_index"] = -100
+    rng, W, X, y, kw, dtype = draw_dense_problem(draw)
+    K, n = W.shape
     V, vb = direction(rng, K, n, dtype, "b" in kw)
     if vb is not None and draw(st.booleans()):
         vb = None  # a zero intercept direction

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import assert_results_close
+from helpers import assert_results_close, assert_same_model_as_logistic_regression, options
 from naive import naive_loss_and_grad
 
 METHODS = ["fused", "indexloop", "numpy"]
@@ -74,21 +74,6 @@ def make_targets(rng, kind, m, K):
     return 2.0 * T
 
 
-def make_options(name, rng, m, K, dtype):
-    b = rng.standard_normal(K).astype(dtype)
-    sw = rng.random(m) * 2.0
-    return {
-        "plain": {},
-        "bias": {"b": b},
-        "weights": {"sample_weight": sw},
-        "l2": {"l2": 0.37},
-        "smoothing": {"label_smoothing": 0.15},
-        "sum": {"reduction": "sum"},
-        "all": {"b": b, "sample_weight": sw, "l2": 0.2, "label_smoothing": 0.1,
-                "reduction": "sum"},
-    }[name]
-
-
 def oracle(W, X, y, **kw):
     return naive_loss_and_grad(np.asarray(W, np.float64), X.toarray().astype(np.float64), y,
                                return_scales=True, **kw)
@@ -104,7 +89,7 @@ def test_matches_oracle(method, dtype, index_dtype, target, opt, rng, kernel_pat
     X = make_csr(rng, m, n, 0.3, dtype, index_dtype, kind=KINDS[len(opt) % 2])
     W = (0.7 * rng.standard_normal((K, n))).astype(dtype)
     y = make_targets(rng, target, m, K)
-    kw = make_options(opt, rng, m, K, dtype)
+    kw = options(opt, rng, m, K, dtype)
     got = fs.loss_and_grad(W, X, y, method=method, **kw)
     want, scales = oracle(W, X, y, **kw)
     assert_results_close(got, want, dtype, scales)
@@ -277,17 +262,8 @@ def sparse_digits():
 @pytest.mark.parametrize("C", [1.0, 0.05])
 def test_estimator_same_model_as_logistic_regression_on_sparse_data(sparse_digits, C):
     """Tolerances of the dense test (tests/test_estimator.py) on the same data as CSR."""
-    from sklearn.linear_model import LogisticRegression
-
-    from fastsoftmax.estimator import SoftmaxRegression
-
     X, y = sparse_digits
-    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
-    ours = SoftmaxRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
-    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-4)
-    assert ours.score(X, y) == ref.score(X, y)
-    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
+    ours, ref = assert_same_model_as_logistic_regression(X, y, C)
     np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
     np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X), atol=1e-3)
 
