@@ -38,8 +38,6 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
         return numpy_sums(p, dX)
     m, n = p.X.shape
     K = p.W.shape[0]
-    if dX is None:
-        dX = np.empty((0, n), p.dtype)
     chunks = policy.chunk_count(m)
     if method == "indexloop":
         with parallel_region():

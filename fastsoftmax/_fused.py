@@ -2,7 +2,11 @@
 
 The rows of X are split into ``nchunks`` contiguous chunks, one per ``prange``
 iteration (:func:`fused_sums`), or taken as one chunk without a parallel
-region for small problems (:func:`fused_sums_serial`).  Each chunk walks its
+region for small problems (:func:`fused_sums_serial`).  Both call the one
+compiled function :func:`fused_chunk`; the parallel loop calls it through its
+address (:mod:`fastsoftmax._compiled`), so its code is compiled and cached
+once rather than once more for the parallel loop and each of its wrappers
+(which tripled the cold start of the default path).  Each chunk walks its
 rows in tiles of ``tile`` rows (:func:`fused_chunk`):
 
 1. the tile's logits ``X_tile W^T`` come from one BLAS GEMM into a (R, K)
@@ -35,9 +39,9 @@ wanted and a tile has ignored rows).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, typeof, types
 
-from ._accumulate import allocate, combine
+from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
 from ._tiles import gather, kept_rows, tile_view
@@ -48,7 +52,7 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
                contiguous):
     """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss.
 
-    When ``dX`` is not empty, also writes the tile's rows of the input
+    When ``dX`` is not None, also writes the tile's rows of the input
     gradient ``D^T W`` to ``dX[rows]`` (straight into dX when ``contiguous``,
     i.e. the tile is rows rows[0]:rows[0]+R of X, else through ``dXbuf``).
     """
@@ -62,7 +66,7 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
     for k in range(K):
         for l in range(n):
             G[k, l] += Gt[k, l]
-    if dX.shape[0] > 0:  # (R, K) x (K, n): each chunk writes only its own rows
+    if dX is not None:  # (R, K) x (K, n): each chunk writes only its own rows
         if contiguous:
             np.dot(D.T, W, dX[rows[0]: rows[0] + R])
         else:
@@ -77,7 +81,7 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
 @serial_kernel
 def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX):
     """Rows start:stop, in tiles: adds their gradient sums to G (K, n) and
-    gb (K,) (float64), writes their rows of dX when dX is not empty (rows
+    gb (K,) (float64), writes their rows of dX when dX is not None (rows
     dropped by ignore_index are left as they are), and returns their loss sum."""
     n = X.shape[1]
     K = W.shape[0]
@@ -87,24 +91,54 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX):
     aux = np.empty((4, tile))
     rows = np.empty(tile, dtype=np.int64)
     xbuf = np.empty((tile, n), dtype=X.dtype)
-    dxbuf = np.empty((tile if dX.shape[0] > 0 else 0, n), dtype=X.dtype)
+    dxbuf = np.empty((tile if dX is not None else 0, n), dtype=X.dtype)
     Gt = np.empty((K, n), dtype=X.dtype)
     loss = 0.0
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
         R = kept_rows(labels, t0, t1, rows)
-        if R == t1 - t0:
+        if R == 0:
+            continue
+        # One call site, ``contiguous`` a run-time bool: _tile_step is compiled once.
+        contiguous = R == t1 - t0
+        if contiguous:
             Xt = tile_view(X, t0, t1, rows[:R], xbuf)
-            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
-                               dX, dxbuf, True)
-        elif R > 0:
+        else:
             Xt = gather(X, rows[:R], xbuf)
-            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
-                               dX, dxbuf, False)
+        loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
+                           dX, dxbuf, contiguous)
     return loss
 
 
 @parallel_kernel
+def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, slabs, bias_slabs, losses):
+    """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
+    (:func:`fused_chunk` through its address) into the chunk's own slabs."""
+    m = X.shape[0]
+    nchunks = losses.shape[0]
+    for c in prange(nchunks):
+        start = np.int64(c * m // nchunks)
+        stop = np.int64((c + 1) * m // nchunks)
+        losses[c] = call_compiled(chunk, X, W, b, labels, T, sw, eps, start, stop, tile,
+                                  slabs[c], bias_slabs[c], dX)
+
+
+#: fused_chunk's entry points, by what the numba types of its arguments depend on.
+_entries: dict = {}
+
+
+def _chunk_entry(X, W, b, labels, T, sw, dX) -> CompiledFunction:
+    key = tuple(array_key(a) for a in (X, W, b, labels, T, sw, dX))
+    entry = _entries.get(key)
+    if entry is None:
+        slab = types.Array(types.float64, 2, "C")
+        argtypes = (*(typeof(a) for a in (X, W, b, labels, T, sw)), types.float64,
+                    types.int64, types.int64, types.int64, slab, slab.copy(ndim=1),
+                    typeof(dX))
+        entry = _entries.setdefault(key, CompiledFunction(fused_chunk, argtypes))
+    return entry
+
+
 def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX):
     """Unnormalised loss and gradient sums of softmax regression.
 
@@ -112,24 +146,37 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX):
     empty; T (m, K) or (0, K); sw (m,) float64 or empty; eps float;
     nchunks >= 1; tile >= 1; dX (m, n) zeros of X's dtype, C-contiguous, to
     receive the unnormalised input gradient ``w_i (s_i p_i - t_i)^T W`` of
-    every kept sample, or an empty (0, n) array when it is not wanted.
+    every kept sample, or None when it is not wanted (numba then compiles
+    a specialisation without the input-gradient code, so the loss-and-gradient
+    path neither compiles nor loads it).
     Returns ``(loss_sum, G, gb)`` with G (K, n) and gb (K,) float64: the
     weighted sums over samples of the loss, of ``(s_i p_i - t_i) x_i^T`` and
     of ``s_i p_i - t_i``.
     """
-    m, n = X.shape
-    K = W.shape[0]
-    slabs, bias_slabs, losses = allocate(nchunks, K, n)
-    for c in prange(nchunks):
-        losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
-                                (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX)
-    return combine(slabs, bias_slabs, losses)
+    K, n = W.shape
+    slabs = np.zeros((nchunks, K, n))
+    bias_slabs = np.zeros((nchunks, K))
+    losses = np.zeros(nchunks)
+    _parallel_chunks(_chunk_entry(X, W, b, labels, T, sw, dX), X, W, b, labels, T, sw,
+                     float(eps), int(tile), dX, slabs, bias_slabs, losses)
+    # Summed in chunk order: the result does not depend on which thread ran what.
+    G, gb, loss = slabs[0], bias_slabs[0], float(losses[0])
+    for c in range(1, nchunks):
+        G += slabs[c]
+        gb += bias_slabs[c]
+        loss += float(losses[c])
+    return loss, G, gb
 
 
-@serial_kernel
 def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX):
-    """:func:`fused_sums` with one chunk and no parallel region, for small problems."""
-    slabs, bias_slabs, losses = allocate(1, W.shape[0], X.shape[1])
-    losses[0] = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile,
-                            slabs[0], bias_slabs[0], dX)
-    return combine(slabs, bias_slabs, losses)
+    """:func:`fused_sums` with one chunk and no parallel region, for small problems.
+
+    Plain Python around the compiled :func:`fused_chunk`, which the parallel
+    kernel compiles anyway (same signature), so the serial path adds no
+    compilation and no cached code of its own to a process's start-up.
+    """
+    K, n = W.shape
+    G = np.zeros((K, n))
+    gb = np.zeros(K)
+    loss = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile, G, gb, dX)
+    return loss, G, gb

@@ -76,7 +76,7 @@ def indexloop_sums(X, W, b, labels, T, sw, eps, nchunks, dX):
                 for l in range(n):
                     slabs[c, j, l] += wc * X[i, l]
             # dX[i, l] = sum_j w_i c_ij W_jl  (row i belongs to this chunk alone)
-            if dX.shape[0] > 0:
+            if dX is not None:
                 for l in range(n):
                     acc = 0.0
                     for j in range(K):

@@ -222,7 +222,7 @@ def test_kernels_are_cached_without_warnings():
         "    fs.loss_and_grad_logits(X, np.arange(m) % 30)\n"
     )
     assert_cached_in_new_process(calls, {
-        "fused_sums": "fastsoftmax._fused", "fused_sums_serial": "fastsoftmax._fused",
+        "fused_chunk": "fastsoftmax._fused", "_parallel_chunks": "fastsoftmax._fused",
         "indexloop_sums": "fastsoftmax._indexloop", "logits_sums": "fastsoftmax._logits",
         "logits_sums_serial": "fastsoftmax._logits"})
 

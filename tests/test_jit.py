@@ -14,12 +14,12 @@ PACKAGE = pathlib.Path(fastsoftmax.__file__).parent
 
 CALLS = (
     "import numpy as np, fastsoftmax as fs\n"
-    "from fastsoftmax._fused import fused_sums_serial\n"
+    "from fastsoftmax._fused import fused_chunk\n"
     "from fastsoftmax._primitives import _rows_serial\n"
     "X = np.ones((4, 3)); W = np.ones((2, 3)); y = np.array([0, 1, 0, 1])\n"
     "fs.loss_and_grad(W, X, y)\n"
     "fs.softmax(X)\n"
-    "print(*(sum(f.stats.cache_hits.values()) for f in (fused_sums_serial, _rows_serial)))\n"
+    "print(*(sum(f.stats.cache_hits.values()) for f in (fused_chunk, _rows_serial)))\n"
 )
 
 
