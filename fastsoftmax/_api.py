@@ -17,7 +17,7 @@ from ._sparse import CSR
 from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
 from ._sparse_indexloop import sparse_indexloop_sums
 from ._sparse_numpy import sparse_numpy_sums
-from ._threading import parallel_region
+from ._threading import parallel_region, seconds_since_parallel
 from ._validation import Problem, prepare, prepare_logits
 
 Method = Literal["fused", "indexloop", "numpy"]
@@ -46,8 +46,8 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
     with single_threaded_blas:
         if chunks == 1 or m * n * K < policy.SERIAL_WORK:
             return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX)
-        with parallel_region():
-            return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX)
+        inline = policy.run_inline(m * n * K, seconds_since_parallel())
+        return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX, inline)
 
 
 def sparse_sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:

@@ -39,6 +39,15 @@ SERIAL_ELEMENTS = 2**15
 #: 1000.
 TILE_ELEMENTS = 512
 
+#: numba's worker threads go to sleep when idle, and waking them costs
+#: about 100 µs (measured: a (1000, 50, 5) call took 57 µs back to back and
+#: 134-208 µs after 2-10 ms of other work).  When no parallel region has run
+#: for WORKERS_ASLEEP_AFTER seconds and a call has fewer than INLINE_WORK
+#: multiply-adds (m n K), its chunks run one after the other on the calling
+#: thread instead: the same chunks into the same slabs, so the result is
+#: bit-identical to the parallel run's.
+WORKERS_ASLEEP_AFTER = 1e-3
+INLINE_WORK = 2**20
 
 #: Columns per block when the sparse kernel adds its chunks' column slabs
 #: into the gradient (blocks run in parallel, each in chunk order).
@@ -52,6 +61,12 @@ def chunk_count(m: int) -> int:
     honoured; never more than the number of rows.
     """
     return max(1, min(m, numba.get_num_threads()))
+
+
+def run_inline(work: int, idle_seconds: float) -> bool:
+    """Whether a parallel call of ``work`` multiply-adds runs its chunks on the
+    calling thread, the worker threads having been idle ``idle_seconds``."""
+    return work < INLINE_WORK and idle_seconds > WORKERS_ASLEEP_AFTER
 
 
 def tile_rows(n: int, K: int, itemsize: int) -> int:

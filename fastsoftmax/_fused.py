@@ -44,6 +44,7 @@ from numba import prange, typeof, types
 from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
+from ._threading import parallel_region
 from ._tiles import gather, kept_rows, tile_view
 
 
@@ -139,7 +140,7 @@ def _chunk_entry(X, W, b, labels, T, sw, dX) -> CompiledFunction:
     return entry
 
 
-def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX):
+def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, inline=False):
     """Unnormalised loss and gradient sums of softmax regression.
 
     X (m, n) and W (K, n), b (K,) of one float dtype; labels (m,) int64 or
@@ -152,13 +153,23 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX):
     Returns ``(loss_sum, G, gb)`` with G (K, n) and gb (K,) float64: the
     weighted sums over samples of the loss, of ``(s_i p_i - t_i) x_i^T`` and
     of ``s_i p_i - t_i``.
+
+    ``inline=True`` runs the same chunks one after the other on the calling
+    thread (no parallel region; bit-identical result).
     """
+    m = X.shape[0]
     K, n = W.shape
     slabs = np.zeros((nchunks, K, n))
     bias_slabs = np.zeros((nchunks, K))
     losses = np.zeros(nchunks)
-    _parallel_chunks(_chunk_entry(X, W, b, labels, T, sw, dX), X, W, b, labels, T, sw,
-                     float(eps), int(tile), dX, slabs, bias_slabs, losses)
+    if inline:
+        for c in range(nchunks):
+            losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
+                                    (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX)
+    else:
+        with parallel_region():
+            _parallel_chunks(_chunk_entry(X, W, b, labels, T, sw, dX), X, W, b, labels, T, sw,
+                             float(eps), int(tile), dX, slabs, bias_slabs, losses)
     # Summed in chunk order: the result does not depend on which thread ran what.
     G, gb, loss = slabs[0], bias_slabs[0], float(losses[0])
     for c in range(1, nchunks):

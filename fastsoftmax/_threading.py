@@ -26,6 +26,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 import warnings
 
 import numba
@@ -109,8 +110,33 @@ def active_layer() -> str | None:
 
 
 def parallel_region():
-    """Context for one call of a parallel kernel: a lock unless the layer is thread-safe."""
-    return _NO_LOCK if active_layer() in ("tbb", "omp") else _serial_lock
+    """Context for one call of a parallel kernel: a lock unless the layer is
+    thread-safe; its end is recorded (:func:`seconds_since_parallel`)."""
+    return _Region(_NO_LOCK if active_layer() in ("tbb", "omp") else _serial_lock)
 
 
 _NO_LOCK = contextlib.nullcontext()
+#: perf_counter() at the end of the process's latest parallel region (-inf: none yet).
+_last_region_end = float("-inf")
+
+
+class _Region:
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock):
+        self._lock = lock
+
+    def __enter__(self):
+        self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        global _last_region_end
+        _last_region_end = time.perf_counter()
+        return self._lock.__exit__(*exc)
+
+
+def seconds_since_parallel() -> float:
+    """Seconds since the latest parallel region of the process ended (inf: none
+    has run): how long numba's worker threads have been idle, and so whether
+    they are likely asleep."""
+    return time.perf_counter() - _last_region_end

@@ -23,8 +23,8 @@ def kernel_path(request, monkeypatch):
 
     "serial": one chunk, no parallel region, default tiles (what small
     problems use); "parallel-small-tiles": the parallel kernel even for tiny
-    problems, with 3-row tiles so that every chunk has several tiles and the
-    last tile is partial.
+    problems (never run inline on the calling thread), with 3-row tiles so
+    that every chunk has several tiles and the last tile is partial.
     """
     import fastsoftmax._dispatch as policy
 
@@ -32,6 +32,7 @@ def kernel_path(request, monkeypatch):
         monkeypatch.setattr(policy, "SERIAL_WORK", 2**62)
     else:
         monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+        monkeypatch.setattr(policy, "INLINE_WORK", 0)
         monkeypatch.setattr(policy, "tile_rows", lambda n, K, itemsize: 3)
         monkeypatch.setattr(policy, "logits_tile_rows", lambda K: 3)
     return request.param

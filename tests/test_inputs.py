@@ -147,6 +147,41 @@ def test_bitwise_deterministic(method, rng):
             np.testing.assert_array_equal(a, f)
 
 
+@pytest.mark.parametrize("entry", ["loss_and_grad", "linear_cross_entropy"])
+def test_inline_chunks_equal_parallel_bitwise(entry, rng, monkeypatch):
+    """Chunks run one after the other on the calling thread (a short call after
+    the workers went idle) give exactly the parallel kernel's result; both
+    also match the oracle."""
+    import fastsoftmax._dispatch as policy
+    import fastsoftmax._fused as fused
+
+    parallel_calls = []
+    real = fused._parallel_chunks
+    monkeypatch.setattr(fused, "_parallel_chunks",
+                        lambda *a: parallel_calls.append(1) or real(*a))
+    W, X, y, b = problem(rng, m=3001, n=13, K=6)
+    sw = rng.random(3001)
+    monkeypatch.setattr(policy, "chunk_count", lambda m: 3)  # same chunks either way
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    monkeypatch.setattr(policy, "tile_rows", lambda n, K, itemsize: 64)
+    call = getattr(fs, entry)
+    args = (W, X, y) if entry == "loss_and_grad" else (X, W, y)
+    runs = {}
+    for name, inline_work, asleep_after in (("parallel", 0, 1e9), ("inline", 2**62, -1.0)):
+        monkeypatch.setattr(policy, "INLINE_WORK", inline_work)
+        monkeypatch.setattr(policy, "WORKERS_ASLEEP_AFTER", asleep_after)
+        parallel_calls.clear()
+        runs[name] = call(*args, b=b, sample_weight=sw, label_smoothing=0.05)
+        assert len(parallel_calls) == (name == "parallel"), name  # the path asked for ran
+    assert runs["inline"][0] == runs["parallel"][0]
+    for a, f in zip(runs["inline"][1:], runs["parallel"][1:]):
+        np.testing.assert_array_equal(a, f)
+    want, scales = naive_loss_and_grad(W, X, y, b=b, sample_weight=sw, label_smoothing=0.05,
+                                       return_scales=True)
+    got = runs["inline"] if entry == "loss_and_grad" else (runs["inline"][0], *runs["inline"][2:])
+    assert_results_close(got, want, np.float64, scales)
+
+
 #: The thread counts the next test sets; it needs numba to allow the largest.
 THREAD_COUNTS = (1, 2)
 
