@@ -15,7 +15,13 @@ threadpoolctl.  The library is located once, on first use.
 
 from __future__ import annotations
 
+import copy
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import itertools
+import os
+import sys
 import threading
 
 _lock = threading.Lock()
@@ -48,8 +54,6 @@ class _Other:
 def _belongs_to_scipy(path: str) -> bool:
     """Whether a loaded BLAS is SciPy's own (not NumPy's, which wheels also name
     libscipy_openblas*, but keep under numpy.libs)."""
-    import os
-
     import scipy
 
     parts = os.path.normpath(path).split(os.sep)
@@ -58,10 +62,71 @@ def _belongs_to_scipy(path: str) -> bool:
             or os.path.normpath(path).startswith(scipy_dir + os.sep))
 
 
+#: The module through which numba's np.dot reaches SciPy's BLAS (by this name).
+CYTHON_BLAS = "scipy.linalg.cython_blas"
+
+
+class _SetParentAttribute(importlib.abc.MetaPathFinder):
+    """When ``scipy.linalg`` is imported after :func:`load_cython_blas`, make
+    ``scipy.linalg.cython_blas`` an attribute of it, as a normal import of the
+    submodule would have; then step out of the import system."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "scipy.linalg":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_link(module):
+            exec_module(module)
+            if CYTHON_BLAS in sys.modules and not hasattr(module, "cython_blas"):
+                module.cython_blas = sys.modules[CYTHON_BLAS]
+
+        spec.loader = copy.copy(spec.loader)
+        spec.loader.exec_module = exec_then_link
+        return spec
+
+
+def load_cython_blas() -> None:
+    """Load SciPy's ``cython_blas`` extension, which numba's ``np.dot`` looks up
+    by name, without importing the rest of ``scipy.linalg``.
+
+    ``import scipy.linalg`` takes about 0.15 s (most of it SciPy's array-API
+    set-up), a third of a warm process's start-up; the extension alone loads
+    in milliseconds.  It is loaded from its file under its own name, and a
+    later ``import scipy.linalg`` gets it as an attribute as usual.  Falls
+    back to the plain import if anything about SciPy's layout differs.
+    """
+    if CYTHON_BLAS in sys.modules:
+        return
+    try:
+        if "scipy.linalg" in sys.modules:
+            raise LookupError("scipy.linalg is imported: nothing to save")
+        package = importlib.util.find_spec("scipy.linalg")  # imports scipy, not scipy.linalg
+        folder = package.submodule_search_locations[0]
+        path = next(os.path.join(folder, "cython_blas" + suffix)
+                    for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                    if os.path.exists(os.path.join(folder, "cython_blas" + suffix)))
+        loader = importlib.machinery.ExtensionFileLoader(CYTHON_BLAS, path)
+        spec = importlib.util.spec_from_file_location(CYTHON_BLAS, path, loader=loader)
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        if not hasattr(module, "__pyx_capi__"):
+            raise LookupError("not SciPy's Cython BLAS")
+    except Exception:  # any surprise: the ordinary import
+        importlib.import_module(CYTHON_BLAS)
+        return
+    sys.modules[CYTHON_BLAS] = module
+    sys.meta_path.insert(0, _SetParentAttribute())
+
+
 def _scipy_blas() -> list:
     global _libraries
     if _libraries is None:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
+        load_cython_blas()  # loads SciPy's BLAS
         from threadpoolctl import ThreadpoolController
 
         found = ThreadpoolController().select(user_api="blas").lib_controllers
