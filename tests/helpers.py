@@ -128,6 +128,29 @@ def ignore_index_problem(rng, dtype, extra):
     return W, X, y, kw
 
 
+def draw_options(draw, rng, y, K, dtype, target):
+    """Draw ``loss_and_grad`` options for targets ``y`` of m samples and K classes
+    inside a ``st.composite`` strategy: optional intercept, sample weights (some
+    zero), l2, label smoothing, reduction and ignore_index (class indices
+    only, marking some labels of a copy of y).  Returns ``(y, kw)``."""
+    m = y.shape[0]
+    kw = {}
+    if draw(st.booleans()):
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    if draw(st.booleans()):
+        sw = rng.random(m) * draw(st.sampled_from([1.0, 1e3]))
+        sw[rng.random(m) < 0.2] = 0.0
+        sw[0] = 1.0
+        kw["sample_weight"] = sw
+    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
+    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
+    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
+    if target == "labels" and draw(st.booleans()):
+        y = ignore_labels(y, rng)
+        kw["ignore_index"] = -100
+    return y, kw
+
+
 def draw_dense_problem(draw):
     """Draw a small dense problem inside a ``st.composite`` strategy.
 
@@ -146,20 +169,7 @@ def draw_dense_problem(draw):
     scale = draw(st.sampled_from([0.01, 1.0, 30.0]))
     W, X, y = make_problem(rng, m, n, K, dtype, target)
     W = (W * scale).astype(dtype)
-    kw = {}
-    if draw(st.booleans()):
-        kw["b"] = rng.standard_normal(K).astype(dtype)
-    if draw(st.booleans()):
-        sw = rng.random(m) * draw(st.sampled_from([1.0, 1e3]))
-        sw[rng.random(m) < 0.2] = 0.0
-        sw[0] = 1.0
-        kw["sample_weight"] = sw
-    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
-    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
-    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
-    if target == "labels" and draw(st.booleans()):
-        y = ignore_labels(y, rng)
-        kw["ignore_index"] = -100
+    y, kw = draw_options(draw, rng, y, K, dtype, target)
     return rng, W, X, y, kw, dtype
 
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import assert_results_close, assert_same_model_as_logistic_regression, options
+from helpers import (assert_results_close, assert_same_model_as_logistic_regression, draw_options,
+                     options)
 from naive import naive_loss_and_grad
 
 METHODS = ["fused", "indexloop", "numpy"]
@@ -167,21 +168,7 @@ def problems(draw):
     W = (draw(st.sampled_from([0.01, 1.0, 10.0])) * rng.standard_normal((K, n))).astype(dtype)
     target = draw(st.sampled_from(["labels", "onehot", "nonneg"]))
     y = make_targets(rng, target, m, K)
-    kw = {}
-    if draw(st.booleans()):
-        kw["b"] = rng.standard_normal(K).astype(dtype)
-    if draw(st.booleans()):
-        sw = rng.random(m)
-        sw[0] = 1.0
-        kw["sample_weight"] = sw
-    kw["l2"] = draw(st.sampled_from([0.0, 0.5]))
-    kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.9]))
-    kw["reduction"] = draw(st.sampled_from(["mean", "sum"]))
-    if target == "labels" and draw(st.booleans()):
-        y = y.copy()
-        y[rng.random(m) < 0.3] = -7
-        y[0] = 0
-        kw["ignore_index"] = -7
+    y, kw = draw_options(draw, rng, y, K, dtype, target)
     return W, X, y, kw, dtype
 
 
