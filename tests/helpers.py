@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 
 from fastsoftmax.tools.problems import TARGET_KINDS, ignore_labels, problem  # noqa: F401
@@ -90,6 +91,25 @@ def central_differences(f, A, h):
 def make_problem(rng, m, n, K, dtype, target="labels"):
     """Standard-normal X, W = 0.7 x standard normal, targets of the given kind."""
     return problem(rng, m, n, K, dtype, target, weight_scale=0.7)
+
+
+#: The named option sets of :func:`options`.
+OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
+
+
+def over_option_grid(test):
+    """Parametrise ``test`` over every method, dtype, target kind and named option set."""
+    for name, values in (("opt", OPTION_NAMES), ("target", TARGETS), ("dtype", DTYPES),
+                         ("method", METHODS)):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
+def grid_problem(rng, dtype, target, opt, m=37, n=6, K=4):
+    """A small problem of the given target kind and the keyword arguments of
+    option set ``opt``: ``(W, X, y, kw)``."""
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    return W, X, y, options(opt, rng, m, K, dtype, target)
 
 
 def options(name, rng, m, K, dtype, target=None):

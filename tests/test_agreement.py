@@ -9,21 +9,16 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import ignore_labels
-from helpers import (DTYPES, METHODS, TARGETS, assert_close, assert_results_close, central_differences,
-                     draw_dense_problem, f64, ignore_index_problem, make_problem, options)
+from helpers import (DTYPES, METHODS, assert_close, assert_results_close, central_differences,
+                     draw_dense_problem, f64, grid_problem, ignore_index_problem, make_problem,
+                     over_option_grid)
 from naive import naive_loss_and_grad
 
-OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("opt", OPTION_NAMES)
+@over_option_grid
 def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
-    m, n, K = 37, 6, 4
-    W, X, y = make_problem(rng, m, n, K, dtype, target)
-    kw = options(opt, rng, m, K, dtype, target)
+    W, X, y, kw = grid_problem(rng, dtype, target, opt)
     got = fs.loss_and_grad(W, X, y, method=method, **kw)
     want, scales = naive_loss_and_grad(*f64(W, X), y, return_scales=True, **kw)
     assert_results_close(got, want, dtype, scales)

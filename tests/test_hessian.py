@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import ignore_labels
-from helpers import (DTYPES, METHODS, RTOL, TARGETS, assert_cached_in_new_process, assert_close,
-                     draw_dense_problem, f64, ignore_index_problem, make_problem, options)
+from helpers import (DTYPES, METHODS, OPTION_NAMES, RTOL, TARGETS, assert_cached_in_new_process,
+                     assert_close, draw_dense_problem, f64, grid_problem, ignore_index_problem,
+                     make_problem, options, over_option_grid)
 from naive_hessian import naive_hessian, naive_hessian_product
 
-OPTION_NAMES = ["plain", "bias", "weights", "l2", "smoothing", "sum", "all"]
 
 
 def direction(rng, K, n, dtype, has_b):
@@ -75,15 +75,10 @@ def both_entry_points(W, X, y, V, vb, method, kw):
     return one, hessp(V, vb) if "b" in kw else hessp(V)
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("opt", OPTION_NAMES)
+@over_option_grid
 def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
-    m, n, K = 37, 6, 4
-    W, X, y = make_problem(rng, m, n, K, dtype, target)
-    kw = options(opt, rng, m, K, dtype, target)
-    V, vb = direction(rng, K, n, dtype, "b" in kw)
+    W, X, y, kw = grid_problem(rng, dtype, target, opt)
+    V, vb = direction(rng, *W.shape, dtype, "b" in kw)
     want, scales = oracle(W, X, y, V, vb, kw, dtype)
     for got in both_entry_points(W, X, y, V, vb, method, kw):
         assert_product_close(got, want, dtype, scales)
