@@ -40,6 +40,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel_kernel, serial_kernel
+from ._prefetch import prefetch_row
 from ._rowmath import tile_loss_and_coef
 from ._tiles import kept_rows
 
@@ -61,10 +62,15 @@ def map_columns(indices, indptr, start, stop, colmap):
 
 
 @serial_kernel
-def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, tile, colmap,
-                 slab, gb):
+def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, tile, ahead,
+                 colmap, slab, gb):
     """Rows start:stop in tiles: adds their gradient sums to ``slab`` (n_c, K)
-    float64 (row colmap[j] for column j) and gb (K,); returns their loss sum."""
+    float64 (row colmap[j] for column j) and gb (K,); returns their loss sum.
+
+    The rows of Wt and of the slab that a non-zeros ``ahead`` places on will
+    read are prefetched: the columns of text data are scattered over arrays
+    larger than the cache, and waiting for each row was the kernel's largest
+    cost."""
     K = Wt.shape[1]
     Z = np.empty(tile * K)
     D = np.empty(K * tile)
@@ -83,7 +89,9 @@ def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, 
             i = rows[r]
             for k in range(K):
                 acc[k] = 0.0
+            last = indptr[-1] - 1
             for p in range(indptr[i], indptr[i + 1]):
+                prefetch_row(Wt, indices[min(p + ahead, last)])
                 v = np.float64(data[p])
                 j = indices[p]
                 for k in range(K):
@@ -100,7 +108,11 @@ def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, 
             i = rows[r]
             for k in range(K):
                 acc[k] = Dt[r, k]
+            last = indptr[-1] - 1
             for p in range(indptr[i], indptr[i + 1]):
+                q_ahead = colmap[indices[min(p + ahead, last)]]
+                if q_ahead >= 0:  # -1: a column of a later chunk's rows
+                    prefetch_row(slab, q_ahead)
                 v = np.float64(data[p])
                 q = colmap[indices[p]]
                 for k in range(K):
@@ -129,13 +141,14 @@ def _bounds(m, nchunks):
 
 
 @parallel_kernel
-def sparse_fused_sums(data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks, tile,
+def sparse_fused_sums(data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks, tile, ahead,
                       block):
     """Unnormalised ``(loss_sum, G (K, n), gb (K,))`` of CSR X, in ``nchunks`` parallel chunks.
 
     ``data`` (nnz,) and ``Wt`` (n, K), ``b`` (K,) of one float dtype;
     ``indices`` (nnz,), ``indptr`` (m + 1,) of one integer dtype; labels, T,
-    sw and eps as in :func:`fastsoftmax._fused.fused_sums`.
+    sw and eps as in :func:`fastsoftmax._fused.fused_sums`; ``ahead`` >= 0 the
+    prefetch distance in non-zeros.
     """
     m = indptr.shape[0] - 1
     n, K = Wt.shape
@@ -153,7 +166,7 @@ def sparse_fused_sums(data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks,
     for c in prange(nchunks):
         slab = slabs[offsets[c] * K: offsets[c + 1] * K].reshape((counts[c], K))
         losses[c] = sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, bounds[c],
-                                 bounds[c + 1], tile, colmaps[c], slab, bias[c])
+                                 bounds[c + 1], tile, ahead, colmaps[c], slab, bias[c])
     G = np.zeros((K, n))
     nblocks = (n + block - 1) // block
     for q in prange(nblocks):  # blocks of ``block`` columns of G, each summed in chunk order
@@ -168,7 +181,7 @@ def sparse_fused_sums(data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks,
 
 
 @serial_kernel
-def sparse_fused_sums_serial(data, indices, indptr, Wt, b, labels, T, sw, eps, tile):
+def sparse_fused_sums_serial(data, indices, indptr, Wt, b, labels, T, sw, eps, tile, ahead):
     """:func:`sparse_fused_sums` with one chunk and no parallel region, for small problems."""
     m = indptr.shape[0] - 1
     n, K = Wt.shape
@@ -176,8 +189,8 @@ def sparse_fused_sums_serial(data, indices, indptr, Wt, b, labels, T, sw, eps, t
     count = map_columns(indices, indptr, 0, m, colmap)
     slab = np.zeros((count, K))
     gb = np.zeros(K)
-    loss = sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, 0, m, tile, colmap,
-                        slab, gb)
+    loss = sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, 0, m, tile, ahead,
+                        colmap, slab, gb)
     G = np.zeros((K, n))
     for k in range(K):
         for j in range(n):
