@@ -7,7 +7,8 @@ Entry points: :func:`loss_and_grad` (softmax regression),
 row-wise :func:`softmax`, :func:`log_softmax` and :func:`logsumexp`,
 ``SoftmaxRegression`` (needs scikit-learn) and :mod:`fastsoftmax.dask` (needs
 Dask).  They take NumPy arrays and anything ``np.asarray`` turns into a
-numeric array, and ``loss_and_grad`` also a SciPy CSR matrix or array for X;
+numeric array, and ``loss_and_grad`` and the Hessian-vector products also a
+SciPy CSR matrix or array for X;
 Dask collections, other sparse input and GPU arrays raise ``TypeError``
 saying what to do instead.
 

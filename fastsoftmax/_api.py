@@ -71,11 +71,12 @@ def sparse_sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]
     Wt = np.ascontiguousarray(p.W.T)
     tile = policy.logits_tile_rows(K)
     if chunks == 1 or X.nnz * K < policy.SERIAL_WORK:
-        return sparse_fused_sums_serial(*args, Wt, p.b, p.labels, p.T, p.sw, p.eps, tile,
+        return sparse_fused_sums_serial(*args, Wt, p.b, None, p.labels, p.T, p.sw, p.eps, tile,
                                         policy.SPARSE_PREFETCH_AHEAD)
     with parallel_region():
-        return sparse_fused_sums(*args, Wt, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile,
-                                 policy.SPARSE_PREFETCH_AHEAD, policy.SPARSE_COMBINE_COLUMNS)
+        return sparse_fused_sums(*args, Wt, p.b, None, p.labels, p.T, p.sw, p.eps, chunks,
+                                 tile, policy.SPARSE_PREFETCH_AHEAD,
+                                 policy.SPARSE_COMBINE_COLUMNS)
 
 
 def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,

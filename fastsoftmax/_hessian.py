@@ -34,16 +34,25 @@ from ._hessian_numpy import Curvature, numpy_curvature, numpy_hessian_sums
 from ._threading import parallel_region
 # underscore helpers of _validation, to be renamed at merge
 from ._arrays import kernel_array
-from ._sparse import is_sparse
+from ._sparse import CSR, is_sparse
+from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
+from ._sparse_indexloop import sparse_hessian_indexloop_sums
 from ._validation import Problem, as_numeric_array, prepare, working_dtype
 
 
 def _dense_problem(W, X, y, **options) -> Problem:
-    """:func:`prepare` for the Hessian entry points, which take dense X only (so far)."""
+    """:func:`prepare` for the full Hessian, which takes dense X only."""
     if is_sparse(X):
-        raise TypeError("X is a SciPy sparse matrix: the Hessian products take dense X only "
-                        "(so far); loss_and_grad takes CSR X")
+        raise TypeError("X is a SciPy sparse matrix: the full Hessian and its diagonal take "
+                        "dense X only; the Hessian-vector products (hessian_product, "
+                        "loss_grad_hessp) take CSR X")
     return prepare(W, X, y, **options)
+
+
+def _dense_only(p: Problem, what: str) -> None:
+    if isinstance(p.X, CSR):
+        raise TypeError(f"X is a SciPy sparse matrix: {what} takes dense X only; the "
+                        f"Hessian-vector products take CSR X")
 
 
 def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
@@ -55,6 +64,8 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
     """
     if method == "numpy":
         return numpy_hessian_sums(curvature or numpy_curvature(p), V, vb)
+    if isinstance(p.X, CSR):
+        return _sparse_product_sums(p, V, vb, method)
     m, n = p.X.shape
     K = p.W.shape[0]
     chunks = policy.chunk_count(m)
@@ -69,6 +80,30 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
             return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile)
         with parallel_region():
             return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile)
+
+
+def _sparse_product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str):
+    """:func:`product_sums` of the compiled methods for CSR X: the sparse kernels
+    with the direction; the fused one gets ``[W; V]`` transposed, (n, 2K)."""
+    X = p.X
+    K = p.W.shape[0]
+    chunks = policy.chunk_count(X.shape[0])
+    args = (X.data, X.indices, X.indptr)
+    if method == "indexloop":
+        with parallel_region():
+            return sparse_hessian_indexloop_sums(*args, p.W, p.b, V, vb, p.labels, p.T, p.sw,
+                                                 p.eps, chunks)
+    WVt = np.ascontiguousarray(np.concatenate((p.W, V)).T)
+    tile = policy.logits_tile_rows(2 * K)
+    if chunks == 1 or 2 * X.nnz * K < policy.SERIAL_WORK:
+        _, G, gb = sparse_fused_sums_serial(*args, WVt, p.b, vb, p.labels, p.T, p.sw, p.eps,
+                                            tile, policy.SPARSE_PREFETCH_AHEAD)
+    else:
+        with parallel_region():
+            _, G, gb = sparse_fused_sums(*args, WVt, p.b, vb, p.labels, p.T, p.sw, p.eps,
+                                         chunks, tile, policy.SPARSE_PREFETCH_AHEAD,
+                                         policy.SPARSE_COMBINE_COLUMNS)
+    return G, gb
 
 
 def check_direction(p: Problem, V, vb) -> tuple[np.ndarray, np.ndarray]:
@@ -215,6 +250,7 @@ class HessianProduct:
         symmetric.  Built by a fused parallel kernel whatever the method (see
         :func:`hessian`): worth it when N is small (a Newton-Cholesky step).
         """
+        _dense_only(self._problem, "HessianProduct.matrix()")
         return full_hessian(self._problem)
 
     def diagonal(self) -> np.ndarray:
@@ -224,6 +260,7 @@ class HessianProduct:
         same without x_il^2 and l2 for b_j: a Jacobi preconditioner for
         conjugate gradients.  One fused pass over X (like one gradient).
         """
+        _dense_only(self._problem, "HessianProduct.diagonal()")
         return hessian_diagonal(self._problem)
 
     def __repr__(self) -> str:
@@ -302,7 +339,7 @@ def loss_grad_hessp(
     >>> bool(res.success)
     True
     """
-    p = _dense_problem(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
     # the point is the caller's W and b as they are now, even if they are
@@ -344,7 +381,7 @@ def hessian_product(
     sums over samples are accumulated in float64 by the compiled methods and
     are deterministic for a given thread count.
     """
-    p = _dense_problem(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
+    p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
                 reduction=reduction, method=method)
     Vk, vbk = check_direction(p, V, vb)

@@ -33,7 +33,7 @@ from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel
-from ._sample import dense_logits, sample_softmax
+from ._sample import dense_logits, sample_hessian_coef, sample_softmax
 
 
 @parallel_kernel
@@ -60,19 +60,8 @@ def hessian_indexloop_sums(X, W, b, V, vb, labels, T, sw, eps, nchunks):
             dense_logits(W, b, X, i, z)
             dense_logits(V, vb, X, i, u)
             sample_softmax(z, p, t, labels, T, i, eps, inv_k)
-            # s_i = sum_k t_ik
-            s = 0.0
-            for k in range(K):
-                s += t[k]
-            # h_ij = sum_j' s_i p_ij (delta_jj' - p_ij') u_ij'
-            for j in range(K):
-                hj = 0.0
-                for jp in range(K):
-                    delta = 1.0 if jp == j else 0.0
-                    coef = s * p[j] * (delta - p[jp])
-                    if coef != 0.0:  # zero (a class of probability 0) adds nothing, whatever u is
-                        hj += coef * u[jp]
-                h[j] = hj
+            # s_i = sum_k t_ik;  h_ij = sum_j' s_i p_ij (delta_jj' - p_ij') u_ij'
+            sample_hessian_coef(p, t, u, h)
             # HV[j, l] += w_i h_ij x_il  and  Hvb[j] += w_i h_ij
             for j in range(K):
                 wh = w * h[j]

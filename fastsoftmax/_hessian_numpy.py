@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._sparse import CSR
 from ._validation import Problem
 
 
 @dataclass(frozen=True)
 class Curvature:
-    """What the products at one point need: kept rows X (m', n), their
+    """What the products at one point need: kept rows X (m', n) (a
+    ``scipy.sparse`` CSR matrix for sparse X), their
     probabilities P (m', K) in the working dtype and ``ws`` (m',) float64,
     the factors ``w_i s_i`` (weight times target sum)."""
 
@@ -32,6 +34,8 @@ class Curvature:
 def numpy_curvature(p: Problem) -> Curvature:
     """The probabilities and factors of the kept samples at the problem's (W, b)."""
     X, labels, T, sw = p.X, p.labels, p.T, p.sw
+    if isinstance(X, CSR):
+        X = X.to_scipy()  # a scipy.sparse reference: the same products below
     use_labels = labels.shape[0] > 0
     if use_labels and p.n_ignored:
         keep = labels >= 0
@@ -40,7 +44,7 @@ def numpy_curvature(p: Problem) -> Curvature:
     m = X.shape[0]
     K = p.W.shape[0]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        Z = X @ p.W.T
+        Z = np.asarray(X @ p.W.T)
         Z += p.b
         Z -= Z.max(axis=1, keepdims=True)
         P = np.exp(Z)
@@ -59,13 +63,13 @@ def numpy_hessian_sums(c: Curvature, V: np.ndarray, vb: np.ndarray):
     NaN and infinity propagate silently, as in the compiled kernels.
     """
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        U = c.X @ V.T
+        U = np.asarray(c.X @ V.T)
         U += vb
         PU = c.P * U
         pu = PU.sum(axis=1, keepdims=True)
         # p_ik (u_ik - <p_i, u_i>), with a class of probability 0 adding nothing
         D = np.where(c.P != 0, PU - c.P * pu, 0).astype(c.P.dtype, copy=False)
         D *= c.ws.astype(D.dtype, copy=False)[:, None]
-        G = D.T @ c.X
+        G = D.T @ c.X if isinstance(c.X, np.ndarray) else (c.X.T @ D).T
         gb = D.sum(axis=0, dtype=np.float64)
     return np.asarray(G, dtype=np.float64), gb

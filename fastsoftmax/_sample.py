@@ -28,6 +28,35 @@ def dense_logits(A, c, X, i, z):
 
 
 @serial_kernel
+def sparse_logits(A, c, data, indices, lo, hi, z):
+    """Write ``z[j] = sum_q A[j, indices[q]] data[q] + c[j]`` over the non-zeros
+    q in lo:hi of one CSR row, for the K rows of ``A`` (K, n)."""
+    for j in range(A.shape[0]):
+        acc = 0.0
+        for q in range(lo, hi):
+            acc += A[j, indices[q]] * data[q]
+        z[j] = acc + c[j]
+
+
+@serial_kernel
+def sample_hessian_coef(p, t, u, h):
+    """``h_j = sum_j' s p_j (delta_jj' - p_j') u_j'`` for one sample, with
+    ``s = sum_k t_k`` (see :mod:`fastsoftmax._hessian_indexloop`), into ``h`` (K,)."""
+    K = p.shape[0]
+    s = 0.0
+    for k in range(K):
+        s += t[k]
+    for j in range(K):
+        hj = 0.0
+        for jp in range(K):
+            delta = 1.0 if jp == j else 0.0
+            coef = s * p[j] * (delta - p[jp])
+            if coef != 0.0:  # zero (a class of probability 0) adds nothing, whatever u is
+                hj += coef * u[jp]
+        h[j] = hj
+
+
+@serial_kernel
 def sample_softmax(z, p, t, labels, T, i, eps, inv_k):
     """Softmax and smoothed targets of sample ``i`` from its logits ``z`` (K,).
 

@@ -41,6 +41,7 @@ from numba import prange
 
 from ._jit import parallel_kernel, serial_kernel
 from ._prefetch import prefetch_row
+from ._hessian_fused import tile_hessian_coef
 from ._rowmath import tile_loss_and_coef
 from ._tiles import kept_rows
 
@@ -62,61 +63,86 @@ def map_columns(indices, indptr, start, stop, colmap):
 
 
 @serial_kernel
-def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, tile, ahead,
-                 colmap, slab, gb):
-    """Rows start:stop in tiles: adds their gradient sums to ``slab`` (n_c, K)
-    float64 (row colmap[j] for column j) and gb (K,); returns their loss sum.
+def tile_logits(data, indices, indptr, At, rows, Zr, acc, ahead):
+    """``Zr[r, k] = sum over the non-zeros (j, x) of row rows[r] of x At[j, k]``
+    (float64 sums), for r < Zr.shape[0] and the C columns of ``At`` (n, C);
+    ``acc`` (>= C,) float64 scratch.  The At row of the non-zero ``ahead``
+    places on is prefetched (see :func:`sparse_chunk`)."""
+    C = At.shape[1]
+    last = indptr[-1] - 1
+    for r in range(Zr.shape[0]):
+        i = rows[r]
+        for k in range(C):
+            acc[k] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            prefetch_row(At, indices[min(p + ahead, last)])
+            v = np.float64(data[p])
+            j = indices[p]
+            for k in range(C):
+                acc[k] += v * At[j, k]
+        for k in range(C):
+            Zr[r, k] = acc[k]
 
-    The rows of Wt and of the slab that a non-zeros ``ahead`` places on will
+
+@serial_kernel
+def scatter_tile(data, indices, indptr, colmap, Dm, rows, slab, acc, ahead):
+    """Every non-zero (j, x) of row rows[r] adds ``x Dm[:, r]`` to slab row
+    colmap[j] (``Dm`` (K, R), ``slab`` (n_c, K) float64, ``acc`` (>= K,)
+    scratch); the slab row of the non-zero ``ahead`` places on is prefetched."""
+    K, R = Dm.shape
+    last = indptr[-1] - 1
+    for r in range(R):
+        i = rows[r]
+        for k in range(K):
+            acc[k] = Dm[k, r]
+        for p in range(indptr[i], indptr[i + 1]):
+            q_ahead = colmap[indices[min(p + ahead, last)]]
+            if q_ahead >= 0:  # -1: a column of a later chunk's rows
+                prefetch_row(slab, q_ahead)
+            v = np.float64(data[p])
+            q = colmap[indices[p]]
+            for k in range(K):
+                slab[q, k] += v * acc[k]
+
+
+@serial_kernel
+def sparse_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, stop, tile,
+                 ahead, colmap, slab, gb):
+    """Rows start:stop in tiles: adds their sums to ``slab`` (n_c, K) float64
+    (row colmap[j] for column j) and gb (K,); returns their loss sum.
+
+    ``vb`` None: the loss and gradient, with ``At = W^T`` (n, K).  ``vb`` a
+    (K,) direction for the intercept: the Hessian-vector product (see
+    :mod:`fastsoftmax._hessian_fused`), with ``At = [W; V]^T`` (n, 2K); the
+    loss returned is then 0.  numba compiles one of the two per call site.
+
+    The rows of At and of the slab that the non-zero ``ahead`` places on will
     read are prefetched: the columns of text data are scattered over arrays
     larger than the cache, and waiting for each row was the kernel's largest
-    cost."""
-    K = Wt.shape[1]
-    Z = np.empty(tile * K)
+    cost.
+    """
+    K = b.shape[0]
+    C = At.shape[1]
+    Z = np.empty(tile * C)
     D = np.empty(K * tile)
-    E = np.empty(tile * K)
+    E = np.empty(tile * C)
     aux = np.empty((4, tile))
     rows = np.empty(tile, dtype=np.int64)
-    acc = np.empty(K)
+    acc = np.empty(C)
     loss = 0.0
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
         R = kept_rows(labels, t0, t1, rows)
         if R == 0:
             continue
-        Zr = Z[: R * K].reshape((R, K))
-        for r in range(R):
-            i = rows[r]
-            for k in range(K):
-                acc[k] = 0.0
-            last = indptr[-1] - 1
-            for p in range(indptr[i], indptr[i + 1]):
-                prefetch_row(Wt, indices[min(p + ahead, last)])
-                v = np.float64(data[p])
-                j = indices[p]
-                for k in range(K):
-                    acc[k] += v * Wt[j, k]
-            for k in range(K):
-                Zr[r, k] = acc[k]
+        Zr = Z[: R * C].reshape((R, C))
+        tile_logits(data, indices, indptr, At, rows[:R], Zr, acc, ahead)
         Dm = D[: K * R].reshape((K, R))
-        loss += tile_loss_and_coef(Zr, Dm, E, aux, b, labels, T, sw, eps, rows[:R], gb)
-        Dt = Zr  # the logits are no longer needed: the gradients, sample-major
-        for k in range(K):
-            for r in range(R):
-                Dt[r, k] = Dm[k, r]
-        for r in range(R):
-            i = rows[r]
-            for k in range(K):
-                acc[k] = Dt[r, k]
-            last = indptr[-1] - 1
-            for p in range(indptr[i], indptr[i + 1]):
-                q_ahead = colmap[indices[min(p + ahead, last)]]
-                if q_ahead >= 0:  # -1: a column of a later chunk's rows
-                    prefetch_row(slab, q_ahead)
-                v = np.float64(data[p])
-                q = colmap[indices[p]]
-                for k in range(K):
-                    slab[q, k] += v * acc[k]
+        if vb is None:
+            loss += tile_loss_and_coef(Zr, Dm, E, aux, b, labels, T, sw, eps, rows[:R], gb)
+        else:
+            tile_hessian_coef(Zr, Dm, E, aux, b, vb, labels, T, sw, eps, rows[:R], gb)
+        scatter_tile(data, indices, indptr, colmap, Dm, rows[:R], slab, acc, ahead)
     return loss
 
 
@@ -141,17 +167,20 @@ def _bounds(m, nchunks):
 
 
 @parallel_kernel
-def sparse_fused_sums(data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks, tile, ahead,
-                      block):
+def sparse_fused_sums(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, nchunks, tile,
+                      ahead, block):
     """Unnormalised ``(loss_sum, G (K, n), gb (K,))`` of CSR X, in ``nchunks`` parallel chunks.
 
     ``data`` (nnz,) and ``Wt`` (n, K), ``b`` (K,) of one float dtype;
     ``indices`` (nnz,), ``indptr`` (m + 1,) of one integer dtype; labels, T,
     sw and eps as in :func:`fastsoftmax._fused.fused_sums`; ``ahead`` >= 0 the
-    prefetch distance in non-zeros.
+    prefetch distance in non-zeros.  With a direction ``vb`` (K,) instead of
+    None, and ``Wt = [W; V]^T`` (n, 2K), the sums of the Hessian-vector
+    product instead (loss 0), as :func:`fastsoftmax._hessian_fused.hessian_sums`.
     """
     m = indptr.shape[0] - 1
-    n, K = Wt.shape
+    n = Wt.shape[0]
+    K = b.shape[0]
     bounds = _bounds(m, nchunks)
     colmaps = np.empty((nchunks, n), dtype=np.int64)
     counts = np.zeros(nchunks, dtype=np.int64)
@@ -165,8 +194,9 @@ def sparse_fused_sums(data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks,
     losses = np.zeros(nchunks)
     for c in prange(nchunks):
         slab = slabs[offsets[c] * K: offsets[c + 1] * K].reshape((counts[c], K))
-        losses[c] = sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, bounds[c],
-                                 bounds[c + 1], tile, ahead, colmaps[c], slab, bias[c])
+        losses[c] = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
+                                 bounds[c], bounds[c + 1], tile, ahead, colmaps[c], slab,
+                                 bias[c])
     G = np.zeros((K, n))
     nblocks = (n + block - 1) // block
     for q in prange(nblocks):  # blocks of ``block`` columns of G, each summed in chunk order
@@ -181,15 +211,17 @@ def sparse_fused_sums(data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks,
 
 
 @serial_kernel
-def sparse_fused_sums_serial(data, indices, indptr, Wt, b, labels, T, sw, eps, tile, ahead):
+def sparse_fused_sums_serial(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, tile,
+                             ahead):
     """:func:`sparse_fused_sums` with one chunk and no parallel region, for small problems."""
     m = indptr.shape[0] - 1
-    n, K = Wt.shape
+    n = Wt.shape[0]
+    K = b.shape[0]
     colmap = np.empty(n, dtype=np.int64)
     count = map_columns(indices, indptr, 0, m, colmap)
     slab = np.zeros((count, K))
     gb = np.zeros(K)
-    loss = sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, 0, m, tile, ahead,
+    loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile, ahead,
                         colmap, slab, gb)
     G = np.zeros((K, n))
     for k in range(K):

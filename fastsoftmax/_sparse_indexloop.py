@@ -19,7 +19,7 @@ from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel
-from ._sample import add_sample_loss, sample_softmax
+from ._sample import add_sample_loss, sample_hessian_coef, sample_softmax, sparse_logits
 
 
 @parallel_kernel
@@ -43,11 +43,7 @@ def sparse_indexloop_sums(data, indices, indptr, W, b, labels, T, sw, eps, nchun
             w = sw[i] if weighted else 1.0
             lo, hi = indptr[i], indptr[i + 1]
             # logits z_ij over the row's non-zeros; then as the dense kernel
-            for j in range(K):
-                acc = 0.0
-                for q in range(lo, hi):
-                    acc += W[j, indices[q]] * data[q]
-                z[j] = acc + b[j]
+            sparse_logits(W, b, data, indices, lo, hi, z)
             zmax, log_s = sample_softmax(z, p, t, labels, T, i, eps, inv_k)
             loss = add_sample_loss(loss, w, t, z, zmax, log_s)
             # c_ij = sum_k t_ik (p_ij - delta_kj)
@@ -65,3 +61,41 @@ def sparse_indexloop_sums(data, indices, indptr, W, b, labels, T, sw, eps, nchun
                     slabs[c, j, indices[q]] += wc * data[q]
         losses[c] = loss
     return combine(slabs, bias_slabs, losses)
+
+
+@parallel_kernel
+def sparse_hessian_indexloop_sums(data, indices, indptr, W, b, V, vb, labels, T, sw, eps,
+                                  nchunks):
+    """The Hessian-vector product's sums on CSR X, term by term: the contract of
+    :func:`fastsoftmax._hessian_indexloop.hessian_indexloop_sums` (see there
+    for the second derivative of the delta_kj form), over the non-zeros."""
+    m = indptr.shape[0] - 1
+    K, n = W.shape
+    inv_k = 1.0 / K
+    use_labels = labels.shape[0] > 0
+    weighted = sw.shape[0] > 0
+    slabs, bias_slabs, unused = allocate(nchunks, K, n)
+    for c in prange(nchunks):
+        z = np.empty(K)
+        p = np.empty(K)
+        t = np.empty(K)
+        u = np.empty(K)
+        h = np.empty(K)
+        for i in range(c * m // nchunks, (c + 1) * m // nchunks):
+            if use_labels and labels[i] < 0:
+                continue  # dropped by ignore_index
+            w = sw[i] if weighted else 1.0
+            lo, hi = indptr[i], indptr[i + 1]
+            # logits z_ij, their directional derivatives u_ij, probabilities p_ij
+            sparse_logits(W, b, data, indices, lo, hi, z)
+            sparse_logits(V, vb, data, indices, lo, hi, u)
+            sample_softmax(z, p, t, labels, T, i, eps, inv_k)
+            sample_hessian_coef(p, t, u, h)
+            # HV[j, l] += w_i h_ij x_il for each non-zero x_il;  Hvb[j] += w_i h_ij
+            for j in range(K):
+                wh = w * h[j]
+                bias_slabs[c, j] += wh
+                for q in range(lo, hi):
+                    slabs[c, j, indices[q]] += wh * data[q]
+    _, G, gb = combine(slabs, bias_slabs, unused)
+    return G, gb

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import strategies as st
 
 from fastsoftmax.tools.problems import TARGET_KINDS, ignore_labels, problem  # noqa: F401
+from naive_hessian import naive_hessian_product
 
 METHODS = ["fused", "indexloop", "numpy"]
 DTYPES = [np.float32, np.float64]
@@ -207,3 +208,48 @@ def assert_same_model_as_logistic_regression(X, y, C):
     assert ours.score(X, y) == ref.score(X, y)
     np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-5)
     return ours, ref
+
+
+def assert_product_close(got, want, dtype, scales):
+    """``HV`` or ``(HV, Hvb)`` against the oracle, entrywise within
+    RTOL[dtype] * (|expected| + scale) (tests/helpers.py: 1e-10 for float64,
+    1e-4 for float32), where scale is |H| |direction| from the oracle."""
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == 2
+        for name, g, w, s in zip(("HV", "Hvb"), got, want, scales):
+            assert g.dtype == np.dtype(dtype), name
+            assert_close(g, w, dtype, name, s)
+    else:
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == np.dtype(dtype)
+        assert_close(got, want, dtype, "HV", scales)
+
+
+def hessian_oracle(W, X, y, V, vb, kw, dtype):
+    """The oracle's Hessian product and scales (X dense), the scales widened by an
+    underflow floor.
+
+    Results are in the working dtype, whose smallest normal number ``tiny``
+    bounds the absolute error of each per-sample term that underflows (a
+    probability, or a coefficient w_i s_i p_ik (u_ik - <p_i, u_i>), below
+    it).  Summed over samples and mapped through x_i, that is at most
+    ``tiny * sum_i (1 + w_i s_i (1 + max|u_i|)) (1 + max|x_i|) / D``, which
+    is added to the bound (about 1e-36 in float32 for these problems, so it
+    only matters for products that are themselves that small).
+    """
+    want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, return_scales=True, **kw)
+    X64, V64 = f64(X, V)
+    m, K = X64.shape[0], V64.shape[0]
+    sw = np.ones(m) if kw.get("sample_weight") is None else np.asarray(kw["sample_weight"])
+    keep = np.ones(m, bool) if "ignore_index" not in kw else (np.asarray(y) != kw["ignore_index"])
+    s = np.full(m, 1.0) if np.ndim(y) == 1 else np.asarray(y, np.float64).sum(axis=1) + 1.0
+    u = np.abs(X64 @ V64.T).max(axis=1) + (0 if vb is None else np.abs(vb).max())
+    terms = (1 + sw * s * (1 + u)) * (1 + np.abs(X64).max(axis=1))
+    denom = sw[keep].sum() if kw.get("reduction", "mean") == "mean" else 1.0
+    floor = np.finfo(dtype).tiny * terms[keep].sum() / denom
+    rtol = RTOL[np.dtype(dtype)]
+    if isinstance(scales, tuple):
+        scales = tuple(sc + floor / rtol for sc in scales)
+    else:
+        scales = scales + floor / rtol
+    return want, scales

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import ignore_labels
 from helpers import (DTYPES, METHODS, OPTION_NAMES, RTOL, TARGETS, assert_cached_in_new_process,
+                     assert_product_close, hessian_oracle,
                      assert_close, draw_dense_problem, f64, grid_problem, ignore_index_problem,
                      make_problem, options, over_option_grid)
 from naive_hessian import naive_hessian, naive_hessian_product
@@ -22,50 +23,6 @@ def direction(rng, K, n, dtype, has_b):
     V = rng.standard_normal((K, n)).astype(dtype)
     vb = rng.standard_normal(K).astype(dtype) if has_b else None
     return V, vb
-
-
-def assert_product_close(got, want, dtype, scales):
-    """``HV`` or ``(HV, Hvb)`` against the oracle, entrywise within
-    RTOL[dtype] * (|expected| + scale) (tests/helpers.py: 1e-10 for float64,
-    1e-4 for float32), where scale is |H| |direction| from the oracle."""
-    if isinstance(want, tuple):
-        assert isinstance(got, tuple) and len(got) == 2
-        for name, g, w, s in zip(("HV", "Hvb"), got, want, scales):
-            assert g.dtype == np.dtype(dtype), name
-            assert_close(g, w, dtype, name, s)
-    else:
-        assert isinstance(got, np.ndarray)
-        assert got.dtype == np.dtype(dtype)
-        assert_close(got, want, dtype, "HV", scales)
-
-
-def oracle(W, X, y, V, vb, kw, dtype):
-    """The oracle's product and scales, the scales widened by an underflow floor.
-
-    Results are in the working dtype, whose smallest normal number ``tiny``
-    bounds the absolute error of each per-sample term that underflows (a
-    probability, or a coefficient w_i s_i p_ik (u_ik - <p_i, u_i>), below
-    it).  Summed over samples and mapped through x_i, that is at most
-    ``tiny * sum_i (1 + w_i s_i (1 + max|u_i|)) (1 + max|x_i|) / D``, which
-    is added to the bound (about 1e-36 in float32 for these problems, so it
-    only matters for products that are themselves that small).
-    """
-    want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, return_scales=True, **kw)
-    X64, V64 = f64(X, V)
-    m, K = X64.shape[0], V64.shape[0]
-    sw = np.ones(m) if kw.get("sample_weight") is None else np.asarray(kw["sample_weight"])
-    keep = np.ones(m, bool) if "ignore_index" not in kw else (np.asarray(y) != kw["ignore_index"])
-    s = np.full(m, 1.0) if np.ndim(y) == 1 else np.asarray(y, np.float64).sum(axis=1) + 1.0
-    u = np.abs(X64 @ V64.T).max(axis=1) + (0 if vb is None else np.abs(vb).max())
-    terms = (1 + sw * s * (1 + u)) * (1 + np.abs(X64).max(axis=1))
-    denom = sw[keep].sum() if kw.get("reduction", "mean") == "mean" else 1.0
-    floor = np.finfo(dtype).tiny * terms[keep].sum() / denom
-    rtol = RTOL[np.dtype(dtype)]
-    if isinstance(scales, tuple):
-        scales = tuple(sc + floor / rtol for sc in scales)
-    else:
-        scales = scales + floor / rtol
-    return want, scales
 
 
 def both_entry_points(W, X, y, V, vb, method, kw):
@@ -79,7 +36,7 @@ def both_entry_points(W, X, y, V, vb, method, kw):
 def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
     W, X, y, kw = grid_problem(rng, dtype, target, opt)
     V, vb = direction(rng, *W.shape, dtype, "b" in kw)
-    want, scales = oracle(W, X, y, V, vb, kw, dtype)
+    want, scales = hessian_oracle(W, X, y, V, vb, kw, dtype)
     for got in both_entry_points(W, X, y, V, vb, method, kw):
         assert_product_close(got, want, dtype, scales)
 
@@ -401,7 +358,7 @@ def problems(draw):
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_property_all_methods_match_oracle(kernel_path, problem):
     W, X, y, V, vb, kw, dtype = problem
-    want, scales = oracle(W, X, y, V, vb, kw, dtype)
+    want, scales = hessian_oracle(W, X, y, V, vb, kw, dtype)
     for method in METHODS:
         for got in both_entry_points(W, X, y, V, vb, method, kw):
             assert_product_close(got, want, dtype, scales)
