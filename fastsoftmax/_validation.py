@@ -210,7 +210,8 @@ def _labels(y: np.ndarray, K: int, ignore_index, classes: str) -> tuple[np.ndarr
             + ("" if ignore_index is None else f" (ignore_index is {ignore_index})")
         )
     if n_ignored:
-        return np.where(ignored, -1, y).astype(np.int64), n_ignored
+        # int64 first: an unsigned y would wrap the -1 marker to its maximum
+        return np.where(ignored, np.int64(-1), y.astype(np.int64)), n_ignored
     return np.ascontiguousarray(y, dtype=np.int64), 0
 
 

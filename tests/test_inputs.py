@@ -294,3 +294,22 @@ def test_tiny_float32_loss_is_kept(method):
     y = np.zeros(3, dtype=np.int64)
     loss, _ = fs.loss_and_grad(W, X, y, method=method)
     assert loss == pytest.approx(np.log1p(np.exp(-24.0)), rel=1e-6)
+
+
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int8])
+@pytest.mark.parametrize("method", ["fused", "indexloop", "numpy"])
+def test_ignore_index_with_narrow_or_unsigned_labels(label_dtype, method, rng):
+    """Labels of any integer dtype, with an ignore_index inside that dtype's range:
+    the same result as int64 labels (the ignored rows' marker must not wrap)."""
+    W, X, y, b = problem(rng, m=60, n=5, K=4)
+    y = y.copy()
+    y[::3] = 100  # ignored
+    want = naive_loss_and_grad(W, X, y, b=b, ignore_index=100)
+    for entry in ("loss_and_grad", "linear_cross_entropy"):
+        call = getattr(fs, entry)
+        args = (W, X) if entry == "loss_and_grad" else (X, W)
+        got = call(*args, y.astype(label_dtype), b=b, ignore_index=100, method=method)
+        ref = call(*args, y.astype(np.int64), b=b, ignore_index=100, method=method)
+        assert got[0] == pytest.approx(want[0], rel=1e-10), entry
+        for g, r in zip(got[1:], ref[1:]):
+            np.testing.assert_array_equal(g, r)
