@@ -210,7 +210,7 @@ def prepare(input, linear_weight, target, linear_bias, weight, reduction, ignore
                 f"probabilities) for input of shape {tuple(input.shape)}, got {tuple(target.shape)}")
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"class-index targets must be integers, got {target.dtype}")
-        y = as_numpy(target.reshape(m))
+        y = as_numpy(target.reshape(m), torch.int64)  # a copy only for other integer dtypes
 
     kw: dict = {}
     if weight is not None:

@@ -194,6 +194,17 @@ def test_unbatched_input_matches_pytorch(case, dtype):
     assert_results_equal(got, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int16])
+def test_other_integer_targets(dtype):
+    """PyTorch takes Byte as well as Long class indices (fastsoftmax also other integers)."""
+    tensors, kw = problem("plain", torch.float64)
+    X, W, y, b = tensors
+    for ignore in (None, 1):
+        got = run(fst.linear_cross_entropy, (X, W, y.to(dtype), b), dict(kw, ignore_index=ignore))
+        want = run(torch_ce_of_logits, tensors, dict(kw, ignore_index=ignore))
+        assert_results_equal(got, want, torch.float64)
+
+
 def test_ignore_index_default_is_minus_100_for_class_indices():
     tensors, kw = problem("ignore-default", torch.float64)
     y = tensors[2]
