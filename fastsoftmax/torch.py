@@ -60,7 +60,10 @@ class Spec:
     unbatched: bool  # input of shape (in_features,)
     y: np.ndarray  # targets, (m,) class indices or (m, C) probabilities
     kw: dict = field(default_factory=dict)  # keywords of the NumPy entry point besides b
-    degenerate: bool = False  # no sample, or a mean over zero total weight
+    #: "" normally; "empty" when no sample counts (none given, or a mean over
+    #: ignored samples only); "zero-weight" for a mean over kept samples whose
+    #: classes all have weight zero (PyTorch's 0/0: NaN gradients but for ignored rows)
+    degenerate: str = ""
 
 
 def linear_cross_entropy(
@@ -123,9 +126,10 @@ def linear_cross_entropy(
     -------
     Tensor
         A scalar in input's dtype, or the (N,) per-sample losses under
-        ``reduction="none"``.  A mean over no sample, or over samples that
-        are all ignored (or all of zero class weight), is NaN with zero
-        gradients, as in PyTorch.
+        ``reduction="none"``.  As in PyTorch, a mean over no sample, or over
+        samples that are all ignored, is NaN with zero gradients, and a mean
+        over samples whose classes all have weight zero is NaN with NaN
+        gradients (0/0) except for ignored rows.
 
     Raises
     ------
@@ -225,21 +229,23 @@ def prepare(input, linear_weight, target, linear_bias, weight, reduction, ignore
         kw["z_loss"] = z_loss
     if softcap is not None:
         kw["softcap"] = softcap
-    degenerate = m == 0 or (reduction == "mean" and not probabilities
-                            and zero_total_weight(y, kw.get("class_weight"), kw["ignore_index"], C))
+    degenerate = "empty" if m == 0 else ""
+    if reduction == "mean" and not probabilities and m:
+        degenerate = zero_total_weight(y, kw.get("class_weight"), kw["ignore_index"], C)
     return Spec(reduction, compute, input.dtype, unbatched, y, kw, degenerate)
 
 
-def zero_total_weight(labels: np.ndarray, class_weight, ignore_index, C: int) -> bool:
-    """Whether a mean over class-index targets divides by zero: every sample
-    ignored, or every kept sample's class of zero weight (labels out of range
-    are left to the kernels' validation, which names them)."""
+def zero_total_weight(labels: np.ndarray, class_weight, ignore_index, C: int) -> str:
+    """Whether a mean over class-index targets divides by zero: "empty" when
+    every sample is ignored, "zero-weight" when every kept sample's class has
+    weight zero, else "" (labels out of range are left to the kernels'
+    validation, which names them)."""
     kept = labels[labels != ignore_index] if isinstance(ignore_index, (int, np.integer)) else labels
     if kept.size == 0:
-        return True
+        return "empty"
     if class_weight is None or kept.min() < 0 or kept.max() >= C:
-        return False
-    return not np.any(class_weight[kept.astype(np.intp)])
+        return ""
+    return "" if np.any(class_weight[kept.astype(np.intp)]) else "zero-weight"
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
@@ -259,6 +265,9 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             m = X.shape[0]
             loss = {"mean": float("nan"), "sum": 0.0, "none": np.zeros(m)}[spec.reduction]
             grads = [np.zeros((m, n)), np.zeros((C, n)), np.zeros(C)]
+            if spec.degenerate == "zero-weight":  # 0/0 as in PyTorch; ignored rows stay 0
+                grads[0][spec.y != spec.kw["ignore_index"]] = np.nan
+                grads[1][:] = grads[2][:] = np.nan
         else:
             loss, *grads = numpy_linear_cross_entropy(X, W, spec.y, **kw)
         needs = ctx.needs_input_grad
