@@ -69,21 +69,25 @@ CYTHON_BLAS = "scipy.linalg.cython_blas"
 class _SetParentAttribute(importlib.abc.MetaPathFinder):
     """When ``scipy.linalg`` is imported after :func:`load_cython_blas`, make
     ``scipy.linalg.cython_blas`` an attribute of it, as a normal import of the
-    submodule would have; then step out of the import system."""
+    submodule would have.  It stays in ``sys.meta_path`` (removing an entry
+    would race with imports in other threads) and does nothing once the
+    attribute is set, or for any other module."""
+
+    done = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "scipy.linalg":
+        if self.done or name != "scipy.linalg":
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        exec_module = getattr(getattr(spec, "loader", None), "exec_module", None)
+        if exec_module is None:
+            return None  # the ordinary import, which then sets no attribute
 
         def exec_then_link(module):
             exec_module(module)
             if CYTHON_BLAS in sys.modules and not hasattr(module, "cython_blas"):
                 module.cython_blas = sys.modules[CYTHON_BLAS]
+            self.done = True
 
         spec.loader = copy.copy(spec.loader)
         spec.loader.exec_module = exec_then_link

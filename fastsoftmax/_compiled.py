@@ -13,9 +13,10 @@ signature; numba types it as :class:`CompiledFunctionType`, which carries
 that signature, and :func:`call_compiled` (an intrinsic) refuses at compile
 time any argument types other than those it was compiled for, so a call can
 never pass the wrong layout.  The address is a run-time argument, so the
-calling kernel stays cacheable.  The callee's error status is not checked:
-use it only for functions that cannot raise (the kernels' error model is
-NumPy's, and their inputs are validated in Python).
+calling kernel stays cacheable.  An exception in the callee (a MemoryError
+from an allocation, say) cannot cross a parallel region: ``call_compiled``
+returns ``(value, failed)`` and the caller decides what to do (the fused
+kernel reruns the call in Python, where the exception surfaces).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class CompiledFunction:
         self.argtypes = argtypes
         self.restype = cres.signature.return_type
         self.address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        self.numba_type = CompiledFunctionType(argtypes, self.restype)  # typed once, not per call
         self._keep = cres  # the code lives as long as this object
 
 
@@ -67,7 +69,7 @@ def array_key(a) -> tuple | None:
 
 @typeof_impl.register(CompiledFunction)
 def _typeof_compiled(val, c):
-    return CompiledFunctionType(val.argtypes, val.restype)
+    return val.numba_type
 
 
 @unbox(CompiledFunctionType)
@@ -80,7 +82,8 @@ def _unbox_compiled(typ, obj, c):
 
 @intrinsic
 def call_compiled(typingctx, function, *args):
-    """``function(*args)`` for a :class:`CompiledFunction`; the argument types must
+    """``(function(*args), failed)`` for a :class:`CompiledFunction`: ``failed`` is
+    True when the call raised (its value is then 0).  The argument types must
     be exactly those it was compiled for (a typing error otherwise)."""
     if not isinstance(function, CompiledFunctionType):
         raise errors.TypingError(f"call_compiled needs a CompiledFunction, got {function}")
@@ -98,7 +101,10 @@ def call_compiled(typingctx, function, *args):
         builder.store(cgutils.get_null_value(retty), result)
         excinfo = cgutils.alloca_once(builder, ir.PointerType(excinfo_t), name="excinfo")
         packed = list(context.get_arg_packer(argtypes).as_arguments(builder, values))
-        builder.call(fnptr, [result, excinfo] + packed)
-        return context.get_returned_value(builder, restype, builder.load(result))
+        status = builder.call(fnptr, [result, excinfo] + packed)
+        failed = builder.icmp_signed("!=", status, ir.Constant(status.type, 0))
+        value = context.get_returned_value(builder, restype, builder.load(result))
+        return context.make_tuple(builder, outtype, [value, failed])
 
-    return restype(function, types.StarArgTuple.from_types(argtypes)), codegen
+    outtype = types.Tuple((restype, types.boolean))
+    return outtype(function, types.StarArgTuple.from_types(argtypes)), codegen

@@ -112,16 +112,21 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX):
 
 
 @parallel_kernel
-def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, slabs, bias_slabs, losses):
+def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, slabs, bias_slabs, losses,
+                     failed):
     """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
-    (:func:`fused_chunk` through its address) into the chunk's own slabs."""
+    (:func:`fused_chunk` through its address) into the chunk's own slabs;
+    ``failed[c]`` says whether chunk c raised (an exception cannot leave a
+    parallel region)."""
     m = X.shape[0]
     nchunks = losses.shape[0]
     for c in prange(nchunks):
         start = np.int64(c * m // nchunks)
         stop = np.int64((c + 1) * m // nchunks)
-        losses[c] = call_compiled(chunk, X, W, b, labels, T, sw, eps, start, stop, tile,
-                                  slabs[c], bias_slabs[c], dX)
+        out = call_compiled(chunk, X, W, b, labels, T, sw, eps, start, stop, tile, slabs[c],
+                            bias_slabs[c], dX)
+        losses[c] = out[0]
+        failed[c] = out[1]
 
 
 #: fused_chunk's entry points, by what the numba types of its arguments depend on.
@@ -162,14 +167,19 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, inline=False):
     slabs = np.zeros((nchunks, K, n))
     bias_slabs = np.zeros((nchunks, K))
     losses = np.zeros(nchunks)
+    if not inline:
+        failed = np.zeros(nchunks, dtype=np.bool_)
+        with parallel_region():
+            _parallel_chunks(_chunk_entry(X, W, b, labels, T, sw, dX), X, W, b, labels, T, sw,
+                             float(eps), int(tile), dX, slabs, bias_slabs, losses, failed)
+        if failed.any():  # run again on this thread, where the exception is raised
+            slabs[...] = 0.0
+            bias_slabs[...] = 0.0
+            inline = True
     if inline:
         for c in range(nchunks):
             losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
                                     (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX)
-    else:
-        with parallel_region():
-            _parallel_chunks(_chunk_entry(X, W, b, labels, T, sw, dX), X, W, b, labels, T, sw,
-                             float(eps), int(tile), dX, slabs, bias_slabs, losses)
     # Summed in chunk order: the result does not depend on which thread ran what.
     G, gb, loss = slabs[0], bias_slabs[0], float(losses[0])
     for c in range(1, nchunks):

@@ -13,6 +13,9 @@ def prefetch_row(typingctx, arr, i):
     """Ask the CPU to bring row ``i`` of the 2-D C-contiguous ``arr`` into cache
     (LLVM's ``prefetch``: read, high locality).  Only a hint: it changes no
     value, and an address outside the array does not fault."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C"
+            and isinstance(i, types.Integer)):
+        return None  # no such overload: a typing error
     sig = types.void(arr, i)
 
     def codegen(context, builder, signature, args):

@@ -27,11 +27,27 @@ def _caller(f, x, w, out):
 ARGS = (types.Array(types.float64, 1, "C"), types.float64, types.Array(types.float64, 1, "C"))
 
 
+@numba.njit
+def _raises_on_negative(x, w, out):
+    if w < 0:
+        raise ValueError("negative")
+    out[0] = w
+    return w
+
+
 def test_call_through_address_returns_and_writes():
     f = CompiledFunction(_weighted_sum, ARGS)
     out = np.zeros(1)
-    assert _caller(f, np.array([1.0, 2.0, 4.0]), 0.5, out) == 3.5
+    assert _caller(f, np.array([1.0, 2.0, 4.0]), 0.5, out) == (3.5, False)
     assert out[0] == 3.5  # the callee wrote through the array it was given
+
+
+def test_a_raising_callee_is_reported_as_failed():
+    """An exception cannot leave the call; it comes back as ``failed``."""
+    f = CompiledFunction(_raises_on_negative, ARGS)
+    out = np.zeros(1)
+    assert _caller(f, np.zeros(2), 2.0, out) == (2.0, False)
+    assert _caller(f, np.zeros(2), -1.0, out) == (0.0, True)
 
 
 def test_other_argument_types_are_refused_at_compile_time():

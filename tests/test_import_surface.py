@@ -39,6 +39,8 @@ import fastsoftmax as fs
 X = np.ones((50, 3)); W = np.ones((2, 3)); y = np.arange(50) % 2
 loss64 = fs.loss_and_grad(W, X, y)[0]
 print("scipy.linalg" in sys.modules, "scipy.linalg.cython_blas" in sys.modules)
+import importlib.util
+importlib.util.find_spec("scipy.linalg")  # a look-up (no import) changes nothing
 import scipy.linalg
 print(scipy.linalg.cython_blas is sys.modules["scipy.linalg.cython_blas"],
       float(scipy.linalg.blas.dgemm(2.0, np.eye(2), np.eye(2))[0, 0]))

@@ -250,7 +250,7 @@ def test_float32_loss_is_accumulated_in_float64(rng):
 def test_kernels_are_cached_without_warnings():
     """A new process compiles nothing it has compiled before, with no cache warning."""
     calls = (
-        "for m in (4, 4000):  # the serial and the parallel path\n"
+        "for m in (4, 40000):  # the serial and the parallel path (above INLINE_WORK)\n"
         "    X = np.ones((m, 30)); W = np.ones((3, 30)); y = np.arange(m) % 3\n"
         "    for method in ('fused', 'indexloop'):\n"
         "        fs.loss_and_grad(W, X, y, method=method)\n"
@@ -313,3 +313,37 @@ def test_ignore_index_with_narrow_or_unsigned_labels(label_dtype, method, rng):
         assert got[0] == pytest.approx(want[0], rel=1e-10), entry
         for g, r in zip(got[1:], ref[1:]):
             np.testing.assert_array_equal(g, r)
+
+
+def test_a_chunk_that_fails_in_the_parallel_region_raises(rng, monkeypatch):
+    """A chunk that fails inside the parallel loop (where no exception can be
+    raised) is run again on the calling thread, so the caller gets the error,
+    never a partial sum."""
+    import fastsoftmax._dispatch as policy
+    import fastsoftmax._fused as fused
+
+    W, X, y, b = problem(rng, m=400, n=6, K=3)
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    monkeypatch.setattr(policy, "INLINE_WORK", 0)
+    monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
+    real = fused._parallel_chunks
+
+    def failing(*args):
+        real(*args)
+        args[-1][1] = True  # as if chunk 1 had raised
+
+    def raising(*args):
+        raise MemoryError("chunk rerun on the calling thread")
+
+    monkeypatch.setattr(fused, "_parallel_chunks", failing)
+    monkeypatch.setattr(fused, "fused_chunk", raising)
+    with pytest.raises(MemoryError, match="rerun"):
+        fs.loss_and_grad(W, X, y, b=b)
+    monkeypatch.undo()
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    monkeypatch.setattr(policy, "INLINE_WORK", 0)
+    monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
+    monkeypatch.setattr(fused, "_parallel_chunks", failing)
+    got = fs.loss_and_grad(W, X, y, b=b)  # the rerun succeeds: the full, correct sums
+    want, scales = naive_loss_and_grad(W, X, y, b=b, return_scales=True)
+    assert_results_close(got, want, np.float64, scales)
