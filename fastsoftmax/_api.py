@@ -39,17 +39,16 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
         return numpy_sums(p, dX)
     m, n = p.X.shape
     K = p.W.shape[0]
+    chunks = policy.chunk_count(m)
+    if method == "fused" and policy.large_vocabulary(n, K, chunks):  # no (K, n) slabs: _vocab
+        with single_threaded_blas, parallel_region():
+            return vocab_sums(p.X, np.ascontiguousarray(p.W), p.b, p.labels, p.T, p.sw, p.eps,
+                              dX, workers=chunks, **policy.vocab_plan(n, K, p.X.dtype.itemsize))
     if dX is None:
         dX = np.empty((0, n), p.dtype)
-    chunks = policy.chunk_count(m)
     if method == "indexloop":
         with parallel_region():
             return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, dX)
-    if policy.large_vocabulary(n, K, chunks):  # no per-thread (K, n) slabs: see _vocab
-        with single_threaded_blas, parallel_region():
-            return vocab_sums(p.X, np.ascontiguousarray(p.W), p.b, p.labels, p.T, p.sw, p.eps,
-                              dX if dX.shape[0] else None, workers=chunks,
-                              **policy.vocab_plan(n, K, p.X.dtype.itemsize))
     tile = policy.tile_rows(n, K, p.X.dtype.itemsize)
     with single_threaded_blas:
         if chunks == 1 or m * n * K < policy.SERIAL_WORK:
@@ -280,7 +279,10 @@ def linear_cross_entropy(
     ``D^T W``, in the working dtype, while the tile is in cache; each thread
     writes only its own rows of dX.  Its extra memory is that of
     :func:`loss_and_grad` (per-thread (K, n) float64 slabs and tiles) besides
-    dX itself.
+    dX itself.  For large K (see ``fastsoftmax._dispatch.large_vocabulary``)
+    both functions use the large-vocabulary kernel instead
+    (:mod:`fastsoftmax._vocab`): classes split between the threads, no slabs,
+    extra memory about dW / 8 plus tiles, dW accumulated in the working dtype.
 
     Raises
     ------

@@ -59,7 +59,7 @@ VOCAB_MAX_TILE = 1024
 #: the row numerics in the large-vocabulary kernel.  Fixed sizes, not one
 #: block per thread: the result then does not depend on the thread count.
 VOCAB_CLASS_BLOCK = 512
-VOCAB_COLUMN_BLOCK = 256
+VOCAB_COLUMN_BLOCK = 512
 VOCAB_ROW_GROUP = 16
 
 
