@@ -138,7 +138,7 @@ def test_head(benchmark, head, impl):
     benchmark.pedantic(run, rounds=3, iterations=1)
     extra = peak_extra(impl)
     grads = (K * n + (0 if impl.endswith("dW-only") else m * n)) * 4
-    benchmark.extra_info.update(m=m, n=n, K=K, impl=impl, extra_peak_MB=extra and extra / 2**20,
+    benchmark.extra_info.update(m=m, n=n, K=K, head_impl=impl, extra_peak_MB=extra and extra / 2**20,
                                 gradients_MB=grads / 2**20)
     if extra is not None:
         print(f"\n{impl}: peak extra memory {extra / 2**20:.0f} MB "

@@ -18,7 +18,10 @@ in super-tiles of at most ``tile`` rows (R); for each super-tile X_t (R, n):
    :func:`fastsoftmax._rowmath.tile_loss_and_coef` (the fused kernel's own
    per-tile numerics, unchanged) reads the group's columns of Z^T and writes
    the weighted logit gradients ``D = w_i (s_i p_i - t_i)`` over them, in
-   place; each group's loss and intercept sums go to the group's own slot;
+   place (it reads all of its logits into float64 scratch before it writes
+   D; a change to it that re-read them afterwards would break this kernel,
+   and tests/test_vocab.py would say so); each group's loss and intercept
+   sums go to the group's own slot;
 3. input gradient (``dX`` wanted), parallel over blocks of ``column_block``
    columns of X: ``dX_t[:, cols] = D^T W[:, cols]``, one GEMM per block,
    straight into dX's rows (through a buffer when rows were dropped);
