@@ -18,6 +18,7 @@ from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
 from ._sparse_indexloop import sparse_indexloop_sums
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_parallel
+from ._vocab import add_penalty, vocab_sums
 from ._validation import Problem, prepare, prepare_logits
 
 Method = Literal["fused", "indexloop", "numpy"]
@@ -39,6 +40,10 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None
     m, n = p.X.shape
     K = p.W.shape[0]
     chunks = policy.chunk_count(m)
+    if method == "fused" and policy.large_vocabulary(n, K, chunks):  # no (K, n) slabs: _vocab
+        with single_threaded_blas, parallel_region():
+            return vocab_sums(p.X, np.ascontiguousarray(p.W), p.b, p.labels, p.T, p.sw, p.eps,
+                              dX, workers=chunks, **policy.vocab_plan(n, K, p.X.dtype.itemsize))
     if method == "indexloop":
         with parallel_region():
             return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, dX)
@@ -89,12 +94,21 @@ def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dt
     the blocks' summed totals).
     """
     loss = float(loss_sum) / denom
-    dW = np.asarray(G, dtype=np.float64) / denom
-    if l2:
-        W64 = np.asarray(W, dtype=np.float64)
-        loss += 0.5 * l2 * float(np.vdot(W64, W64))
-        dW += l2 * W64
-    dW = dW.astype(dtype, copy=False)
+    if G.dtype == dtype and G.flags.owndata and G.flags.writeable:
+        # an array of the working dtype that the kernel made for this call (the
+        # large-vocabulary kernel's dW): finished in place, no (K, n) temporary
+        dW = G
+        if denom != 1.0:
+            dW /= dW.dtype.type(denom)
+        if l2:
+            loss += 0.5 * l2 * add_penalty(dW, W, l2)
+    else:
+        dW = np.asarray(G, dtype=np.float64) / denom
+        if l2:
+            W64 = np.asarray(W, dtype=np.float64)
+            loss += 0.5 * l2 * float(np.vdot(W64, W64))
+            dW += l2 * W64
+        dW = dW.astype(dtype, copy=False)
     if not has_b:
         return loss, dW
     return loss, dW, (np.asarray(gb, dtype=np.float64) / denom).astype(dtype, copy=False)
@@ -265,7 +279,10 @@ def linear_cross_entropy(
     ``D^T W``, in the working dtype, while the tile is in cache; each thread
     writes only its own rows of dX.  Its extra memory is that of
     :func:`loss_and_grad` (per-thread (K, n) float64 slabs and tiles) besides
-    dX itself.
+    dX itself.  For large K (see ``fastsoftmax._dispatch.large_vocabulary``)
+    both functions use the large-vocabulary kernel instead
+    (:mod:`fastsoftmax._vocab`): classes split between the threads, no slabs,
+    extra memory about dW / 8 plus tiles, dW accumulated in the working dtype.
 
     Raises
     ------

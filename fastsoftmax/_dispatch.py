@@ -54,6 +54,29 @@ INLINE_WORK = 2**20
 #: 20-newsgroups-shaped TF-IDF data, one thread: 214 ms without, 145 ms at 8
 #: and 16, 188 ms at 32).
 SPARSE_PREFETCH_AHEAD = 8
+
+#: The large-vocabulary kernel (:mod:`fastsoftmax._vocab`) replaces the fused
+#: kernel for dense X when the fused kernel's per-thread float64 gradient
+#: slabs (chunks K n 8 bytes) would exceed this many bytes and K is at least
+#: ``VOCAB_MIN_CLASSES``: there the slabs cost more memory than the gradient
+#: itself and adding into them a pass over K n per tile.  The benchmark's
+#: mnist, tall, small and many-classes shapes stay on the fused kernel.
+VOCAB_SLAB_BYTES = 64 * 2**20
+VOCAB_MIN_CLASSES = 4096
+#: Rows per super-tile of the large-vocabulary kernel: n / VOCAB_TILE_DIVISOR,
+#: so that its (tile, K) logits buffer is 1/VOCAB_TILE_DIVISOR of dW's size,
+#: within [VOCAB_MIN_TILE, VOCAB_MAX_TILE] (below 64 rows the dW products,
+#: whose inner dimension is the tile, are memory-bound).
+VOCAB_TILE_DIVISOR = 8
+VOCAB_MIN_TILE = 64
+VOCAB_MAX_TILE = 1024
+#: Classes per logits / dW block, columns per dX block and rows per call of
+#: the row numerics in the large-vocabulary kernel.  Fixed sizes, not one
+#: block per thread: the result then does not depend on the thread count.
+VOCAB_CLASS_BLOCK = 512
+VOCAB_COLUMN_BLOCK = 512
+VOCAB_ROW_GROUP = 16
+
 #: Columns per block when the sparse kernel adds its chunks' column slabs
 #: into the gradient (blocks run in parallel, each in chunk order).
 SPARSE_COMBINE_COLUMNS = 2048
@@ -90,3 +113,16 @@ def logits_tile_rows(K: int) -> int:
 def primitive_tile_rows(K: int) -> int:
     """Rows per tile of the row-wise primitives for rows of K entries."""
     return max(1, TILE_ELEMENTS // K)
+
+
+def large_vocabulary(n: int, K: int, chunks: int) -> bool:
+    """Whether a dense fused call with n features and K classes uses the large-vocabulary kernel."""
+    return K >= VOCAB_MIN_CLASSES and chunks * K * n * 8 > VOCAB_SLAB_BYTES
+
+
+def vocab_plan(n: int, K: int, itemsize: int) -> dict:
+    """Block sizes of the large-vocabulary kernel (keyword arguments of
+    :func:`fastsoftmax._vocab.vocab_sums` besides ``workers``)."""
+    tile = min(VOCAB_MAX_TILE, max(VOCAB_MIN_TILE, n // VOCAB_TILE_DIVISOR))
+    return {"tile": int(tile), "class_block": int(VOCAB_CLASS_BLOCK),
+            "column_block": int(VOCAB_COLUMN_BLOCK), "group": int(VOCAB_ROW_GROUP)}
