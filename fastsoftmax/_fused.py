@@ -45,7 +45,7 @@ from ._tiles import gather, kept_rows, tile_view
 
 @serial_kernel
 def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G, dX, dXbuf,
-               contiguous):
+               contiguous, cw, zl, cap, lout):
     """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss.
 
     When ``dX`` is not empty, also writes the tile's rows of the input
@@ -57,7 +57,7 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
     Z = Zbuf[: R * K].reshape((R, K))
     D = Dbuf[: K * R].reshape((K, R))
     np.dot(Xt, W.T, Z)  # (R, K) logits
-    loss = tile_loss_and_coef(Z, D, E, aux, b, labels, T, sw, eps, rows, gb)
+    loss = tile_loss_and_coef(Z, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, cap, lout)
     np.dot(D, Xt, Gt)  # (K, R) x (R, n)
     for k in range(K):
         for l in range(n):
@@ -75,10 +75,11 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
 
 
 @serial_kernel
-def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX):
+def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX, cw, zl, cap, lout):
     """Rows start:stop, in tiles: adds their gradient sums to G (K, n) and
     gb (K,) (float64), writes their rows of dX when dX is not empty (rows
-    dropped by ignore_index are left as they are), and returns their loss sum."""
+    dropped by ignore_index are left as they are), and returns their loss sum.
+    ``cw``, ``zl``, ``cap``, ``lout``: see :func:`fused_sums`."""
     n = X.shape[1]
     K = W.shape[0]
     Z = np.empty(K * tile, dtype=X.dtype)
@@ -96,16 +97,16 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX):
         if R == t1 - t0:
             Xt = tile_view(X, t0, t1, rows[:R], xbuf)
             loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
-                               dX, dxbuf, True)
+                               dX, dxbuf, True, cw, zl, cap, lout)
         elif R > 0:
             Xt = gather(X, rows[:R], xbuf)
             loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
-                               dX, dxbuf, False)
+                               dX, dxbuf, False, cw, zl, cap, lout)
     return loss
 
 
 @parallel_kernel
-def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX):
+def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, cw, zl, cap, lout):
     """Unnormalised loss and gradient sums of softmax regression.
 
     X (m, n) and W (K, n), b (K,) of one float dtype; labels (m,) int64 or
@@ -113,6 +114,11 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX):
     nchunks >= 1; tile >= 1; dX (m, n) zeros of X's dtype, C-contiguous, to
     receive the unnormalised input gradient ``w_i (s_i p_i - t_i)^T W`` of
     every kept sample, or an empty (0, n) array when it is not wanted.
+    The options of issue 10, each None when unused (so that numba prunes
+    their code): ``cw`` (K,) float64 class weights, ``zl`` the z-loss
+    coefficient (float), ``cap`` the soft-cap (float > 0), ``lout`` (m,)
+    float64 zeros to receive each kept sample's weighted loss (see
+    :func:`fastsoftmax._rowmath.tile_loss_and_coef`).
     Returns ``(loss_sum, G, gb)`` with G (K, n) and gb (K,) float64: the
     weighted sums over samples of the loss, of ``(s_i p_i - t_i) x_i^T`` and
     of ``s_i p_i - t_i``.
@@ -122,14 +128,15 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX):
     slabs, bias_slabs, losses = allocate(nchunks, K, n)
     for c in prange(nchunks):
         losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
-                                (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX)
+                                (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX,
+                                cw, zl, cap, lout)
     return combine(slabs, bias_slabs, losses)
 
 
 @serial_kernel
-def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX):
+def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, lout):
     """:func:`fused_sums` with one chunk and no parallel region, for small problems."""
     slabs, bias_slabs, losses = allocate(1, W.shape[0], X.shape[1])
     losses[0] = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile,
-                            slabs[0], bias_slabs[0], dX)
+                            slabs[0], bias_slabs[0], dX, cw, zl, cap, lout)
     return combine(slabs, bias_slabs, losses)

@@ -28,6 +28,16 @@ def dense_logits(A, c, X, i, z):
 
 
 @serial_kernel
+def soft_cap(z, cap, dz):
+    """Soft-cap the logits in place, ``z_j <- cap tanh(z_j / cap)``, and write
+    the derivative of the map, ``1 - tanh^2(z_j / cap)``, to ``dz`` (K,)."""
+    for j in range(z.shape[0]):
+        u = math.tanh(z[j] / cap)
+        z[j] = cap * u
+        dz[j] = 1.0 - u * u
+
+
+@serial_kernel
 def sample_softmax(z, p, t, labels, T, i, eps, inv_k):
     """Softmax and smoothed targets of sample ``i`` from its logits ``z`` (K,).
 

@@ -91,7 +91,8 @@ def sparse_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, 
             for k in range(K):
                 Zr[r, k] = acc[k]
         Dm = D[: K * R].reshape((K, R))
-        loss += tile_loss_and_coef(Zr, Dm, E, aux, b, labels, T, sw, eps, rows[:R], gb)
+        loss += tile_loss_and_coef(Zr, Dm, E, aux, b, labels, T, sw, eps, rows[:R], gb,
+                                   None, None, None, None)
         Dt = Zr  # the logits are no longer needed: the gradients, sample-major
         for k in range(K):
             for r in range(R):
