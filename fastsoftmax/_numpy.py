@@ -116,15 +116,15 @@ def options_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: n
     ``sum_k c_ik (lse_i - u_ik) + zl lse_i^2`` for the (soft-capped, when
     ``cap`` is given) logits ``u_i``, and its logit gradient
     ``(s_i + 2 zl lse_i) p_i - c_i`` (``s_i = sum_k c_ik``), times
-    ``1 - tanh^2(z_ik / cap)`` under the soft-cap.  Returns ``(loss_sum, E,
-    gb, row_loss)``: as :func:`logits_loss_and_coef`, plus ``row_loss`` (m,)
-    float64, each sample's weighted loss.
+    ``1 - tanh^2(z_ik / cap) = 1 / cosh^2(z_ik / cap)`` under the soft-cap.
+    Returns ``(loss_sum, E, gb, row_loss)``: as :func:`logits_loss_and_coef`,
+    plus ``row_loss`` (m,) float64, each sample's weighted loss.
     """
     m, K = Z.shape
     U = Z.astype(np.float64) + b
     if cap is not None:
-        tanh = np.tanh(U / cap)
-        U = cap * tanh
+        cosh = np.cosh(U / cap)  # overflows to inf (derivative 0) for large |z| / cap
+        U = cap * np.tanh(U / cap)
     mx = U.max(axis=1, keepdims=True)
     U -= mx
     P = np.exp(U)
@@ -147,8 +147,8 @@ def options_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: n
         row_loss += zl * lse * lse
         scale = csum + 2.0 * zl * lse
     E = P * scale[:, None] - C
-    if cap is not None:
-        E *= 1.0 - tanh * tanh
+    if cap is not None:  # 1 - tanh^2 = 1 / cosh^2, without cancellation
+        E /= cosh * cosh
     if sw.shape[0]:
         E *= sw[:, None]
         row_loss = sw * row_loss

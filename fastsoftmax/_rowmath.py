@@ -206,7 +206,8 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, c
       ``2 w_i zl lse_i p_i`` to the logit gradient;
     * ``cap`` float > 0: the logits (with the intercept) become
       ``cap tanh(z / cap)``, and the gradient is multiplied by the
-      derivative ``1 - tanh^2(z / cap)``;
+      derivative ``1 - tanh^2(z / cap)``, computed as ``1 / cosh^2(z / cap)``
+      (no cancellation where tanh saturates);
     * ``lout`` (m,) float64: receives each sample's weighted loss at
       ``lout[i]``.
 
@@ -296,12 +297,12 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, c
             for r in range(R):
                 w = sw[rows[r]] if weighted else 1.0
                 S[k, r] -= w * ((1.0 - eps) * T[rows[r], k] + eps * inv_k)
-    if cap is not None:  # d(cap tanh(z / cap))/dz = 1 - tanh^2(z / cap)
-        for k in range(K):
+    if cap is not None:  # d(cap tanh(z / cap))/dz = 1 - tanh^2(z / cap) = 1 / cosh^2(z / cap)
+        for k in range(K):  # (1 - tanh^2 would cancel where tanh saturates)
             bk = b[k]
             for r in range(R):
-                u = math.tanh((Zr[r, k] + bk) / cap)
-                S[k, r] = S[k, r] * (1.0 - u * u)
+                ch = math.cosh((Zr[r, k] + bk) / cap)
+                S[k, r] = S[k, r] / (ch * ch)
     for k in range(K):
         acc = 0.0
         for r in range(R):

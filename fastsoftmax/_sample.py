@@ -30,11 +30,13 @@ def dense_logits(A, c, X, i, z):
 @serial_kernel
 def soft_cap(z, cap, dz):
     """Soft-cap the logits in place, ``z_j <- cap tanh(z_j / cap)``, and write
-    the derivative of the map, ``1 - tanh^2(z_j / cap)``, to ``dz`` (K,)."""
+    the derivative of the map, ``1 - tanh^2(z_j / cap) = 1 / cosh^2(z_j / cap)``,
+    to ``dz`` (K,) (the second form does not cancel where tanh saturates)."""
     for j in range(z.shape[0]):
-        u = math.tanh(z[j] / cap)
-        z[j] = cap * u
-        dz[j] = 1.0 - u * u
+        x = z[j] / cap
+        z[j] = cap * math.tanh(x)
+        ch = math.cosh(x)
+        dz[j] = 1.0 / (ch * ch)
 
 
 @serial_kernel

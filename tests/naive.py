@@ -41,7 +41,10 @@ def _sample(z, t, w, class_weight, z_loss, softcap):
         u, du = z, np.ones_like(z)
     else:
         u = softcap * np.tanh(z / softcap)
-        du = 1.0 - np.tanh(z / softcap) ** 2
+        # 1 - tanh(x)^2 = 4 e^(-2|x|) / (1 + e^(-2|x|))^2, without the cancellation
+        # of 1 - tanh^2 where tanh saturates
+        e = np.exp(-2.0 * np.abs(z / softcap))
+        du = 4.0 * e / (1.0 + e) ** 2
     lse = logsumexp(u)
     p = np.exp(u - lse)
     ce = w * _dot0(c, lse - u)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastsoftmax as fs
 from helpers import assert_close, central_differences
@@ -209,6 +211,51 @@ def test_softcap_bounds_the_logits():
     loss, dZ = fs.loss_and_grad_logits(Z, [1], softcap=5.0)
     assert loss == pytest.approx(10.0 + np.log1p(np.exp(-10.0)), rel=1e-12)
     assert np.all(np.abs(dZ) < 1e-12)  # tanh is saturated: no gradient flows back
+
+
+@st.composite
+def option_problems(draw):
+    """Small problems with every new option on (class weights, z-loss and soft-cap,
+    so that only the kernels' "all options" specialisations are compiled), random
+    values, every reduction, target kind and dtype."""
+    m, n, k = draw(st.integers(1, 30)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from(DTYPES))
+    target = draw(st.sampled_from(["labels", "dense"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    X = rng.standard_normal((m, n)).astype(dtype)
+    W = (draw(st.sampled_from([0.1, 1.0, 5.0])) * rng.standard_normal((k, n))).astype(dtype)
+    y = rng.integers(0, k, m) if target == "labels" else 2.0 * rng.random((m, k))
+    kw = {"class_weight": rng.random(k) * 2.0 + 0.05,
+          "z_loss": draw(st.sampled_from([1e-4, 0.1])),
+          # caps for which 1 / cosh^2(z / cap) stays far above float32's smallest
+          # normal number (a saturated cap is test_softcap_bounds_the_logits')
+          "softcap": draw(st.sampled_from([2.0, 5.0, 50.0])),
+          "label_smoothing": draw(st.sampled_from([0.0, 0.3, 1.0])),
+          "reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+    if draw(st.booleans()):
+        kw["b"] = rng.standard_normal(k).astype(dtype)
+    if draw(st.booleans()):
+        kw["sample_weight"] = rng.random(m) + 0.01
+    if target == "labels" and m > 1 and draw(st.booleans()):
+        y[1:][rng.random(m - 1) < 0.4] = -1
+        kw["ignore_index"] = -1
+    return X, W, y, kw, dtype
+
+
+@given(option_problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_all_methods_match_oracle(problem):
+    X, W, y, kw, dtype = problem
+    want, scales = naive_linear_cross_entropy(X, W, y, return_scales=True, **kw)
+    names = ("loss", "dX", "dW", "db")[:len(want)]
+    for method in METHODS:
+        check(fs.linear_cross_entropy(X, W, y, method=method, **kw), want, scales, dtype,
+              names, kw["reduction"])
+    kw.pop("b", None)
+    Z = X @ W.T
+    want, scales = naive_logits_loss_and_grad(Z, y, return_scales=True, **kw)
+    check(fs.loss_and_grad_logits(Z, y, **kw), want, scales, dtype, ("loss", "dZ"),
+          kw["reduction"])
 
 
 # --- PyTorch -------------------------------------------------------------------------
