@@ -18,41 +18,46 @@ from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
 from ._sparse_indexloop import sparse_indexloop_sums
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_parallel
+from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
 from ._vocab import add_penalty, vocab_sums
-from ._validation import Problem, prepare, prepare_logits
 
 Method = Literal["fused", "indexloop", "numpy"]
-Reduction = Literal["mean", "sum"]
+Reduction = Literal["mean", "sum", "none"]
 
 
-def sums(p: Problem, method: str, dX: np.ndarray | None = None
-         ) -> tuple[float, np.ndarray, np.ndarray]:
+def sums(p: Problem, method: str, dX: np.ndarray | None = None,
+         losses: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """Run ``method`` on a validated problem: unnormalised ``(loss, G, gb)``.
 
     ``dX``, when given, is a C-ordered (m, n) array of zeros in the working
     dtype that receives the unnormalised input gradient of every kept sample
-    (dense X only).
+    (dense X only).  ``losses``, when given, is an (m,) float64 array of
+    zeros that receives each kept sample's weighted loss (dense X only).
     """
     if isinstance(p.X, CSR):
         return sparse_sums(p, method)
     if method == "numpy":
-        return numpy_sums(p, dX)
+        return numpy_sums(p, dX, losses)
     m, n = p.X.shape
     K = p.W.shape[0]
     chunks = policy.chunk_count(m)
-    if method == "fused" and policy.large_vocabulary(n, K, chunks):  # no (K, n) slabs: _vocab
+    plain = p.cw is None and p.zl is None and p.cap is None and losses is None
+    if method == "fused" and plain and policy.large_vocabulary(n, K, chunks):  # no (K, n) slabs
         with single_threaded_blas, parallel_region():
             return vocab_sums(p.X, np.ascontiguousarray(p.W), p.b, p.labels, p.T, p.sw, p.eps,
                               dX, workers=chunks, **policy.vocab_plan(n, K, p.X.dtype.itemsize))
     if method == "indexloop":
         with parallel_region():
-            return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, dX)
+            return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, dX,
+                                  p.cw, p.zl, p.cap, losses)
     tile = policy.tile_rows(n, K, p.X.dtype.itemsize)
     with single_threaded_blas:
         if chunks == 1 or m * n * K < policy.SERIAL_WORK:
-            return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX)
+            return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX,
+                                     p.cw, p.zl, p.cap, losses)
         inline = policy.run_inline(m * n * K, seconds_since_parallel())
-        return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX, inline)
+        return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX,
+                          p.cw, p.zl, p.cap, losses, inline)
 
 
 def sparse_sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]:
@@ -125,6 +130,9 @@ def loss_and_grad(
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
     reduction: Reduction = "mean",
+    class_weight: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     method: Method = "fused",
 ) -> Union[tuple[float, np.ndarray], tuple[float, np.ndarray, np.ndarray]]:
     """Loss and gradient of softmax (multinomial logistic) regression.
@@ -138,7 +146,9 @@ def loss_and_grad(
     ``db = (1/D) sum_i w_i ((sum_k t_ik) p_i - t_i)``.  For one-hot targets row
     j of dW is ``(1/D) sum_i w_i (p_ij - t_ij) x_i``.  ``D`` is the total weight
     of the samples that are not ignored (their count without weights) when
-    ``reduction="mean"`` and 1 when ``reduction="sum"``.
+    ``reduction="mean"`` and 1 when ``reduction="sum"``.  The options
+    ``class_weight``, ``z_loss`` and ``softcap`` extend this (see below and
+    the README's "Options for large vocabularies").
 
     Parameters
     ----------
@@ -169,12 +179,39 @@ def loss_and_grad(
     l2 : float, default 0
         L2 penalty strength on W: adds ``(l2/2) ||W||_F^2`` to the loss and
         ``l2 W`` to dW, under either reduction.
-    label_smoothing : float in [0, 1), default 0
-        Targets become ``(1 - eps) t + eps / K`` (PyTorch's definition).
+    label_smoothing : float in [0, 1], default 0
+        Targets become ``(1 - eps) t + eps / K`` (PyTorch's definition; 1
+        gives uniform targets).
     ignore_index : int, optional
         With class-index targets, samples whose label equals it are dropped:
         they add nothing and do not count in ``D``.
-    reduction : {"mean", "sum"}, default "mean"
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"``: the loss returned is an (m,) float64 array of per-sample
+        losses (``w_i`` times the sample's loss, z-loss included; 0 for
+        ignored samples) and the gradients are those of their sum, i.e.
+        of ``reduction="sum"`` (what PyTorch's ``loss.sum().backward()``
+        gives).  ``l2`` must then be 0.
+    class_weight : array_like, shape (K,), optional
+        Non-negative, finite per-class weights, with the semantics of
+        PyTorch's ``cross_entropy(weight=...)``: targets become
+        ``c_ik = cw_k t_ik`` (after label smoothing), so a class-index
+        sample i contributes ``w_i (cw_{y_i} (1 - eps) (-log p_{i,y_i}) +
+        (eps / K) sum_k cw_k (-log p_ik))``.  Under ``reduction="mean"`` with
+        class-index targets ``D = sum_i w_i cw_{y_i}`` over the kept samples
+        (sample weight and class weight multiply); with dense targets ``D``
+        stays the sample weight total (the number of samples when
+        unweighted), as in PyTorch.
+    z_loss : float >= 0, default 0
+        Adds ``z_loss * lse_i^2`` (``lse_i = logsumexp(z_i)``, PaLM's
+        auxiliary loss) per kept sample, weighted by the sample weight
+        ``w_i`` only (not by class weights) and, under ``"mean"``, divided
+        by the kept sample weight total ``sum_i w_i`` (not by ``D`` when
+        class weights change it), as Liger-Kernel does per token.
+        Gradient: ``2 z_loss lse_i p_i`` per sample.
+    softcap : float > 0, optional
+        Logit soft-capping: the logits (intercept included) become
+        ``softcap * tanh(z / softcap)`` before the softmax (Gemma 2); the
+        gradients carry the factor ``1 - tanh^2(z / softcap)``.
     method : {"fused", "indexloop", "numpy"}, default "fused"
         ``"fused"``: one parallel pass over X in tiles of rows;
         ``"indexloop"``: explicit loops following the delta_kj derivation;
@@ -182,7 +219,7 @@ def loss_and_grad(
 
     Returns
     -------
-    loss : float
+    loss : float, or ndarray of shape (m,) float64 under ``reduction="none"``
     dW : ndarray, shape (K, n), working dtype
     db : ndarray, shape (K,), working dtype (only when ``b`` is given)
 
@@ -219,7 +256,10 @@ def loss_and_grad(
         integral, negative or non-finite targets or weights, zero total weight
         under ``reduction="mean"``, options out of range, unknown ``method``
         or ``reduction``; a malformed CSR structure (``indptr`` not
-        non-decreasing from 0, column indices outside ``[0, n)``).
+        non-decreasing from 0, column indices outside ``[0, n)``);
+        ``class_weight``, ``z_loss``, ``softcap`` or ``reduction="none"``
+        with CSR X (not supported there: pass dense X); ``l2`` with
+        ``reduction="none"``.
 
     Examples
     --------
@@ -231,9 +271,12 @@ def loss_and_grad(
     """
     p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
-                reduction=reduction, method=method)
-    return finish(*sums(p, method), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
-                  has_b=p.has_b)
+                reduction=reduction, method=method, class_weight=class_weight,
+                z_loss=z_loss, softcap=softcap, reductions=LOSS_REDUCTIONS)
+    losses = np.zeros(p.X.shape[0]) if reduction == "none" else None
+    loss, *grads = finish(*sums(p, method, losses=losses), denom=p.denom, l2=p.l2, W=p.W,
+                          dtype=p.dtype, has_b=p.has_b)
+    return (loss if losses is None else losses, *grads)
 
 
 def linear_cross_entropy(
@@ -247,6 +290,9 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
     reduction: Reduction = "mean",
+    class_weight: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     method: Method = "fused",
 ) -> Union[tuple[float, np.ndarray, np.ndarray],
            tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
@@ -267,10 +313,13 @@ def linear_cross_entropy(
         The layer's weights, one row per class.
     y, b, sample_weight, l2, label_smoothing, ignore_index, reduction, method
         As in :func:`loss_and_grad`.
+    class_weight, z_loss, softcap
+        As in :func:`loss_and_grad`.
 
     Returns
     -------
-    loss : float
+    loss : float, or ndarray of shape (m,) float64 under ``reduction="none"``
+        (then the gradients are those of the losses' sum)
     dX : ndarray, shape (m, n), working dtype, C-ordered
     dW : ndarray, shape (K, n), working dtype
     db : ndarray, shape (K,), working dtype (only when ``b`` is given)
@@ -299,16 +348,18 @@ def linear_cross_entropy(
     """
     p = prepare(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,
-                reduction=reduction, method=method)
+                reduction=reduction, method=method, class_weight=class_weight,
+                z_loss=z_loss, softcap=softcap, reductions=LOSS_REDUCTIONS)
     if isinstance(p.X, CSR):
         raise TypeError("X is a SciPy sparse matrix: linear_cross_entropy takes dense X only "
                         "(its dX is dense (m, n)); use loss_and_grad for sparse X")
     dX = np.zeros(p.X.shape, p.dtype)
-    loss, dW, *db = finish(*sums(p, method, dX), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
-                           has_b=p.has_b)
+    losses = np.zeros(p.X.shape[0]) if reduction == "none" else None
+    loss, dW, *db = finish(*sums(p, method, dX, losses), denom=p.denom, l2=p.l2, W=p.W,
+                           dtype=p.dtype, has_b=p.has_b)
     if p.denom != 1.0:
         dX /= dX.dtype.type(p.denom)
-    return (loss, dX, dW, *db)
+    return (loss if losses is None else losses, dX, dW, *db)
 
 
 def loss_and_grad_logits(
@@ -319,6 +370,9 @@ def loss_and_grad_logits(
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
     reduction: Reduction = "mean",
+    class_weight: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[float, np.ndarray]:
     """Cross-entropy loss of logits and its gradient with respect to them.
 
@@ -341,10 +395,14 @@ def loss_and_grad_logits(
         ``sample_weight`` a scalar if given.
     y, sample_weight, label_smoothing, ignore_index, reduction
         As in :func:`loss_and_grad`.
+    class_weight, z_loss, softcap
+        As in :func:`loss_and_grad`; ``softcap`` caps Z itself, and dZ is
+        the gradient with respect to the uncapped Z.
 
     Returns
     -------
-    loss : float
+    loss : float, or ndarray of shape (m,) float64 under ``reduction="none"``
+        (a 0-d array for a 1-D Z; the gradient is then that of the sum)
     dZ : ndarray, shape of Z ((m, K) or (K,)), Z's working dtype, C-ordered
 
     Raises
@@ -355,16 +413,22 @@ def loss_and_grad_logits(
     """
     Z, t, unbatched = prepare_logits(Z, y, sample_weight=sample_weight,
                                      label_smoothing=label_smoothing,
-                                     ignore_index=ignore_index, reduction=reduction)
+                                     ignore_index=ignore_index, reduction=reduction,
+                                     class_weight=class_weight, z_loss=z_loss, softcap=softcap)
     m, K = Z.shape
     dZ = np.empty((m, K), dtype=Z.dtype)
     tile = policy.logits_tile_rows(K)
     chunks = policy.chunk_count(m)
+    losses = np.zeros(m) if reduction == "none" else None
     if chunks == 1 or m * K < policy.SERIAL_WORK:
-        loss = logits_sums_serial(Z, t.labels, t.T, t.sw, t.eps, tile, dZ)
+        loss = logits_sums_serial(Z, t.labels, t.T, t.sw, t.eps, tile, dZ, t.cw, t.zl, t.cap,
+                                  losses)
     else:
         with parallel_region():
-            loss = logits_sums(Z, t.labels, t.T, t.sw, t.eps, chunks, tile, dZ)
+            loss = logits_sums(Z, t.labels, t.T, t.sw, t.eps, chunks, tile, dZ, t.cw, t.zl,
+                               t.cap, losses)
     if t.denom != 1.0:
         dZ /= dZ.dtype.type(t.denom)
+    if losses is not None:
+        return (losses[0, ...] if unbatched else losses), (dZ[0] if unbatched else dZ)
     return float(loss) / t.denom, (dZ[0] if unbatched else dZ)

@@ -50,7 +50,7 @@ from ._tiles import gather, kept_rows, tile_view
 
 @serial_kernel
 def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G, dX, dXbuf,
-               contiguous):
+               contiguous, cw, zl, cap, lout):
     """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss.
 
     When ``dX`` is not None, also writes the tile's rows of the input
@@ -62,7 +62,7 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
     Z = Zbuf[: R * K].reshape((R, K))
     D = Dbuf[: K * R].reshape((K, R))
     np.dot(Xt, W.T, Z)  # (R, K) logits
-    loss = tile_loss_and_coef(Z, D, E, aux, b, labels, T, sw, eps, rows, gb)
+    loss = tile_loss_and_coef(Z, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, cap, lout)
     np.dot(D, Xt, Gt)  # (K, R) x (R, n)
     for k in range(K):
         for l in range(n):
@@ -80,10 +80,11 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
 
 
 @serial_kernel
-def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX):
+def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX, cw, zl, cap, lout):
     """Rows start:stop, in tiles: adds their gradient sums to G (K, n) and
     gb (K,) (float64), writes their rows of dX when dX is not None (rows
-    dropped by ignore_index are left as they are), and returns their loss sum."""
+    dropped by ignore_index are left as they are), and returns their loss sum.
+    ``cw``, ``zl``, ``cap``, ``lout``: see :func:`fused_sums`."""
     n = X.shape[1]
     K = W.shape[0]
     Z = np.empty(K * tile, dtype=X.dtype)
@@ -107,13 +108,13 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX):
         else:
             Xt = gather(X, rows[:R], xbuf)
         loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
-                           dX, dxbuf, contiguous)
+                           dX, dxbuf, contiguous, cw, zl, cap, lout)
     return loss
 
 
 @parallel_kernel
-def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, slabs, bias_slabs, losses,
-                     failed):
+def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, lout, slabs,
+                     bias_slabs, losses, failed):
     """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
     (:func:`fused_chunk` through its address) into the chunk's own slabs;
     ``failed[c]`` says whether chunk c raised (an exception cannot leave a
@@ -124,7 +125,7 @@ def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, slabs, bias_s
         start = np.int64(c * m // nchunks)
         stop = np.int64((c + 1) * m // nchunks)
         out = call_compiled(chunk, X, W, b, labels, T, sw, eps, start, stop, tile, slabs[c],
-                            bias_slabs[c], dX)
+                            bias_slabs[c], dX, cw, zl, cap, lout)
         losses[c] = out[0]
         failed[c] = out[1]
 
@@ -133,19 +134,22 @@ def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, slabs, bias_s
 _entries: dict = {}
 
 
-def _chunk_entry(X, W, b, labels, T, sw, dX) -> CompiledFunction:
-    key = tuple(array_key(a) for a in (X, W, b, labels, T, sw, dX))
+def _chunk_entry(X, W, b, labels, T, sw, dX, cw, zl, cap, lout) -> CompiledFunction:
+    """fused_chunk compiled for these arguments (``zl`` and ``cap`` None or float)."""
+    key = (*(array_key(a) for a in (X, W, b, labels, T, sw, dX, cw, lout)), zl is None,
+           cap is None)
     entry = _entries.get(key)
     if entry is None:
         slab = types.Array(types.float64, 2, "C")
         argtypes = (*(typeof(a) for a in (X, W, b, labels, T, sw)), types.float64,
                     types.int64, types.int64, types.int64, slab, slab.copy(ndim=1),
-                    typeof(dX))
+                    *(typeof(a) for a in (dX, cw, zl, cap, lout)))
         entry = _entries.setdefault(key, CompiledFunction(fused_chunk, argtypes))
     return entry
 
 
-def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, inline=False):
+def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, cw, zl, cap, lout,
+               inline=False):
     """Unnormalised loss and gradient sums of softmax regression.
 
     X (m, n) and W (K, n), b (K,) of one float dtype; labels (m,) int64 or
@@ -155,6 +159,11 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, inline=False):
     every kept sample, or None when it is not wanted (numba then compiles
     a specialisation without the input-gradient code, so the loss-and-gradient
     path neither compiles nor loads it).
+    The options of issue 10, each None when unused (so that numba prunes
+    their code): ``cw`` (K,) float64 class weights, ``zl`` the z-loss
+    coefficient (float), ``cap`` the soft-cap (float > 0), ``lout`` (m,)
+    float64 zeros to receive each kept sample's weighted loss (see
+    :func:`fastsoftmax._rowmath.tile_loss_and_coef`).
     Returns ``(loss_sum, G, gb)`` with G (K, n) and gb (K,) float64: the
     weighted sums over samples of the loss, of ``(s_i p_i - t_i) x_i^T`` and
     of ``s_i p_i - t_i``.
@@ -164,14 +173,19 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, inline=False):
     """
     m = X.shape[0]
     K, n = W.shape
+    zl = None if zl is None else float(zl)
+    cap = None if cap is None else float(cap)
     slabs = np.zeros((nchunks, K, n))
     bias_slabs = np.zeros((nchunks, K))
     losses = np.zeros(nchunks)
     if not inline:
         failed = np.zeros(nchunks, dtype=np.bool_)
         with parallel_region():
-            _parallel_chunks(_chunk_entry(X, W, b, labels, T, sw, dX), X, W, b, labels, T, sw,
-                             float(eps), int(tile), dX, slabs, bias_slabs, losses, failed)
+            _parallel_chunks(_chunk_entry(X, W, b, labels, T, sw, dX, cw, zl, cap, lout), X, W,
+                             b, labels, T, sw, float(eps), int(tile), dX, cw, zl, cap, lout,
+                             slabs, bias_slabs, losses, failed)
+        if failed.any() and lout is not None:
+            lout[...] = 0.0
         if failed.any():  # run again on this thread, where the exception is raised
             slabs[...] = 0.0
             bias_slabs[...] = 0.0
@@ -179,7 +193,8 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, inline=False):
     if inline:
         for c in range(nchunks):
             losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
-                                    (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX)
+                                    (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX,
+                                    cw, zl, cap, lout)
     # Summed in chunk order: the result does not depend on which thread ran what.
     G, gb, loss = slabs[0], bias_slabs[0], float(losses[0])
     for c in range(1, nchunks):
@@ -189,7 +204,7 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, inline=False):
     return loss, G, gb
 
 
-def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX):
+def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, lout):
     """:func:`fused_sums` with one chunk and no parallel region, for small problems.
 
     Plain Python around the compiled :func:`fused_chunk`, which the parallel
@@ -199,5 +214,6 @@ def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX):
     K, n = W.shape
     G = np.zeros((K, n))
     gb = np.zeros(K)
-    loss = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile, G, gb, dX)
+    loss = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile, G, gb, dX, cw, zl,
+                       cap, lout)
     return loss, G, gb

@@ -21,11 +21,11 @@ from ._tiles import gather, kept_rows
 
 
 @serial_kernel
-def _logits_tile(Zt, D, E, aux, b, labels, T, sw, eps, rows, gb, dZ):
+def _logits_tile(Zt, D, E, aux, b, labels, T, sw, eps, rows, gb, dZ, cw, zl, cap, lout):
     """One tile: its loss; its gradient rows written to ``dZ[rows]``."""
     R, K = Zt.shape
     Dt = D[: K * R].reshape((K, R))
-    loss = tile_loss_and_coef(Zt, Dt, E, aux, b, labels, T, sw, eps, rows, gb)
+    loss = tile_loss_and_coef(Zt, Dt, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, cap, lout)
     for r in range(R):
         out = dZ[rows[r]]
         for k in range(K):
@@ -34,7 +34,7 @@ def _logits_tile(Zt, D, E, aux, b, labels, T, sw, eps, rows, gb, dZ):
 
 
 @serial_kernel
-def logits_chunk(Z, labels, T, sw, eps, start, stop, tile, dZ):
+def logits_chunk(Z, labels, T, sw, eps, start, stop, tile, dZ, cw, zl, cap, lout):
     """Rows start:stop of Z (m, K): writes their rows of dZ, returns their loss sum."""
     K = Z.shape[1]
     zbuf = np.empty((tile, K), dtype=Z.dtype)
@@ -49,7 +49,8 @@ def logits_chunk(Z, labels, T, sw, eps, start, stop, tile, dZ):
         t1 = min(t0 + tile, stop)
         R = kept_rows(labels, t0, t1, rows)
         if R == t1 - t0:
-            loss += _logits_tile(Z[t0:t1], D, E, aux, b, labels, T, sw, eps, rows[:R], gb, dZ)
+            loss += _logits_tile(Z[t0:t1], D, E, aux, b, labels, T, sw, eps, rows[:R], gb, dZ,
+                                 cw, zl, cap, lout)
             continue
         for i in range(t1 - t0):  # ignored rows get zero gradient
             row = dZ[t0 + i]
@@ -57,22 +58,24 @@ def logits_chunk(Z, labels, T, sw, eps, start, stop, tile, dZ):
                 row[k] = 0.0
         if R > 0:
             Zt = gather(Z, rows[:R], zbuf)
-            loss += _logits_tile(Zt, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, dZ)
+            loss += _logits_tile(Zt, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, dZ,
+                                 cw, zl, cap, lout)
     return loss
 
 
 @parallel_kernel
-def logits_sums(Z, labels, T, sw, eps, nchunks, tile, dZ):
+def logits_sums(Z, labels, T, sw, eps, nchunks, tile, dZ, cw, zl, cap, lout):
     """Loss sum over samples; fills dZ (m, K) with the unnormalised gradient.
 
     Z (m, K) float32/float64 in any layout; labels, T, sw and eps as in
-    :func:`fastsoftmax._fused.fused_sums`; dZ (m, K) of Z's dtype.
+    :func:`fastsoftmax._fused.fused_sums`; dZ (m, K) of Z's dtype; ``cw``,
+    ``zl``, ``cap`` and ``lout`` (each None when unused) as there.
     """
     m = Z.shape[0]
     losses = np.empty(nchunks)
     for c in prange(nchunks):
         losses[c] = logits_chunk(Z, labels, T, sw, eps, c * m // nchunks,
-                                 (c + 1) * m // nchunks, tile, dZ)
+                                 (c + 1) * m // nchunks, tile, dZ, cw, zl, cap, lout)
     total = 0.0
     for c in range(nchunks):
         total += losses[c]
@@ -80,6 +83,6 @@ def logits_sums(Z, labels, T, sw, eps, nchunks, tile, dZ):
 
 
 @serial_kernel
-def logits_sums_serial(Z, labels, T, sw, eps, tile, dZ):
+def logits_sums_serial(Z, labels, T, sw, eps, tile, dZ, cw, zl, cap, lout):
     """:func:`logits_sums` in one chunk without a parallel region (small inputs)."""
-    return logits_chunk(Z, labels, T, sw, eps, 0, Z.shape[0], tile, dZ)
+    return logits_chunk(Z, labels, T, sw, eps, 0, Z.shape[0], tile, dZ, cw, zl, cap, lout)

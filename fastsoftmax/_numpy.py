@@ -14,19 +14,22 @@ import numpy as np
 from ._validation import Problem
 
 
-def numpy_sums(p: Problem, dX: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+def numpy_sums(p: Problem, dX: np.ndarray | None = None, losses: np.ndarray | None = None
+               ) -> tuple[float, np.ndarray, np.ndarray]:
     """Same contract as the compiled kernels: ``(loss_sum, G, gb)``, and the
     unnormalised input gradient written into ``dX`` (m, n) when it is given
-    (rows dropped by ignore_index are left as they are).
+    (rows dropped by ignore_index are left as they are); each sample's
+    weighted loss written into ``losses`` (m,) float64 when it is given.
 
     NaN and infinity in X or W propagate to the result silently, as they do
     in the compiled kernels (no RuntimeWarning).
     """
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _numpy_sums(p, dX)
+        return _numpy_sums(p, dX, losses)
 
 
-def _numpy_sums(p: Problem, dX: np.ndarray | None) -> tuple[float, np.ndarray, np.ndarray]:
+def _numpy_sums(p: Problem, dX: np.ndarray | None,
+                losses: np.ndarray | None) -> tuple[float, np.ndarray, np.ndarray]:
     X, labels, T, sw = p.X, p.labels, p.T, p.sw
     use_labels = labels.shape[0] > 0
     keep = None
@@ -35,7 +38,16 @@ def _numpy_sums(p: Problem, dX: np.ndarray | None) -> tuple[float, np.ndarray, n
         X, labels = X[keep], labels[keep]
         sw = sw[keep] if sw.shape[0] else sw
     Z = X @ p.W.T
-    loss, E, gb = logits_loss_and_coef(Z, p.b, labels, T, sw, p.eps)
+    if p.cw is None and p.zl is None and p.cap is None and losses is None:
+        loss, E, gb = logits_loss_and_coef(Z, p.b, labels, T, sw, p.eps)
+    else:
+        loss, E, gb, row_loss = options_loss_and_coef(Z, p.b, labels, T, sw, p.eps, p.cw,
+                                                      p.zl, p.cap)
+        if losses is not None:
+            if keep is None:
+                losses[:] = row_loss
+            else:
+                losses[keep] = row_loss
     G = E.T @ X
     if dX is not None:
         if keep is None:
@@ -92,3 +104,54 @@ def logits_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: np
         loss = float(np.sum(row_loss, dtype=np.float64))
     gb = E.sum(axis=0, dtype=np.float64)
     return loss, E, gb
+
+
+def options_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: np.ndarray,
+                          sw: np.ndarray, eps: float, cw: np.ndarray | None, zl: float | None,
+                          cap: float | None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`logits_loss_and_coef` with the options of issue 10, in the general form.
+
+    The coefficients ``c_ik = cw_k t_ik`` (class weights ``cw`` (K,) or None)
+    are formed as an (m, K) float64 array; the loss of sample i is
+    ``sum_k c_ik (lse_i - u_ik) + zl lse_i^2`` for the (soft-capped, when
+    ``cap`` is given) logits ``u_i``, and its logit gradient
+    ``(s_i + 2 zl lse_i) p_i - c_i`` (``s_i = sum_k c_ik``), times
+    ``1 - tanh^2(z_ik / cap) = 1 / cosh^2(z_ik / cap)`` under the soft-cap.
+    Returns ``(loss_sum, E, gb, row_loss)``: as :func:`logits_loss_and_coef`,
+    plus ``row_loss`` (m,) float64, each sample's weighted loss.
+    """
+    m, K = Z.shape
+    U = Z.astype(np.float64) + b
+    if cap is not None:
+        cosh = np.cosh(U / cap)  # overflows to inf (derivative 0) for large |z| / cap
+        U = cap * np.tanh(U / cap)
+    mx = U.max(axis=1, keepdims=True)
+    U -= mx
+    P = np.exp(U)
+    s = P.sum(axis=1)
+    log_s = np.log(s)
+    P /= s[:, None]
+    if labels.shape[0] > 0:
+        C = np.full((m, K), eps / K)
+        C[np.arange(m), labels] += 1.0 - eps
+    else:
+        C = (1.0 - eps) * T.astype(np.float64) + eps / K
+    if cw is not None:
+        C *= cw
+    csum = C.sum(axis=1)
+    # zero coefficients add nothing, even against a -inf logit
+    row_loss = csum * log_s - np.where(C != 0, C * U, 0).sum(axis=1)
+    scale = csum
+    if zl is not None:
+        lse = mx[:, 0] + log_s
+        row_loss += zl * lse * lse
+        scale = csum + 2.0 * zl * lse
+    E = P * scale[:, None] - C
+    if cap is not None:  # 1 - tanh^2 = 1 / cosh^2, without cancellation
+        E /= cosh * cosh
+    if sw.shape[0]:
+        E *= sw[:, None]
+        row_loss = sw * row_loss
+    gb = E.sum(axis=0)
+    loss = float(np.sum(row_loss))
+    return loss, E.astype(Z.dtype, copy=False), gb, row_loss

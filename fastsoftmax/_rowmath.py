@@ -159,7 +159,29 @@ def tile_sample_scale(rows, R, labels, T, sw, eps, out):
 
 
 @serial_kernel
-def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
+def tile_capped_shifted_logits(Zr, b, S, mx, cap):
+    """:func:`tile_shifted_logits` of soft-capped logits.
+
+    ``S[k, r] = cap tanh((Zr[r, k] + b[k]) / cap) - mx_r``, ``mx_r`` the row
+    maxima of the capped logits (``cap`` > 0 float).
+    """
+    K, R = S.shape
+    for k in range(K):
+        bk = b[k]
+        for r in range(R):
+            S[k, r] = cap * math.tanh((Zr[r, k] + bk) / cap)
+    for r in range(R):
+        mx[r] = S[0, r]
+    for k in range(1, K):
+        for r in range(R):
+            mx[r] = max(mx[r], S[k, r])
+    for k in range(K):
+        for r in range(R):
+            S[k, r] = S[k, r] - mx[r]
+
+
+@serial_kernel
+def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, cap, lout):
     """Softmax, loss and logit gradient for a tile of R samples.
 
     ``Zr`` (R, K), in the working dtype, holds the tile's logits without the
@@ -172,6 +194,22 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
     weighted loss ``sum_r w_i sum_k t_ik (lse_i - z_ik)``, computed as
     ``sum_k t_ik (mx_i - z_ik) + s_i log(sum_k exp(z_ik - mx_i))`` so that no
     large logit is exponentiated or subtracted from another one.
+
+    The options of issue 10, each ``None`` when unused (numba then prunes
+    its code from the specialisation, so the default path compiles as
+    before):
+
+    * ``cw`` (K,) float64 class weights: the targets become
+      ``c_ik = cw_k t_ik`` (loss ``sum_k c_ik (lse_i - z_ik)``, logit
+      gradient ``w_i (s_i p_i - c_i)`` with ``s_i = sum_k c_ik``);
+    * ``zl`` float: adds ``w_i zl lse_i^2`` to the loss and
+      ``2 w_i zl lse_i p_i`` to the logit gradient;
+    * ``cap`` float > 0: the logits (with the intercept) become
+      ``cap tanh(z / cap)``, and the gradient is multiplied by the
+      derivative ``1 - tanh^2(z / cap)``, computed as ``1 / cosh^2(z / cap)``
+      (no cancellation where tanh saturates);
+    * ``lout`` (m,) float64: receives each sample's weighted loss at
+      ``lout[i]``.
 
     The logits are transposed on the first pass: in class-major order every
     inner loop runs over the samples of the tile, so the loops vectorise
@@ -188,12 +226,17 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
     tz = aux[1, :R]  # sum_k t_ik (z_ik - mx_i), later the weighted scale
     tsum = aux[2, :R]
     ssum = aux[3, :R]
-    tile_shifted_logits(Zr, b, S, mx)
+    if cap is not None:
+        tile_capped_shifted_logits(Zr, b, S, mx, cap)
+    else:
+        tile_shifted_logits(Zr, b, S, mx)
     use_labels = labels.shape[0] > 0
     weighted = sw.shape[0] > 0
     # A class whose target is 0 contributes nothing, even when its logit is
     # -inf (a masked class): 0 * (-inf) must not turn the loss into NaN.
-    if use_labels:
+    if cw is not None:
+        tile_weighted_targets(S, labels, T, eps, rows, cw, tz, tsum)
+    elif use_labels:
         for r in range(R):
             tz[r] = 0.0
         if eps > 0.0:
@@ -214,9 +257,23 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
                 tsum[r] += t
     tile_exp_rowsums(S, ssum)  # one SIMD pass of exponentials over the tile
     loss = 0.0
-    for r in range(R):
-        w = sw[rows[r]] if weighted else 1.0
-        loss += w * (tsum[r] * math.log(ssum[r]) - tz[r])
+    if zl is not None or lout is not None:
+        for r in range(R):
+            w = sw[rows[r]] if weighted else 1.0
+            log_s = math.log(ssum[r])
+            li = tsum[r] * log_s - tz[r]
+            if zl is not None:
+                lse = mx[r] + log_s
+                li += zl * lse * lse
+                tsum[r] += 2.0 * zl * lse  # the scale of p_i in the gradient
+            li = w * li
+            if lout is not None:
+                lout[rows[r]] = li
+            loss += li
+    else:
+        for r in range(R):
+            w = sw[rows[r]] if weighted else 1.0
+            loss += w * (tsum[r] * math.log(ssum[r]) - tz[r])
     scale = tz  # reuse: w_i s_i / sum_k exp(z_ik - mx_i)
     for r in range(R):
         w = sw[rows[r]] if weighted else 1.0
@@ -224,7 +281,9 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
     for k in range(K):
         for r in range(R):
             S[k, r] = scale[r] * S[k, r]
-    if use_labels:
+    if cw is not None:
+        tile_subtract_weighted_targets(S, labels, T, sw, eps, rows, cw)
+    elif use_labels:
         off = eps * inv_k
         for k in range(K):
             for r in range(R):
@@ -238,6 +297,12 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
             for r in range(R):
                 w = sw[rows[r]] if weighted else 1.0
                 S[k, r] -= w * ((1.0 - eps) * T[rows[r], k] + eps * inv_k)
+    if cap is not None:  # d(cap tanh(z / cap))/dz = 1 - tanh^2(z / cap) = 1 / cosh^2(z / cap)
+        for k in range(K):  # (1 - tanh^2 would cancel where tanh saturates)
+            bk = b[k]
+            for r in range(R):
+                ch = math.cosh((Zr[r, k] + bk) / cap)
+                S[k, r] = S[k, r] / (ch * ch)
     for k in range(K):
         acc = 0.0
         for r in range(R):
@@ -246,3 +311,63 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb):
         for r in range(R):
             D[k, r] = S[k, r]
     return loss
+
+
+@serial_kernel
+def tile_weighted_targets(S, labels, T, eps, rows, cw, tz, tsum):
+    """With class weights ``cw`` (K,): ``tz[r] = sum_k c_ik S[k, r]`` and
+    ``tsum[r] = sum_k c_ik`` for the tile's shifted logits ``S`` (K, R), where
+    ``c_ik = cw_k t_ik`` (``t`` the smoothed targets).  A zero coefficient
+    adds nothing, even against a -inf logit."""
+    K, R = S.shape
+    inv_k = 1.0 / K
+    if labels.shape[0] > 0:
+        cwsum = 0.0
+        for k in range(K):
+            cwsum += cw[k]
+        for r in range(R):
+            tz[r] = 0.0
+        if eps > 0.0:
+            for k in range(K):
+                ck = cw[k]
+                if ck != 0.0:
+                    for r in range(R):
+                        tz[r] += ck * S[k, r]
+        for r in range(R):
+            y = labels[rows[r]]
+            c = (1.0 - eps) * cw[y]
+            tz[r] = (c * S[y, r] if c != 0.0 else 0.0) + eps * inv_k * tz[r]
+            tsum[r] = c + eps * inv_k * cwsum
+    else:
+        for r in range(R):
+            tz[r] = 0.0
+            tsum[r] = 0.0
+        for k in range(K):
+            for r in range(R):
+                t = cw[k] * ((1.0 - eps) * T[rows[r], k] + eps * inv_k)
+                tz[r] += t * S[k, r] if t != 0.0 else 0.0
+                tsum[r] += t
+
+
+@serial_kernel
+def tile_subtract_weighted_targets(S, labels, T, sw, eps, rows, cw):
+    """``S[k, r] -= w_i c_ik`` with ``c_ik = cw_k t_ik`` (see :func:`tile_weighted_targets`)."""
+    K, R = S.shape
+    inv_k = 1.0 / K
+    weighted = sw.shape[0] > 0
+    if labels.shape[0] > 0:
+        off = eps * inv_k
+        for k in range(K):
+            ck = off * cw[k]
+            for r in range(R):
+                w = sw[rows[r]] if weighted else 1.0
+                S[k, r] -= w * ck
+        for r in range(R):
+            w = sw[rows[r]] if weighted else 1.0
+            y = labels[rows[r]]
+            S[y, r] -= w * (1.0 - eps) * cw[y]
+    else:
+        for k in range(K):
+            for r in range(R):
+                w = sw[rows[r]] if weighted else 1.0
+                S[k, r] -= w * cw[k] * ((1.0 - eps) * T[rows[r], k] + eps * inv_k)

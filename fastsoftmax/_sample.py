@@ -57,6 +57,18 @@ def sample_hessian_coef(p, t, u, h):
 
 
 @serial_kernel
+def soft_cap(z, cap, dz):
+    """Soft-cap the logits in place, ``z_j <- cap tanh(z_j / cap)``, and write
+    the derivative of the map, ``1 - tanh^2(z_j / cap) = 1 / cosh^2(z_j / cap)``,
+    to ``dz`` (K,) (the second form does not cancel where tanh saturates)."""
+    for j in range(z.shape[0]):
+        x = z[j] / cap
+        z[j] = cap * math.tanh(x)
+        ch = math.cosh(x)
+        dz[j] = 1.0 / (ch * ch)
+
+
+@serial_kernel
 def sample_softmax(z, p, t, labels, T, i, eps, inv_k):
     """Softmax and smoothed targets of sample ``i`` from its logits ``z`` (K,).
 

@@ -139,7 +139,8 @@ def sparse_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, st
         tile_logits(data, indices, indptr, At, rows[:R], Zr, acc, ahead)
         Dm = D[: K * R].reshape((K, R))
         if vb is None:
-            loss += tile_loss_and_coef(Zr, Dm, E, aux, b, labels, T, sw, eps, rows[:R], gb)
+            loss += tile_loss_and_coef(Zr, Dm, E, aux, b, labels, T, sw, eps, rows[:R], gb,
+                                       None, None, None, None)
         else:
             tile_hessian_coef(Zr, Dm, E, aux, b, vb, labels, T, sw, eps, rows[:R], gb)
         scatter_tile(data, indices, indptr, colmap, Dm, rows[:R], slab, acc, ahead)

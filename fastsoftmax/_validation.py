@@ -18,6 +18,8 @@ from ._sparse import CSR, check_csr, is_sparse, with_dtype
 
 METHODS = ("fused", "indexloop", "numpy")
 REDUCTIONS = ("mean", "sum")
+#: The reductions of the loss entry points (loss_and_grad, linear_cross_entropy, the logits one).
+LOSS_REDUCTIONS = ("mean", "sum", "none")
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,12 @@ class Problem:
     is (m,) float64, or empty when unweighted.  ``kept_weight`` is the total
     weight of the samples ``ignore_index`` keeps (their count when
     unweighted); ``denom`` is what the sums are divided by: ``kept_weight``
-    under "mean", 1 under "sum".
+    under "mean" (times the class weights of the labels, with class-index
+    targets and ``cw``), 1 under "sum" and "none".  The options of issue 10,
+    None when unused (the kernels get them as they are): ``cw`` (K,) float64
+    class weights, ``zl`` the z-loss coefficient already rescaled by
+    ``denom / kept_weight`` under "mean" (so that dividing by ``denom``
+    normalises the z-loss by the kept sample weight), ``cap`` the soft-cap.
     """
 
     X: np.ndarray | CSR
@@ -48,6 +55,9 @@ class Problem:
     denom: float
     dtype: np.dtype
     n_ignored: int
+    cw: np.ndarray | None = None
+    zl: float | None = None
+    cap: float | None = None
 
 
 def is_dask_collection(value) -> bool:
@@ -234,24 +244,69 @@ class Targets:
     kept_weight: float
     denom: float
     n_ignored: int
+    cw: np.ndarray | None = None
+    zl: float | None = None
+    cap: float | None = None
 
 
-def check_options(label_smoothing, ignore_index, reduction) -> float:
-    """Validate the options shared by every loss entry point; return eps."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+def check_options(label_smoothing, ignore_index, reduction, reductions=REDUCTIONS) -> float:
+    """Validate the options shared by every loss entry point; return eps.
+
+    ``reductions`` are the values of ``reduction`` the caller takes.
+    """
+    if reduction not in reductions:
+        raise ValueError(f"reduction must be one of {reductions}, got {reduction!r}")
     if ignore_index is not None and (
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
         raise TypeError(f"ignore_index must be an integer or None, got {_num(ignore_index)}")
-    return check_finite_scalar("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    return check_finite_scalar("label_smoothing", label_smoothing, 0.0, 1.0, high_open=False)
+
+
+def check_extra_options(z_loss, softcap) -> tuple[float | None, float | None]:
+    """Validate ``z_loss`` (>= 0, finite) and ``softcap`` (None or > 0, finite);
+    return them as floats, None for "unused" (z_loss 0, softcap None)."""
+    zl = check_finite_scalar("z_loss", z_loss, 0.0, np.inf, high_open=True)
+    cap = None
+    if softcap is not None:
+        cap = check_finite_scalar("softcap", softcap, 0.0, np.inf, high_open=True)
+        if cap == 0.0:
+            raise ValueError("softcap must be positive (or None for no soft-capping), got 0.0")
+    return (zl if zl > 0.0 else None), cap
+
+
+def check_class_weight(class_weight, K: int, classes: str) -> np.ndarray | None:
+    """``class_weight`` as (K,) C-contiguous float64, or None; ValueError naming it
+    for a wrong shape, NaN, infinite or negative entries."""
+    if class_weight is None:
+        return None
+    cw = as_numeric_array("class_weight", class_weight)
+    if cw.shape != (K,):
+        raise ValueError(f"class_weight must hold one weight per class: shape ({K},) for the "
+                         f"{K} classes of {classes}, got shape {cw.shape}")
+    cw = kernel_array(cw, np.float64)
+    if not np.all(np.isfinite(cw)):
+        raise ValueError("class_weight contains NaN or infinite values")
+    if np.any(cw < 0):
+        raise ValueError(f"class_weight must be non-negative, found {_num(cw.min())}")
+    return cw
 
 
 def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: float,
                   ignore_index, reduction: str, samples: str,
-                  classes: str = "W (one row per class)") -> Targets:
+                  classes: str = "W (one row per class)", class_weight=None,
+                  zl: float | None = None, cap: float | None = None) -> Targets:
     """Validate y and sample_weight for m samples (rows of ``samples``) and K
-    classes (``classes`` says where they come from, for messages)."""
+    classes (``classes`` says where they come from, for messages); and
+    ``class_weight``.  ``zl`` and ``cap`` come from :func:`check_extra_options`.
+
+    The denominator under "mean": the kept sample weight; with class-index
+    targets and class weights, ``sum_i sw_i cw_{y_i}`` over the kept samples
+    (PyTorch's normalisation); with dense targets class weights do not
+    change it (PyTorch divides by the number of samples).  The z-loss is
+    normalised by the kept sample weight in every case: ``zl`` is rescaled
+    here so that the kernels' sums, divided by the denominator, give that.
+    """
     y = as_numeric_array("y", y)
     if y.ndim == 2 and y.shape[1] == 1 and K != 1:
         raise ValueError(
@@ -299,13 +354,24 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
             raise ValueError(f"sample_weight must be non-negative, found {_num(sw.min())}")
         total = float(np.sum(sw[labels >= 0])) if n_ignored else float(np.sum(sw))
 
-    denom = denominator(total, reduction, every_sample_ignored=n_ignored == m)
+    cw = check_class_weight(class_weight, K, classes)
+    loss_weight = total
+    if cw is not None and labels.shape[0]:
+        per_sample = cw[np.maximum(labels, 0)] * (labels >= 0)
+        loss_weight = float(np.dot(per_sample, sw)) if sw.shape[0] else float(np.sum(per_sample))
+        if reduction == "mean" and total > 0.0 and not loss_weight > 0.0:
+            raise ValueError(
+                "the total weight of the kept samples is zero (class_weight is zero for every "
+                "kept sample's label), so reduction='mean' is undefined")
+    denom = denominator(loss_weight, reduction, every_sample_ignored=n_ignored == m)
+    if zl is not None and reduction == "mean":
+        zl = zl * denom / total  # normalised by the kept sample weight, not by class weights
     return Targets(labels=labels, T=T, sw=sw, eps=eps, kept_weight=total, denom=denom,
-                   n_ignored=n_ignored)
+                   n_ignored=n_ignored, cw=cw, zl=zl, cap=cap)
 
 
 def denominator(kept_weight: float, reduction: str, every_sample_ignored: bool = False) -> float:
-    """What the sums are divided by: ``kept_weight`` under "mean", 1 under "sum".
+    """What the sums are divided by: ``kept_weight`` under "mean", 1 under "sum" and "none".
 
     ValueError under "mean" when the kept weight is zero (or not positive).
     """
@@ -321,16 +387,36 @@ def denominator(kept_weight: float, reduction: str, every_sample_ignored: bool =
 
 
 def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
-            reduction, method) -> Problem:
-    """Validate every argument of ``loss_and_grad``; return a :class:`Problem`."""
+            reduction, method, class_weight=None, z_loss=0.0, softcap=None,
+            reductions=REDUCTIONS) -> Problem:
+    """Validate every argument of ``loss_and_grad``; return a :class:`Problem`.
+
+    ``reductions`` are the reductions the caller takes: with
+    :data:`LOSS_REDUCTIONS` ``reduction="none"`` is accepted (the caller then
+    asks the kernels for per-sample losses), and ``l2`` must then be 0.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    eps = check_options(label_smoothing, ignore_index, reduction)
+    eps = check_options(label_smoothing, ignore_index, reduction, reductions)
     l2 = check_finite_scalar("l2", l2, 0.0, np.inf, high_open=True)
+    if reduction == "none" and l2:
+        raise ValueError(f"l2 must be 0 with reduction='none' (per-sample losses have no "
+                         f"place for the penalty), got {_num(l2)}; add (l2/2) ||W||^2 and l2 W "
+                         f"yourself")
+    zl, cap = check_extra_options(z_loss, softcap)
 
     W = as_numeric_array("W", W)
     X = check_csr("X", X) if is_sparse(X) else as_numeric_array("X", X)
     sparse = isinstance(X, CSR)
+    if sparse:
+        unsupported = [name for name, used in (("class_weight", class_weight is not None),
+                                                ("z_loss", zl is not None),
+                                                ("softcap", cap is not None),
+                                                ("reduction='none'", reduction == "none"))
+                       if used]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)} not supported for sparse (CSR) X; "
+                             f"pass dense X (X.toarray(), if it fits in memory)")
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (K, n), got shape {W.shape}")
     if not sparse and X.ndim != 2:
@@ -352,7 +438,8 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
         promote.append(b)
     dtype = working_dtype(*promote)
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
-                            ignore_index=ignore_index, reduction=reduction, samples="X")
+                            ignore_index=ignore_index, reduction=reduction, samples="X",
+                            class_weight=class_weight, zl=zl, cap=cap)
     # keeps layout (or the CSR arrays), copies only to change dtype
     X = with_dtype(X, dtype) if sparse else X.astype(dtype, copy=False)
     W = kernel_array(W, dtype)
@@ -360,7 +447,8 @@ def prepare(W, X, y, *, b, sample_weight, l2, label_smoothing, ignore_index,
     return Problem(X=X, W=W, b=b_arr, has_b=b is not None, l2=l2, dtype=dtype, **vars(targets))
 
 
-def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduction):
+def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduction,
+                   class_weight=None, z_loss=0.0, softcap=None):
     """Validate the arguments of ``loss_and_grad_logits``; return ``(Z, targets, unbatched)``.
 
     Z keeps its layout; it is converted (copied) only to change its dtype.
@@ -368,7 +456,8 @@ def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduct
     targets y (and a scalar ``sample_weight``), are returned as a batch of
     one: Z (1, K), and ``unbatched`` is True.
     """
-    eps = check_options(label_smoothing, ignore_index, reduction)
+    eps = check_options(label_smoothing, ignore_index, reduction, LOSS_REDUCTIONS)
+    zl, cap = check_extra_options(z_loss, softcap)
     Z = as_numeric_array("Z", Z)
     unbatched = Z.ndim == 1
     if unbatched:
@@ -396,5 +485,6 @@ def prepare_logits(Z, y, *, sample_weight, label_smoothing, ignore_index, reduct
     dtype = working_dtype(Z, name="Z")
     targets = check_targets(y, m, K, dtype, sample_weight=sample_weight, eps=eps,
                             ignore_index=ignore_index, reduction=reduction, samples="Z",
-                            classes="Z (one column per class)")
+                            classes="Z (one column per class)", class_weight=class_weight,
+                            zl=zl, cap=cap)
     return Z.astype(dtype, copy=False), targets, unbatched

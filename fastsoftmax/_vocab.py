@@ -122,7 +122,8 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
                     gslab[g, k] = 0.0
                 cols = ZT[:, r0:r1]
                 glosses[g] = tile_loss_and_coef(cols.T, cols, E[w], aux[w], b, labels, T, sw,
-                                                eps, rows[r0:r1], gslab[g])
+                                                eps, rows[r0:r1], gslab[g], None, None, None,
+                                                None)
         # 3. dX rows of the super-tile: D^T W, by blocks of columns
         if want_dx:
             for q in prange(ncols):

@@ -140,7 +140,7 @@ def expected_errors(func: str, args: tuple, kw: dict) -> set[type]:
         errors.add(TypeError)
         ignore = None
     eps = kw.get("label_smoothing", 0.0)
-    if not (math.isfinite(eps) and 0.0 <= eps < 1.0):
+    if not (math.isfinite(eps) and 0.0 <= eps <= 1.0):
         errors.add(ValueError)
     if func in ("loss_and_grad", "linear_ce"):
         W, X, y = args if func == "loss_and_grad" else (args[1], args[0], args[2])

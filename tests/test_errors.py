@@ -49,7 +49,7 @@ CASES = [
     ("weights inf", dict(sample_weight=np.full(m, np.inf)), ValueError, ["sample_weight", "infinite"]),
     ("zero total weight", dict(sample_weight=np.zeros(m)), ValueError, ["total sample weight", "mean"]),
     ("all ignored", dict(ignore_index=0, y=np.zeros(m, int)), ValueError, ["total sample weight", "ignored"]),
-    ("smoothing 1", dict(label_smoothing=1.0), ValueError, ["label_smoothing", "[0.0, 1.0)"]),
+    ("smoothing above 1", dict(label_smoothing=1.5), ValueError, ["label_smoothing", "[0.0, 1.0]"]),
     ("smoothing negative", dict(label_smoothing=-0.1), ValueError, ["label_smoothing"]),
     ("smoothing nan", dict(label_smoothing=float("nan")), ValueError, ["label_smoothing"]),
     ("smoothing string", dict(label_smoothing="0.1"), TypeError, ["label_smoothing"]),
