@@ -340,12 +340,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         return Z
 
     def _logits(self, X) -> np.ndarray:
-        """Logits (m, K) of new samples, in X's dtype."""
+        """Logits (m, K) float64 of new samples (the product with X in X's dtype).
+
+        float64 from there on, so that ``predict_proba`` and
+        ``predict_log_proba`` agree where a probability rounds to 1 in float32.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, accept_sparse="csr",
                           dtype=[np.float64, np.float32])
         Z = X @ self.coef_.T.astype(X.dtype, copy=False)  # an ndarray for sparse X too
-        return np.asarray(Z) + self.intercept_.astype(X.dtype)
+        return np.asarray(Z, dtype=np.float64) + self.intercept_
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (m, K), columns in the order of ``classes_``."""
