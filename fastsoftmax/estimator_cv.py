@@ -12,7 +12,7 @@ of its ``use_legacy_attributes=False`` (without the l1_ratios axis).
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 from sklearn.base import _fit_context
