@@ -5,7 +5,7 @@ Entry points: :func:`loss_and_grad` (softmax regression),
 :func:`loss_and_grad_logits` (an output layer's logits), the Hessian products
 :func:`loss_grad_hessp`, :func:`hessian_product` and :func:`hessian`, the
 row-wise :func:`softmax`, :func:`log_softmax` and :func:`logsumexp`,
-``SoftmaxRegression`` (needs scikit-learn) and :mod:`fastsoftmax.dask` (needs
+``SoftmaxRegression`` and ``SoftmaxRegressionCV`` (need scikit-learn) and :mod:`fastsoftmax.dask` (needs
 Dask).  They take NumPy arrays and anything ``np.asarray`` turns into a
 numeric array, and ``loss_and_grad`` and the Hessian-vector products also a
 SciPy CSR matrix or array for X;
@@ -32,7 +32,7 @@ from ._hessian import HessianProduct, hessian, hessian_product, loss_grad_hessp 
 
 __version__ = "0.1.0"
 
-# SoftmaxRegression is left out of __all__: it needs the optional scikit-learn,
+# SoftmaxRegression and SoftmaxRegressionCV are left out of __all__: it needs the optional scikit-learn,
 # and "from fastsoftmax import *" must work without it.
 __all__ = [
     "loss_and_grad", "loss_and_grad_logits", "linear_cross_entropy", "softmax", "log_softmax",
@@ -43,12 +43,13 @@ __all__ = [
 
 def __getattr__(name: str):
     # The estimator needs scikit-learn, an optional extra: import it on first use.
-    if name == "SoftmaxRegression":
+    if name in ("SoftmaxRegression", "SoftmaxRegressionCV"):
         try:
-            from .estimator import SoftmaxRegression
+            from . import estimator, estimator_cv
         except ImportError as exc:
             raise ImportError(
-                "fastsoftmax.SoftmaxRegression needs scikit-learn (>= 1.6); install it with "
+                f"fastsoftmax.{name} needs scikit-learn (>= 1.6); install it with "
                 "pip install 'fastsoftmax[sklearn]'") from exc
-        return SoftmaxRegression
+        return estimator.SoftmaxRegression if name == "SoftmaxRegression" \
+            else estimator_cv.SoftmaxRegressionCV
     raise AttributeError(f"module 'fastsoftmax' has no attribute {name!r}")

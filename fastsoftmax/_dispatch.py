@@ -77,6 +77,18 @@ VOCAB_CLASS_BLOCK = 512
 VOCAB_COLUMN_BLOCK = 512
 VOCAB_ROW_GROUP = 16
 
+#: ``solver="auto"`` takes Newton-Cholesky when the number of parameters
+#: N = K (n + fit_intercept) is at most this, Newton-CG above.  Measured
+#: (bench/newton_compare.py, noisy shared machine): building the Hessian
+#: costs about (K + 1)(n + 1) / 8 Hessian-vector products (m = 20000:
+#: 8.5 at N = 42, 51 at N = 210, 84 at N = 650), and Newton-Cholesky needs
+#: about 0.7 times Newton-CG's iterations, while Newton-CG spends 6 (iris,
+#: standardised data) to 40 (raw digits) products per iteration: the full
+#: Hessian pays up to N of a few hundred on badly scaled data, and less on
+#: well scaled data.  Raw iris (N = 15) and wine (N = 42): Cholesky 4-6x
+#: faster; digits (N = 650): Newton-CG 2.6x faster.  The Hessian is N^2 float64.
+AUTO_CHOLESKY_MAX_PARAMS = 200
+
 #: Columns per block when the sparse kernel adds its chunks' column slabs
 #: into the gradient (blocks run in parallel, each in chunk order).
 SPARSE_COMBINE_COLUMNS = 2048

@@ -1,5 +1,8 @@
-"""Second-order solvers for the softmax-regression objective (not yet wired
-into ``SoftmaxRegression``).
+"""Second-order solvers for the softmax-regression objective.
+
+``SoftmaxRegression(solver="newton-cg")`` runs :func:`minimize_newton_pcg`
+and ``solver="newton-cholesky"`` :func:`minimize_newton_cholesky`;
+:func:`auto_solver` is the rule of ``solver="auto"``.
 
 Both minimise the objective of :func:`fastsoftmax.loss_and_grad` over (W, b)
 and stop when the largest absolute entry of the gradient is at most ``tol``
@@ -20,9 +23,9 @@ and stop when the largest absolute entry of the gradient is at most ``tol``
 The parameter vector is ``theta = [W.ravel(), b]`` (float64).  The objective
 is invariant under adding one vector to every row of W (one number to every
 b) when ``l2 = 0`` (and always for b), so the Hessian is singular along those
-directions; the Cholesky solver adds ``1e-10 * max(diag H)`` to the diagonal
-(the gradient has no component along them, so the step has none either to
-rounding).
+directions; the Cholesky solver adds ``1e-10 * max(diag H)`` to the diagonal,
+and both Newton drivers remove the steps' components along those directions
+(:func:`_drop_null_directions`; the exact step has none).
 """
 
 from __future__ import annotations
@@ -35,10 +38,25 @@ import scipy.linalg
 import scipy.optimize
 from numpy.typing import ArrayLike
 
+from ._blas import single_threaded_blas
+from . import _dispatch as policy
 from ._hessian import loss_grad_hessp
 
 #: Relative diagonal shift that makes the singular directions solvable.
 JITTER = 1e-10
+
+
+
+def auto_solver(n_params: int, dense: bool) -> str:
+    """The solver ``SoftmaxRegression(solver="auto")`` uses for N = ``n_params``.
+
+    ``"lbfgs"`` unless X is a dense NumPy array (the Hessian products take
+    dense X only, and Dask has none); then ``"newton-cholesky"`` for N up to
+    ``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``, ``"newton-cg"`` above.
+    """
+    if not dense:
+        return "lbfgs"
+    return "newton-cholesky" if n_params <= policy.AUTO_CHOLESKY_MAX_PARAMS else "newton-cg"
 
 
 @dataclass
@@ -47,6 +65,7 @@ class NewtonResult:
 
     W: np.ndarray
     b: np.ndarray | None
+    theta: np.ndarray  # the solution as the float64 vector [W.ravel(), b]
     loss: float
     grad_max: float
     converged: bool
@@ -122,7 +141,8 @@ def _setup(X, y, W0, b0, n_classes, fit_intercept, options):
 def _result(obj, x, converged, n_iter, start, message, history):
     loss, grad, _ = obj.at(x)
     W, b = obj.split(x)
-    return NewtonResult(W=W, b=b, loss=float(loss), grad_max=float(np.max(np.abs(grad))),
+    return NewtonResult(W=W, b=b, theta=np.array(x, dtype=np.float64), loss=float(loss),
+                        grad_max=float(np.max(np.abs(grad))),
                         converged=converged, n_iter=n_iter, n_evals=obj.n_evals,
                         n_hessp=obj.n_hessp, seconds=time.perf_counter() - start,
                         message=message, history=history)
@@ -189,7 +209,11 @@ def minimize_newton_cholesky(
         for _ in range(8):  # more shift if rounding made H indefinite
             H[np.diag_indices_from(H)] += shift
             try:
-                return scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), -grad)
+                # one BLAS thread: right after the kernels' parallel region a
+                # threaded factorisation contends with their workers (measured
+                # 10-100x slower at N = 650 on a busy machine)
+                with single_threaded_blas:
+                    return scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), -grad)
             except np.linalg.LinAlgError:
                 shift *= 100.0
         return "the Hessian could not be factored"
@@ -219,12 +243,34 @@ def _newton_loop(obj, x, newton_step, tol, max_iter, start):
         if isinstance(step, str):
             message = step
             break
+        step = _drop_null_directions(obj, step)
         x_new = _line_search(obj, x, loss, grad, step)
         if x_new is None:
             message = "the line search found no decrease (rounding level reached)"
             break
         x = x_new
     return _result(obj, x, converged, it, start, message, history)
+
+
+def _drop_null_directions(obj, step):
+    """The step without its components along the objective's null directions.
+
+    Adding one number to every b_k (and, when l2 = 0, one vector to every row
+    of W) changes no probability, so the objective is flat along those
+    directions and the exact Newton step has no component there.  A computed
+    step does, from rounding amplified by the tiny diagonal shift (Cholesky)
+    or from the preconditioner (CG); left in, it drifts the intercepts by a
+    common constant that depends on the rounding (for instance on the order
+    of the samples).  Removing the mean over classes removes it.
+    """
+    K, n = obj.K, obj.n
+    step = step.copy()
+    if obj.fit_intercept:
+        step[K * n:] -= step[K * n:].mean()
+    if obj.options.get("l2", 0.0) == 0.0:
+        Ws = step[: K * n].reshape(K, n)
+        Ws -= Ws.mean(axis=0)
+    return step
 
 
 def _line_search(obj, x, loss, grad, step):

@@ -1,0 +1,190 @@
+"""``SoftmaxRegressionCV``: ``SoftmaxRegression`` with C chosen by cross-validation.
+
+For each fold, the model is fitted along the regularisation path ``Cs`` in the
+order given, each fit starting from the previous one's coefficients (warm
+starts: along a path of growing C each fit is a few Newton steps), and
+scored on the fold's held-out samples.  The best C maximises the score summed
+over folds; with ``refit`` the model is then fitted on all the data with it,
+starting from the folds' mean coefficients at that C.  As scikit-learn's
+``LogisticRegressionCV`` (multinomial, L2), with its attributes in the layout
+of its ``use_legacy_attributes=False`` (without the l1_ratios axis).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import _fit_context
+from sklearn.metrics import check_scoring, get_scorer_names
+from sklearn.model_selection import check_cv
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, validate_data
+
+from ._class_weight import class_weight_vector
+from ._validation import METHODS, is_dask_collection
+from .estimator import SOLVERS, SoftmaxRegression
+
+
+class SoftmaxRegressionCV(SoftmaxRegression):
+    """Softmax regression with the inverse regularisation C chosen by cross-validation.
+
+    Parameters
+    ----------
+    Cs : int or array-like of float > 0, default 10
+        The path of C values, fitted in this order with warm starts; an int
+        gives that many values on a log scale between 1e-4 and 1e4 (as
+        ``LogisticRegressionCV``).
+    cv : int, cross-validation generator or iterable, default None
+        As in ``LogisticRegressionCV``: None is 5-fold, an int that many
+        stratified folds.
+    scoring : str, callable or None, default None
+        A scikit-learn scorer (name or callable); None is accuracy.
+    refit : bool, default True
+        Refit on all the data with the best C (the best mean score over
+        folds), from the folds' mean coefficients at it.  Without refit the
+        coefficients are the mean over folds of each fold's best model and
+        ``C_`` is the mean of the folds' best C.
+    fit_intercept, max_iter, tol, method, verbose, solver, class_weight
+        As in :class:`SoftmaxRegression`, for every fit.  ``"balanced"`` class
+        weights are computed once, on all the data.
+
+    Attributes
+    ----------
+    Cs_ : ndarray (n_cs,) float64, the path
+    C_ : float, the chosen C
+    scores_ : ndarray (n_folds, n_cs), the held-out score of each fold and C
+    coefs_paths_ : ndarray (n_folds, n_cs, K, n + fit_intercept) float64,
+        the coefficients of each fold and C, the intercept in the last column
+    n_iter_ : ndarray (n_folds, n_cs) int32, the solver's iterations per fit
+    classes_, coef_, intercept_, n_features_in_, feature_names_in_
+        As in :class:`SoftmaxRegression`, of the final model.
+
+    Dask X is not supported (use ``SoftmaxRegression``); every training fold
+    must hold samples of every class (ValueError otherwise).
+    """
+
+    def __init__(self, Cs=10, fit_intercept: bool = True, cv=None, scoring=None,
+                 refit: bool = True, max_iter: int = 100, tol: float = 1e-4,
+                 method: str = "fused", verbose: int = 0, solver: str = "auto",
+                 class_weight=None):
+        self.Cs = Cs
+        self.fit_intercept = fit_intercept
+        self.cv = cv
+        self.scoring = scoring
+        self.refit = refit
+        self.max_iter = max_iter
+        self.tol = tol
+        self.method = method
+        self.verbose = verbose
+        self.solver = solver
+        self.class_weight = class_weight
+
+    _parameter_constraints: dict = {
+        "Cs": [Interval(Integral, 1, None, closed="left"), "array-like"],
+        "fit_intercept": ["boolean"],
+        "cv": ["cv_object"],
+        "scoring": [StrOptions(set(get_scorer_names())), callable, None],
+        "refit": ["boolean"],
+        "max_iter": SoftmaxRegression._parameter_constraints["max_iter"],
+        "tol": SoftmaxRegression._parameter_constraints["tol"],
+        "method": [StrOptions(set(METHODS))],
+        "verbose": ["verbose"],
+        "solver": [StrOptions(set(SOLVERS))],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
+    def _path(self) -> np.ndarray:
+        if isinstance(self.Cs, Integral) and not isinstance(self.Cs, bool):
+            return np.logspace(-4, 4, int(self.Cs))
+        Cs = np.asarray(self.Cs, dtype=np.float64).ravel()
+        if Cs.size == 0 or not np.all(Cs > 0) or np.any(np.isnan(Cs)):
+            raise ValueError(f"Cs must hold numbers > 0, got {self.Cs!r}")
+        return Cs
+
+    def _model(self, C, class_weight, warm_start=True) -> SoftmaxRegression:
+        return SoftmaxRegression(C=C, fit_intercept=self.fit_intercept, max_iter=self.max_iter,
+                                 tol=self.tol, warm_start=warm_start, method=self.method,
+                                 verbose=max(0, self.verbose - 1), solver=self.solver,
+                                 class_weight=class_weight)
+
+    @staticmethod
+    def _flat(model) -> np.ndarray:
+        """[coef_ | intercept_] (K, n + 1), or coef_ (K, n) without an intercept."""
+        if model.fit_intercept:
+            return np.column_stack([model.coef_, model.intercept_])
+        return model.coef_.copy()
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y, sample_weight=None) -> "SoftmaxRegressionCV":
+        """Fit the path on every fold, choose C, refit; X (m, n), y (m,), sample_weight (m,)."""
+        if is_dask_collection(X):
+            raise TypeError("SoftmaxRegressionCV takes NumPy or SciPy sparse X, not Dask "
+                            "collections: fit SoftmaxRegression on Dask data instead")
+        X, y = validate_data(self, X, y, accept_sparse="csr",
+                             dtype=[np.float64, np.float32], order="C")
+        check_classification_targets(y)
+        Cs = self._path()
+        classes, y_index = np.unique(y, return_inverse=True)
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"SoftmaxRegressionCV needs samples of at least 2 classes in the data, "
+                f"but the data contain only one class: {classes[0]!r}")
+        sw = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        class_weight = self.class_weight
+        if class_weight == "balanced":  # once, on all the data, as LogisticRegressionCV
+            totals = np.bincount(y_index, weights=sw, minlength=classes.shape[0])
+            class_weight = dict(zip(classes.tolist(),
+                                    class_weight_vector("balanced", classes, totals)))
+        folds = list(check_cv(self.cv, y, classifier=True).split(X, y))
+        scorer = check_scoring(self, scoring=self.scoring)
+        K, n = classes.shape[0], X.shape[1]
+        width = n + 1 if self.fit_intercept else n
+        paths = np.empty((len(folds), len(Cs), K, width))
+        scores = np.empty((len(folds), len(Cs)))
+        n_iter = np.empty((len(folds), len(Cs)), dtype=np.int32)
+        for f, (train, test) in enumerate(folds):
+            if np.unique(y_index[train]).shape[0] != K:
+                raise ValueError(
+                    f"the training samples of fold {f} lack some classes: every training "
+                    f"fold needs samples of all {K} classes (use stratified folds)")
+            model = self._model(Cs[0], class_weight)
+            for j, C in enumerate(Cs):
+                model.set_params(C=C).fit(X[train], y[train], sample_weight=sw[train])
+                paths[f, j] = self._flat(model)
+                scores[f, j] = scorer(model, X[test], y[test])
+                n_iter[f, j] = model.n_iter_[0]
+        if self.refit:
+            best = int(np.argmax(scores.sum(axis=0)))
+            self.C_ = float(Cs[best])
+            model = self._model(self.C_, class_weight)
+            start = paths[:, best].mean(axis=0)
+            model.classes_ = classes
+            model.coef_ = np.ascontiguousarray(start[:, :n])
+            model.intercept_ = start[:, n] if self.fit_intercept else np.zeros(K)
+            model.fit(X, y, sample_weight=sw)
+            coef = self._flat(model)
+            self.solver_ = model.solver_
+            self.objective_ = model.objective_
+        else:
+            best = np.argmax(scores, axis=1)
+            coef = np.mean([paths[f, best[f]] for f in range(len(folds))], axis=0)
+            self.C_ = float(np.mean(Cs[best]))
+        self.classes_ = classes
+        self.coef_ = np.ascontiguousarray(coef[:, :n])
+        self.intercept_ = coef[:, n].copy() if self.fit_intercept else np.zeros(K)
+        self.Cs_ = Cs
+        self.scores_ = scores
+        self.coefs_paths_ = paths
+        self.n_iter_ = n_iter
+        return self
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """The ``scoring`` of the final model on (X, y) (accuracy when None)."""
+        if self.scoring is None:
+            return super().score(X, y, sample_weight=sample_weight)
+        scorer = check_scoring(self, scoring=self.scoring)
+        if sample_weight is None:
+            return scorer(self, X, y)
+        return scorer(self, X, y, sample_weight=sample_weight)
