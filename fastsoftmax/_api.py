@@ -17,7 +17,7 @@ from ._sparse import CSR
 from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
 from ._sparse_indexloop import sparse_indexloop_sums
 from ._sparse_numpy import sparse_numpy_sums
-from ._threading import parallel_region, seconds_since_parallel
+from ._threading import parallel_region, seconds_since_kernel
 from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
 from ._vocab import add_penalty, vocab_sums
 
@@ -55,7 +55,7 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None,
         if chunks == 1 or m * n * K < policy.SERIAL_WORK:
             return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX,
                                      p.cw, p.zl, p.cap, losses)
-        inline = policy.run_inline(m * n * K, seconds_since_parallel())
+        inline = policy.run_inline(m * n * K, seconds_since_kernel())
         return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX,
                           p.cw, p.zl, p.cap, losses, inline)
 

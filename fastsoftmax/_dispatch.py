@@ -41,11 +41,12 @@ TILE_ELEMENTS = 512
 
 #: numba's worker threads go to sleep when idle, and waking them costs
 #: about 100 µs (measured: a (1000, 50, 5) call took 57 µs back to back and
-#: 134-208 µs after 2-10 ms of other work).  When no parallel region has run
-#: for WORKERS_ASLEEP_AFTER seconds and a call has fewer than INLINE_WORK
-#: multiply-adds (m n K), its chunks run one after the other on the calling
-#: thread instead: the same chunks into the same slabs, so the result is
-#: bit-identical to the parallel run's.
+#: 134-208 µs after 2-10 ms of other work).  When no kernel call has ended
+#: in the last WORKERS_ASLEEP_AFTER seconds (the caller does other work
+#: between calls) and a call has fewer than INLINE_WORK multiply-adds
+#: (m n K), its chunks run one after the other on the calling thread
+#: instead: the same chunks into the same slabs, so the result is
+#: bit-identical to the parallel run's.  Calls back to back run in parallel.
 WORKERS_ASLEEP_AFTER = 1e-3
 INLINE_WORK = 2**20
 
@@ -105,7 +106,7 @@ def chunk_count(m: int) -> int:
 
 def run_inline(work: int, idle_seconds: float) -> bool:
     """Whether a parallel call of ``work`` multiply-adds runs its chunks on the
-    calling thread, the worker threads having been idle ``idle_seconds``."""
+    calling thread, ``idle_seconds`` after the previous kernel call ended."""
     return work < INLINE_WORK and idle_seconds > WORKERS_ASLEEP_AFTER
 
 

@@ -44,7 +44,7 @@ from numba import prange, typeof, types
 from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
-from ._threading import parallel_region
+from ._threading import kernel_done, parallel_region
 from ._tiles import gather, kept_rows, tile_view
 
 
@@ -195,6 +195,7 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, cw, zl, cap, lout
             losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
                                     (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX,
                                     cw, zl, cap, lout)
+        kernel_done()
     # Summed in chunk order: the result does not depend on which thread ran what.
     G, gb, loss = slabs[0], bias_slabs[0], float(losses[0])
     for c in range(1, nchunks):

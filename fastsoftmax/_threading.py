@@ -111,13 +111,13 @@ def active_layer() -> str | None:
 
 def parallel_region():
     """Context for one call of a parallel kernel: a lock unless the layer is
-    thread-safe; its end is recorded (:func:`seconds_since_parallel`)."""
+    thread-safe; its end is recorded (:func:`seconds_since_kernel`)."""
     return _Region(_NO_LOCK if active_layer() in ("tbb", "omp") else _serial_lock)
 
 
 _NO_LOCK = contextlib.nullcontext()
-#: perf_counter() at the end of the process's latest parallel region (-inf: none yet).
-_last_region_end = float("-inf")
+#: perf_counter() at the end of the process's latest kernel call (-inf: none yet).
+_last_kernel_end = float("-inf")
 
 
 class _Region:
@@ -130,13 +130,21 @@ class _Region:
         self._lock.__enter__()
 
     def __exit__(self, *exc):
-        global _last_region_end
-        _last_region_end = time.perf_counter()
+        kernel_done()
         return self._lock.__exit__(*exc)
 
 
-def seconds_since_parallel() -> float:
-    """Seconds since the latest parallel region of the process ended (inf: none
-    has run): how long numba's worker threads have been idle, and so whether
-    they are likely asleep."""
-    return time.perf_counter() - _last_region_end
+def kernel_done() -> None:
+    """Record that a kernel call ended now (parallel regions record themselves)."""
+    global _last_kernel_end
+    _last_kernel_end = time.perf_counter()
+
+
+def seconds_since_kernel() -> float:
+    """Seconds since the process's latest kernel call ended (inf: none has run).
+
+    More than a millisecond means the caller is doing other work between
+    calls, and numba's worker threads (idle at least that long) are likely
+    asleep; less means calls come back to back, and a parallel region, which
+    wakes the workers once, pays from the next call on."""
+    return time.perf_counter() - _last_kernel_end
