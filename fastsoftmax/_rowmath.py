@@ -84,13 +84,15 @@ def exp_nonpositive(x):
 
 
 @serial_kernel
-def tile_shifted_logits(Zr, b, S, mx):
+def tile_shifted_logits(Zr, b, S, mx, cap):
     """Class-major shifted logits of a tile of R samples.
 
     ``Zr`` (R, >= K) holds the tile's logits without the intercept ``b`` (K,)
     in its first K columns.  Writes ``S[k, r] = z_rk - mx_r`` into ``S``
     (K, R) float64, with ``z_rk = Zr[r, k] + b[k]`` and the row maxima
-    ``mx_r`` into ``mx`` (R,).  In class-major order every inner loop runs
+    ``mx_r`` into ``mx`` (R,).  With a soft-cap ``cap`` (float > 0; None:
+    none, and numba compiles the code out) the logits are first mapped to
+    ``cap tanh(z_rk / cap)``.  In class-major order every inner loop runs
     over the samples of the tile (see :func:`tile_loss_and_coef`).
     """
     K, R = S.shape
@@ -98,6 +100,10 @@ def tile_shifted_logits(Zr, b, S, mx):
         bk = b[k]
         for r in range(R):
             S[k, r] = Zr[r, k] + bk
+    if cap is not None:
+        for k in range(K):
+            for r in range(R):
+                S[k, r] = cap * math.tanh(S[k, r] / cap)
     for r in range(R):
         mx[r] = S[0, r]
     for k in range(1, K):
@@ -132,7 +138,7 @@ def tile_softmax_exp(Zr, b, S, mx, ssum):
     (R,) holds the row maxima and ``ssum`` (R,) the row sums, so that
     ``p_rk = S[k, r] / ssum[r]``.
     """
-    tile_shifted_logits(Zr, b, S, mx)
+    tile_shifted_logits(Zr, b, S, mx, None)
     tile_exp_rowsums(S, ssum)
 
 
@@ -156,28 +162,6 @@ def tile_sample_scale(rows, R, labels, T, sw, eps, out):
             for k in range(K):
                 s += (1.0 - eps) * T[i, k] + eps * inv_k
         out[r] = (sw[i] if weighted else 1.0) * s
-
-
-@serial_kernel
-def tile_capped_shifted_logits(Zr, b, S, mx, cap):
-    """:func:`tile_shifted_logits` of soft-capped logits.
-
-    ``S[k, r] = cap tanh((Zr[r, k] + b[k]) / cap) - mx_r``, ``mx_r`` the row
-    maxima of the capped logits (``cap`` > 0 float).
-    """
-    K, R = S.shape
-    for k in range(K):
-        bk = b[k]
-        for r in range(R):
-            S[k, r] = cap * math.tanh((Zr[r, k] + bk) / cap)
-    for r in range(R):
-        mx[r] = S[0, r]
-    for k in range(1, K):
-        for r in range(R):
-            mx[r] = max(mx[r], S[k, r])
-    for k in range(K):
-        for r in range(R):
-            S[k, r] = S[k, r] - mx[r]
 
 
 @serial_kernel
@@ -226,10 +210,7 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, c
     tz = aux[1, :R]  # sum_k t_ik (z_ik - mx_i), later the weighted scale
     tsum = aux[2, :R]
     ssum = aux[3, :R]
-    if cap is not None:
-        tile_capped_shifted_logits(Zr, b, S, mx, cap)
-    else:
-        tile_shifted_logits(Zr, b, S, mx)
+    tile_shifted_logits(Zr, b, S, mx, cap)
     use_labels = labels.shape[0] > 0
     weighted = sw.shape[0] > 0
     # A class whose target is 0 contributes nothing, even when its logit is
