@@ -171,3 +171,24 @@ def test_floor_is_a_median_with_its_range(tmp_path):
     for r in data["results"]:
         f = r["of_floor"]
         assert 0 < f["min"] <= f["median"] <= f["max"]
+
+
+def test_check_fails_on_a_wrong_hessian_product(monkeypatch):
+    """A fused Hessian product off by 1e-3 relative fails both the comparison
+    with NumPy and the finite differences of the gradient; the index-loop one passes."""
+    import fastsoftmax as fs
+    import fastsoftmax.tools.check as check
+
+    def wrong(W, X, y, V, *, method="fused", **kw):
+        out = fs.hessian_product(W, X, y, V, method=method, **kw)
+        if method == "fused":
+            return tuple(o * (1 + 1e-3) for o in out)
+        return out
+
+    monkeypatch.setattr(check, "hessian_product", wrong)
+    checks = check.run_checks()
+    failed = {c.name for c in checks if not c.passed}
+    assert {c.name for c in checks if c.name.startswith("Hessian product fused")} <= failed
+    assert "fused Hessian product = finite differences of the gradient" in failed
+    assert all(c.passed for c in checks if c.name.startswith("Hessian product indexloop"))
+    assert len(failed) == 5

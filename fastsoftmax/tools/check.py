@@ -6,8 +6,11 @@ method returns (loss, dW and, with an intercept, db) is compared with the
 NumPy method's, and the fused method's dW and db with central finite
 differences of its loss.  Tolerances are those of the test suite:
 ``|error| <= rtol (|expected| + max|expected|)`` with rtol 1e-10 (float64) or
-1e-4 (float32); finite differences (step 1e-5, on float64 data) to 1e-6.
-Each check reports its worst absolute difference and which output it is in.
+1e-4 (float32); finite differences (step 1e-5, on float64 data) to 1e-6.  The Hessian-vector
+product (``hessian_product``) is checked the same way: each compiled method
+against the NumPy method, and the fused product against central differences
+of the fused gradient along the direction.  Each check reports its worst
+absolute difference and which output it is in.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastsoftmax import loss_and_grad, loss_and_grad_logits
+from fastsoftmax import hessian_product, loss_and_grad, loss_and_grad_logits
 
 from .problems import bias, ignore_labels, problem
 
 RTOL = {"float64": 1e-10, "float32": 1e-4}
 FD_STEP, FD_ATOL = 1e-5, 1e-6
 OUTPUTS = ("loss", "dW", "db")
+PRODUCT_OUTPUTS = ("HV", "Hvb")
 
 
 @dataclass
@@ -43,12 +47,12 @@ def _close(a, b, rtol) -> tuple[bool, float]:
     return ok, err
 
 
-def compare(got, ref, rtol) -> tuple[bool, str]:
+def compare(got, ref, rtol, names=OUTPUTS) -> tuple[bool, str]:
     """Compare every returned value of ``got`` with ``ref``: whether all pass,
     and the worst absolute difference with the output it is in."""
     if len(got) != len(ref):
         return False, f"{len(got)} values returned, {len(ref)} expected"
-    results = [(name, *_close(g, r, rtol)) for name, g, r in zip(OUTPUTS, got, ref)]
+    results = [(name, *_close(g, r, rtol)) for name, g, r in zip(names, got, ref)]
     name, _, worst = max(results, key=lambda r: r[2])
     failed = [r[0] for r in results if not r[1]]
     detail = f"max abs difference {worst:.2e} ({name})"
@@ -96,6 +100,7 @@ def run_checks(seed: int = 0) -> list[Check]:
                         got = loss_and_grad(W, X, y, method=method, **kw)
                         ok, detail = compare(got, ref, RTOL[dtype])
                         checks.append(Check(f"{method} = numpy, {label}", ok, detail))
+    checks += _hessian_checks(rng)
     # finite differences of the fused loss in W and in b (float64 data, all options)
     for dense in (False, True):
         W, X, y, kw = _problem(rng, 30, 5, 3, "float64", True, dense)
@@ -119,6 +124,39 @@ def run_checks(seed: int = 0) -> list[Check]:
     ok2, e2 = _close(dZ.T @ Z, dW, 1e-10)
     checks.append(Check("loss_and_grad_logits = loss_and_grad(W=I)", ok1 and ok2,
                         f"max abs difference {max(e1, e2):.2e}"))
+    return checks
+
+
+def _hessian_checks(rng) -> list[Check]:
+    """The Hessian-vector product: compiled methods against the NumPy method,
+    and the fused product against central differences of the fused gradient."""
+    checks = []
+    for dtype in ("float64", "float32"):
+        for size, (m, n, K) in (("small", (40, 6, 4)), ("parallel", (6000, 24, 7))):
+            W, X, y, kw = _problem(rng, m, n, K, dtype, True, False)
+            V = rng.standard_normal(W.shape).astype(dtype)
+            vb = rng.standard_normal(K).astype(dtype)
+            ref = hessian_product(W, X, y, V, vb=vb, method="numpy", **kw)
+            for method in ("fused", "indexloop"):
+                got = hessian_product(W, X, y, V, vb=vb, method=method, **kw)
+                ok, detail = compare(got, ref, RTOL[dtype], PRODUCT_OUTPUTS)
+                checks.append(Check(f"Hessian product {method} = numpy, {dtype} {size} all options",
+                                    ok, detail))
+    W, X, y, kw = _problem(rng, 30, 5, 3, "float64", True, False)
+    V = rng.standard_normal(W.shape)
+    vb = rng.standard_normal(3)
+    HV, Hvb = hessian_product(W, X, y, V, vb=vb, **kw)
+    plus = loss_and_grad(W + FD_STEP * V, X, y, **{**kw, "b": kw["b"] + FD_STEP * vb})
+    minus = loss_and_grad(W - FD_STEP * V, X, y, **{**kw, "b": kw["b"] - FD_STEP * vb})
+    fd = [(p - q) / (2 * FD_STEP) for p, q in zip(plus[1:], minus[1:])]
+    errs = {"HV": float(np.max(np.abs(fd[0] - HV))), "Hvb": float(np.max(np.abs(fd[1] - Hvb)))}
+    worst = max(errs, key=errs.get)
+    failed = [k for k, e in errs.items() if not e <= FD_ATOL]
+    detail = f"max abs difference {errs[worst]:.2e} ({worst})"
+    if failed:
+        detail += f"; outside tolerance: {', '.join(failed)}"
+    checks.append(Check("fused Hessian product = finite differences of the gradient",
+                        not failed, detail))
     return checks
 
 
