@@ -113,6 +113,18 @@ def grid_problem(rng, dtype, target, opt, m=37, n=6, K=4):
     return W, X, y, options(opt, rng, m, K, dtype, target)
 
 
+def options_from_table(table, name, rng, m, K, dtype):
+    """The keyword arguments ``table[name]`` with the placeholders made real:
+    "b" a random (K,) intercept of ``dtype``, "sample_weight" random positive
+    (m,) weights."""
+    kw = dict(table[name])
+    if "b" in kw:
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    if "sample_weight" in kw:
+        kw["sample_weight"] = rng.random(m) + 0.1
+    return kw
+
+
 def options(name, rng, m, K, dtype, target=None):
     """Keyword arguments for a named option set."""
     labels_ok = target in ("labels", "float_labels")

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import assert_close, central_differences
+from helpers import assert_close, central_differences, options_from_table
 from naive import naive_linear_cross_entropy
 
 METHODS = ["fused", "indexloop", "numpy"]
@@ -43,12 +43,7 @@ OPTIONS = {
 
 
 def options(name, rng, m, K, dtype):
-    kw = dict(OPTIONS[name])
-    if "b" in kw:
-        kw["b"] = rng.standard_normal(K).astype(dtype)
-    if "sample_weight" in kw:
-        kw["sample_weight"] = rng.random(m) + 0.1
-    return kw
+    return options_from_table(OPTIONS, name, rng, m, K, dtype)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import fastsoftmax as fs
 import fastsoftmax._api as api
 import fastsoftmax._dispatch as policy
-from helpers import RTOL, assert_close, central_differences
+from helpers import RTOL, assert_close, central_differences, options_from_table
 from naive import naive_linear_cross_entropy
 
 DTYPES = [np.float32, np.float64]
@@ -87,12 +87,7 @@ OPTIONS = {
 
 
 def options(name, rng, m, K, dtype):
-    kw = dict(OPTIONS[name])
-    if "b" in kw:
-        kw["b"] = rng.standard_normal(K).astype(dtype)
-    if "sample_weight" in kw:
-        kw["sample_weight"] = rng.random(m) + 0.1
-    return kw
+    return options_from_table(OPTIONS, name, rng, m, K, dtype)
 
 
 def check(got, want, scales, dtype, names=("loss", "dX", "dW", "db")):
