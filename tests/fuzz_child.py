@@ -10,8 +10,8 @@ failing case is printed the same way (hypothesis shrinks it first).  At least
 15% of the calls must return, so that a library that rejected everything
 could not pass.
 
-``FASTSOFTMAX_FUZZ_SABOTAGE`` (for the test of this test) wraps the entry
-points in a deliberate bug: ``grad`` scales dW by 1 + 1e-4, ``reject``
+``FASTSOFTMAX_FUZZ_SABOTAGE`` (for the test of this test) wraps the three
+loss entry points in a deliberate bug: ``grad`` scales the first gradient (dW, dX or dZ) by 1 + 1e-4, ``reject``
 raises ValueError whenever sample weights are given, ``accept`` passes
 negative sample weights and label smoothing through ``abs``.  Every one of them must make the
 run fail.
@@ -36,23 +36,25 @@ COUNTS = {"returned": 0, "rejected": 0}
 
 
 def sabotage(kind: str) -> None:
-    """Replace fs.loss_and_grad with a deliberately wrong version."""
-    right = fs.loss_and_grad
+    """Replace the loss entry points (loss_and_grad, linear_cross_entropy,
+    loss_and_grad_logits) with deliberately wrong versions."""
+    for name in ("loss_and_grad", "linear_cross_entropy", "loss_and_grad_logits"):
+        right = getattr(fs, name)
 
-    @functools.wraps(right)
-    def wrong(*args, **kw):
-        if kind == "reject" and kw.get("sample_weight") is not None:
-            raise ValueError("sabotaged: sample weights rejected")
-        if kind == "accept":
-            if kw.get("sample_weight") is not None:
-                kw["sample_weight"] = np.abs(kw["sample_weight"])
-            kw["label_smoothing"] = abs(kw.get("label_smoothing", 0.0))
-        out = right(*args, **kw)
-        if kind == "grad":
-            out = (out[0], out[1] * (1 + 1e-4)) + out[2:]
-        return out
+        @functools.wraps(right)
+        def wrong(*args, _right=right, **kw):
+            if kind == "reject" and kw.get("sample_weight") is not None:
+                raise ValueError("sabotaged: sample weights rejected")
+            if kind == "accept":
+                if kw.get("sample_weight") is not None:
+                    kw["sample_weight"] = np.abs(kw["sample_weight"])
+                kw["label_smoothing"] = abs(kw.get("label_smoothing", 0.0))
+            out = _right(*args, **kw)
+            if kind == "grad":  # the second value: dW, or dX, or dZ
+                out = (out[0], out[1] * (1 + 1e-4)) + tuple(out[2:])
+            return out
 
-    fs.loss_and_grad = wrong
+        setattr(fs, name, wrong)
 
 
 @seed(SEED)
