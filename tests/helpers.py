@@ -251,7 +251,7 @@ def hessian_oracle(W, X, y, V, vb, kw, dtype):
     """
     want, scales = naive_hessian_product(*f64(W, X), y, V, vb=vb, return_scales=True, **kw)
     X64, V64 = f64(X, V)
-    m, K = X64.shape[0], V64.shape[0]
+    m = X64.shape[0]
     sw = np.ones(m) if kw.get("sample_weight") is None else np.asarray(kw["sample_weight"])
     keep = np.ones(m, bool) if "ignore_index" not in kw else (np.asarray(y) != kw["ignore_index"])
     s = np.full(m, 1.0) if np.ndim(y) == 1 else np.asarray(y, np.float64).sum(axis=1) + 1.0

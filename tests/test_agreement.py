@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import ignore_labels
-from helpers import (DTYPES, METHODS, assert_close, assert_results_close, central_differences,
+from helpers import (DTYPES, METHODS, assert_results_close, central_differences,
                      draw_dense_problem, f64, grid_problem, ignore_index_problem, make_problem,
                      over_option_grid)
 from naive import naive_loss_and_grad

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import ignore_labels
-from helpers import (DTYPES, METHODS, OPTION_NAMES, RTOL, TARGETS, assert_cached_in_new_process,
+from helpers import (DTYPES, METHODS, OPTION_NAMES, TARGETS, assert_cached_in_new_process,
                      assert_product_close, hessian_oracle,
                      assert_close, draw_dense_problem, f64, grid_problem, ignore_index_problem,
                      make_problem, options, over_option_grid)

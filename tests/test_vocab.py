@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import fastsoftmax as fs
 import fastsoftmax._api as api
 import fastsoftmax._dispatch as policy
-from helpers import RTOL, assert_close, central_differences, options_from_table
+from helpers import assert_close, central_differences, options_from_table
 from naive import naive_linear_cross_entropy
 
 DTYPES = [np.float32, np.float64]
