@@ -64,28 +64,37 @@ def sparse_sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]
     """:func:`sums` for a problem whose X is CSR (:class:`fastsoftmax._sparse.CSR`).
 
     The fused kernel gets W transposed, (n, K) C-contiguous in the working
-    dtype (one copy per call); it runs serially below ``SERIAL_WORK``
-    multiply-adds (nnz K), in tiles of ``logits_tile_rows(K)`` rows: its
-    per-tile scratch is logits-sized, like that of the logits entry point.
+    dtype (one copy per call; see :func:`sparse_fused`): its per-tile scratch
+    is logits-sized, like that of the logits entry point.
     """
     X = p.X
     if method == "numpy":
         return sparse_numpy_sums(X, p.W, p.b, p.labels, p.T, p.sw, p.eps, p.n_ignored)
-    m = X.shape[0]
-    K = p.W.shape[0]
-    chunks = policy.chunk_count(m)
+    chunks = policy.chunk_count(X.shape[0])
     args = (X.data, X.indices, X.indptr)
     if method == "indexloop":
         with parallel_region():
             return sparse_indexloop_sums(*args, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
-    Wt = np.ascontiguousarray(p.W.T)
-    tile = policy.logits_tile_rows(K)
-    if chunks == 1 or X.nnz * K < policy.SERIAL_WORK:
-        return sparse_fused_sums_serial(*args, Wt, p.b, None, p.labels, p.T, p.sw, p.eps, tile,
-                                        policy.SPARSE_PREFETCH_AHEAD)
+    return sparse_fused(p, np.ascontiguousarray(p.W.T), None)
+
+
+def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None):
+    """The fused sparse kernel on the problem's CSR X: ``(loss, G, gb)``.
+
+    ``At`` is W transposed, (n, K), for the loss and gradient (``vb`` None),
+    or ``[W; V]`` transposed, (n, 2K), with the intercept direction ``vb``
+    for a Hessian-vector product (the loss is then 0).  Serial below
+    ``SERIAL_WORK`` multiply-adds (nnz times At's columns), in tiles of
+    ``logits_tile_rows`` of At's columns.
+    """
+    X = p.X
+    args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, p.eps)
+    chunks = policy.chunk_count(X.shape[0])
+    tile = policy.logits_tile_rows(At.shape[1])
+    if chunks == 1 or X.nnz * At.shape[1] < policy.SERIAL_WORK:
+        return sparse_fused_sums_serial(*args, tile, policy.SPARSE_PREFETCH_AHEAD)
     with parallel_region():
-        return sparse_fused_sums(*args, Wt, p.b, None, p.labels, p.T, p.sw, p.eps, chunks,
-                                 tile, policy.SPARSE_PREFETCH_AHEAD,
+        return sparse_fused_sums(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD,
                                  policy.SPARSE_COMBINE_COLUMNS)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
-from ._api import Method, Reduction, finish, sums
+from ._api import Method, Reduction, finish, sparse_fused, sums
 from ._blas import single_threaded_blas
 from ._hessian_diag import diag_sums, diag_sums_serial
 from ._hessian_full import full_hessian_sums, full_hessian_sums_serial
@@ -35,7 +35,6 @@ from ._threading import parallel_region
 # underscore helpers of _validation, to be renamed at merge
 from ._arrays import kernel_array
 from ._sparse import CSR, is_sparse
-from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
 from ._sparse_indexloop import sparse_hessian_indexloop_sums
 from ._validation import Problem, as_numeric_array, prepare, working_dtype
 
@@ -86,23 +85,13 @@ def _sparse_product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str)
     """:func:`product_sums` of the compiled methods for CSR X: the sparse kernels
     with the direction; the fused one gets ``[W; V]`` transposed, (n, 2K)."""
     X = p.X
-    K = p.W.shape[0]
     chunks = policy.chunk_count(X.shape[0])
     args = (X.data, X.indices, X.indptr)
     if method == "indexloop":
         with parallel_region():
             return sparse_hessian_indexloop_sums(*args, p.W, p.b, V, vb, p.labels, p.T, p.sw,
                                                  p.eps, chunks)
-    WVt = np.ascontiguousarray(np.concatenate((p.W, V)).T)
-    tile = policy.logits_tile_rows(2 * K)
-    if chunks == 1 or 2 * X.nnz * K < policy.SERIAL_WORK:
-        _, G, gb = sparse_fused_sums_serial(*args, WVt, p.b, vb, p.labels, p.T, p.sw, p.eps,
-                                            tile, policy.SPARSE_PREFETCH_AHEAD)
-    else:
-        with parallel_region():
-            _, G, gb = sparse_fused_sums(*args, WVt, p.b, vb, p.labels, p.T, p.sw, p.eps,
-                                         chunks, tile, policy.SPARSE_PREFETCH_AHEAD,
-                                         policy.SPARSE_COMBINE_COLUMNS)
+    _, G, gb = sparse_fused(p, np.ascontiguousarray(np.concatenate((p.W, V)).T), vb)
     return G, gb
 
 
