@@ -34,7 +34,9 @@ per call: the median time; ``of_floor``, the floor over the median, the floor
 being 6·m·n·K flops (three matrix products: logits, dW, dX) at this
 machine's SGEMM rate, measured once per session (the faster of NumPy's and
 torch's float32 GEMM at (1024, 1024) x (1024, 8192), best of 3; the same
-floor for bfloat16, which has no faster units on most CPUs); ``vs_faster_torch``,
+floor for bfloat16, which has no faster units on most CPUs; a fraction above
+100% means the probe ran in a slower spell of a shared machine than the
+call, and that the numbers are not to be trusted); ``vs_faster_torch``,
 the faster torch path's median over this one (fastsoftmax.torch runs last
 in its group, so it always has both); and the peak extra memory of one call
 measured in a fresh process (``fastsoftmax.tools.memory.peak_extra``; the
