@@ -12,6 +12,11 @@ out.json`` turns them into the table of docs/performance.md.
 all): with ``--benchmark-disable`` each benchmark then runs once, checked,
 untimed, which is how the test suite keeps this directory from rotting
 (tests/test_bench_smoke.py).  The numbers of a tiny run mean nothing.
+
+``FASTSOFTMAX_BENCH_HEAD_SHAPES=lm`` (or ``=lm-32k``, ``=lm-128k``, ``=all``)
+runs bench/test_head.py at language-model head shapes instead of its
+moderate default (calls of seconds to a minute, GBs for PyTorch's logits);
+see that file's docstring.
 """
 
 from __future__ import annotations

@@ -184,16 +184,12 @@ X, y, K = data(sys.argv[1])
 W = np.zeros((K, X.shape[1]))
 fs.loss_and_grad(W[:, :50], X[:100, :50], y[:100] % K)  # compile
 fs.loss_and_grad(W, X[:2000], y[:2000])  # compile the parallel path
-def status(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field))
-with open("/proc/self/clear_refs", "w") as f:  # Linux: resets the peak (VmHWM) to the current RSS
-    f.write("5")
-before = status("VmRSS:")
-loss, dW = fs.loss_and_grad(W, X, y)
-after = status("VmHWM:")
+from fastsoftmax.tools.memory import peak_extra  # Linux: resets the peak (VmHWM) first
+out = []
+extra, how = peak_extra(lambda: out.append(fs.loss_and_grad(W, X, y)))
+loss, dW = out[0]
 X_MB = (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20
-print(json.dumps({"extra_MB": (after - before) / 1024, "X_MB": X_MB, "dW_MB": dW.nbytes / 2**20,
+print(json.dumps({"extra_MB": extra / 2**20, "method": how, "X_MB": X_MB, "dW_MB": dW.nbytes / 2**20,
                   "dense_slabs_MB": numba.get_num_threads() * dW.nbytes / 2**20,
                   "threads": numba.get_num_threads()}))
 """

@@ -10,7 +10,7 @@ floor: 6 m n K flops at this machine's SGEMM rate (one (m, n) x (n, K)
 
 Each timing checks the loss first (the warm-up).  Peak extra memory is
 measured separately in a fresh process per implementation (VmHWM after a
-reset, as in bench/test_resources.py) and recorded in ``extra_info``;
+reset, ``fastsoftmax.tools.memory.peak_extra``) and recorded in ``extra_info``;
 ``-s`` prints it.  Run::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_vocab.py --benchmark-only -s
@@ -80,25 +80,15 @@ def data(m, n, K):
 
 MEMORY_CHILD = RUNNERS + r"""
 import json, sys
-def status_kb(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
+from fastsoftmax.tools.memory import RESET, peak_extra
 
 impl, m, n, K = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 Xs, Ws, ys = data(64, n, 5000)
 runner(impl, Xs, Ws, ys)()                      # compile or load, on a small problem
 X, W, y = data(m, n, K)
 run = runner(impl, X, W, y)
-try:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-except OSError:
-    print(json.dumps(None)); sys.exit()
-before = status_kb("VmRSS")
-run()
-print(json.dumps((status_kb("VmHWM") - before) * 1024))
+extra, how = peak_extra(run)
+print(json.dumps(extra if how == RESET else None))
 """
 
 namespace: dict = {}

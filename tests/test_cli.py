@@ -192,3 +192,77 @@ def test_check_fails_on_a_wrong_hessian_product(monkeypatch):
     assert "fused Hessian product = finite differences of the gradient" in failed
     assert all(c.passed for c in checks if c.name.startswith("Hessian product indexloop"))
     assert len(failed) == 5
+
+
+# --- the "head" family: a network's output layer, gradients for X too ---------
+
+def test_bench_head_family(tmp_path, capsys, restore_threads):
+    """fs.linear_cross_entropy's methods and PyTorch's two ways (when installed),
+    checked against each other and timed; the table compares with the faster torch path."""
+    out = tmp_path / "head.json"
+    assert main(["bench", "--family", "head", "--quick", "--shape", "200x8x30",
+                 "--threads", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["family"] == "head"
+    impls = {r["impl"] for r in data["results"]}
+    assert {"fused", "indexloop", "numpy"} <= impls
+    import importlib.util
+
+    peers = {"torch", "torch-linear-ce"}
+    if importlib.util.find_spec("torch") is None:
+        assert peers <= set(data["skipped"])
+    else:
+        assert "torch" in impls and peers <= impls | set(data["skipped"])
+    assert all(r["dtype"] == "float32" and r["median_s"] > 0 for r in data["results"])
+    printed = capsys.readouterr().out
+    assert "network head" in printed and "vs torch" in printed and "6mnK" in printed
+
+
+def test_bench_head_family_without_torch(monkeypatch, capsys):
+    """Without PyTorch the peers are skipped with the reason and the speed-up column is empty."""
+    import fastsoftmax.tools.head as head
+
+    def missing(*args):
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(head, "HEAD_PEERS", {"torch": missing, "torch-linear-ce": missing})
+    assert main(["bench", "--family", "head", "--quick", "--shape", "100x4x20",
+                 "--dtype", "float64"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped torch: not installed" in printed and "fused" in printed
+
+
+def test_bench_head_family_catches_a_wrong_gradient(monkeypatch):
+    """A peer whose dX is off by 1e-2 relative fails the check before any timing."""
+    import fastsoftmax as fs
+    import fastsoftmax.tools.head as head
+
+    def wrong_dX(W, X, y, b):
+        def run():
+            loss, dX, dW, db = fs.linear_cross_entropy(X, W, y, b=b, method="numpy")
+            return loss, dX * 1.01, dW, db
+        return run
+
+    monkeypatch.setattr(head, "HEAD_PEERS", {"wrong": wrong_dX})
+    with pytest.raises(RuntimeError, match="wrong disagrees"):
+        main(["bench", "--family", "head", "--quick", "--shape", "100x4x20", "--dtype", "float64"])
+
+
+def test_head_shapes_are_known_names(capsys):
+    """The head family's shapes are names --shape accepts (an unknown name lists them)."""
+    from fastsoftmax.tools.head import HEAD_QUICK_SHAPES, HEAD_SHAPES
+
+    assert HEAD_SHAPES == {"lm-32k": (4096, 1024, 32_000), "lm-128k": (2048, 2048, 128_256)}
+    with pytest.raises(SystemExit):
+        main(["bench", "--family", "head", "--shape", "lm-1"])
+    err = capsys.readouterr().err
+    assert all(name in err for name in [*HEAD_SHAPES, *HEAD_QUICK_SHAPES])
+
+
+def test_head_floor_counts_three_products():
+    from fastsoftmax.tools.bench import Floor
+
+    floor = Floor(read_gb_s=1e9, gemm_gflop_s={"float32": 100.0})
+    m, n, K = 4096, 1024, 32_000
+    assert floor.seconds(m, n, K, "float32", gemms=3) == pytest.approx(6 * m * n * K / 100e9)
+    assert floor.seconds(m, n, K, "float32") == pytest.approx(4 * m * n * K / 100e9)

@@ -51,7 +51,7 @@ def test_tools_use_public_names_only(path):
             assert not any(a.name.startswith("_") and a.name != "__version__"
                            for a in node.names), (path.name, node.module)
         elif isinstance(node, ast.ImportFrom) and node.level == 1:
-            assert node.module in {"bench", "check", "peers", "problems", "cli"}, (path.name, node.module)
+            assert node.module in {"bench", "check", "head", "memory", "peers", "problems", "cli"}, (path.name, node.module)
             assert not any(a.name.startswith("_") for a in node.names), (path.name, node.module)
         elif isinstance(node, ast.Import):
             for a in node.names:

@@ -4,7 +4,9 @@ Apart from the library: nothing in ``fastsoftmax`` imports this package, and
 it uses the library only through its public API (plus ``fastsoftmax._jit``'s
 compile flags and ``fastsoftmax._threading.active_layer``).  Modules:
 ``cli`` (argument parsing and the console output), ``bench`` (timing and the
-machine's floor), ``peers`` (other libraries' loss and gradient), ``check``
-(the self-check) and ``problems`` (the random problems of the tests, the
-check and the benchmarks).
+machine's floor), ``head`` (the "head" family: a network's output layer,
+gradients for X too), ``peers`` (other libraries' loss and gradient),
+``check`` (the self-check), ``memory`` (peak extra memory of a call, for the
+benchmarks' fresh processes) and ``problems`` (the random problems of the
+tests, the check and the benchmarks).
 """

@@ -77,24 +77,28 @@ class Floor:
     probes: int = 1
 
     def seconds(self, m: int, n: int, K: int, dtype, read_gb_s: float | None = None,
-                gemm_gflop_s: float | None = None) -> float:
-        """The shape's floor: one read of X, or 4 m n K flops at the GEMM rate
-        (the median rates unless others are given)."""
+                gemm_gflop_s: float | None = None, gemms: int = 2) -> float:
+        """The shape's floor: one read of X, or ``gemms`` (m, n, K) matrix
+        products, 2 m n K flops each, at the GEMM rate (the median rates
+        unless others are given).  Two for the loss and dW (the logits and
+        the gradient), three with dX too (a network's head)."""
         dtype = np.dtype(dtype)
         read = m * n * dtype.itemsize / ((read_gb_s or self.read_gb_s) * 1e9)
-        flops = 4.0 * m * n * K / ((gemm_gflop_s or self.gemm_gflop_s[dtype.name]) * 1e9)
+        flops = 2.0 * gemms * m * n * K / ((gemm_gflop_s or self.gemm_gflop_s[dtype.name]) * 1e9)
         return max(read, flops)
 
-    def fraction(self, m: int, n: int, K: int, dtype, median_s: float) -> tuple[float, float, float]:
+    def fraction(self, m: int, n: int, K: int, dtype, median_s: float,
+                 gemms: int = 2) -> tuple[float, float, float]:
         """``(median, min, max)`` fraction of the floor reached by a call of
         ``median_s`` seconds: at the median rates, the fastest probe's rates
         (the smallest floor) and the slowest probe's (the largest floor)."""
         name = np.dtype(dtype).name
         read_lo, read_hi = self.read_gb_s_range
         gemm_lo, gemm_hi = self.gemm_gflop_s_range.get(name, (None, None))
-        fast = self.seconds(m, n, K, dtype, read_hi or None, gemm_hi or None)
-        slow = self.seconds(m, n, K, dtype, read_lo or None, gemm_lo or None)
-        return (self.seconds(m, n, K, dtype) / median_s, fast / median_s, slow / median_s)
+        fast = self.seconds(m, n, K, dtype, read_hi or None, gemm_hi or None, gemms)
+        slow = self.seconds(m, n, K, dtype, read_lo or None, gemm_lo or None, gemms)
+        return (self.seconds(m, n, K, dtype, gemms=gemms) / median_s, fast / median_s,
+                slow / median_s)
 
 
 def time_block(fn: Callable[[], object], budget_s: float, min_reps: int = 3,
@@ -156,16 +160,26 @@ def run_shape(name: str, m: int, n: int, K: int, dtype, budget_s: float, peers: 
         if not _agrees(got, ref, dtype):
             raise RuntimeError(f"{impl} disagrees with the NumPy reference on {name} {dtype}")
         runners[impl] = run
+    times = time_interleaved(runners, budget_s, rounds, on_impl)
+    timings = [Timing(name, m, n, K, np.dtype(dtype).name, impl, float(np.median(t)), t)
+               for impl, t in times.items()]
+    return timings, skipped
+
+
+def time_interleaved(runners: dict[str, Callable[[], object]], budget_s: float, rounds: int = 3,
+                     on_impl: Callable[[str], None] | None = None,
+                     min_reps: int = 2) -> dict[str, list[float]]:
+    """Per-call times of each runner: ``rounds`` blocks of consecutive calls
+    each (``budget_s / rounds`` seconds, at least ``min_reps`` calls), the
+    runners taking turns block by block."""
     times: dict[str, list[float]] = {impl: [] for impl in runners}
     for rnd in range(rounds):
         for impl, run in runners.items():
             if on_impl is not None:
                 on_impl(f"{impl} (round {rnd + 1}/{rounds})")
             time.sleep(0.1)  # let BLAS threads of the previous block stop spinning
-            times[impl] += time_block(run, budget_s / rounds, min_reps=2)
-    timings = [Timing(name, m, n, K, np.dtype(dtype).name, impl, float(np.median(t)), t)
-               for impl, t in times.items()]
-    return timings, skipped
+            times[impl] += time_block(run, budget_s / rounds, min_reps=min_reps)
+    return times
 
 
 @parallel_kernel
@@ -215,7 +229,7 @@ def probe_floor(quick: bool = False, probes: int = PROBES) -> Floor:
         for dtype, A in mats.items():
             tg = min(time_block(lambda A=A: A @ A, gemm_budget, min_reps=2))
             gemms[dtype].append(2.0 * size**3 / tg / 1e9)
-    del a, mats
+    del mats  # (a goes with the frame)
     read, read_range = _median_and_range(reads)
     gemm = {d: _median_and_range(r) for d, r in gemms.items()}
     return Floor(read, {d: g[0] for d, g in gemm.items()}, read_range,

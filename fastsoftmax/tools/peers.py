@@ -3,7 +3,9 @@
 Each factory takes ``(W, X, y, b)`` (NumPy arrays, one float dtype, class
 labels) and returns a zero-argument callable computing the mean cross-entropy
 loss and its gradients, returned as ``(loss, dW, db)`` NumPy values so they
-can be checked against :func:`fastsoftmax.loss_and_grad`; or raises
+can be checked against :func:`fastsoftmax.loss_and_grad` (the head peers,
+:data:`HEAD_PEERS`: ``(loss, dX, dW, db)``, against
+:func:`fastsoftmax.linear_cross_entropy`); or raises
 ``ImportError`` when the library is not installed.  The data are converted to
 the library's own types once, outside the callable, so only the computation
 is timed.  Thread counts follow ``numba.get_num_threads()`` where the library
@@ -106,10 +108,48 @@ def jax_value_and_grad(W, X, y, b) -> Runner:
     return run
 
 
+def _torch_head_runner(loss_of, Xt, Wt, bt) -> Runner:
+    def run():
+        for t in (Xt, Wt, bt):
+            t.grad = None
+        loss = loss_of()
+        loss.backward()
+        return float(loss.item()), Xt.grad.numpy(), Wt.grad.numpy(), bt.grad.numpy()
+
+    return run
+
+
+def torch_head_cross_entropy(W, X, y, b) -> Runner:
+    """A network's head in PyTorch: ``F.cross_entropy(F.linear(X, W, b), y)`` and
+    ``backward()`` with the gradients for X, W and b: ``(loss, dX, dW, db)``."""
+    torch, Xt, yt, Wt, bt = _torch_setup(W, X, y, b)
+    Xt = Xt.clone().requires_grad_()
+    F = torch.nn.functional
+    return _torch_head_runner(lambda: F.cross_entropy(F.linear(Xt, Wt, bt), yt), Xt, Wt, bt)
+
+
+def torch_head_linear_cross_entropy(W, X, y, b) -> Runner:
+    """A network's head in PyTorch: ``F.linear_cross_entropy`` (torch >= 2.10) and
+    ``backward()`` with the gradients for X, W and b: ``(loss, dX, dW, db)``."""
+    torch, Xt, yt, Wt, bt = _torch_setup(W, X, y, b)
+    Xt = Xt.clone().requires_grad_()
+    F = torch.nn.functional
+    if not hasattr(F, "linear_cross_entropy"):
+        raise ImportError("torch.nn.functional.linear_cross_entropy needs a newer PyTorch")
+    return _torch_head_runner(lambda: F.linear_cross_entropy(Xt, Wt, yt, linear_bias=bt),
+                              Xt, Wt, bt)
+
+
 #: name -> factory, in the order they are shown
 PEERS: dict[str, Callable[..., Runner]] = {
     "sklearn": sklearn_loss_gradient,
     "torch": torch_cross_entropy,
     "torch-linear-ce": torch_linear_cross_entropy,
     "jax": jax_value_and_grad,
+}
+
+#: the "head" family's peers (gradients for X too): name -> factory, in the order they are shown
+HEAD_PEERS: dict[str, Callable[..., Runner]] = {
+    "torch": torch_head_cross_entropy,
+    "torch-linear-ce": torch_head_linear_cross_entropy,
 }
