@@ -248,34 +248,42 @@ def zero_total_weight(labels: np.ndarray, class_weight, ignore_index, C: int) ->
     return "" if np.any(class_weight[kept.astype(np.intp)]) else "zero-weight"
 
 
+def compute(spec: Spec, input, linear_weight, linear_bias, needs) -> tuple:
+    """``(loss, [dX, dW, db])`` of the layer: the loss as the kernel returns it
+    and the gradients as tensors in ``spec.compute`` (None where ``needs``, the
+    three inputs' ``needs_input_grad``, says no), the unreduced-sum gradients
+    under ``reduction="none"``."""
+    cd = spec.compute
+    C, n = linear_weight.shape
+    X = as_numpy(input.reshape(-1, n), cd)
+    W = as_numpy(linear_weight, cd)
+    kw = dict(spec.kw)
+    if linear_bias is not None:
+        kw["b"] = as_numpy(linear_bias, cd)
+    if spec.degenerate:
+        m = X.shape[0]
+        loss = {"mean": float("nan"), "sum": 0.0, "none": np.zeros(m)}[spec.reduction]
+        grads = [np.zeros((m, n)), np.zeros((C, n)), np.zeros(C)]
+        if spec.degenerate == "zero-weight":  # 0/0 as in PyTorch; ignored rows stay 0
+            grads[0][spec.y != spec.kw["ignore_index"]] = np.nan
+            grads[1][:] = grads[2][:] = np.nan
+    else:
+        loss, *grads = numpy_linear_cross_entropy(X, W, spec.y, **kw)
+    return loss, [as_tensor(g, cd) if need else None for g, need in zip(grads + [None], needs)]
+
+
 class LinearCrossEntropyFunction(torch.autograd.Function):
     """The autograd node: ``forward(input, linear_weight, linear_bias, spec)``,
     gradients for the three tensors (``spec`` is a :class:`Spec`)."""
 
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, spec: Spec):
-        cd = spec.compute
-        C, n = linear_weight.shape
-        X = as_numpy(input.reshape(-1, n), cd)
-        W = as_numpy(linear_weight, cd)
-        kw = dict(spec.kw)
-        if linear_bias is not None:
-            kw["b"] = as_numpy(linear_bias, cd)
-        if spec.degenerate:
-            m = X.shape[0]
-            loss = {"mean": float("nan"), "sum": 0.0, "none": np.zeros(m)}[spec.reduction]
-            grads = [np.zeros((m, n)), np.zeros((C, n)), np.zeros(C)]
-            if spec.degenerate == "zero-weight":  # 0/0 as in PyTorch; ignored rows stay 0
-                grads[0][spec.y != spec.kw["ignore_index"]] = np.nan
-                grads[1][:] = grads[2][:] = np.nan
-        else:
-            loss, *grads = numpy_linear_cross_entropy(X, W, spec.y, **kw)
-        needs = ctx.needs_input_grad
-        ctx.grads = [as_tensor(g, cd) if need else None
-                     for g, need in zip(grads + [None], needs[:3])]
+        needs = ctx.needs_input_grad[:3]
+        loss, ctx.grads = compute(spec, input, linear_weight, linear_bias, needs)
         ctx.spec = spec
-        if spec.reduction == "none" and (needs[1] or needs[2]):
-            ctx.save_for_backward(input, linear_weight, linear_bias)
+        # the inputs, for a second backward (retain_graph=True; the first one
+        # hands the gradients over) and for per-sample output gradients
+        ctx.save_for_backward(input, linear_weight, linear_bias)
         if spec.reduction != "none":
             return torch.tensor(float(loss), dtype=spec.out)
         out = torch.tensor(np.asarray(loss), dtype=spec.out)
@@ -285,13 +293,24 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         spec: Spec = ctx.spec
-        dX, dW, db = ctx.grads
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:  # a second backward through a retained graph: computed again
+            grads = compute(spec, *ctx.saved_tensors, ctx.needs_input_grad[:3])[1]
+        # The gradients are this call's own now (ctx no longer holds them): they
+        # are scaled in place and handed to autograd, which can then keep them
+        # as .grad without a copy (the layer's extra memory stays at about the
+        # gradients' own size).
+        dX, dW, db = grads
         if spec.reduction != "none":
             g = grad.to(spec.compute)
-            gX, gW, gb = (None if t is None else t * g for t in (dX, dW, db))
+            if not bool(g == 1):
+                for t in (dX, dW, db):
+                    if t is not None:
+                        t.mul_(g)
+            gX, gW, gb = dX, dW, db
         else:
             g = grad.detach().reshape(-1).to(torch.float64)
-            gX = None if dX is None else dX * g.to(spec.compute)[:, None]
+            gX = None if dX is None else dX.mul_(g.to(spec.compute)[:, None])
             gW, gb = sample_weighted(ctx, g, dW, db) if (dW is not None or db is not None) \
                 else (None, None)
         if gX is not None and spec.unbatched:
@@ -307,7 +326,7 @@ def sample_weighted(ctx, g: torch.Tensor, dW, db):
     spec: Spec = ctx.spec
     if g.numel() == 0 or spec.degenerate or bool((g == g[0]).all()):
         s = g[0].to(spec.compute) if g.numel() else 0.0
-        return (None if dW is None else dW * s), (None if db is None else db * s)
+        return (None if dW is None else dW.mul_(s)), (None if db is None else db.mul_(s))
     if not bool(torch.isfinite(g).all()):
         nan = float("nan")
         return (None if dW is None else torch.full_like(dW, nan)), \

@@ -21,6 +21,7 @@ skipped, saying so, until it has them.
 from __future__ import annotations
 
 import inspect
+import sys
 
 import numpy as np
 import pytest
@@ -563,3 +564,62 @@ def test_bad_options():
         fst.linear_cross_entropy(X, W, torch.rand(6, 4, requires_grad=True))
     with pytest.raises(ValueError, match="label_smoothing"):
         fst.linear_cross_entropy(X, W, y, label_smoothing=-0.1)
+
+
+MEMORY_CHILD = r"""
+import json, sys
+import torch
+import fastsoftmax._dispatch as policy
+import fastsoftmax.torch as fst
+from fastsoftmax.tools.memory import peak_extra
+
+m, n, K = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+g = torch.Generator().manual_seed(0)
+X = torch.randn(m, n, generator=g).requires_grad_()
+W = (0.03 * torch.randn(K, n, generator=g)).requires_grad_()
+y = torch.randint(0, K, (m,), generator=g)
+assert policy.large_vocabulary(n, K, policy.chunk_count(m))
+saved, policy.VOCAB_SLAB_BYTES = policy.VOCAB_SLAB_BYTES, -1
+Xw = X[:100].detach().requires_grad_()
+fst.linear_cross_entropy(Xw, W[:4096], y[:100] % 4096).backward()  # compile or load
+policy.VOCAB_SLAB_BYTES = saved
+W.grad = None
+out = []
+extra, how = peak_extra(lambda: out.append(fst.linear_cross_entropy(X, W, y).backward()))
+print(json.dumps({"extra": extra, "how": how, "tile": policy.vocab_plan(n, K, 4)["tile"],
+                  "workers": policy.chunk_count(m),
+                  "grads": [X.grad.numel() * 4, W.grad.numel() * 4]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM reset is Linux-only")
+def test_backward_adds_no_copy_of_the_gradients():
+    """(m, n, K) = (2048, 512, 16000) float32, forward and backward in a fresh
+    process: the peak extra memory (VmHWM after a reset) is at most the
+    gradients' own size plus the large-vocabulary kernel's buffers and 12 MB
+    of slack, the bound of the NumPy-level call in tests/test_vocab.py.  The
+    backward hands the forward's gradients to autograd instead of scaling a
+    copy (which took twice the gradients' size).  glibc gets a fixed mmap
+    threshold, so that large blocks freed before the call (the data's
+    temporaries) go back to the system instead of being reused unseen."""
+    import json
+    import os
+    import subprocess
+
+    import fastsoftmax._dispatch as policy
+    m, n, K = 2048, 512, 16_000
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(m), str(n), str(K)],
+                         check=True, capture_output=True, text=True,
+                         env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072"))
+    got = json.loads(out.stdout)
+    if got["how"] != "VmHWM reset by clear_refs":
+        pytest.skip("cannot reset VmHWM here")
+    gradients = (m * n + K * n) * 4
+    assert got["grads"] == [m * n * 4, K * n * 4]
+    tile, workers, group = got["tile"], got["workers"], policy.VOCAB_ROW_GROUP
+    buffers = (tile * K * 4 + -(-tile // group) * K * 8 + workers * group * K * 8
+               + 2 * tile * n * 4 + K * 8 * 2)
+    slack = 12 * 2**20
+    print(f"\nextra peak {got['extra'] / 2**20:.1f} MB; gradients {gradients / 2**20:.1f} MB, "
+          f"buffers {buffers / 2**20:.1f} MB")
+    assert got["extra"] <= gradients + buffers + slack
