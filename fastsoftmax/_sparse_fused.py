@@ -160,12 +160,16 @@ def sparse_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, st
 
 @serial_kernel
 def add_slabs(G, colmaps, slabs, offsets, j0, j1):
-    """G[:, j] += the slab row of column j of every chunk, in chunk order, for j in j0:j1.
+    """G[:, j] = the sum of the slab rows of column j of the chunks, added in chunk
+    order, for j in j0:j1 (G may be uninitialised there).
 
     Chunk c's slab is ``slabs[offsets[c] K: offsets[c + 1] K]``, its row for
     column j ``colmaps[c, j]`` (-1: none); with ``colmaps`` None, the slabs
     are dense (n, K) and the row is j."""
     K = G.shape[0]
+    for k in range(K):
+        for j in range(j0, j1):
+            G[k, j] = 0.0
     for c in range(offsets.shape[0] - 1):  # chunk order for every entry
         base = offsets[c]
         for j in range(j0, j1):
@@ -211,10 +215,11 @@ def sparse_fused_sums(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, nchu
     offsets = np.zeros(nchunks + 1, dtype=np.int64)
     for c in range(nchunks):
         offsets[c + 1] = offsets[c] + counts[c]
-    slabs = np.zeros(offsets[nchunks] * K)
+    slabs = np.empty(offsets[nchunks] * K)  # zeroed by the chunks, each its own, in parallel
     bias = np.zeros((nchunks, K))
     losses = np.zeros(nchunks)
     for c in prange(nchunks):
+        slabs[offsets[c] * K: offsets[c + 1] * K] = 0.0
         slab = slabs[offsets[c] * K: offsets[c + 1] * K].reshape((counts[c], K))
         if dense:
             losses[c] = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
@@ -224,7 +229,7 @@ def sparse_fused_sums(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, nchu
             losses[c] = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
                                      bounds[c], bounds[c + 1], tile, ahead, colmaps[c], slab,
                                      bias[c])
-    G = np.zeros((K, n))
+    G = np.empty((K, n))  # every entry set by add_slabs, in parallel
     nblocks = (n + block - 1) // block
     for q in prange(nblocks):  # blocks of ``block`` columns of G, each summed in chunk order
         if dense:
@@ -252,7 +257,7 @@ def sparse_fused_sums_serial(data, indices, indptr, Wt, b, vb, labels, T, sw, ep
     slab = np.zeros(count * K)
     offsets = np.array([0, count])
     gb = np.zeros(K)
-    G = np.zeros((K, n))
+    G = np.empty((K, n))  # every entry set by add_slabs
     if dense:
         loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile,
                             ahead, None, slab.reshape((count, K)), gb)
