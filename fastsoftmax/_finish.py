@@ -16,14 +16,19 @@ from ._jit import parallel_kernel, serial_kernel
 @serial_kernel
 def finish_row(G, W, denom, l2, out, sq, k):
     """``out[k] = G[k] / denom + l2 W[k]`` (``out`` may be G); ``sq[k]`` the
-    float64 sum of W[k]'s squares when ``l2`` is not 0."""
+    float64 sum of W[k]'s squares when ``l2`` is not 0 (W is not read when
+    it is: a non-finite weight then leaves the gradient as the sums make it,
+    as before)."""
     n = G.shape[1]
-    if l2 != 0.0:
-        s = 0.0
-        for j in range(n):  # a reduction only: no store in this loop
-            w = np.float64(W[k, j])
-            s += w * w
-        sq[k] = s
+    if l2 == 0.0:  # W not read: 0 * inf would be NaN
+        for j in range(n):
+            out[k, j] = np.float64(G[k, j]) / denom
+        return
+    s = 0.0
+    for j in range(n):  # a reduction only: no store in this loop
+        w = np.float64(W[k, j])
+        s += w * w
+    sq[k] = s
     for j in range(n):
         out[k, j] = np.float64(G[k, j]) / denom + l2 * np.float64(W[k, j])
 

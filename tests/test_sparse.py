@@ -456,3 +456,17 @@ def test_both_gradient_slab_layouts_match_oracle(slabs, rng, kernel_path, monkey
             want, scales = hessian_oracle(W, X.toarray(), y, V, vb, kw, dtype)
             assert_product_close(fs.hessian_product(W, X, y, V, vb=vb, **kw), want, dtype,
                                  scales)
+
+
+def test_non_finite_weight_of_an_unused_column_stays_out_of_the_gradient(kernel_path):
+    """A column that no row of X touches contributes nothing, even with an
+    infinite weight, when l2 is 0 (0 * inf must not turn its gradient into NaN),
+    for every method."""
+    X = scipy.sparse.csr_matrix(np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.5, 0.0, 0.0]]))
+    W = np.zeros((2, 3))
+    W[0, 2] = np.inf
+    y = np.array([0, 1, 1])
+    want, scales = oracle(np.where(np.isfinite(W), W, 0.0), X, y)
+    for method in METHODS:
+        got = fs.loss_and_grad(W, X, y, method=method)
+        assert_results_close(got, want, np.float64, scales)
