@@ -9,7 +9,6 @@ from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
 from ._blas import single_threaded_blas
-from ._finish import finish_parallel, finish_serial
 from ._fused import fused_sums, fused_sums_serial
 from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
@@ -20,7 +19,7 @@ from ._sparse_indexloop import sparse_indexloop_sums
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_kernel
 from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
-from ._vocab import vocab_sums
+from ._vocab import add_penalty, vocab_sums
 
 Method = Literal["fused", "indexloop", "numpy"]
 Reduction = Literal["mean", "sum", "none"]
@@ -111,24 +110,21 @@ def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dt
     the blocks' summed totals).
     """
     loss = float(loss_sum) / denom
-    W = np.ascontiguousarray(W, dtype=dtype)
-    if (G.dtype == dtype and G.flags.writeable and G.flags.c_contiguous
-            and not isinstance(G.base, np.ndarray)):
-        # an array that a kernel made for this call (its memory owned by NumPy
-        # or by numba, not a view of another array): finished in place
+    if G.dtype == dtype and G.flags.owndata and G.flags.writeable:
+        # an array of the working dtype that the kernel made for this call (the
+        # large-vocabulary kernel's dW): finished in place, no (K, n) temporary
         dW = G
-    else:
-        dW = np.empty(G.shape, dtype)
-        G = np.ascontiguousarray(G)
-    if dW is not G or denom != 1.0 or l2:
-        sq = np.zeros(W.shape[0])
-        if W.size < policy.SERIAL_ELEMENTS:
-            finish_serial(G, W, float(denom), float(l2), dW, sq)
-        else:
-            with parallel_region():
-                finish_parallel(G, W, float(denom), float(l2), dW, sq)
+        if denom != 1.0:
+            dW /= dW.dtype.type(denom)
         if l2:
-            loss += 0.5 * l2 * float(sq.sum())
+            loss += 0.5 * l2 * add_penalty(dW, W, l2)
+    else:
+        dW = np.asarray(G, dtype=np.float64) / denom
+        if l2:
+            W64 = np.asarray(W, dtype=np.float64)
+            loss += 0.5 * l2 * float(np.vdot(W64, W64))
+            dW += l2 * W64
+        dW = dW.astype(dtype, copy=False)
     if not has_b:
         return loss, dW
     return loss, dW, (np.asarray(gb, dtype=np.float64) / denom).astype(dtype, copy=False)

@@ -177,3 +177,14 @@ def vocab_sums(X: np.ndarray, W: np.ndarray, b: np.ndarray, labels: np.ndarray,
     loss, gb = _vocab_kernel(X, W, b, labels, T, sw, eps, gemm_address(X.dtype), tile,
                              class_block, column_block, group, workers, dX, G)
     return loss, G, gb
+
+
+def add_penalty(dW: np.ndarray, W: np.ndarray, l2: float, rows: int = 1024) -> float:
+    """``dW += l2 W`` in place, in blocks of ``rows`` rows (no (K, n)
+    temporary); returns ``||W||_F^2`` summed in float64."""
+    total = 0.0
+    for k0 in range(0, W.shape[0], rows):
+        Wb = np.asarray(W[k0:k0 + rows], dtype=np.float64)
+        total += float(np.vdot(Wb, Wb))
+        dW[k0:k0 + rows] += (l2 * Wb).astype(dW.dtype)
+    return total
