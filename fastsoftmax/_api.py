@@ -91,11 +91,13 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None):
     args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, p.eps)
     chunks = policy.chunk_count(X.shape[0])
     tile = policy.logits_tile_rows(At.shape[1])
+    block = policy.SPARSE_COMBINE_COLUMNS
     if chunks == 1 or X.nnz * At.shape[1] < policy.SERIAL_WORK:
-        return sparse_fused_sums_serial(*args, tile, policy.SPARSE_PREFETCH_AHEAD)
+        dense = policy.sparse_dense_slabs(X.shape[1], p.b.shape[0], 1)
+        return sparse_fused_sums_serial(*args, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense)
+    dense = policy.sparse_dense_slabs(X.shape[1], p.b.shape[0], chunks)
     with parallel_region():
-        return sparse_fused_sums(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD,
-                                 policy.SPARSE_COMBINE_COLUMNS)
+        return sparse_fused_sums(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense)
 
 
 def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
@@ -172,8 +174,8 @@ def loss_and_grad(
         dtype); unsorted column indices, explicit zeros, empty rows and
         duplicate entries (summed, as SciPy does) are allowed, int32 or
         int64 indices.  The fused method's extra memory is then at most
-        ``n K itemsize + threads n 8 + min(threads n, nnz) K 8`` bytes
-        besides dW (see ``fastsoftmax._sparse_fused``).  Other sparse
+        ``n K itemsize + max(64 MiB, threads n 8 + min(threads n, nnz) K 8)``
+        bytes besides dW (see ``fastsoftmax._sparse_fused``).  Other sparse
         formats (CSC, COO...) raise TypeError: convert them once with
         ``X.tocsr()``.
     y : array_like, shape (m,) or (m, K)

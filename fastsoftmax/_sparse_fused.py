@@ -16,20 +16,24 @@ chunk walks its rows in tiles of ``tile`` rows:
 3. each non-zero x of row r adds ``x * D[:, r]`` to the row of the chunk's
    gradient slab that belongs to its column.
 
-Memory (the point of this module): a dense (K, n) float64 slab per chunk
-would cost ``nchunks * K * n * 8`` bytes, 42 MB for 20 newsgroups' 130107
-columns and 20 classes on 2 threads and ten times that on 20.  Instead a
-first pass gives every chunk a map from the columns its rows touch to
-consecutive slab rows (in column order), and the chunk accumulates into an
-(n_c, K) slab of just those columns.  The slabs are then added into G
-column by column, in chunk order (deterministic: the result depends on the
-inputs, ``tile`` and ``nchunks`` only).
+Memory: a dense (n, K) float64 slab per chunk costs ``nchunks * n * K * 8``
+bytes, 42 MB for 20 newsgroups' 130107 columns and 20 classes on 2 threads
+and ten times that on 20.  Dense slabs are used while they take at most
+``_dispatch.SPARSE_DENSE_SLAB_BYTES`` (64 MiB) together: slab row j then
+belongs to column j, with no lookup per non-zero.  Beyond that, a first pass
+gives every chunk a map from the columns its rows touch to consecutive slab
+rows (in column order), and the chunk accumulates into an (n_c, K) slab of
+just those columns.  Either way the slabs are then added into G column by
+column, in chunk order (deterministic: the result depends on the inputs,
+``tile``, ``nchunks`` and the slab layout only).
 
-Peak extra memory, besides the (K, n) float64 result G:
-``n K itemsize`` (Wt) ``+ nchunks n 8`` (column maps) ``+ sum_c n_c K 8``
-(slabs, ``n_c <= min(n, non-zeros of chunk c)``, so their total is at most
-``min(nchunks n, nnz) K 8``) ``+ nchunks tile (3 K + 5) 8`` (tile buffers).
-Nothing of size m x K, and X is never densified.
+Peak extra memory, besides the (K, n) float64 result G: ``n K itemsize``
+(Wt) plus either the dense slabs, ``nchunks n K 8 <= 64 MiB``, or
+``nchunks n 8`` (column maps) ``+ sum_c n_c K 8`` (slabs, ``n_c <= min(n,
+non-zeros of chunk c)``, so their total is at most ``min(nchunks n, nnz) K
+8``); plus ``nchunks tile (3 K + 5) 8`` (tile buffers).  So at most ``n K
+itemsize + max(64 MiB, nchunks n 8 + min(nchunks n, nnz) K 8)`` plus the
+tile buffers.  Nothing of size m x K, and X is never densified.
 
 Compiled variants: one per (data dtype, index dtype) pair, 4 per kernel.
 """
@@ -88,7 +92,9 @@ def tile_logits(data, indices, indptr, At, rows, Zr, acc, ahead):
 def scatter_tile(data, indices, indptr, colmap, Dm, rows, slab, acc, ahead):
     """Every non-zero (j, x) of row rows[r] adds ``x Dm[:, r]`` to slab row
     colmap[j] (``Dm`` (K, R), ``slab`` (n_c, K) float64, ``acc`` (>= K,)
-    scratch); the slab row of the non-zero ``ahead`` places on is prefetched."""
+    scratch); with ``colmap`` None, to slab row j of a dense (n, K) slab
+    (numba compiles one of the two).  The slab row of the non-zero ``ahead``
+    places on is prefetched."""
     K, R = Dm.shape
     last = indptr[-1] - 1
     for r in range(R):
@@ -96,11 +102,15 @@ def scatter_tile(data, indices, indptr, colmap, Dm, rows, slab, acc, ahead):
         for k in range(K):
             acc[k] = Dm[k, r]
         for p in range(indptr[i], indptr[i + 1]):
-            q_ahead = colmap[indices[min(p + ahead, last)]]
-            if q_ahead >= 0:  # -1: a column of a later chunk's rows
-                prefetch_row(slab, q_ahead)
+            if colmap is None:
+                prefetch_row(slab, indices[min(p + ahead, last)])
+                q = indices[p]
+            else:
+                q_ahead = colmap[indices[min(p + ahead, last)]]
+                if q_ahead >= 0:  # -1: a column of a later chunk's rows
+                    prefetch_row(slab, q_ahead)
+                q = colmap[indices[p]]
             v = np.float64(data[p])
-            q = colmap[indices[p]]
             for k in range(K):
                 slab[q, k] += v * acc[k]
 
@@ -109,7 +119,8 @@ def scatter_tile(data, indices, indptr, colmap, Dm, rows, slab, acc, ahead):
 def sparse_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, stop, tile,
                  ahead, colmap, slab, gb):
     """Rows start:stop in tiles: adds their sums to ``slab`` (n_c, K) float64
-    (row colmap[j] for column j) and gb (K,); returns their loss sum.
+    (row colmap[j] for column j; with ``colmap`` None, ``slab`` (n, K) and
+    row j) and gb (K,); returns their loss sum.
 
     ``vb`` None: the loss and gradient, with ``At = W^T`` (n, K).  ``vb`` a
     (K,) direction for the intercept: the Hessian-vector product (see
@@ -149,14 +160,24 @@ def sparse_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, st
 
 @serial_kernel
 def add_slabs(G, colmaps, slabs, offsets, j0, j1):
-    """G[:, j] += the slab row of column j of every chunk, in chunk order, for j in j0:j1."""
+    """G[:, j] = the sum of the slab rows of column j of the chunks, added in chunk
+    order, for j in j0:j1 (G may be uninitialised there).
+
+    Chunk c's slab is ``slabs[offsets[c] K: offsets[c + 1] K]``, its row for
+    column j ``colmaps[c, j]`` (-1: none); with ``colmaps`` None, the slabs
+    are dense (n, K) and the row is j."""
     K = G.shape[0]
-    for c in range(colmaps.shape[0]):  # chunk order for every entry
-        for k in range(K):  # along G's rows: (K, n) is far apart by columns
-            for j in range(j0, j1):
-                loc = colmaps[c, j]
-                if loc >= 0:
-                    G[k, j] += slabs[(offsets[c] + loc) * K + k]
+    for k in range(K):
+        for j in range(j0, j1):
+            G[k, j] = 0.0
+    for c in range(offsets.shape[0] - 1):  # chunk order for every entry
+        base = offsets[c]
+        for j in range(j0, j1):
+            loc = j if colmaps is None else colmaps[c, j]
+            if loc >= 0:
+                row = (base + loc) * K
+                for k in range(K):
+                    G[k, j] += slabs[row + k]
 
 
 @serial_kernel
@@ -169,39 +190,52 @@ def _bounds(m, nchunks):
 
 @parallel_kernel
 def sparse_fused_sums(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, nchunks, tile,
-                      ahead, block):
+                      ahead, block, dense):
     """Unnormalised ``(loss_sum, G (K, n), gb (K,))`` of CSR X, in ``nchunks`` parallel chunks.
 
     ``data`` (nnz,) and ``Wt`` (n, K), ``b`` (K,) of one float dtype;
     ``indices`` (nnz,), ``indptr`` (m + 1,) of one integer dtype; labels, T,
     sw and eps as in :func:`fastsoftmax._fused.fused_sums`; ``ahead`` >= 0 the
-    prefetch distance in non-zeros.  With a direction ``vb`` (K,) instead of
-    None, and ``Wt = [W; V]^T`` (n, 2K), the sums of the Hessian-vector
-    product instead (loss 0), as :func:`fastsoftmax._hessian_fused.hessian_sums`.
+    prefetch distance in non-zeros; ``block`` columns of G per combining
+    task; ``dense`` True: every chunk accumulates into a dense (n, K) slab,
+    False: into the columns its rows touch (see the module docstring).  With
+    a direction ``vb`` (K,) instead of None, and ``Wt = [W; V]^T`` (n, 2K),
+    the sums of the Hessian-vector product instead (loss 0), as
+    :func:`fastsoftmax._hessian_fused.hessian_sums`.
     """
     m = indptr.shape[0] - 1
     n = Wt.shape[0]
     K = b.shape[0]
     bounds = _bounds(m, nchunks)
-    colmaps = np.empty((nchunks, n), dtype=np.int64)
-    counts = np.zeros(nchunks, dtype=np.int64)
-    for c in prange(nchunks):
-        counts[c] = map_columns(indices, indptr, bounds[c], bounds[c + 1], colmaps[c])
+    colmaps = np.empty((0 if dense else nchunks, n), dtype=np.int64)
+    counts = np.full(nchunks, n, dtype=np.int64)
+    if not dense:
+        for c in prange(nchunks):
+            counts[c] = map_columns(indices, indptr, bounds[c], bounds[c + 1], colmaps[c])
     offsets = np.zeros(nchunks + 1, dtype=np.int64)
     for c in range(nchunks):
         offsets[c + 1] = offsets[c] + counts[c]
-    slabs = np.zeros(offsets[nchunks] * K)
+    slabs = np.empty(offsets[nchunks] * K)  # zeroed by the chunks, each its own, in parallel
     bias = np.zeros((nchunks, K))
     losses = np.zeros(nchunks)
     for c in prange(nchunks):
+        slabs[offsets[c] * K: offsets[c + 1] * K] = 0.0
         slab = slabs[offsets[c] * K: offsets[c + 1] * K].reshape((counts[c], K))
-        losses[c] = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
-                                 bounds[c], bounds[c + 1], tile, ahead, colmaps[c], slab,
-                                 bias[c])
-    G = np.zeros((K, n))
+        if dense:
+            losses[c] = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
+                                     bounds[c], bounds[c + 1], tile, ahead, None, slab,
+                                     bias[c])
+        else:
+            losses[c] = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
+                                     bounds[c], bounds[c + 1], tile, ahead, colmaps[c], slab,
+                                     bias[c])
+    G = np.empty((K, n))  # every entry set by add_slabs, in parallel
     nblocks = (n + block - 1) // block
     for q in prange(nblocks):  # blocks of ``block`` columns of G, each summed in chunk order
-        add_slabs(G, colmaps, slabs, offsets, q * block, min(n, (q + 1) * block))
+        if dense:
+            add_slabs(G, None, slabs, offsets, q * block, min(n, (q + 1) * block))
+        else:
+            add_slabs(G, colmaps, slabs, offsets, q * block, min(n, (q + 1) * block))
     gb = np.zeros(K)
     loss = 0.0
     for c in range(nchunks):
@@ -213,21 +247,25 @@ def sparse_fused_sums(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, nchu
 
 @serial_kernel
 def sparse_fused_sums_serial(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, tile,
-                             ahead):
+                             ahead, block, dense):
     """:func:`sparse_fused_sums` with one chunk and no parallel region, for small problems."""
     m = indptr.shape[0] - 1
     n = Wt.shape[0]
     K = b.shape[0]
-    colmap = np.empty(n, dtype=np.int64)
-    count = map_columns(indices, indptr, 0, m, colmap)
-    slab = np.zeros((count, K))
+    colmap = np.empty((0 if dense else 1, n), dtype=np.int64)
+    count = n if dense else map_columns(indices, indptr, 0, m, colmap[0])
+    slab = np.zeros(count * K)
+    offsets = np.array([0, count])
     gb = np.zeros(K)
-    loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile, ahead,
-                        colmap, slab, gb)
-    G = np.zeros((K, n))
-    for k in range(K):
-        for j in range(n):
-            loc = colmap[j]
-            if loc >= 0:
-                G[k, j] = slab[loc, k]
+    G = np.empty((K, n))  # every entry set by add_slabs
+    if dense:
+        loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile,
+                            ahead, None, slab.reshape((count, K)), gb)
+        for j0 in range(0, n, block):
+            add_slabs(G, None, slab, offsets, j0, min(n, j0 + block))
+    else:
+        loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile,
+                            ahead, colmap[0], slab.reshape((count, K)), gb)
+        for j0 in range(0, n, block):
+            add_slabs(G, colmap, slab, offsets, j0, min(n, j0 + block))
     return loss, G, gb

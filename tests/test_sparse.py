@@ -430,3 +430,43 @@ def test_full_hessian_and_diagonal_refuse_sparse_x(call, rng):
             fs.hessian(W, X, y)
         else:
             getattr(fs.loss_grad_hessp(W, X, y)[-1], call)()
+
+
+@pytest.mark.parametrize("slabs", ["dense", "column-maps"])
+def test_both_gradient_slab_layouts_match_oracle(slabs, rng, kernel_path, monkeypatch):
+    """The fused kernel's two ways of accumulating the gradient (one dense (n, K)
+    slab per chunk, or slabs of only the columns a chunk touches; chosen by
+    policy.SPARSE_DENSE_SLAB_BYTES) against the oracle, for the gradient and
+    the Hessian product, on wide matrices where every chunk misses columns."""
+    import fastsoftmax._dispatch as policy
+
+    monkeypatch.setattr(policy, "SPARSE_DENSE_SLAB_BYTES", 2**62 if slabs == "dense" else 0)
+    for dtype in DTYPES:
+        for index_dtype in INDEX_DTYPES:
+            m, n, K = 45, 70, 4
+            X = make_csr(rng, m, n, 0.04, dtype, index_dtype)
+            W = rng.standard_normal((K, n)).astype(dtype)
+            y = rng.integers(0, K, m)
+            kw = {"b": rng.standard_normal(K).astype(dtype), "sample_weight": rng.random(m),
+                  "l2": 0.1}
+            want, scales = oracle(W, X, y, **kw)
+            assert_results_close(fs.loss_and_grad(W, X, y, **kw), want, dtype, scales)
+            V = rng.standard_normal((K, n)).astype(dtype)
+            vb = rng.standard_normal(K).astype(dtype)
+            want, scales = hessian_oracle(W, X.toarray(), y, V, vb, kw, dtype)
+            assert_product_close(fs.hessian_product(W, X, y, V, vb=vb, **kw), want, dtype,
+                                 scales)
+
+
+def test_non_finite_weight_of_an_unused_column_stays_out_of_the_gradient(kernel_path):
+    """A column that no row of X touches contributes nothing, even with an
+    infinite weight, when l2 is 0 (0 * inf must not turn its gradient into NaN),
+    for every method."""
+    X = scipy.sparse.csr_matrix(np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.5, 0.0, 0.0]]))
+    W = np.zeros((2, 3))
+    W[0, 2] = np.inf
+    y = np.array([0, 1, 1])
+    want, scales = oracle(np.where(np.isfinite(W), W, 0.0), X, y)
+    for method in METHODS:
+        got = fs.loss_and_grad(W, X, y, method=method)
+        assert_results_close(got, want, np.float64, scales)
