@@ -457,7 +457,7 @@ def test_kernels_load_from_cache_in_new_process():
     assert_cached_in_new_process(calls, {
         "hessian_sums_serial": "fastsoftmax._hessian_fused",
         "hessian_sums": "fastsoftmax._hessian_fused",
-        "hessian_indexloop_sums": "fastsoftmax._hessian_indexloop",
+        "indexloop_sums": "fastsoftmax._indexloop",
         "full_hessian_sums_serial": "fastsoftmax._hessian_full",
         "full_hessian_sums": "fastsoftmax._hessian_full",
         "diag_sums_serial": "fastsoftmax._hessian_diag",
