@@ -4,15 +4,10 @@ Not timing benchmarks: the numbers are recorded in ``extra_info`` (and so in
 ``--benchmark-json``) and printed; the memory bound of the fused kernel is
 asserted.
 
-Peak memory.  ``ru_maxrss`` is the high-water mark of the whole process, so
-its growth during a call hides the call's peak whenever an earlier moment of
-the process (imports, compilation, making the data) was higher.  On Linux the
-child therefore resets the mark just before the call (writing "5" to
-``/proc/self/clear_refs`` sets ``VmHWM`` to the current ``VmRSS``) and reports
-``VmHWM`` after the call minus ``VmRSS`` before it: the most resident memory
-the call added at any moment.  Where that is not available (other systems, or
-a kernel that refuses the write) the child falls back to the growth of
-``ru_maxrss``, a lower bound, and says so (``"method"`` in the result);
+Peak memory is measured by :func:`fastsoftmax.tools.memory.peak_extra` in the
+child: the most resident memory the call added at any moment (``VmHWM`` after a
+reset, on Linux), or, where that is not available, the growth of
+``ru_maxrss``, a lower bound, and it says which (``"method"`` in the result);
 ``test_peak_measurement_sees_a_known_allocation`` shows the difference.
 """
 
@@ -28,37 +23,11 @@ import pytest
 
 from conftest import TINY, sized
 
-#: defines peak_extra(fn) -> (extra bytes, how it was measured); run in the child
-PEAK_EXTRA = r"""
-import resource, sys
-
-def _status_kb(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(field + " not in /proc/self/status")
-
-def _maxrss_bytes():
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024   # bytes on macOS, KiB elsewhere
-
-def peak_extra(fn):
-    '''Most resident memory fn() adds at any moment, in bytes, and the method used.'''
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")                       # VmHWM := VmRSS
-        before = _status_kb("VmRSS")
-        fn()
-        return (_status_kb("VmHWM") - before) * 1024, "VmHWM reset by clear_refs"
-    except OSError:
-        before = _maxrss_bytes()
-        fn()
-        return _maxrss_bytes() - before, "ru_maxrss growth (a lower bound)"
-"""
+#: brings peak_extra(fn) -> (extra bytes, how it was measured) and maxrss_bytes(); run in the child
+PEAK_EXTRA = "from fastsoftmax.tools.memory import maxrss_bytes, peak_extra\n"
 
 MEMORY_CHILD = PEAK_EXTRA + r"""
-import json
+import json, sys
 import numpy as np
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import problem
@@ -106,9 +75,9 @@ def temporary():
     t = np.ones(500 * MB // 8)      # 500 MB, touched, freed on return
     return float(t[::4096].sum())
 
-maxrss_before = _maxrss_bytes()     # the old measurement, first (the reset below changes ru_maxrss)
+maxrss_before = maxrss_bytes()     # the old measurement, first (the reset below changes ru_maxrss)
 temporary()
-maxrss_growth = _maxrss_bytes() - maxrss_before
+maxrss_growth = maxrss_bytes() - maxrss_before
 extra, how = peak_extra(temporary)
 print(json.dumps({"extra_MB": extra / MB, "method": how, "maxrss_growth_MB": maxrss_growth / MB}))
 """

@@ -281,12 +281,7 @@ import json, sys
 import numpy as np
 import fastsoftmax as fs
 import fastsoftmax._dispatch as policy
-
-def status_kb(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
+from fastsoftmax.tools.memory import EXACT, peak_extra
 
 m, n, K = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
@@ -298,11 +293,8 @@ saved, policy.VOCAB_SLAB_BYTES = policy.VOCAB_SLAB_BYTES, -1
 fs.linear_cross_entropy(X[:100], W[:4096], y[:100] % 4096)  # compile or load; small buffers
 policy.VOCAB_SLAB_BYTES = saved
 out = []
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")                                # VmHWM := VmRSS
-before = status_kb("VmRSS")
-out.append(fs.linear_cross_entropy(X, W, y))
-extra = (status_kb("VmHWM") - before) * 1024
+extra, how = peak_extra(lambda: out.append(fs.linear_cross_entropy(X, W, y)))
+assert how == EXACT, how
 print(json.dumps({"extra": extra, "tile": policy.vocab_plan(n, K, 4)["tile"],
                   "workers": policy.chunk_count(m)}))
 """
