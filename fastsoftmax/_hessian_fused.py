@@ -42,7 +42,7 @@ from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
-from ._rowmath import tile_sample_scale, tile_softmax_exp, tile_store_coef
+from ._rowmath import tile_sample_scale, tile_softmax_exp
 from ._tiles import kept_tile
 
 
@@ -89,7 +89,13 @@ def tile_hessian_coef(Zr, D, E, aux, b, vb, labels, T, sw, eps, rows, gb):
         for r in range(R):
             e = S[k, r]
             U[k, r] = mx[r] * e * (U[k, r] - pu[r]) if e != 0.0 else 0.0
-    tile_store_coef(U, D, gb)
+    for k in range(K):
+        acc = 0.0
+        for r in range(R):
+            acc += U[k, r]
+        gb[k] += acc
+        for r in range(R):
+            D[k, r] = U[k, r]
 
 
 @serial_kernel

@@ -234,8 +234,8 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, c
     weighted = sw.shape[0] > 0
     # A class whose target is 0 contributes nothing, even when its logit is
     # -inf (a masked class): 0 * (-inf) must not turn the loss into NaN.
-    if use_labels and cw is not None:
-        tile_weighted_labels(S, labels, eps, rows, cw, tz, tsum)
+    if cw is not None:
+        tile_weighted_targets(S, labels, T, eps, rows, cw, tz, tsum)
     elif use_labels:
         for r in range(R):
             tz[r] = 0.0
@@ -246,15 +246,13 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, c
         for r in range(R):
             tz[r] = (1.0 - eps) * S[labels[rows[r]], r] + eps * inv_k * tz[r]
             tsum[r] = 1.0
-    else:  # dense targets, times the class weights c_ik = cw_k t_ik when given
+    else:
         for r in range(R):
             tz[r] = 0.0
             tsum[r] = 0.0
         for k in range(K):
             for r in range(R):
                 t = (1.0 - eps) * T[rows[r], k] + eps * inv_k
-                if cw is not None:
-                    t = cw[k] * t
                 tz[r] += t * S[k, r] if t != 0.0 else 0.0
                 tsum[r] += t
     tile_exp_rowsums(S, ssum)  # one SIMD pass of exponentials over the tile
@@ -305,16 +303,6 @@ def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, c
             for r in range(R):
                 ch = math.cosh((Zr[r, k] + bk) / cap)
                 S[k, r] = S[k, r] / (ch * ch)
-    tile_store_coef(S, D, gb)
-    return loss
-
-
-@serial_kernel
-def tile_store_coef(S, D, gb):
-    """Store a tile's logit coefficients ``S`` (K, R) float64 into ``D`` (K, R),
-    in the working dtype, and add their sums over the tile's samples,
-    ``sum_r S[k, r]`` in float64, to ``gb`` (K,)."""
-    K, R = S.shape
     for k in range(K):
         acc = 0.0
         for r in range(R):
@@ -322,37 +310,48 @@ def tile_store_coef(S, D, gb):
         gb[k] += acc
         for r in range(R):
             D[k, r] = S[k, r]
+    return loss
 
 
 @serial_kernel
-def tile_weighted_labels(S, labels, eps, rows, cw, tz, tsum):
-    """With class indices and class weights ``cw`` (K,): ``tz[r] = sum_k c_ik S[k, r]``
-    and ``tsum[r] = sum_k c_ik`` for the tile's shifted logits ``S`` (K, R),
-    where ``c_ik = cw_k t_ik`` (``t`` the smoothed targets).  A zero
-    coefficient adds nothing, even against a -inf logit."""
+def tile_weighted_targets(S, labels, T, eps, rows, cw, tz, tsum):
+    """With class weights ``cw`` (K,): ``tz[r] = sum_k c_ik S[k, r]`` and
+    ``tsum[r] = sum_k c_ik`` for the tile's shifted logits ``S`` (K, R), where
+    ``c_ik = cw_k t_ik`` (``t`` the smoothed targets).  A zero coefficient
+    adds nothing, even against a -inf logit."""
     K, R = S.shape
     inv_k = 1.0 / K
-    cwsum = 0.0
-    for k in range(K):
-        cwsum += cw[k]
-    for r in range(R):
-        tz[r] = 0.0
-    if eps > 0.0:
+    if labels.shape[0] > 0:
+        cwsum = 0.0
         for k in range(K):
-            ck = cw[k]
-            if ck != 0.0:
-                for r in range(R):
-                    tz[r] += ck * S[k, r]
-    for r in range(R):
-        y = labels[rows[r]]
-        c = (1.0 - eps) * cw[y]
-        tz[r] = (c * S[y, r] if c != 0.0 else 0.0) + eps * inv_k * tz[r]
-        tsum[r] = c + eps * inv_k * cwsum
+            cwsum += cw[k]
+        for r in range(R):
+            tz[r] = 0.0
+        if eps > 0.0:
+            for k in range(K):
+                ck = cw[k]
+                if ck != 0.0:
+                    for r in range(R):
+                        tz[r] += ck * S[k, r]
+        for r in range(R):
+            y = labels[rows[r]]
+            c = (1.0 - eps) * cw[y]
+            tz[r] = (c * S[y, r] if c != 0.0 else 0.0) + eps * inv_k * tz[r]
+            tsum[r] = c + eps * inv_k * cwsum
+    else:
+        for r in range(R):
+            tz[r] = 0.0
+            tsum[r] = 0.0
+        for k in range(K):
+            for r in range(R):
+                t = cw[k] * ((1.0 - eps) * T[rows[r], k] + eps * inv_k)
+                tz[r] += t * S[k, r] if t != 0.0 else 0.0
+                tsum[r] += t
 
 
 @serial_kernel
 def tile_subtract_weighted_targets(S, labels, T, sw, eps, rows, cw):
-    """``S[k, r] -= w_i c_ik`` with ``c_ik = cw_k t_ik`` (``t`` the smoothed targets)."""
+    """``S[k, r] -= w_i c_ik`` with ``c_ik = cw_k t_ik`` (see :func:`tile_weighted_targets`)."""
     K, R = S.shape
     inv_k = 1.0 / K
     weighted = sw.shape[0] > 0
