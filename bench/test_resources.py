@@ -33,7 +33,7 @@ from fastsoftmax.tools.memory import maxrss_bytes, peak_extra
 """
 
 MEMORY_CHILD = PEAK_EXTRA + r"""
-import json
+import json, sys
 import numpy as np
 import fastsoftmax as fs
 from fastsoftmax.tools.problems import problem

@@ -15,7 +15,6 @@ from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
 from ._sparse import CSR
 from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
-from ._sparse_indexloop import sparse_indexloop_sums
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_kernel
 from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
@@ -47,9 +46,7 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None,
             return vocab_sums(p.X, np.ascontiguousarray(p.W), p.b, p.labels, p.T, p.sw, p.eps,
                               dX, workers=chunks, **policy.vocab_plan(n, K, p.X.dtype.itemsize))
     if method == "indexloop":
-        with parallel_region():
-            return indexloop_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, dX,
-                                  p.cw, p.zl, p.cap, losses)
+        return indexloop(p, dX=dX, losses=losses)
     tile = policy.tile_rows(n, K, p.X.dtype.itemsize)
     with single_threaded_blas:
         if chunks == 1 or m * n * K < policy.SERIAL_WORK:
@@ -70,12 +67,24 @@ def sparse_sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]
     X = p.X
     if method == "numpy":
         return sparse_numpy_sums(X, p.W, p.b, p.labels, p.T, p.sw, p.eps, p.n_ignored)
-    chunks = policy.chunk_count(X.shape[0])
-    args = (X.data, X.indices, X.indptr)
     if method == "indexloop":
-        with parallel_region():
-            return sparse_indexloop_sums(*args, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks)
+        return indexloop(p)
     return sparse_fused(p, np.ascontiguousarray(p.W.T), None)
+
+
+def indexloop(p: Problem, V: np.ndarray | None = None, vb: np.ndarray | None = None,
+              dX: np.ndarray | None = None, losses: np.ndarray | None = None):
+    """The index-loop kernel on the problem (dense or CSR X): ``(loss, G, gb)``.
+
+    ``dX`` and ``losses`` as in :func:`sums`.  Along a direction ``V`` (K, n)
+    and ``vb`` (K,) in the problem's dtype: the Hessian-vector product's sums
+    (the loss is then 0).
+    """
+    X = p.X
+    Xk = (X.data, X.indices, X.indptr) if isinstance(X, CSR) else X
+    with parallel_region():
+        return indexloop_sums(Xk, p.W, p.b, V, vb, p.labels, p.T, p.sw, p.eps,
+                              policy.chunk_count(X.shape[0]), dX, p.cw, p.zl, p.cap, losses)
 
 
 def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None):

@@ -45,7 +45,7 @@ from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
 from ._threading import kernel_done, parallel_region
-from ._tiles import gather, kept_rows, tile_view
+from ._tiles import kept_tile
 
 
 @serial_kernel
@@ -98,17 +98,11 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX, cw, z
     loss = 0.0
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
-        R = kept_rows(labels, t0, t1, rows)
-        if R == 0:
-            continue
-        # One call site, ``contiguous`` a run-time bool: _tile_step is compiled once.
-        contiguous = R == t1 - t0
-        if contiguous:
-            Xt = tile_view(X, t0, t1, rows[:R], xbuf)
-        else:
-            Xt = gather(X, rows[:R], xbuf)
-        loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
-                           dX, dxbuf, contiguous, cw, zl, cap, lout)
+        Xt = kept_tile(X, labels, t0, t1, rows, xbuf)
+        R = Xt.shape[0]
+        if R > 0:  # one call site, ``contiguous`` a run-time bool: _tile_step is compiled once
+            loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
+                               dX, dxbuf, R == t1 - t0, cw, zl, cap, lout)
     return loss
 
 

@@ -24,18 +24,16 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
-from ._api import Method, Reduction, finish, sparse_fused, sums
+from ._api import Method, Reduction, finish, indexloop, sparse_fused, sums
 from ._blas import single_threaded_blas
 from ._hessian_diag import diag_sums, diag_sums_serial
 from ._hessian_full import full_hessian_sums, full_hessian_sums_serial
 from ._hessian_fused import hessian_sums, hessian_sums_serial
-from ._hessian_indexloop import hessian_indexloop_sums
 from ._hessian_numpy import Curvature, numpy_curvature, numpy_hessian_sums
 from ._threading import parallel_region
 # underscore helpers of _validation, to be renamed at merge
 from ._arrays import kernel_array
 from ._sparse import CSR, is_sparse
-from ._sparse_indexloop import sparse_hessian_indexloop_sums
 from ._validation import Problem, as_numeric_array, prepare, working_dtype
 
 
@@ -63,15 +61,15 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
     """
     if method == "numpy":
         return numpy_hessian_sums(curvature or numpy_curvature(p), V, vb)
-    if isinstance(p.X, CSR):
-        return _sparse_product_sums(p, V, vb, method)
+    if method == "indexloop":
+        _, G, gb = indexloop(p, V, vb)
+        return G, gb
+    if isinstance(p.X, CSR):  # the fused kernel gets [W; V] transposed, (n, 2K)
+        _, G, gb = sparse_fused(p, np.ascontiguousarray(np.concatenate((p.W, V)).T), vb)
+        return G, gb
     m, n = p.X.shape
     K = p.W.shape[0]
     chunks = policy.chunk_count(m)
-    if method == "indexloop":
-        with parallel_region():
-            return hessian_indexloop_sums(p.X, p.W, p.b, V, vb, p.labels, p.T, p.sw, p.eps,
-                                          chunks)
     WV = np.concatenate((p.W, V))  # (2K, n): one GEMM gives logits and directions
     tile = policy.tile_rows(n, 2 * K, p.X.dtype.itemsize)
     with single_threaded_blas:
@@ -79,20 +77,6 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
             return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile)
         with parallel_region():
             return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile)
-
-
-def _sparse_product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str):
-    """:func:`product_sums` of the compiled methods for CSR X: the sparse kernels
-    with the direction; the fused one gets ``[W; V]`` transposed, (n, 2K)."""
-    X = p.X
-    chunks = policy.chunk_count(X.shape[0])
-    args = (X.data, X.indices, X.indptr)
-    if method == "indexloop":
-        with parallel_region():
-            return sparse_hessian_indexloop_sums(*args, p.W, p.b, V, vb, p.labels, p.T, p.sw,
-                                                 p.eps, chunks)
-    _, G, gb = sparse_fused(p, np.ascontiguousarray(np.concatenate((p.W, V)).T), vb)
-    return G, gb
 
 
 def check_direction(p: Problem, V, vb) -> tuple[np.ndarray, np.ndarray]:

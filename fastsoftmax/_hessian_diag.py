@@ -23,8 +23,8 @@ from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
-from ._rowmath import tile_sample_scale, tile_softmax_exp
-from ._tiles import kept_rows
+from ._rowmath import tile_probabilities
+from ._tiles import kept_tile
 
 
 @serial_kernel
@@ -37,31 +37,26 @@ def diag_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
     sq = np.empty((tile, n))
     Zb = np.empty((tile, K))
     Cbuf = np.empty(K * tile)
-    mx = np.empty(tile)
-    ssum = np.empty(tile)
-    ws = np.empty(tile)
+    aux = np.empty((3, tile))
+    ws = aux[2]  # w_i s_i
     Gt = np.empty((K, n))
     for t0 in range(start, stop, tile):
-        t1 = min(t0 + tile, stop)
-        R = kept_rows(labels, t0, t1, rows)
+        Xt = kept_tile(X, labels, t0, min(t0 + tile, stop), rows, xb)  # float64
+        R = Xt.shape[0]
         if R == 0:
             continue
-        Xt = xb[:R]
         Xs = sq[:R]
         for r in range(R):
             for l in range(n):
-                v = np.float64(X[rows[r], l])  # squared in float64
-                Xt[r, l] = v
-                Xs[r, l] = v * v
+                Xs[r, l] = Xt[r, l] * Xt[r, l]  # squared in float64
         Z = Zb[:R]
         np.dot(Xt, W.T, Z)
         Cr = Cbuf[: K * R].reshape((K, R))  # contiguous, for BLAS
-        tile_softmax_exp(Z, b, Cr, mx, ssum)
+        tile_probabilities(Z, b, Cr, aux, rows[:R], labels, T, sw, eps)
         # C = w_i s_i p_ik (1 - p_ik)
-        tile_sample_scale(rows, R, labels, T, sw, eps, ws)
         for k in range(K):
             for r in range(R):
-                p = Cr[k, r] / ssum[r]
+                p = Cr[k, r]
                 Cr[k, r] = ws[r] * p * (1.0 - p)
         for k in range(K):
             acc = 0.0

@@ -34,8 +34,8 @@ from numba import prange
 
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
-from ._rowmath import tile_sample_scale, tile_softmax_exp
-from ._tiles import kept_rows
+from ._rowmath import tile_probabilities
+from ._tiles import gather, kept_rows
 
 
 @serial_kernel
@@ -52,9 +52,8 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
     xa = np.empty((tile, nt))
     Zb = np.empty((tile, K))
     Pbuf = np.empty(K * tile)
-    c = np.empty(tile)
-    mx = np.empty(tile)
-    ssum = np.empty(tile)
+    aux = np.empty((3, tile))
+    c = aux[2]  # c_i = w_i s_i
     zero_b = np.zeros(K)
     Yb = np.empty((tile, nt))
     Hd = np.empty((nt, nt))
@@ -63,22 +62,15 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, H):
         R = kept_rows(labels, t0, t1, rows)
         if R == 0:
             continue
-        Xa = xa[:R]
-        for r in range(R):
-            for l in range(n):
-                Xa[r, l] = X[rows[r], l]
-            if nt > n:
+        Xa = gather(X, rows[:R], xa)  # float64, and with an intercept its column of ones
+        if nt > n:
+            for r in range(R):
                 Xa[r, n] = 1.0
         Z = Zb[:R]
         np.dot(Xa, Wa.T, Z)
-        # class-major probabilities
+        # class-major probabilities, and c_i = w_i s_i
         P = Pbuf[: K * R].reshape((K, R))  # contiguous
-        tile_softmax_exp(Z, zero_b, P, mx, ssum)  # the intercept is in Z already
-        for k in range(K):
-            for r in range(R):
-                P[k, r] = P[k, r] / ssum[r]
-        # c_i = w_i s_i
-        tile_sample_scale(rows, R, labels, T, sw, eps, c)
+        tile_probabilities(Z, zero_b, P, aux, rows[:R], labels, T, sw, eps)  # b is in Z already
         # block (j, j') = X~^T diag(c p_j (delta_jj' - p_j')) X~, for j <= j'
         Y = Yb[:R]
         for j in range(K):

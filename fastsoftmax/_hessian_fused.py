@@ -43,7 +43,7 @@ from numba import prange
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_sample_scale, tile_softmax_exp
-from ._tiles import gather, kept_rows, tile_view
+from ._tiles import kept_tile
 
 
 @serial_kernel
@@ -128,12 +128,9 @@ def hessian_chunk(X, WV, b, vb, labels, T, sw, eps, start, stop, tile, G, gb):
     Gt = np.empty((K, n), dtype=X.dtype)
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
-        R = kept_rows(labels, t0, t1, rows)
-        if R == t1 - t0:
-            Xt = tile_view(X, t0, t1, rows[:R], xbuf)
-            _tile_step(Xt, WV, Z, D, E, aux, b, vb, labels, T, sw, eps, rows[:R], gb, Gt, G)
-        elif R > 0:
-            Xt = gather(X, rows[:R], xbuf)
+        Xt = kept_tile(X, labels, t0, t1, rows, xbuf)
+        R = Xt.shape[0]
+        if R > 0:
             _tile_step(Xt, WV, Z, D, E, aux, b, vb, labels, T, sw, eps, rows[:R], gb, Gt, G)
 
 

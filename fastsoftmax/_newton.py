@@ -30,6 +30,7 @@ and both Newton drivers remove the steps' components along those directions
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -202,29 +203,30 @@ def minimize_newton_cholesky(
     options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction, method=method)
     obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
+    return _newton_loop(obj, x, _cholesky_step, tol, max_iter, start)
 
-    def cholesky_step(x, grad, hessp):
-        H = hessp.matrix()
-        shift = JITTER * max(float(np.max(np.diag(H))), np.finfo(float).tiny)
-        for _ in range(8):  # more shift if rounding made H indefinite
-            H[np.diag_indices_from(H)] += shift
-            try:
-                # one BLAS thread: right after the kernels' parallel region a
-                # threaded factorisation contends with their workers (measured
-                # 10-100x slower at N = 650 on a busy machine)
-                with single_threaded_blas:
-                    return scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), -grad)
-            except np.linalg.LinAlgError:
-                shift *= 100.0
-        return "the Hessian could not be factored"
 
-    return _newton_loop(obj, x, cholesky_step, tol, max_iter, start)
+def _cholesky_step(obj, x, grad, hessp):
+    """The Newton step ``-H^{-1} grad`` from a Cholesky factorisation of the full Hessian."""
+    H = hessp.matrix()
+    shift = JITTER * max(float(np.max(np.diag(H))), np.finfo(float).tiny)
+    for _ in range(8):  # more shift if rounding made H indefinite
+        H[np.diag_indices_from(H)] += shift
+        try:
+            # one BLAS thread: right after the kernels' parallel region a
+            # threaded factorisation contends with their workers (measured
+            # 10-100x slower at N = 650 on a busy machine)
+            with single_threaded_blas:
+                return scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), -grad)
+        except np.linalg.LinAlgError:
+            shift *= 100.0
+    return "the Hessian could not be factored"
 
 
 def _newton_loop(obj, x, newton_step, tol, max_iter, start):
     """The Newton drivers' outer loop: stop test, step, Armijo line search.
 
-    ``newton_step(x, grad, hessp)`` returns the search direction, or a
+    ``newton_step(obj, x, grad, hessp)`` returns the search direction, or a
     message (str) saying why there is none, which ends the loop.
     """
     history = []
@@ -239,7 +241,7 @@ def _newton_loop(obj, x, newton_step, tol, max_iter, start):
             break
         if it == max_iter:
             break
-        step = newton_step(x, grad, hessp)
+        step = newton_step(obj, x, grad, hessp)
         if isinstance(step, str):
             message = step
             break
@@ -306,34 +308,37 @@ def minimize_newton_pcg(
     options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction, method=method)
     obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
+    return _newton_loop(obj, x, functools.partial(_pcg_step, max_cg=max_cg), tol, max_iter,
+                        start)
 
-    def pcg_step(x, grad, hessp):
-        diag = hessp.diagonal()
-        floor = max(float(np.max(diag)), np.finfo(float).tiny) * 1e-12
-        inv_diag = 1.0 / np.maximum(diag, floor)
-        gnorm = float(np.linalg.norm(grad))
-        eta = min(0.5, np.sqrt(gnorm))
-        step = np.zeros_like(grad)
-        r = -grad
+
+def _pcg_step(obj, x, grad, hessp, max_cg):
+    """The truncated Newton step: Jacobi-preconditioned CG on ``H s = -grad``
+    (see :func:`minimize_newton_pcg`)."""
+    diag = hessp.diagonal()
+    floor = max(float(np.max(diag)), np.finfo(float).tiny) * 1e-12
+    inv_diag = 1.0 / np.maximum(diag, floor)
+    gnorm = float(np.linalg.norm(grad))
+    eta = min(0.5, np.sqrt(gnorm))
+    step = np.zeros_like(grad)
+    r = -grad
+    z = inv_diag * r
+    d = z.copy()
+    rz = float(r @ z)
+    for _ in range(max_cg):
+        Hd = obj.hessp(x, d)
+        curvature = float(d @ Hd)
+        if not curvature > 0.0:  # no positive curvature left (rounding)
+            if not step.any():
+                step = d
+            break
+        alpha = rz / curvature
+        step += alpha * d
+        r -= alpha * Hd
+        if np.linalg.norm(r) <= eta * gnorm:
+            break
         z = inv_diag * r
-        d = z.copy()
-        rz = float(r @ z)
-        for _ in range(max_cg):
-            Hd = obj.hessp(x, d)
-            curvature = float(d @ Hd)
-            if not curvature > 0.0:  # no positive curvature left (rounding)
-                if not step.any():
-                    step = d
-                break
-            alpha = rz / curvature
-            step += alpha * d
-            r -= alpha * Hd
-            if np.linalg.norm(r) <= eta * gnorm:
-                break
-            z = inv_diag * r
-            rz_new = float(r @ z)
-            d = z + (rz_new / rz) * d
-            rz = rz_new
-        return step
-
-    return _newton_loop(obj, x, pcg_step, tol, max_iter, start)
+        rz_new = float(r @ z)
+        d = z + (rz_new / rz) * d
+        rz = rz_new
+    return step

@@ -165,6 +165,25 @@ def tile_sample_scale(rows, R, labels, T, sw, eps, out):
 
 
 @serial_kernel
+def tile_probabilities(Zr, b, P, aux, rows, labels, T, sw, eps):
+    """Class-major probabilities of a tile of R samples, and the samples' scales
+    (the exact Hessian kernels').
+
+    ``Zr`` (R, >= K) holds the logits without the intercept ``b`` (K,).  On
+    return ``P`` (K, R) float64, C-contiguous, holds ``p_rk`` and
+    ``aux[2, :R]`` the scales ``w_i s_i`` of :func:`tile_sample_scale`;
+    ``aux`` (3, >= R) is float64 scratch.
+    """
+    K, R = P.shape
+    ssum = aux[1, :R]
+    tile_softmax_exp(Zr, b, P, aux[0, :R], ssum)
+    for k in range(K):
+        for r in range(R):
+            P[k, r] = P[k, r] / ssum[r]
+    tile_sample_scale(rows, R, labels, T, sw, eps, aux[2])
+
+
+@serial_kernel
 def tile_loss_and_coef(Zr, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, cap, lout):
     """Softmax, loss and logit gradient for a tile of R samples.
 

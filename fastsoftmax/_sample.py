@@ -1,18 +1,27 @@
-"""Per-sample steps shared by the index-loop kernels (dense, sparse, Hessian).
+"""Per-sample steps of the index-loop kernel (dense or CSR X, gradient or Hessian product).
 
-Each index-loop kernel works one sample at a time: it forms the sample's K
-logits (from a dense row or from a CSR row's non-zeros), then calls
-:func:`sample_softmax` for the maximum, log-sum-exp, probabilities and
-targets, and then writes out its own delta_kj term-by-term part.  All
-buffers are float64 and of length K.  Reduction loops only read memory (see
+The index-loop kernel works one sample at a time: it forms the sample's K
+logits (:func:`row_logits`, from a dense row or from a CSR row's non-zeros),
+then calls :func:`sample_softmax` for the maximum, log-sum-exp, probabilities
+and targets, then writes out the delta_kj term-by-term part of what it computes,
+which it adds to its chunk's slabs with :func:`add_row`.  All buffers are float64 and
+of length K.  Reduction loops only read memory (see
 :mod:`fastsoftmax._indexloop`).
+
+X reaches the index-loop kernel either as a dense (m, n) array or as the
+tuple ``(data, indices, indptr)`` of a CSR matrix; :func:`row_count`,
+:func:`row_logits` and :func:`add_row` take either (numba picks the
+implementation from the type, so each layout compiles only its own code).
 """
 
 from __future__ import annotations
 
 import math
 
-from ._jit import serial_kernel
+from numba import types
+from numba.extending import overload
+
+from ._jit import OVERLOAD_OPTIONS, serial_kernel
 from ._rowmath import target_value
 
 
@@ -39,9 +48,91 @@ def sparse_logits(A, c, data, indices, lo, hi, z):
 
 
 @serial_kernel
+def kept_weight(labels, sw, i):
+    """Sample ``i``'s weight (1.0 when ``sw`` is empty), or -1.0 when ignore_index drops it."""
+    if labels.shape[0] > 0 and labels[i] < 0:
+        return -1.0
+    return sw[i] if sw.shape[0] > 0 else 1.0
+
+
+@serial_kernel
+def delta_coef(t, p, coef):
+    """``coef[j] = sum_k t_k (p_j - delta_kj)`` for one sample, with the
+    Kronecker delta written out (see :mod:`fastsoftmax._indexloop`)."""
+    K = p.shape[0]
+    for j in range(K):
+        cj = 0.0
+        for k in range(K):
+            delta = 1.0 if k == j else 0.0
+            cj += t[k] * (p[j] - delta)
+        coef[j] = cj
+
+
+@serial_kernel
+def add_dense_row(slab, bias_slab, w, coef, X, i):
+    """``slab[j, l] += w coef_j X[i, l]`` and ``bias_slab[j] += w coef_j`` (a chunk's slabs)."""
+    for j in range(slab.shape[0]):
+        wc = w * coef[j]
+        bias_slab[j] += wc
+        for l in range(slab.shape[1]):
+            slab[j, l] += wc * X[i, l]
+
+
+@serial_kernel
+def add_sparse_row(slab, bias_slab, w, coef, data, indices, lo, hi):
+    """:func:`add_dense_row` for the non-zeros q in lo:hi of one CSR row:
+    ``slab[j, indices[q]] += w coef_j data[q]``."""
+    for j in range(slab.shape[0]):
+        wc = w * coef[j]
+        bias_slab[j] += wc
+        for q in range(lo, hi):
+            slab[j, indices[q]] += wc * data[q]
+
+
+def row_count(X):
+    """The number of rows m of X, dense (m, n) or a CSR tuple ``(data, indices, indptr)``."""
+
+
+def row_logits(A, c, X, i, z):
+    """Write ``z[j] = sum_l A[j, l] x_il + c[j]`` for row i of X (dense or a CSR
+    tuple), for the K rows of ``A`` (K, n)."""
+
+
+def add_row(slab, bias_slab, w, coef, X, i):
+    """``slab[j, l] += w coef_j x_il`` over row i of X (dense, or the non-zeros of
+    a CSR tuple's row) and ``bias_slab[j] += w coef_j``."""
+
+
+def _is_csr(X) -> bool:
+    return isinstance(X, types.BaseTuple)
+
+
+@overload(row_count, jit_options=OVERLOAD_OPTIONS)
+def _row_count_impl(X):
+    if _is_csr(X):
+        return lambda X: X[2].shape[0] - 1
+    return lambda X: X.shape[0]
+
+
+@overload(row_logits, jit_options=OVERLOAD_OPTIONS)
+def _row_logits_impl(A, c, X, i, z):
+    if _is_csr(X):
+        return lambda A, c, X, i, z: sparse_logits(A, c, X[0], X[1], X[2][i], X[2][i + 1], z)
+    return lambda A, c, X, i, z: dense_logits(A, c, X, i, z)
+
+
+@overload(add_row, jit_options=OVERLOAD_OPTIONS)
+def _add_row_impl(slab, bias_slab, w, coef, X, i):
+    if _is_csr(X):
+        return lambda slab, bias_slab, w, coef, X, i: add_sparse_row(
+            slab, bias_slab, w, coef, X[0], X[1], X[2][i], X[2][i + 1])
+    return lambda slab, bias_slab, w, coef, X, i: add_dense_row(slab, bias_slab, w, coef, X, i)
+
+
+@serial_kernel
 def sample_hessian_coef(p, t, u, h):
     """``h_j = sum_j' s p_j (delta_jj' - p_j') u_j'`` for one sample, with
-    ``s = sum_k t_k`` (see :mod:`fastsoftmax._hessian_indexloop`), into ``h`` (K,)."""
+    ``s = sum_k t_k`` (see :mod:`fastsoftmax._indexloop`), into ``h`` (K,)."""
     K = p.shape[0]
     s = 0.0
     for k in range(K):

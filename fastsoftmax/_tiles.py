@@ -8,24 +8,40 @@ from numba.extending import overload
 from ._jit import OVERLOAD_OPTIONS, serial_kernel
 
 
-def tile_view(X, t0, t1, rows, buf):
-    """Rows t0:t1 of X as a C-contiguous array: a view when X is C-contiguous,
-    else a copy into ``buf`` (``rows`` holds t0..t1-1)."""
+def kept_tile(X, labels, t0, t1, rows, buf):
+    """The rows of tile t0:t1 of X that ignore_index keeps, as a C-contiguous
+    (R, n) array, R their count (0 when it keeps none), their indices written
+    to ``rows[:R]``: a view when X is C-contiguous and the tile keeps every
+    row, else a copy into ``buf`` ((>= t1 - t0, n), C-contiguous; always a
+    copy, converted, when ``buf`` has another dtype than X).  ``labels`` as
+    in :func:`kept_rows`."""
 
 
-@overload(tile_view, jit_options=OVERLOAD_OPTIONS)
-def _tile_view_impl(X, t0, t1, rows, buf):
-    if X.layout == "C":
-        return lambda X, t0, t1, rows, buf: X[t0:t1]
-    if X.layout == "F":
-        def gather_columns(X, t0, t1, rows, buf):  # column by column: X's own order
-            out = buf[: t1 - t0]
-            for l in range(X.shape[1]):
-                for r in range(t1 - t0):
+@overload(kept_tile, jit_options=OVERLOAD_OPTIONS)
+def _kept_tile_impl(X, labels, t0, t1, rows, buf):
+    same = X.dtype == buf.dtype  # else a converted copy, row by row (the last case)
+    if same and X.layout == "C":
+        def view_or_gather(X, labels, t0, t1, rows, buf):
+            R = kept_rows(labels, t0, t1, rows)
+            if R == t1 - t0:
+                return X[t0:t1]
+            return gather(X, rows[:R], buf)
+        return view_or_gather
+    if same and X.layout == "F":
+        def gather_columns(X, labels, t0, t1, rows, buf):
+            R = kept_rows(labels, t0, t1, rows)
+            if R < t1 - t0:
+                return gather(X, rows[:R], buf)
+            out = buf[:R]
+            for l in range(X.shape[1]):  # column by column: X's own order
+                for r in range(R):
                     out[r, l] = X[t0 + r, l]
             return out
         return gather_columns
-    return lambda X, t0, t1, rows, buf: gather(X, rows, buf)
+
+    def gather_kept(X, labels, t0, t1, rows, buf):
+        return gather(X, rows[:kept_rows(labels, t0, t1, rows)], buf)
+    return gather_kept
 
 
 @serial_kernel

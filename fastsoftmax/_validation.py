@@ -280,16 +280,23 @@ def check_class_weight(class_weight, K: int, classes: str) -> np.ndarray | None:
     for a wrong shape, NaN, infinite or negative entries."""
     if class_weight is None:
         return None
-    cw = as_numeric_array("class_weight", class_weight)
-    if cw.shape != (K,):
-        raise ValueError(f"class_weight must hold one weight per class: shape ({K},) for the "
-                         f"{K} classes of {classes}, got shape {cw.shape}")
-    cw = kernel_array(cw, np.float64)
-    if not np.all(np.isfinite(cw)):
-        raise ValueError("class_weight contains NaN or infinite values")
-    if np.any(cw < 0):
-        raise ValueError(f"class_weight must be non-negative, found {_num(cw.min())}")
-    return cw
+    return check_weights("class_weight", class_weight, K, "class", f"{K} classes of {classes}")
+
+
+def check_weights(name: str, weights, size: int, unit: str, of: str) -> np.ndarray:
+    """``weights`` (one per ``unit``: the ``of`` that a message names) as
+    (size,) C-contiguous float64; ValueError naming ``name`` for a wrong
+    shape, NaN, infinite or negative entries."""
+    w = as_numeric_array(name, weights)
+    if w.shape != (size,):
+        raise ValueError(f"{name} must hold one weight per {unit}: shape ({size},) for the "
+                         f"{of}, got shape {w.shape}")
+    w = kernel_array(w, np.float64)
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if np.any(w < 0):
+        raise ValueError(f"{name} must be non-negative, found {_num(w.min())}")
+    return w
 
 
 def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: float,
@@ -342,16 +349,7 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
         sw = np.zeros(0, np.float64)
         total = float(m - n_ignored)
     else:
-        sw = as_numeric_array("sample_weight", sample_weight)
-        if sw.shape != (m,):
-            raise ValueError(
-                f"sample_weight must hold one weight per sample: shape ({m},) for the {m} "
-                f"samples of {samples}, got shape {sw.shape}")
-        sw = kernel_array(sw, np.float64)
-        if not np.all(np.isfinite(sw)):
-            raise ValueError("sample_weight contains NaN or infinite values")
-        if np.any(sw < 0):
-            raise ValueError(f"sample_weight must be non-negative, found {_num(sw.min())}")
+        sw = check_weights("sample_weight", sample_weight, m, "sample", f"{m} samples of {samples}")
         total = float(np.sum(sw[labels >= 0])) if n_ignored else float(np.sum(sw))
 
     cw = check_class_weight(class_weight, K, classes)

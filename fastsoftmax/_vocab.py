@@ -73,7 +73,7 @@ from numba import prange
 from ._gemm import gemm, gemm_address
 from ._jit import parallel_kernel
 from ._rowmath import tile_loss_and_coef
-from ._tiles import gather, kept_rows, tile_view
+from ._tiles import kept_tile
 
 
 @parallel_kernel
@@ -98,14 +98,11 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
     loss = 0.0
     for t0 in range(0, m, tile):
         t1 = min(t0 + tile, m)
-        R = kept_rows(labels, t0, t1, rows)
+        Xt = kept_tile(X, labels, t0, t1, rows, xbuf)
+        R = Xt.shape[0]
         if R == 0:
             continue
         contiguous = R == t1 - t0
-        if contiguous:
-            Xt = tile_view(X, t0, t1, rows[:R], xbuf)
-        else:
-            Xt = gather(X, rows[:R], xbuf)
         ngroups = (R + group - 1) // group
         # 1. logits, class-major: Z^T[block] = W[block] X_t^T
         for q in prange(nblocks):

@@ -23,8 +23,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from ._class_weight import class_weight_vector
-from ._validation import METHODS, is_dask_collection
-from .estimator import SOLVERS, SoftmaxRegression
+from ._validation import is_dask_collection
+from .estimator import SoftmaxRegression
 
 
 class SoftmaxRegressionCV(SoftmaxRegression):
@@ -81,18 +81,15 @@ class SoftmaxRegressionCV(SoftmaxRegression):
         self.solver = solver
         self.class_weight = class_weight
 
+    # the parameters it passes on to SoftmaxRegression are checked as there
     _parameter_constraints: dict = {
         "Cs": [Interval(Integral, 1, None, closed="left"), "array-like"],
-        "fit_intercept": ["boolean"],
         "cv": ["cv_object"],
         "scoring": [StrOptions(set(get_scorer_names())), callable, None],
         "refit": ["boolean"],
-        "max_iter": SoftmaxRegression._parameter_constraints["max_iter"],
-        "tol": SoftmaxRegression._parameter_constraints["tol"],
-        "method": [StrOptions(set(METHODS))],
-        "verbose": ["verbose"],
-        "solver": [StrOptions(set(SOLVERS))],
-        "class_weight": [dict, StrOptions({"balanced"}), None],
+        **{name: SoftmaxRegression._parameter_constraints[name]
+           for name in ("fit_intercept", "max_iter", "tol", "method", "verbose", "solver",
+                        "class_weight")},
     }
 
     def _path(self) -> np.ndarray:

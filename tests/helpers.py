@@ -3,6 +3,7 @@ problems (fixed option sets and a hypothesis strategy) and the estimator compari
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -146,6 +147,15 @@ def f64(*arrays):
     return [None if a is None else np.asarray(a, dtype=np.float64) for a in arrays]
 
 
+def over_ignore_index_cases(test):
+    """Parametrise ``test`` over every method, dtype and two ``extra`` option sets
+    of :func:`ignore_index_problem` (none; sample weights, smoothing and intercept)."""
+    for name, values in (("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}]),
+                         ("dtype", DTYPES), ("method", METHODS)):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
 def ignore_index_problem(rng, dtype, extra):
     """A (41, 5, 3) labels problem with some labels set to -100 (ignored), and its
     keyword arguments: ``extra`` with "sample_weight" and "b" replaced by random
@@ -204,6 +214,50 @@ def draw_dense_problem(draw):
     W = (W * scale).astype(dtype)
     y, kw = draw_options(draw, rng, y, K, dtype, target)
     return rng, W, X, y, kw, dtype
+
+
+def draw_linear_ce_problem(draw, max_m, max_n, max_K, x_scales=(1.0,)):
+    """Draw a small ``linear_cross_entropy`` problem inside a ``st.composite`` strategy.
+
+    Returns ``(X, W, y, kw, dtype)``: X (m, n) times a scale from ``x_scales``,
+    W (K, n) = 0.7 x standard normal, class indices or non-negative dense
+    targets, label smoothing, reduction, optional intercept, sample weights and
+    (class indices only) ignore_index marking some labels but the first.
+    """
+    m, n, K = draw(st.integers(1, max_m)), draw(st.integers(1, max_n)), draw(st.integers(1, max_K))
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    W, X, y = make_problem(rng, m, n, K, dtype, draw(st.sampled_from(["labels", "nonneg"])))
+    X *= draw(st.sampled_from(x_scales))
+    kw = {"label_smoothing": draw(st.sampled_from([0.0, 0.2])),
+          "reduction": draw(st.sampled_from(["mean", "sum"]))}
+    if draw(st.booleans()):
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    if draw(st.booleans()):
+        kw["sample_weight"] = rng.random(m) + 0.01
+    if y.ndim == 1 and m > 1 and draw(st.booleans()):
+        y = y.copy()
+        y[1:][rng.random(m - 1) < 0.4] = -1
+        kw["ignore_index"] = -1
+    return X, W, y, kw, dtype
+
+
+def check_quietly(estimator, check):
+    """Run one of scikit-learn's estimator checks with its ConvergenceWarnings silenced."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+def standardised(load):
+    """``(X, y)`` of one of scikit-learn's bundled data sets (``load_digits``...),
+    X standardised."""
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
 
 
 def assert_same_model_as_logistic_regression(X, y, C):

@@ -11,7 +11,7 @@ import fastsoftmax as fs
 from fastsoftmax.tools.problems import ignore_labels
 from helpers import (DTYPES, METHODS, assert_results_close, central_differences,
                      draw_dense_problem, f64, grid_problem, ignore_index_problem, make_problem,
-                     over_option_grid)
+                     over_ignore_index_cases, over_option_grid)
 from naive import naive_loss_and_grad
 
 
@@ -24,9 +24,7 @@ def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
     assert_results_close(got, want, dtype, scales)
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
+@over_ignore_index_cases
 def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
     W, X, y, kw = ignore_index_problem(rng, dtype, extra)
     for reduction in ("mean", "sum"):

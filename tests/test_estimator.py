@@ -21,7 +21,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastsoftmax as fs  # noqa: E402
 from fastsoftmax.estimator import SoftmaxRegression  # noqa: E402
-from helpers import assert_same_model_as_logistic_regression  # noqa: E402
+from helpers import (assert_same_model_as_logistic_regression, check_quietly,  # noqa: E402
+                     standardised)
 
 
 # newton-cg runs with a tight tol: at the default 1e-4 its truncated CG steps
@@ -32,15 +33,12 @@ from helpers import assert_same_model_as_logistic_regression  # noqa: E402
     SoftmaxRegression(), SoftmaxRegression(solver="lbfgs"),
     SoftmaxRegression(solver="newton-cg", tol=1e-8), SoftmaxRegression(solver="newton-cholesky")])
 def test_sklearn_estimator_checks(estimator, check):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        check(estimator)
+    check_quietly(estimator, check)
 
 
 @pytest.fixture(scope="module")
 def digits():
-    X, y = load_digits(return_X_y=True)
-    return StandardScaler().fit_transform(X), y
+    return standardised(load_digits)
 
 
 @pytest.mark.parametrize("C", [1.0, 0.05])

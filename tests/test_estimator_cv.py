@@ -13,23 +13,20 @@ from sklearn.datasets import load_wine  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import LogisticRegressionCV  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from fastsoftmax.estimator_cv import SoftmaxRegressionCV  # noqa: E402
+from helpers import check_quietly, standardised  # noqa: E402
 
 
 @parametrize_with_checks([SoftmaxRegressionCV(Cs=[0.1, 1.0], cv=2)])
 def test_sklearn_estimator_checks(estimator, check):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        check(estimator)
+    check_quietly(estimator, check)
 
 
 @pytest.fixture(scope="module")
 def wine():
-    X, y = load_wine(return_X_y=True)
-    return StandardScaler().fit_transform(X), y
+    return standardised(load_wine)
 
 
 def reference(X, y, **kw):

@@ -14,7 +14,7 @@ from fastsoftmax.tools.problems import ignore_labels
 from helpers import (DTYPES, METHODS, OPTION_NAMES, TARGETS, assert_cached_in_new_process,
                      assert_product_close, hessian_oracle,
                      assert_close, draw_dense_problem, f64, grid_problem, ignore_index_problem,
-                     make_problem, options, over_option_grid)
+                     make_problem, options, over_ignore_index_cases, over_option_grid)
 from naive_hessian import naive_hessian, naive_hessian_product
 
 
@@ -41,9 +41,7 @@ def test_matches_oracle(method, dtype, target, opt, rng, kernel_path):
         assert_product_close(got, want, dtype, scales)
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("extra", [{}, {"sample_weight": "w", "label_smoothing": 0.2, "b": "b"}])
+@over_ignore_index_cases
 def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
     W, X, y, kw = ignore_index_problem(rng, dtype, extra)
     K, n = W.shape
@@ -457,7 +455,7 @@ def test_kernels_load_from_cache_in_new_process():
     assert_cached_in_new_process(calls, {
         "hessian_sums_serial": "fastsoftmax._hessian_fused",
         "hessian_sums": "fastsoftmax._hessian_fused",
-        "hessian_indexloop_sums": "fastsoftmax._hessian_indexloop",
+        "indexloop_sums": "fastsoftmax._indexloop",
         "full_hessian_sums_serial": "fastsoftmax._hessian_full",
         "full_hessian_sums": "fastsoftmax._hessian_full",
         "diag_sums_serial": "fastsoftmax._hessian_diag",

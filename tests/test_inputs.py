@@ -213,11 +213,12 @@ def test_honours_thread_count(method, rng, monkeypatch):
             return kernel(*args)
         return wrapper
 
-    # the kernels as _api calls them; the chunk count is their eighth argument
+    # the kernels as _api calls them; the chunk count is their eighth argument (tenth
+    # for indexloop_sums)
     monkeypatch.setattr(api, "fused_sums", recording("fused_sums", api.fused_sums, 7))
     monkeypatch.setattr(api, "fused_sums_serial",
                         recording("fused_sums_serial", api.fused_sums_serial, None))
-    monkeypatch.setattr(api, "indexloop_sums", recording("indexloop_sums", api.indexloop_sums, 7))
+    monkeypatch.setattr(api, "indexloop_sums", recording("indexloop_sums", api.indexloop_sums, 9))
 
     W, X, y, b = problem(rng, m=3000, n=11, K=5)  # m n K above SERIAL_WORK: parallel from 2
     want, scales = naive_loss_and_grad(W, X, y, b=b, return_scales=True)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastsoftmax as fs
-from helpers import assert_close, central_differences, options_from_table
+from helpers import assert_close, central_differences, draw_linear_ce_problem, options_from_table
 from naive import naive_linear_cross_entropy
 
 METHODS = ["fused", "indexloop", "numpy"]
@@ -103,21 +103,7 @@ def test_layouts_of_x(rng, kernel_path):
 
 @st.composite
 def problems(draw):
-    m, n, K = draw(st.integers(1, 40)), draw(st.integers(1, 7)), draw(st.integers(1, 6))
-    dtype = draw(st.sampled_from(DTYPES))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    X, W, y = data(rng, m, n, K, dtype, draw(st.sampled_from(["labels", "dense"])))
-    kw = {"label_smoothing": draw(st.sampled_from([0.0, 0.2])),
-          "reduction": draw(st.sampled_from(["mean", "sum"]))}
-    if draw(st.booleans()):
-        kw["b"] = rng.standard_normal(K).astype(dtype)
-    if draw(st.booleans()):
-        kw["sample_weight"] = rng.random(m) + 0.01
-    if y.ndim == 1 and m > 1 and draw(st.booleans()):
-        y = y.copy()
-        y[1:][rng.random(m - 1) < 0.4] = -1
-        kw["ignore_index"] = -1
-    return X, W, y, kw, dtype
+    return draw_linear_ce_problem(draw, 40, 7, 6)
 
 
 @given(problems())

@@ -10,6 +10,7 @@ int64 index arrays, as ``csr_matrix`` or ``csr_array``.  The oracle
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import scipy.sparse
@@ -349,7 +350,7 @@ def test_four_compiled_variants_per_kernel_whatever_the_options(rng, monkeypatch
     """(data dtype) x (index dtype): options, targets and paths add no specialisation."""
     import fastsoftmax._dispatch as policy
     from fastsoftmax._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
-    from fastsoftmax._sparse_indexloop import sparse_indexloop_sums
+    from fastsoftmax._indexloop import indexloop_sums
 
     for serial_work in (2**62, 0):
         monkeypatch.setattr(policy, "SERIAL_WORK", serial_work)
@@ -365,8 +366,12 @@ def test_four_compiled_variants_per_kernel_whatever_the_options(rng, monkeypatch
                     yy = kw.pop("y", y)
                     for method in ("fused", "indexloop"):
                         fs.loss_and_grad(W, X, yy, method=method, **kw)
-    for kernel in (sparse_fused_sums, sparse_fused_sums_serial, sparse_indexloop_sums):
+    for kernel in (sparse_fused_sums, sparse_fused_sums_serial):
         assert len(kernel.signatures) == 4, kernel.signatures
+    # the index-loop kernel also takes dense X: count its CSR-tuple gradient variants
+    sparse = [s for s in indexloop_sums.signatures
+              if isinstance(s[0], numba.types.BaseTuple) and s[3] == numba.types.none]
+    assert len(sparse) == 4, indexloop_sums.signatures
 
 
 def test_sparse_kernels_load_from_the_cache_in_a_new_process():
@@ -379,8 +384,7 @@ def test_sparse_kernels_load_from_the_cache_in_a_new_process():
              "fs.loss_and_grad(W, X[:5], y[:5])\n")
     assert_cached_in_new_process(calls, {"sparse_fused_sums": "fastsoftmax._sparse_fused",
                                          "sparse_fused_sums_serial": "fastsoftmax._sparse_fused",
-                                         "sparse_indexloop_sums":
-                                             "fastsoftmax._sparse_indexloop"})
+                                         "indexloop_sums": "fastsoftmax._indexloop"})
 
 
 def test_read_only_and_mixed_index_arrays(rng, kernel_path):

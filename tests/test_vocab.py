@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import fastsoftmax as fs
 import fastsoftmax._api as api
 import fastsoftmax._dispatch as policy
-from helpers import assert_close, central_differences, options_from_table
+from helpers import assert_close, central_differences, draw_linear_ce_problem, options_from_table
 from naive import naive_linear_cross_entropy
 
 DTYPES = [np.float32, np.float64]
@@ -198,20 +198,7 @@ def test_deterministic_across_calls_and_thread_counts(dtype, rng, monkeypatch):
 
 @st.composite
 def problems(draw):
-    m, n, K = draw(st.integers(1, 30)), draw(st.integers(1, 9)), draw(st.integers(1, 14))
-    dtype = draw(st.sampled_from(DTYPES))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    X, W, y = data(rng, m, n, K, dtype, draw(st.sampled_from(["labels", "dense"])))
-    X *= draw(st.sampled_from([0.01, 1.0, 10.0]))
-    kw = {"label_smoothing": draw(st.sampled_from([0.0, 0.2])),
-          "reduction": draw(st.sampled_from(["mean", "sum"]))}
-    if draw(st.booleans()):
-        kw["b"] = rng.standard_normal(K).astype(dtype)
-    if draw(st.booleans()):
-        kw["sample_weight"] = rng.random(m) + 0.01
-    if y.ndim == 1 and m > 1 and draw(st.booleans()):
-        y[1:][rng.random(m - 1) < 0.4] = -1
-        kw["ignore_index"] = -1
+    X, W, y, kw, dtype = draw_linear_ce_problem(draw, 30, 9, 14, x_scales=(0.01, 1.0, 10.0))
     plan = (draw(st.integers(1, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 5)),
             draw(st.integers(1, 5)))
     return X, W, y, kw, dtype, plan
@@ -281,12 +268,7 @@ import json, sys
 import numpy as np
 import fastsoftmax as fs
 import fastsoftmax._dispatch as policy
-
-def status_kb(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
+from fastsoftmax.tools.memory import RESET, peak_extra
 
 m, n, K = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
@@ -298,11 +280,8 @@ saved, policy.VOCAB_SLAB_BYTES = policy.VOCAB_SLAB_BYTES, -1
 fs.linear_cross_entropy(X[:100], W[:4096], y[:100] % 4096)  # compile or load; small buffers
 policy.VOCAB_SLAB_BYTES = saved
 out = []
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")                                # VmHWM := VmRSS
-before = status_kb("VmRSS")
-out.append(fs.linear_cross_entropy(X, W, y))
-extra = (status_kb("VmHWM") - before) * 1024
+extra, how = peak_extra(lambda: out.append(fs.linear_cross_entropy(X, W, y)))
+assert how == RESET, how
 print(json.dumps({"extra": extra, "tile": policy.vocab_plan(n, K, 4)["tile"],
                   "workers": policy.chunk_count(m)}))
 """
