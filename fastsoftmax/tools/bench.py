@@ -113,14 +113,26 @@ def time_block(fn: Callable[[], object], budget_s: float, min_reps: int = 3,
     return times
 
 
-def implementations(m: int, n: int, K: int, peers: bool = True) -> dict[str, Callable]:
-    """name -> factory(W, X, y, b) -> runner, for everything worth timing on this shape."""
+def method_factories(call: Callable, m: int, n: int, K: int,
+                     numpy_max_logits: float = float("inf")) -> dict[str, Callable]:
+    """method -> factory(W, X, y, b) -> runner ``lambda: call(W, X, y, b, method)``,
+    for each of fastsoftmax's methods worth timing on this shape (the index
+    loop up to ``INDEXLOOP_MAX_WORK``, NumPy up to ``numpy_max_logits`` m K)."""
     impls: dict[str, Callable] = {}
     for method in METHODS:
         if method == "indexloop" and m * K * (K + n) > INDEXLOOP_MAX_WORK:
             continue
+        if method == "numpy" and m * K > numpy_max_logits:
+            continue
         impls[method] = (lambda meth: lambda W, X, y, b: (
-            lambda: loss_and_grad(W, X, y, b=b, method=meth)))(method)
+            lambda: call(W, X, y, b, meth)))(method)
+    return impls
+
+
+def implementations(m: int, n: int, K: int, peers: bool = True) -> dict[str, Callable]:
+    """name -> factory(W, X, y, b) -> runner, for everything worth timing on this shape."""
+    impls = method_factories(
+        lambda W, X, y, b, meth: loss_and_grad(W, X, y, b=b, method=meth), m, n, K)
     if peers:
         impls.update(PEERS)
     return impls

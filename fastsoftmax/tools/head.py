@@ -25,7 +25,7 @@ import numpy as np
 
 from fastsoftmax import linear_cross_entropy
 
-from .bench import INDEXLOOP_MAX_WORK, METHODS, Timing, time_interleaved
+from .bench import Timing, method_factories, time_interleaved
 from .peers import HEAD_PEERS
 from .problems import make_problem
 
@@ -48,14 +48,9 @@ GEMMS = 3
 
 def implementations(m: int, n: int, K: int, peers: bool = True) -> dict[str, Callable]:
     """name -> factory(W, X, y, b) -> runner returning ``(loss, dX, dW, db)``."""
-    impls: dict[str, Callable] = {}
-    for method in METHODS:
-        if method == "indexloop" and m * K * (K + n) > INDEXLOOP_MAX_WORK:
-            continue
-        if method == "numpy" and m * K > NUMPY_MAX_LOGITS:
-            continue
-        impls[method] = (lambda meth: lambda W, X, y, b: (
-            lambda: linear_cross_entropy(X, W, y, b=b, method=meth)))(method)
+    impls = method_factories(
+        lambda W, X, y, b, meth: linear_cross_entropy(X, W, y, b=b, method=meth), m, n, K,
+        NUMPY_MAX_LOGITS)
     if peers:
         impls.update(HEAD_PEERS)
     return impls
