@@ -48,16 +48,44 @@ JITTER = 1e-10
 
 
 
-def auto_solver(n_params: int, dense: bool) -> str:
+def auto_solver(n_params: int, dense: bool, X=None) -> str:
     """The solver ``SoftmaxRegression(solver="auto")`` uses for N = ``n_params``.
 
     ``"lbfgs"`` unless X is a dense NumPy array (the Hessian products take
     dense X only, and Dask has none); then ``"newton-cholesky"`` for N up to
-    ``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``, ``"newton-cg"`` above.
+    ``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``; above it
+    ``"lbfgs"`` when the features' scales are alike (their
+    :func:`scale_spread` at most ``AUTO_LBFGS_MAX_SCALE_SPREAD``: standardised
+    data, on which L-BFGS needs few iterations and each costs one pass over
+    X), else ``"newton-cg"``.  ``X`` (m, n) is needed only in that last case.
     """
     if not dense:
         return "lbfgs"
-    return "newton-cholesky" if n_params <= policy.AUTO_CHOLESKY_MAX_PARAMS else "newton-cg"
+    if n_params <= policy.AUTO_CHOLESKY_MAX_PARAMS:
+        return "newton-cholesky"
+    if X is not None and scale_spread(X) <= policy.AUTO_LBFGS_MAX_SCALE_SPREAD:
+        return "lbfgs"
+    return "newton-cg"
+
+
+def scale_spread(X) -> float:
+    """Largest over smallest standard deviation of the columns of X (m, n) that
+    are not constant (1.0 with fewer than two): how unequal the features'
+    scales are, the cheap signal of conditioning ``auto_solver`` uses.
+
+    One pass over X without a temporary of its size (sums of x and x^2 per
+    column, in float64); a column counts as constant when its variance is
+    at most 1e-12 of its mean square.
+    """
+    X = np.asarray(X)
+    m = X.shape[0]
+    mean = np.asarray(X.sum(axis=0, dtype=np.float64)) / m
+    square = np.einsum("ij,ij->j", X, X, dtype=np.float64) / m
+    var = square - mean * mean
+    spread = var[var > 1e-12 * square]
+    if spread.size < 2:
+        return 1.0
+    return float(np.sqrt(spread.max() / spread.min()))
 
 
 @dataclass

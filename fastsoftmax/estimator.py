@@ -25,7 +25,9 @@ Solvers:
   with N = K (n + fit_intercept), solved by Cholesky; dense NumPy X, small N.
 * ``"auto"``: ``"lbfgs"`` for sparse or Dask X, else ``"newton-cholesky"``
   when N <= ``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``, else
-  ``"newton-cg"``.
+  ``"lbfgs"`` when the features' standard deviations differ by at most a
+  factor ``AUTO_LBFGS_MAX_SCALE_SPREAD`` (10: standardised data) and
+  ``"newton-cg"`` otherwise.
 
 This module needs scikit-learn (the ``sklearn`` extra); the rest of the
 package does not.
@@ -103,7 +105,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         ``ValueError``).  ``"auto"``: ``"lbfgs"`` for sparse or Dask X, else
         ``"newton-cholesky"`` when N <= 200
         (``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``), else
-        ``"newton-cg"``.
+        ``"lbfgs"`` when the standard deviations of the (non-constant)
+        features differ by at most a factor 10
+        (``AUTO_LBFGS_MAX_SCALE_SPREAD``: standardised data, where L-BFGS
+        needs few iterations) and ``"newton-cg"`` otherwise.
     class_weight : dict, "balanced" or None, default None
         As in ``LogisticRegression``: each sample's weight is multiplied by
         its class's weight (a dict {label: weight}, missing labels weighing
@@ -223,7 +228,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         width = n + 1 if self.fit_intercept else n
         solver = self.solver
         if solver == "auto":
-            solver = auto_solver(K * width, dense=not (dask_input or is_sparse(X)))
+            dense = not (dask_input or is_sparse(X))
+            solver = auto_solver(K * width, dense, X if dense else None)
 
         x0 = np.zeros((K, width))  # [W | b]
         if (self.warm_start and getattr(self, "coef_", None) is not None

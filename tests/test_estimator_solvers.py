@@ -189,11 +189,33 @@ def test_auto_rule():
     n = AUTO_CHOLESKY_MAX_PARAMS // 3  # N = 3 (n + 1) > the threshold
     Xw = rng.standard_normal((60, n))
     Xs = rng.standard_normal((60, n - 1))
+    Xw_spread = Xw * np.logspace(-2, 2, n)  # standard deviations 10^-2..10^2
+    Xw_spread[:, 0] = 5.0  # a constant column does not count
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        assert SoftmaxRegression(max_iter=2).fit(Xw, np.arange(60) % 3).solver_ == "newton-cg"
+        # alike scales (standard-normal columns): L-BFGS
+        assert SoftmaxRegression(max_iter=2).fit(Xw, np.arange(60) % 3).solver_ == "lbfgs"
+        assert SoftmaxRegression(max_iter=2).fit(Xw_spread, np.arange(60) % 3).solver_ == \
+            "newton-cg"
         assert SoftmaxRegression(max_iter=2).fit(Xs, np.arange(60) % 3).solver_ == \
             "newton-cholesky"
+
+
+def test_scale_spread_is_the_ratio_of_column_standard_deviations():
+    """Against NumPy's std (a different formula: mean of squared deviations),
+    constant columns left out, float32 and an offset column included."""
+    from fastsoftmax._newton import scale_spread
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((500, 6)) * np.array([1.0, 3.0, 0.5, 7.0, 1.0, 1.0])
+    X[:, 4] = 2.5  # constant
+    X[:, 5] = 1e3 + 0.2 * X[:, 5]  # large mean, small spread
+    std = X.std(axis=0)
+    keep = std > 0
+    want = std[keep].max() / std[keep].min()
+    assert scale_spread(X) == pytest.approx(want, rel=1e-6)
+    assert scale_spread(X.astype(np.float32)) == pytest.approx(want, rel=1e-3)
+    assert scale_spread(np.ones((10, 3))) == 1.0
 
 
 def test_sparse_input(wine):
