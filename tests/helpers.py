@@ -29,15 +29,21 @@ def assert_close(actual, expected, dtype, what="", scale=None):
     (a gradient near an optimum) are so judged relative to the size of what
     was summed, which is what bounds the rounding error of any summation
     order, not relative to their own tiny size.
+
+    Plus an absolute ``finfo(dtype).tiny`` (float32: 1.2e-38): results come in
+    the working dtype, which holds nothing below its smallest normal number
+    to relative accuracy (a float32 gradient entry of 2e-57, the product of
+    an underflowed probability and x, is 0 there).
     """
     rtol = RTOL[np.dtype(dtype)]
+    atol = float(np.finfo(dtype).tiny)
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, what
     if scale is None:
         scale = np.max(np.abs(expected)) if expected.size else 0.0
     err = np.abs(actual - expected)
-    bound = rtol * (np.abs(expected) + scale)
+    bound = rtol * (np.abs(expected) + scale) + atol
     bad = ~(err <= bound)
     assert not np.any(bad), (
         f"{what}: {np.count_nonzero(bad)} entries off, worst error {np.max(err[bad])!r} "

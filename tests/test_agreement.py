@@ -98,6 +98,24 @@ def problems(draw):
     return W, X, y, kw, dtype
 
 
+def test_float32_gradient_below_the_smallest_normal(kernel_path):
+    """A regression found by hypothesis: one float32 sample with logits far
+    apart, so two classes' probabilities (about 1e-57) underflow in float32
+    and their dW entries (2e-57 in float64) come back as 0, within
+    ``finfo(float32).tiny`` of the oracle; everything else to the float32
+    tolerance."""
+    W = np.array([[-1.7493839, -21.057667, 31.679482], [-31.142288, 42.012337, 0.0934968],
+                  [2.3923435, -17.037746, 21.475468], [-12.587622, -5.7172484, -15.535764]],
+                 dtype=np.float32)
+    X = np.array([[-0.49977124, 0.10508841, 2.9343328]], dtype=np.float32)
+    y = np.array([2.0])
+    want, scales = naive_loss_and_grad(*f64(W, X), y, return_scales=True)
+    assert 0 < np.min(np.abs(want[1])) < 1e-50  # the case: entries below float32's range
+    for method in METHODS:
+        got = fs.loss_and_grad(W, X, y, method=method)
+        assert_results_close(got, want, np.float32, scales)
+
+
 @given(problems())
 # kernel_path only sets module constants, the same for every example
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
