@@ -70,3 +70,39 @@ def test_short_calls(benchmark, method, pattern):
                                 calls=CALLS, median_call_s=median,
                                 p90_call_s=float(np.quantile(times, 0.9)))
     print(f"\n{method:6s} {pattern:13s}: median call {median * 1e6:.0f} µs over {CALLS} calls")
+
+
+def test_one_thread_ceiling(benchmark, monkeypatch):
+    """The most the fused call can gain on one thread: both methods with
+    one thread (the fused call's chunks inline, BLAS limited to one thread),
+    ``CALLS`` calls each in alternating blocks of 50 with a 10 ms pause
+    between blocks; the median ratio NumPy / fused goes to ``extra_info``.
+    After the workers have gone to sleep this is the speed-up the fused call
+    has (see docs/performance.md, "Short calls between other work")."""
+    from threadpoolctl import threadpool_limits
+
+    import fastsoftmax._dispatch as policy
+
+    m, n, K = SHAPE
+    W, X, y, b = make_problem(m, n, K, np.float64)
+    monkeypatch.setattr(policy, "WORKERS_ASLEEP_AFTER", -1.0)  # always inline
+    runs = {method: (lambda meth: lambda: fs.loss_and_grad(W, X, y, b=b, method=meth))(method)
+            for method in ("fused", "numpy")}
+
+    def measure():
+        times = {method: [] for method in runs}
+        with threadpool_limits(1):
+            for run in runs.values():
+                run()
+            for _ in range(max(1, CALLS // 50)):
+                for method, run in runs.items():
+                    times[method] += call_times(run, 0.0, 50)
+                    time.sleep(0.01)
+        return {method: float(np.median(t)) for method, t in times.items()}
+
+    medians = benchmark.pedantic(measure, rounds=1, iterations=1)
+    ratio = medians["numpy"] / medians["fused"]
+    benchmark.group = f"short calls {m}x{n}x{K} float64, one thread"
+    benchmark.extra_info.update(median_call_s=medians, numpy_over_fused=ratio)
+    print(f"\none thread: fused {medians['fused'] * 1e6:.0f} µs, numpy "
+          f"{medians['numpy'] * 1e6:.0f} µs, ratio {ratio:.2f}")
