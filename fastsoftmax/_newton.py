@@ -73,13 +73,13 @@ def scale_spread(X) -> float:
     are not constant (1.0 with fewer than two): how unequal the features'
     scales are, the cheap signal of conditioning ``auto_solver`` uses.
 
-    One pass over X without a temporary of its size (sums of x and x^2 per
-    column, in float64); a column counts as constant when its variance is
-    at most 1e-12 of its mean square.
+    Two passes over X without a temporary of its size (the sums of x and of
+    x^2 per column, in float64); a column counts as constant when its
+    variance is at most 1e-12 of its mean square.
     """
     X = np.asarray(X)
     m = X.shape[0]
-    mean = np.asarray(X.sum(axis=0, dtype=np.float64)) / m
+    mean = X.sum(axis=0, dtype=np.float64) / m
     square = np.einsum("ij,ij->j", X, X, dtype=np.float64) / m
     var = square - mean * mean
     spread = var[var > 1e-12 * square]

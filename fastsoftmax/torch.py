@@ -248,6 +248,15 @@ def zero_total_weight(labels: np.ndarray, class_weight, ignore_index, C: int) ->
     return "" if np.any(class_weight[kept.astype(np.intp)]) else "zero-weight"
 
 
+def layer_arrays(spec: Spec, input, linear_weight, linear_bias) -> tuple:
+    """``(X (m, n), W (C, n), b (C,) or None)``: the layer's tensors as NumPy
+    arrays in ``spec.compute`` (without copies when the dtype is kept)."""
+    cd = spec.compute
+    X = as_numpy(input.reshape(-1, linear_weight.shape[1]), cd)
+    W = as_numpy(linear_weight, cd)
+    return X, W, None if linear_bias is None else as_numpy(linear_bias, cd)
+
+
 def compute(spec: Spec, input, linear_weight, linear_bias, needs) -> tuple:
     """``(loss, [dX, dW, db])`` of the layer: the loss as the kernel returns it
     and the gradients as tensors in ``spec.compute`` (None where ``needs``, the
@@ -255,11 +264,10 @@ def compute(spec: Spec, input, linear_weight, linear_bias, needs) -> tuple:
     under ``reduction="none"``."""
     cd = spec.compute
     C, n = linear_weight.shape
-    X = as_numpy(input.reshape(-1, n), cd)
-    W = as_numpy(linear_weight, cd)
+    X, W, b = layer_arrays(spec, input, linear_weight, linear_bias)
     kw = dict(spec.kw)
-    if linear_bias is not None:
-        kw["b"] = as_numpy(linear_bias, cd)
+    if b is not None:
+        kw["b"] = b
     if spec.degenerate:
         m = X.shape[0]
         loss = {"mean": float("nan"), "sum": 0.0, "none": np.zeros(m)}[spec.reduction]
@@ -331,13 +339,8 @@ def sample_weighted(ctx, g: torch.Tensor, dW, db):
         nan = float("nan")
         return (None if dW is None else torch.full_like(dW, nan)), \
                (None if db is None else torch.full_like(db, nan))
-    input, linear_weight, linear_bias = ctx.saved_tensors
-    cd = spec.compute
-    n = linear_weight.shape[1]
-    X = as_numpy(input.reshape(-1, n), cd)
-    W = as_numpy(linear_weight, cd)
-    b = None if linear_bias is None else as_numpy(linear_bias, cd)
-    total_W, total_b = weighted_gradients(X, W, b, spec.y, spec.kw, g.numpy(), cd)
+    X, W, b = layer_arrays(spec, *ctx.saved_tensors)
+    total_W, total_b = weighted_gradients(X, W, b, spec.y, spec.kw, g.numpy(), spec.compute)
     return (None if dW is None else total_W), (None if db is None else total_b)
 
 
