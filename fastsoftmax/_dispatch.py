@@ -94,8 +94,26 @@ AUTO_CHOLESKY_MAX_PARAMS = 200
 #: factor (``fastsoftmax._newton.scale_spread``).  Measured (bench/test_fit.py
 #: data, tol 1e-8, a loaded 2-core machine): standardised digits x10, spread
 #: 1: L-BFGS 3.1 s (189 it) against Newton-CG 6.6 s; raw digits x10, spread
-#: 277: L-BFGS 124 s (7052 it) against Newton-CG 9.8 s.
+#: 277: L-BFGS 124 s (7052 it) against Newton-CG 9.8 s.  Applies only above
+#: PCG_BLOCK_MAX_WIDTH: with its block preconditioner Newton-CG is faster on
+#: both (idle: standardised digits 0.6 s against L-BFGS 0.92 s); on the
+#: benchmark's standardised (60000, 784, 10) set, diagonal-preconditioned
+#: Newton-CG took 2.3 s against L-BFGS 1.9 s.
 AUTO_LBFGS_MAX_SCALE_SPREAD = 10.0
+
+#: Newton-CG preconditions with the Hessian's per-class (n', n') blocks when
+#: n' = n + fit_intercept is at most this, with its diagonal above (building
+#: the blocks costs about n' / 2 Hessian-vector products on the rows used).
+#: The blocks are estimated from every (m // PCG_BLOCK_SAMPLE_ROWS)-th row:
+#: measured on standardised digits x10 (m = 17970, n' = 65, K = 10), 4096
+#: rows kept Newton-CG at 10 iterations and cut the fit from 0.92 to 0.52 s;
+#: 1024 rows needed 13 iterations and more products.
+PCG_BLOCK_MAX_WIDTH = 128
+PCG_BLOCK_SAMPLE_ROWS = 4096
+#: Rows per tile when ``HessianProduct.class_blocks`` builds the Hessian's
+#: per-class blocks in NumPy (a tile's probabilities and one scaled copy of
+#: its rows are the extra memory: 4096 x (n + 1) float64).
+BLOCK_TILE_ROWS = 4096
 
 #: Columns per block when the sparse kernel adds its chunks' column slabs
 #: into the gradient (blocks run in parallel, each in chunk order).

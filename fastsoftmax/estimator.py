@@ -19,14 +19,17 @@ Solvers:
 * ``"lbfgs"``: SciPy's L-BFGS-B, one :func:`fastsoftmax.loss_and_grad` per
   evaluation; any X (dense, SciPy sparse, Dask).
 * ``"newton-cg"``: truncated Newton, conjugate gradients on the fused
-  Hessian-vector products preconditioned by the Hessian's diagonal, Armijo
-  line search (``fastsoftmax._newton.minimize_newton_pcg``); dense NumPy X.
+  Hessian-vector products preconditioned by the Hessian's per-class blocks
+  (its diagonal when n + fit_intercept > 128), Armijo line search
+  (``fastsoftmax._newton.minimize_newton_pcg``); dense NumPy X.
 * ``"newton-cholesky"``: Newton steps from the full Hessian, N x N float64
   with N = K (n + fit_intercept), solved by Cholesky; dense NumPy X, small N.
 * ``"auto"``: ``"lbfgs"`` for sparse or Dask X, else ``"newton-cholesky"``
   when N <= ``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``, else
-  ``"lbfgs"`` when the features' standard deviations differ by at most a
-  factor ``AUTO_LBFGS_MAX_SCALE_SPREAD`` (10: standardised data) and
+  ``"newton-cg"`` when n + fit_intercept <= ``PCG_BLOCK_MAX_WIDTH`` (128:
+  its block preconditioner applies), else ``"lbfgs"`` when the features'
+  standard deviations differ by at most a factor
+  ``AUTO_LBFGS_MAX_SCALE_SPREAD`` (10: standardised data) and
   ``"newton-cg"`` otherwise.
 
 This module needs scikit-learn (the ``sklearn`` extra); the rest of the
@@ -105,7 +108,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         ``ValueError``).  ``"auto"``: ``"lbfgs"`` for sparse or Dask X, else
         ``"newton-cholesky"`` when N <= 200
         (``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``), else
-        ``"lbfgs"`` when the standard deviations of the (non-constant)
+        ``"newton-cg"`` when n + fit_intercept <= 128 (``PCG_BLOCK_MAX_WIDTH``),
+        else ``"lbfgs"`` when the standard deviations of the (non-constant)
         features differ by at most a factor 10
         (``AUTO_LBFGS_MAX_SCALE_SPREAD``: standardised data, where L-BFGS
         needs few iterations) and ``"newton-cg"`` otherwise.
@@ -229,7 +233,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         solver = self.solver
         if solver == "auto":
             dense = not (dask_input or is_sparse(X))
-            solver = auto_solver(K * width, dense, X if dense else None)
+            solver = auto_solver(K * width, dense, X if dense else None, width)
 
         x0 = np.zeros((K, width))  # [W | b]
         if (self.warm_start and getattr(self, "coef_", None) is not None

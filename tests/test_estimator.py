@@ -94,7 +94,7 @@ def test_outputs(digits):
 def test_convergence_warning_and_warm_start(digits):
     X, y = digits
     with pytest.warns(ConvergenceWarning, match="max_iter"):
-        model = SoftmaxRegression(max_iter=3, warm_start=True).fit(X, y)
+        model = SoftmaxRegression(solver="lbfgs", max_iter=3, warm_start=True).fit(X, y)
     first = model.objective_
     with pytest.warns(ConvergenceWarning):
         model.fit(X, y)  # continues from the previous coefficients

@@ -181,24 +181,29 @@ def test_convergence_warning_and_warm_start(solver):
 
 
 def test_auto_rule():
-    from fastsoftmax._dispatch import AUTO_CHOLESKY_MAX_PARAMS
+    from fastsoftmax._dispatch import AUTO_CHOLESKY_MAX_PARAMS, PCG_BLOCK_MAX_WIDTH
 
     X, y = load_iris(return_X_y=True)
     assert SoftmaxRegression().fit(X, y).solver_ == "newton-cholesky"
     rng = np.random.default_rng(0)
     n = AUTO_CHOLESKY_MAX_PARAMS // 3  # N = 3 (n + 1) > the threshold
-    Xw = rng.standard_normal((60, n))
+    assert n + 1 <= PCG_BLOCK_MAX_WIDTH  # the block preconditioner applies
+    wide = PCG_BLOCK_MAX_WIDTH  # n + 1 > PCG_BLOCK_MAX_WIDTH: it does not
+    Xn = rng.standard_normal((60, n))
+    Xw = rng.standard_normal((60, wide))
     Xs = rng.standard_normal((60, n - 1))
-    Xw_spread = Xw * np.logspace(-2, 2, n)  # standard deviations 10^-2..10^2
+    Xw_spread = Xw * np.logspace(-2, 2, wide)  # standard deviations 10^-2..10^2
     Xw_spread[:, 0] = 5.0  # a constant column does not count
+    labels = np.arange(60) % 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        # alike scales (standard-normal columns): L-BFGS
-        assert SoftmaxRegression(max_iter=2).fit(Xw, np.arange(60) % 3).solver_ == "lbfgs"
-        assert SoftmaxRegression(max_iter=2).fit(Xw_spread, np.arange(60) % 3).solver_ == \
-            "newton-cg"
-        assert SoftmaxRegression(max_iter=2).fit(Xs, np.arange(60) % 3).solver_ == \
-            "newton-cholesky"
+        assert SoftmaxRegression(max_iter=2).fit(Xn, labels).solver_ == "newton-cg"
+        # wide, alike scales (standard-normal columns): L-BFGS
+        assert SoftmaxRegression(max_iter=2).fit(Xw, labels).solver_ == "lbfgs"
+        assert SoftmaxRegression(max_iter=2, fit_intercept=False).fit(
+            Xw, labels).solver_ == "newton-cg"  # n = PCG_BLOCK_MAX_WIDTH
+        assert SoftmaxRegression(max_iter=2).fit(Xw_spread, labels).solver_ == "newton-cg"
+        assert SoftmaxRegression(max_iter=2).fit(Xs, labels).solver_ == "newton-cholesky"
 
 
 def test_scale_spread_is_the_ratio_of_column_standard_deviations():

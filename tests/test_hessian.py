@@ -478,3 +478,67 @@ def test_property_full_hessian_matches_oracle(kernel_path, problem):
     has_b = "b" in kw
     assert_close(H, oracle_in_flat_layout(want, K, n, has_b), np.float64, "H",
                  oracle_in_flat_layout(scale, K, n, has_b))
+
+
+# --- the per-class blocks ---------------------------------------------------------
+
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_class_blocks_match_oracle(problem):
+    """hessp.class_blocks() are the oracle Hessian's diagonal blocks (class-major
+    [W[k], b[k]]), at the working dtype's tolerance with the oracle's scale
+    (the probabilities are computed in the working dtype), for every method;
+    tiles of 3 rows give the same blocks as one tile."""
+    W, X, y, V, vb, kw, dtype = problem
+    K, n = W.shape
+    nt = n + ("b" in kw)
+    y_seen = y.astype(dtype) if y.ndim == 2 else y
+    want, scale = naive_hessian(*f64(W, X), y_seen, return_scale=True, **kw)
+    blocks = [slice(k * nt, (k + 1) * nt) for k in range(K)]
+    want = np.stack([want[s, s] for s in blocks])
+    scale = np.stack([scale[s, s] for s in blocks])
+    import fastsoftmax._dispatch as policy
+    for method in METHODS:
+        B = fs.loss_grad_hessp(W, X, y, method=method, **kw)[-1].class_blocks()
+        assert B.dtype == np.float64 and B.shape == (K, nt, nt)
+        assert_close(B, want, dtype, "class blocks", scale)
+    saved = policy.BLOCK_TILE_ROWS
+    try:
+        policy.BLOCK_TILE_ROWS = 3
+        B3 = fs.loss_grad_hessp(W, X, y, **kw)[-1].class_blocks()
+    finally:
+        policy.BLOCK_TILE_ROWS = saved
+    assert_close(B3, want, dtype, "class blocks, tiles of 3 rows", scale)
+
+
+@pytest.mark.parametrize("has_b", [False, True])
+def test_class_blocks_with_a_stride_use_every_strided_row(has_b, rng, monkeypatch):
+    """class_blocks(stride) is stride times the blocks of the problem made of
+    every stride-th row (reduction="sum", so no normaliser differs), built by
+    the full-Hessian kernel (a different code path), across tile borders."""
+    import fastsoftmax._dispatch as policy
+
+    monkeypatch.setattr(policy, "BLOCK_TILE_ROWS", 4)
+    m, n, K, stride = 53, 3, 4, 5
+    W, X, y = make_problem(rng, m, n, K, np.float64, "labels")
+    kw = dict(b=rng.standard_normal(K) if has_b else None, reduction="sum")
+    sw = rng.random(m) + 0.1
+    got = fs.loss_grad_hessp(W, X, y, sample_weight=sw, **kw)[-1].class_blocks(stride)
+    H = fs.hessian(W, X[::stride], y[::stride], sample_weight=sw[::stride], **kw)
+    for k in range(K):
+        idx = [k * n + j for j in range(n)] + ([K * n + k] if has_b else [])
+        np.testing.assert_allclose(got[k], stride * H[np.ix_(idx, idx)], rtol=1e-12,
+                                   atol=1e-14 * np.abs(H).max())
+
+
+def test_class_blocks_rejects_bad_strides_and_sparse_x(rng):
+    import scipy.sparse as sp
+
+    W, X, y = make_problem(rng, 20, 3, 2, np.float64, "labels")
+    hessp = fs.loss_grad_hessp(W, X, y)[-1]
+    for bad in (0, -1, 1.5, True, "2", None):
+        with pytest.raises(ValueError, match="stride must be a positive integer"):
+            hessp.class_blocks(bad)
+    assert hessp.class_blocks(np.int64(2)).shape == (2, 3, 3)
+    with pytest.raises(TypeError, match="dense X only"):
+        fs.loss_grad_hessp(W, sp.csr_matrix(X), y)[-1].class_blocks()
