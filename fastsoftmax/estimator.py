@@ -51,6 +51,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ._api import loss_and_grad
 from ._class_weight import apply_class_weight, class_weight_vector
+from ._blas import single_threaded_all_blas
 from ._newton import auto_solver, minimize_newton_cholesky, minimize_newton_pcg
 from ._primitives import log_softmax, softmax
 from ._sparse import is_sparse
@@ -243,18 +244,21 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 x0[:, n] = self.intercept_
 
         options = dict(sample_weight=sample_weight, l2=l2, method=self.method)
-        if self.max_iter == 0:
-            fun, converged, n_iter = self._start_point(evaluate, X, y_index, x0, options)
-            P = x0
-            if not converged:
-                warnings.warn(
-                    "max_iter=0: the coefficients are the starting point, where the gradient "
-                    f"does not meet tol={self.tol}; increase max_iter.",
-                    ConvergenceWarning, stacklevel=3)
-        elif solver == "lbfgs":
-            P, fun, n_iter = self._fit_lbfgs(evaluate, X, y_index, x0, options)
-        else:
-            P, fun, n_iter = self._fit_newton(solver, X, y_index, x0, K, options)
+        # BLAS on one thread for the whole run: its idle threads would spin on
+        # the cores the kernels' workers need (see fastsoftmax._blas)
+        with single_threaded_all_blas:
+            if self.max_iter == 0:
+                fun, converged, n_iter = self._start_point(evaluate, X, y_index, x0, options)
+                P = x0
+                if not converged:
+                    warnings.warn(
+                        "max_iter=0: the coefficients are the starting point, where the "
+                        f"gradient does not meet tol={self.tol}; increase max_iter.",
+                        ConvergenceWarning, stacklevel=3)
+            elif solver == "lbfgs":
+                P, fun, n_iter = self._fit_lbfgs(evaluate, X, y_index, x0, options)
+            else:
+                P, fun, n_iter = self._fit_newton(solver, X, y_index, x0, K, options)
         self.classes_ = classes
         self.coef_ = np.ascontiguousarray(P[:, :n])
         self.intercept_ = P[:, n].copy() if self.fit_intercept else np.zeros(K)
