@@ -40,16 +40,16 @@ from ._validation import Problem, as_numeric_array, prepare, working_dtype
 def _dense_problem(W, X, y, **options) -> Problem:
     """:func:`prepare` for the full Hessian, which takes dense X only."""
     if is_sparse(X):
-        raise TypeError("X is a SciPy sparse matrix: the full Hessian and its diagonal take "
-                        "dense X only; the Hessian-vector products (hessian_product, "
-                        "loss_grad_hessp) take CSR X")
+        raise TypeError("X is a SciPy sparse matrix: the full Hessian takes dense X only; "
+                        "the Hessian-vector products (hessian_product, loss_grad_hessp) "
+                        "and HessianProduct.diagonal() take CSR X")
     return prepare(W, X, y, **options)
 
 
 def _dense_only(p: Problem, what: str) -> None:
     if isinstance(p.X, CSR):
         raise TypeError(f"X is a SciPy sparse matrix: {what} takes dense X only; the "
-                        f"Hessian-vector products take CSR X")
+                        f"Hessian-vector products and the diagonal take CSR X")
 
 
 def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
@@ -145,6 +145,8 @@ def full_hessian(p: Problem) -> np.ndarray:
 
 def hessian_diagonal(p: Problem) -> np.ndarray:
     """The Hessian's diagonal (N,) float64 of a validated problem, flat layout ``[W.ravel(), b]``."""
+    if isinstance(p.X, CSR):
+        return _sparse_hessian_diagonal(p)
     m, n = p.X.shape
     K = p.W.shape[0]
     W64 = p.W.astype(np.float64)
@@ -205,6 +207,21 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
         idx = np.arange(n)
         blocks[:, idx, idx] += p.l2
     return blocks
+
+
+def _sparse_hessian_diagonal(p: Problem) -> np.ndarray:
+    """:func:`hessian_diagonal` for CSR X, vectorised with scipy.sparse: the
+    curvatures ``c_ik = w_i s_i p_ik (1 - p_ik)`` of the kept samples, then
+    ``(X * X)^T c``.  Peak extra memory: the (m, K) probabilities and
+    curvatures and a copy of X's non-zeros (squared)."""
+    c = numpy_curvature(p)
+    P = c.P.astype(np.float64)
+    curv = P * (1.0 - P) * c.ws[:, None]  # (m', K)
+    squared = c.X.multiply(c.X).tocsr()
+    dW = np.asarray(squared.T @ curv).T / p.denom + p.l2
+    if not p.has_b:
+        return dW.ravel()
+    return np.concatenate([dW.ravel(), curv.sum(axis=0) / p.denom])
 
 
 class HessianProduct:
@@ -277,9 +294,10 @@ class HessianProduct:
 
         ``(1/D) sum_i w_i s_i p_ij (1 - p_ij) x_il^2 + l2`` for W_jl and the
         same without x_il^2 and l2 for b_j: a Jacobi preconditioner for
-        conjugate gradients.  One fused pass over X (like one gradient).
+        conjugate gradients.  One fused pass over X (like one gradient); for
+        CSR X vectorised scipy.sparse, with the (m, K) probabilities and a
+        copy of X's non-zeros as extra memory.
         """
-        _dense_only(self._problem, "HessianProduct.diagonal()")
         return hessian_diagonal(self._problem)
 
     def class_blocks(self, stride: int = 1) -> np.ndarray:

@@ -20,11 +20,13 @@ Solvers:
   evaluation; any X (dense, SciPy sparse, Dask).
 * ``"newton-cg"``: truncated Newton, conjugate gradients on the fused
   Hessian-vector products preconditioned by the Hessian's per-class blocks
-  (its diagonal when n + fit_intercept > 128), Armijo line search
-  (``fastsoftmax._newton.minimize_newton_pcg``); dense NumPy X.
+  (its diagonal when n + fit_intercept > 128 or X is sparse), Armijo line
+  search (``fastsoftmax._newton.minimize_newton_pcg``); dense NumPy or SciPy
+  CSR X.
 * ``"newton-cholesky"``: Newton steps from the full Hessian, N x N float64
   with N = K (n + fit_intercept), solved by Cholesky; dense NumPy X, small N.
-* ``"auto"``: ``"lbfgs"`` for sparse or Dask X, else ``"newton-cholesky"``
+* ``"auto"``: ``"newton-cg"`` for sparse X, ``"lbfgs"`` for Dask X, else
+  ``"newton-cholesky"``
   when N <= ``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``, else
   ``"newton-cg"`` when n + fit_intercept <= ``PCG_BLOCK_MAX_WIDTH`` (128:
   its block preconditioner applies), else ``"lbfgs"`` when the features'
@@ -105,8 +107,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Newton with preconditioned conjugate gradients on the fused
         Hessian-vector products.  ``"newton-cholesky"``: Newton steps with the
         full Hessian (N x N float64, N = K (n + fit_intercept): for small N).
-        The Newton solvers take dense NumPy X only (sparse or Dask X raises
-        ``ValueError``).  ``"auto"``: ``"lbfgs"`` for sparse or Dask X, else
+        Newton-CG takes dense NumPy or SciPy sparse X, Newton-Cholesky dense
+        NumPy X only (other X raises ``ValueError``).  ``"auto"``:
+        ``"newton-cg"`` for sparse X, ``"lbfgs"`` for Dask X, else
         ``"newton-cholesky"`` when N <= 200
         (``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``), else
         ``"newton-cg"`` when n + fit_intercept <= 128 (``PCG_BLOCK_MAX_WIDTH``),
@@ -184,7 +187,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         densified), other formats are converted to CSR once, as
         scikit-learn's ``accept_sparse="csr"`` does.  The same holds for
         ``predict``, ``predict_proba``, ``decision_function`` and ``score``.
-        Only ``solver="lbfgs"`` (which ``"auto"`` picks) fits sparse X.
+        ``solver="lbfgs"`` and ``"newton-cg"`` (which ``"auto"`` picks) fit
+        sparse X; ``"newton-cholesky"`` raises ``ValueError``.
 
         The parameters are checked first, by scikit-learn's parameter
         validation: a bad one raises ``InvalidParameterError`` (a
@@ -208,7 +212,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             X, y = validate_data(self, X, y, accept_sparse="csr",
                                  dtype=[np.float64, np.float32], order="C")
             if is_sparse(X):
-                self._check_solver_takes("sparse X")
+                self._check_solver_takes("sparse X", newton_cg=True)
             check_classification_targets(y)
             classes, y_index = np.unique(y, return_inverse=True)
             if sample_weight is not None:
@@ -233,8 +237,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         width = n + 1 if self.fit_intercept else n
         solver = self.solver
         if solver == "auto":
-            dense = not (dask_input or is_sparse(X))
-            solver = auto_solver(K * width, dense, X if dense else None, width)
+            sparse = not dask_input and is_sparse(X)
+            dense = not (dask_input or sparse)
+            solver = auto_solver(K * width, dense, X if dense else None, width, sparse=sparse)
 
         x0 = np.zeros((K, width))  # [W | b]
         if (self.warm_start and getattr(self, "coef_", None) is not None
@@ -267,13 +272,15 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.objective_ = float(fun)
         return self
 
-    def _check_solver_takes(self, what: str) -> None:
-        """ValueError when an explicit Newton solver meets input it cannot fit."""
-        if self.solver.startswith("newton"):
+    def _check_solver_takes(self, what: str, newton_cg: bool = False) -> None:
+        """ValueError when an explicit Newton solver meets input it cannot fit
+        (``newton_cg``: that solver can)."""
+        if self.solver == "newton-cholesky" or (self.solver == "newton-cg" and not newton_cg):
+            takes = "dense NumPy or SciPy CSR X" if self.solver == "newton-cg" else \
+                "dense NumPy X (its full Hessian is built from dense X only)"
             raise ValueError(
-                f"solver={self.solver!r} needs dense NumPy X (its Hessian products take "
-                f"dense X only), got {what}: use solver='lbfgs' or 'auto' for sparse or "
-                f"Dask X")
+                f"solver={self.solver!r} needs {takes}, got {what}: use solver='lbfgs' or "
+                f"'auto'" + ("" if newton_cg else " or 'newton-cg'" if "sparse" in what else ""))
 
     def _objective(self, evaluate, X, y_index, options, K, n):
         """The scaled objective and its gradient at [W | b] (K, width), flat float64."""
@@ -343,7 +350,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = not self.solver.startswith("newton")
+        tags.input_tags.sparse = self.solver != "newton-cholesky"
         return tags
 
     def decision_function(self, X) -> np.ndarray:

@@ -257,6 +257,19 @@ def check_quietly(estimator, check):
         check(estimator)
 
 
+def auto_newton_cg_on_sparse_data(estimator) -> dict:
+    """``expected_failed_checks`` for scikit-learn's estimator checks: with
+    ``solver="auto"`` and a tol above 1e-6 (the default 1e-4), sparse X is
+    fitted by Newton-CG, whose inexact steps stop anywhere within tol of the
+    optimum; fits on weighted and on repeated samples then differ by ~1e-7
+    in the probabilities, above check_sample_weight_equivalence's rtol of
+    1e-7.  The same check passes with ``solver="newton-cg", tol=1e-8``."""
+    if estimator.get_params()["solver"] == "auto" and estimator.get_params()["tol"] > 1e-6:
+        return {"check_sample_weight_equivalence_on_sparse_data":
+                "Newton-CG at tol=1e-4: weighted and repeated fits differ by ~1e-7"}
+    return {}
+
+
 def standardised(load):
     """``(X, y)`` of one of scikit-learn's bundled data sets (``load_digits``...),
     X standardised."""

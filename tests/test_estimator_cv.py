@@ -16,10 +16,11 @@ from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from fastsoftmax.estimator_cv import SoftmaxRegressionCV  # noqa: E402
-from helpers import check_quietly, standardised  # noqa: E402
+from helpers import auto_newton_cg_on_sparse_data, check_quietly, standardised  # noqa: E402
 
 
-@parametrize_with_checks([SoftmaxRegressionCV(Cs=[0.1, 1.0], cv=2)])
+@parametrize_with_checks([SoftmaxRegressionCV(Cs=[0.1, 1.0], cv=2)],
+                         expected_failed_checks=auto_newton_cg_on_sparse_data, xfail_strict=True)
 def test_sklearn_estimator_checks(estimator, check):
     check_quietly(estimator, check)
 

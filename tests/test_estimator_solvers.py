@@ -229,12 +229,13 @@ def test_sparse_input(wine):
     X, y = wine
     Xs = sp.csr_matrix(X)
     model = SoftmaxRegression(**TIGHT).fit(Xs, y)
-    assert model.solver_ == "lbfgs"
+    assert model.solver_ == "newton-cg"  # "auto" on sparse X
     dense = SoftmaxRegression(solver="newton-cholesky", **TIGHT).fit(X, y)
     np.testing.assert_allclose(model.coef_, dense.coef_, rtol=0, atol=1e-6)
-    for solver in ("newton-cg", "newton-cholesky"):
-        with pytest.raises(ValueError, match=f"solver='{solver}' needs dense NumPy X.*sparse"):
-            SoftmaxRegression(solver=solver).fit(Xs, y)
+    lbfgs = SoftmaxRegression(solver="lbfgs", **TIGHT).fit(Xs, y)
+    np.testing.assert_allclose(lbfgs.coef_, dense.coef_, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="solver='newton-cholesky' needs dense NumPy X.*sparse"):
+        SoftmaxRegression(solver="newton-cholesky").fit(Xs, y)
 
 
 def test_dask_input(wine):
@@ -251,5 +252,5 @@ def test_dask_input(wine):
     dense = SoftmaxRegression(class_weight="balanced", **TIGHT).fit(
         X, y, sample_weight=np.linspace(0.5, 1.5, len(y)))
     np.testing.assert_allclose(balanced.coef_, dense.coef_, rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="solver='newton-cg' needs dense NumPy X.*Dask"):
+    with pytest.raises(ValueError, match="solver='newton-cg' needs dense NumPy or SciPy CSR X.*Dask"):
         SoftmaxRegression(solver="newton-cg").fit(Xd, yd)

@@ -155,3 +155,30 @@ def test_block_preconditioner_needs_few_products_on_badly_scaled_features(
     assert res.converged, res.message
     if preconditioner_kind == "blocks":
         assert res.n_hessp <= 4 * res.n_iter, (res.n_hessp, res.n_iter)
+
+
+def test_block_factors_are_rebuilt_only_after_expensive_steps(rng, monkeypatch):
+    """The blocks are built at the first Newton step and rebuilt only after a
+    step whose CG took more than PCG_BLOCK_AFTER_CG_STEPS products (counted
+    through a spy on class_blocks); the fit converges either way."""
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._hessian import HessianProduct
+
+    builds = []
+    real = HessianProduct.class_blocks
+
+    def spy(self, stride=1):
+        builds.append(stride)
+        return real(self, stride)
+
+    monkeypatch.setattr(HessianProduct, "class_blocks", spy)
+    m, n, K = 2000, 8, 4
+    X = rng.standard_normal((m, n))
+    y = rng.integers(0, K, m)
+    kw = dict(n_classes=K, l2=1.0 / m, tol=1e-9, max_iter=50)
+    for after, want in ((10**6, lambda it: 1), (-1, lambda it: it)):
+        monkeypatch.setattr(policy, "PCG_BLOCK_AFTER_CG_STEPS", after)
+        builds.clear()
+        res = minimize_newton_pcg(X, y, **kw)
+        assert res.converged, res.message
+        assert len(builds) == want(res.n_iter), (after, len(builds), res.n_iter)
