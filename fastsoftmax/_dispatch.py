@@ -110,10 +110,10 @@ AUTO_LBFGS_MAX_SCALE_SPREAD = 10.0
 #: 1024 rows needed 13 iterations and more products.
 PCG_BLOCK_MAX_WIDTH = 128
 PCG_BLOCK_SAMPLE_ROWS = 4096
-#: After its first step (blocks), a Newton-CG step uses the blocks when the
-#: previous step's conjugate gradients took more than this many Hessian
-#: products, the diagonal otherwise (``fastsoftmax._newton._BlockSwitch``).
-PCG_BLOCK_AFTER_CG_STEPS = 3
+#: Newton-CG builds its blocks at the first Newton step and again after a
+#: step whose conjugate gradients took more than this many Hessian products;
+#: otherwise it reuses the last ones (``fastsoftmax._newton._BlockInverses``).
+PCG_BLOCK_AFTER_CG_STEPS = 10
 #: Rows per tile when ``HessianProduct.class_blocks`` builds the Hessian's
 #: per-class blocks in NumPy (a tile's probabilities and one scaled copy of
 #: its rows are the extra memory: 4096 x (n + 1) float64).
