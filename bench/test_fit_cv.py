@@ -6,8 +6,8 @@ same ``tol`` and accuracy scoring.  LogisticRegressionCV runs with each of
 its applicable solvers (lbfgs, newton-cg, and newton-cholesky where the
 Hessian has at most ``CHOLESKY_MAX_PARAMS`` rows), capped at
 ``SKLEARN_MAX_ITER`` iterations per fit; SoftmaxRegressionCV with its
-default solver.  Reported per estimator: time (one run each, after a
-warm-up fit that compiles the kernels), the chosen ``C_`` and whether it
+default solver.  Reported per estimator: time (after a warm-up fit that
+compiles the kernels), the chosen ``C_`` and whether it
 equals SoftmaxRegressionCV's; the speed-up is over the fastest scikit-learn
 solver that chose the same C.  Times as in bench/test_fit.py (the median of
 9 runs under half a second).  The test asserts the same choice (a

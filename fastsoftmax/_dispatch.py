@@ -103,7 +103,7 @@ AUTO_LBFGS_MAX_SCALE_SPREAD = 10.0
 
 #: Newton-CG preconditions with the Hessian's per-class (n', n') blocks when
 #: n' = n + fit_intercept is at most this, with its diagonal above (building
-#: the blocks costs about n' / 2 Hessian-vector products on the rows used).
+#: the blocks costs about n' / 4 Hessian-vector products on the rows used).
 #: The blocks are estimated from every (m // PCG_BLOCK_SAMPLE_ROWS)-th row:
 #: measured on standardised digits x10 (m = 17970, n' = 65, K = 10), 4096
 #: rows kept Newton-CG at 10 iterations and cut the fit from 0.92 to 0.52 s;
@@ -115,8 +115,8 @@ PCG_BLOCK_SAMPLE_ROWS = 4096
 #: otherwise it reuses the last ones (``fastsoftmax._newton._BlockInverses``).
 PCG_BLOCK_AFTER_CG_STEPS = 10
 #: Rows per tile when ``HessianProduct.class_blocks`` builds the Hessian's
-#: per-class blocks in NumPy (a tile's probabilities and one scaled copy of
-#: its rows are the extra memory: 4096 x (n + 1) float64).
+#: per-class blocks in NumPy (a tile's probabilities and two float64 copies
+#: of its rows are the extra memory: 2 x 4096 x (n + 1) float64).
 BLOCK_TILE_ROWS = 4096
 
 #: Columns per block when the sparse kernel adds its chunks' column slabs

@@ -177,8 +177,10 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
     NumPy over tiles of ``BLOCK_TILE_ROWS`` rows (probabilities by
     :func:`numpy_curvature` on the tile, one symmetric rank update per class
     and tile): peak extra memory the K n'^2 float64 result plus, per tile,
-    its (rows, K) probabilities and one (rows, n') float64 scaled copy.
-    Costs about K n'^2 m multiply-adds (n' / 2 Hessian-vector products).
+    its (rows, K) probabilities and curvatures and two (rows, n') float64
+    arrays (the rows with their column of ones, and one class's scaled
+    copy).  Costs about K n'^2 m / 2 multiply-adds (a symmetric rank update
+    per class: about n' / 4 Hessian-vector products).
     """
     m, n = p.X.shape
     K = p.W.shape[0]

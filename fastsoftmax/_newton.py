@@ -13,10 +13,10 @@ and stop when the largest absolute entry of the gradient is at most ``tol``
   :func:`fastsoftmax.loss_grad_hessp`: each CG step costs about one gradient
   evaluation and no m x K array is stored.
 * :func:`minimize_newton_pcg`: truncated Newton with conjugate gradients on
-  the same products, preconditioned by the Hessian's per-class blocks (or
-  its diagonal for wide X) after splitting off the class means, where the
-  Hessian is known exactly (:func:`_preconditioner`), and a backtracking
-  line search.
+  the same products, preconditioned by the Hessian's per-class blocks
+  (reused across steps; its diagonal for wide or sparse X) after splitting
+  off the class means, where the Hessian is known exactly
+  (:func:`_preconditioner`), and a backtracking line search.
 * :func:`minimize_newton_cholesky`: Newton steps from the full Hessian of
   :func:`fastsoftmax.hessian` (N = K n, plus K with an intercept), solved by
   Cholesky, with a backtracking (Armijo) line search.  Each iteration costs
@@ -252,6 +252,9 @@ def minimize_newton_cholesky(
     N = K n (+ K) up to a few thousand: each iteration builds the (N, N)
     Hessian (O(m N^2), fused kernel) and factors it (O(N^3)).
     """
+    if is_sparse(X):
+        raise TypeError("X is a SciPy sparse matrix: Newton-Cholesky builds the full Hessian "
+                        "from dense X only; use minimize_newton_pcg")
     start = time.perf_counter()
     options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction, method=method)
@@ -361,14 +364,17 @@ def minimize_newton_pcg(
 ) -> NewtonResult:
     """Truncated Newton: preconditioned CG on the fused Hessian products, line search.
 
-    Each iteration builds a preconditioner (:func:`_preconditioner`: the
-    Hessian's per-class blocks estimated from a sample of rows, or its
-    diagonal, one fused pass over X, for wide X) and solves ``H s = -g`` by
+    Each iteration preconditions with the Hessian's per-class blocks
+    estimated from a sample of rows (built at the first step, rebuilt after
+    expensive steps: :class:`_BlockInverses`), or with its diagonal (one
+    pass over X) for wide or sparse X or when a block cannot be factored
+    (:func:`_preconditioner`), and solves ``H s = -g`` by
     conjugate gradients, to a relative residual of
     ``min(0.5, sqrt(||g||))`` (superlinear convergence) or ``max_cg`` steps,
-    then backtracks from the full step.  Memory: a few vectors of length N
-    and the K (n + 1)^2 float64 blocks besides the kernels'; nothing of
-    size m x K.  Same arguments and stopping
+    then backtracks from the full step.  Memory: a few vectors of length N,
+    the K (n + 1)^2 float64 blocks and, while they are built, two float64
+    copies of a tile of 4096 rows besides the kernels'; nothing of size
+    m x K.  Same arguments and stopping
     rule as :func:`minimize_trust_newton`.
     """
     start = time.perf_counter()

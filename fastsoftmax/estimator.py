@@ -280,7 +280,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 "dense NumPy X (its full Hessian is built from dense X only)"
             raise ValueError(
                 f"solver={self.solver!r} needs {takes}, got {what}: use solver='lbfgs' or "
-                f"'auto'" + ("" if newton_cg else " or 'newton-cg'" if "sparse" in what else ""))
+                f"'auto'" + (" or 'newton-cg'" if newton_cg else ""))
 
     def _objective(self, evaluate, X, y_index, options, K, n):
         """The scaled objective and its gradient at [W | b] (K, width), flat float64."""

@@ -111,7 +111,7 @@ def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
     for r with no class mean, M^{-1} (one vector added to every row of W) =
     that / l2 (the Hessian there, exactly: checked with hessp), and 0 for a
     common shift of b and, when l2 = 0, of W (flat directions)."""
-    from fastsoftmax._newton import _preconditioner, _setup
+    from fastsoftmax._newton import _BlockInverses, _preconditioner, _setup
 
     m, n, K = 500, 6, 4
     X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
@@ -121,7 +121,9 @@ def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
     obj, _ = _setup(X, y, None, None, K, fit_intercept, options)
     x = rng.standard_normal(K * n + K * fit_intercept) * 0.3
     hessp = obj.at(x)[2]
-    apply = _preconditioner(obj, hessp)
+    inverses = _BlockInverses().get(obj, hessp)
+    assert (inverses is not None) == (preconditioner_kind == "blocks")
+    apply = _preconditioner(obj, hessp, inverses)
     N = x.size
     r1, r2 = rng.standard_normal(N), rng.standard_normal(N)
     assert r1 @ apply(r2) == pytest.approx(r2 @ apply(r1), rel=1e-10)
@@ -182,3 +184,13 @@ def test_block_factors_are_rebuilt_only_after_expensive_steps(rng, monkeypatch):
         res = minimize_newton_pcg(X, y, **kw)
         assert res.converged, res.message
         assert len(builds) == want(res.n_iter), (after, len(builds), res.n_iter)
+
+
+def test_newton_cholesky_refuses_sparse_x_up_front(rng):
+    import scipy.sparse as sp
+
+    X = sp.random(30, 4, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match="full Hessian from dense X only"):
+        minimize_newton_cholesky(X, np.arange(30) % 3)
+    res = minimize_newton_pcg(X, np.arange(30) % 3, l2=0.1, tol=1e-8)  # takes CSR X
+    assert res.converged, res.message
