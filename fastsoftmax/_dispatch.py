@@ -114,6 +114,11 @@ PCG_BLOCK_SAMPLE_ROWS = 4096
 #: step whose conjugate gradients took more than this many Hessian products;
 #: otherwise it reuses the last ones (``fastsoftmax._newton._BlockInverses``).
 PCG_BLOCK_AFTER_CG_STEPS = 10
+#: The Newton solvers stop (unconverged, with a ConvergenceWarning from the
+#: estimator) after this many steps in a row that did not lower the
+#: objective: tol is then below what the working dtype can resolve (float32
+#: X with tol=1e-10 ran to max_iter=10000, 350 s, before this rule).
+NEWTON_MAX_STALLED_STEPS = 5
 #: Rows per tile when ``HessianProduct.class_blocks`` builds the Hessian's
 #: per-class blocks in NumPy (a tile's probabilities and two float64 copies
 #: of its rows are the extra memory: 2 x 4096 x (n + 1) float64).

@@ -295,12 +295,15 @@ def _newton_loop(obj, x, newton_step, tol, max_iter, start):
     """The Newton drivers' outer loop: stop test, step, Armijo line search.
 
     ``newton_step(obj, x, grad, hessp)`` returns the search direction, or a
-    message (str) saying why there is none, which ends the loop.
+    message (str) saying why there is none, which ends the loop.  It also
+    ends, unconverged, after ``NEWTON_MAX_STALLED_STEPS`` steps in a row that
+    did not lower the objective (rounding level reached before tol).
     """
     history = []
     message = f"max_iter={max_iter} reached"
     converged = False
     it = 0
+    stalled = 0  # steps in a row that did not lower the objective
     for it in range(max_iter + 1):
         loss, grad, hessp = obj.at(x)
         history.append(float(loss))
@@ -308,6 +311,14 @@ def _newton_loop(obj, x, newton_step, tol, max_iter, start):
             converged, message = True, "converged"
             break
         if it == max_iter:
+            break
+        stalled = stalled + 1 if it and history[-1] >= history[-2] else 0
+        if stalled >= policy.NEWTON_MAX_STALLED_STEPS:
+            # the line search accepts steps within rounding of the objective;
+            # a tol below the working dtype's rounding (float32 X, tol 1e-10)
+            # would otherwise run to max_iter
+            message = (f"the objective did not decrease in {stalled} steps (rounding level "
+                       f"reached)")
             break
         step = newton_step(obj, x, grad, hessp)
         if isinstance(step, str):

@@ -255,3 +255,18 @@ def test_dask_input(wine):
     np.testing.assert_allclose(balanced.coef_, dense.coef_, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="solver='newton-cg' needs dense NumPy or SciPy CSR X.*Dask"):
         SoftmaxRegression(solver="newton-cg").fit(Xd, yd)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_newton_cg_stops_when_float32_rounding_is_reached(wine, sparse):
+    """tol=1e-10 is below what float32 resolves: Newton-CG stops after a few
+    steps without a decrease, with a ConvergenceWarning, not at max_iter
+    (it ran all 10000 iterations, 350 s on sparse digits, before)."""
+    import scipy.sparse as sp
+
+    X, y = wine
+    X32 = X.astype(np.float32)
+    model = SoftmaxRegression(solver="newton-cg", tol=1e-10, max_iter=10_000)
+    with pytest.warns(ConvergenceWarning, match="did not decrease"):
+        model.fit(sp.csr_matrix(X32) if sparse else X32, y)
+    assert model.n_iter_[0] < 200
