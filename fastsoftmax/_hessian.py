@@ -199,8 +199,7 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
         Xt[:, :n] = c.X
         if p.has_b:
             Xt[:, n] = 1.0
-        P = c.P.astype(np.float64)
-        curv = P * (1.0 - P) * c.ws[:, None]  # (rows, K)
+        curv = _diagonal_curvatures(c)
         for k in range(K):
             scaled = Xt * np.sqrt(curv[:, k])[:, None]
             blocks[k] += scaled.T @ scaled  # NumPy's symmetric rank-k update
@@ -211,14 +210,20 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
     return blocks
 
 
+def _diagonal_curvatures(c: Curvature) -> np.ndarray:
+    """``w_i s_i p_ik (1 - p_ik)`` (m', K) float64 of the kept samples: the
+    weight of x~_i x~_i^T in the Hessian's class-k diagonal block."""
+    P = c.P.astype(np.float64)
+    return P * (1.0 - P) * c.ws[:, None]
+
+
 def _sparse_hessian_diagonal(p: Problem) -> np.ndarray:
     """:func:`hessian_diagonal` for CSR X, vectorised with scipy.sparse: the
     curvatures ``c_ik = w_i s_i p_ik (1 - p_ik)`` of the kept samples, then
     ``(X * X)^T c``.  Peak extra memory: the (m, K) probabilities and
     curvatures and a copy of X's non-zeros (squared)."""
     c = numpy_curvature(p)
-    P = c.P.astype(np.float64)
-    curv = P * (1.0 - P) * c.ws[:, None]  # (m', K)
+    curv = _diagonal_curvatures(c)
     squared = c.X.multiply(c.X).tocsr()
     dW = np.asarray(squared.T @ curv).T / p.denom + p.l2
     if not p.has_b:

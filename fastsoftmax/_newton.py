@@ -46,18 +46,19 @@ from ._blas import single_threaded_blas
 from . import _dispatch as policy
 from ._hessian import evaluate
 from ._sparse import is_sparse
-from ._validation import prepare
+from ._validation import is_dask_collection, prepare
 
 #: Relative diagonal shift that makes the singular directions solvable.
 JITTER = 1e-10
 
 
 
-def auto_solver(n_params: int, dense: bool, X=None, width: int | None = None,
-                sparse: bool = False) -> str:
-    """The solver ``SoftmaxRegression(solver="auto")`` uses for N = ``n_params``.
+def auto_solver(n_params: int, width: int, X) -> str:
+    """The solver ``SoftmaxRegression(solver="auto")`` uses for N = ``n_params``
+    parameters, ``width`` = n + fit_intercept of them per class, and the X
+    being fitted (a NumPy array, a SciPy CSR matrix or a Dask array).
 
-    ``"newton-cg"`` for SciPy CSR X (``sparse``; its diagonal-preconditioned
+    ``"newton-cg"`` for SciPy CSR X (its diagonal-preconditioned
     CG: measured on 20-newsgroups-shaped TF-IDF data, C = 10, tol = 1e-8,
     18 s against 99 s for L-BFGS, whose own updates of the 2.6 M
     coefficients cost as much as the kernels); ``"lbfgs"`` for other
@@ -69,17 +70,17 @@ def auto_solver(n_params: int, dense: bool, X=None, width: int | None = None,
     when the features' scales are alike (their :func:`scale_spread` at most
     ``AUTO_LBFGS_MAX_SCALE_SPREAD``: standardised data, on which L-BFGS
     needs few iterations and each costs one pass over X), else
-    ``"newton-cg"``.  ``X`` (m, n) is needed only in that last case.
+    ``"newton-cg"``.
     """
-    if sparse:
-        return "newton-cg"
-    if not dense:
+    if is_dask_collection(X):
         return "lbfgs"
+    if is_sparse(X):
+        return "newton-cg"
     if n_params <= policy.AUTO_CHOLESKY_MAX_PARAMS:
         return "newton-cholesky"
-    if width is not None and width <= policy.PCG_BLOCK_MAX_WIDTH:
+    if width <= policy.PCG_BLOCK_MAX_WIDTH:
         return "newton-cg"
-    if X is not None and scale_spread(X) <= policy.AUTO_LBFGS_MAX_SCALE_SPREAD:
+    if scale_spread(X) <= policy.AUTO_LBFGS_MAX_SCALE_SPREAD:
         return "lbfgs"
     return "newton-cg"
 

@@ -237,9 +237,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         width = n + 1 if self.fit_intercept else n
         solver = self.solver
         if solver == "auto":
-            sparse = not dask_input and is_sparse(X)
-            dense = not (dask_input or sparse)
-            solver = auto_solver(K * width, dense, X if dense else None, width, sparse=sparse)
+            solver = auto_solver(K * width, width, X)
 
         x0 = np.zeros((K, width))  # [W | b]
         if (self.warm_start and getattr(self, "coef_", None) is not None
