@@ -87,14 +87,21 @@ def indexloop(p: Problem, V: np.ndarray | None = None, vb: np.ndarray | None = N
                               policy.chunk_count(X.shape[0]), dX, p.cw, p.zl, p.cap, losses)
 
 
-def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None):
+#: an empty workspace: the sparse kernel then allocates its slabs
+_NO_WORK = np.empty(0)
+
+
+def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
+                 work: np.ndarray = _NO_WORK):
     """The fused sparse kernel on the problem's CSR X: ``(loss, G, gb)``.
 
     ``At`` is W transposed, (n, K), for the loss and gradient (``vb`` None),
     or ``[W; V]`` transposed, (n, 2K), with the intercept direction ``vb``
     for a Hessian-vector product (the loss is then 0).  Serial below
     ``SERIAL_WORK`` multiply-adds (nnz times At's columns), in tiles of
-    ``logits_tile_rows`` of At's columns.
+    ``logits_tile_rows`` of At's columns.  ``work``: a float64 workspace for
+    the gradient slabs, used when large enough (see
+    :func:`sparse_slab_entries`), for callers that repeat calls on one X.
     """
     X = p.X
     args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, p.eps)
@@ -103,10 +110,21 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None):
     block = policy.SPARSE_COMBINE_COLUMNS
     if chunks == 1 or X.nnz * At.shape[1] < policy.SERIAL_WORK:
         dense = policy.sparse_dense_slabs(X.shape[1], p.b.shape[0], 1)
-        return sparse_fused_sums_serial(*args, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense)
+        return sparse_fused_sums_serial(*args, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense,
+                                        work)
     dense = policy.sparse_dense_slabs(X.shape[1], p.b.shape[0], chunks)
     with parallel_region():
-        return sparse_fused_sums(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense)
+        return sparse_fused_sums(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense,
+                                 work)
+
+
+def sparse_slab_entries(p: Problem) -> int:
+    """Float64 entries of a workspace that holds the sparse kernel's dense
+    gradient slabs for the problem at the current thread count (0 when the
+    slabs are per-chunk column maps, whose size depends on the rows)."""
+    n, K = p.X.shape[1], p.b.shape[0]
+    chunks = policy.chunk_count(p.X.shape[0])
+    return chunks * n * K if policy.sparse_dense_slabs(n, K, chunks) else 0
 
 
 def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,

@@ -24,7 +24,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
-from ._api import Method, Reduction, finish, indexloop, sparse_fused, sums
+from . import _vectors
+from ._api import (Method, Reduction, finish, indexloop, sparse_fused,
+                   sparse_slab_entries, sums)
 from ._blas import single_threaded_blas
 from ._hessian_diag import diag_sums, diag_sums_serial
 from ._hessian_full import full_hessian_sums, full_hessian_sums_serial
@@ -53,11 +55,16 @@ def _dense_only(p: Problem, what: str) -> None:
 
 
 def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
-                 curvature: Curvature | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 curvature: Curvature | None = None, pair: np.ndarray | None = None,
+                 work: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Unnormalised ``(HV, Hvb)`` sums (float64) of a validated problem along (V, vb).
 
     V (K, n) and vb (K,) are C-contiguous in the problem's dtype.  ``curvature``
     is the NumPy method's cached state at the point, computed when missing.
+    For CSR X and the fused method, ``pair`` is a reusable (n, 2K) buffer
+    whose first K columns already hold W transposed (:func:`transposed_pair`;
+    None makes one) and ``work`` a reusable float64 workspace for the
+    kernel's gradient slabs (:func:`fastsoftmax._api.sparse_fused`).
     """
     if method == "numpy":
         return numpy_hessian_sums(curvature or numpy_curvature(p), V, vb)
@@ -65,7 +72,10 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
         _, G, gb = indexloop(p, V, vb)
         return G, gb
     if isinstance(p.X, CSR):  # the fused kernel gets [W; V] transposed, (n, 2K)
-        _, G, gb = sparse_fused(p, np.ascontiguousarray(np.concatenate((p.W, V)).T), vb)
+        K = p.W.shape[0]
+        pair = transposed_pair(p.W) if pair is None else pair
+        pair[:, K:] = V.T
+        _, G, gb = sparse_fused(p, pair, vb) if work is None else sparse_fused(p, pair, vb, work)
         return G, gb
     m, n = p.X.shape
     K = p.W.shape[0]
@@ -77,6 +87,18 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
             return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile)
         with parallel_region():
             return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile)
+
+
+def transposed_pair(W: np.ndarray) -> np.ndarray:
+    """An (n, 2K) C-contiguous buffer of W's dtype whose first K columns hold W
+    transposed: the sparse fused kernel's ``[W; V]^T`` once a direction V is
+    written into the last K.  A :class:`HessianProduct` keeps one for all its
+    products (at 20 newsgroups' shape it takes 42 MB, above the size glibc
+    recycles, so a new one per product paid its page faults every time)."""
+    K, n = W.shape
+    pair = np.empty((n, 2 * K), W.dtype)
+    pair[:, :K] = W.T
+    return pair
 
 
 def check_direction(p: Problem, V, vb) -> tuple[np.ndarray, np.ndarray]:
@@ -103,15 +125,33 @@ def check_direction(p: Problem, V, vb) -> tuple[np.ndarray, np.ndarray]:
     return kernel_array(V, p.dtype), vb_arr
 
 
-def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray):
-    """``HV[, Hvb]`` from the sums: divided by ``denom``, plus ``l2 V``, working dtype."""
-    HV = np.asarray(G, dtype=np.float64) / p.denom
-    if p.l2:
-        HV += p.l2 * np.asarray(V, dtype=np.float64)
-    HV = HV.astype(p.dtype, copy=False)
+def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray,
+                   flat: bool = False):
+    """``HV[, Hvb]`` from the sums: divided by ``denom``, plus ``l2 V``, working dtype.
+
+    ``flat``: one vector ``[HV.ravel(), Hvb]`` instead, written in place (no
+    concatenated copy of the (K, n) result).
+    """
+    K, n = V.shape
+    out = np.empty(K * n + (K if p.has_b else 0) if flat else (K, n), dtype=p.dtype)
+    HV = out[: K * n].reshape(K, n) if flat else out
+    G = np.asarray(G, dtype=np.float64)
+    if K * n >= policy.COMPILED_VECTOR_MIN_ENTRIES:  # one parallel pass
+        with parallel_region():
+            _vectors.finish_product(G, float(p.denom), float(p.l2), V, HV,
+                                    policy.COMPILED_VECTOR_BLOCK)
+    else:  # the sums and the penalty in float64, rounded once
+        HV64 = G / p.denom
+        if p.l2:
+            HV64 += p.l2 * np.asarray(V, dtype=np.float64)
+        HV[...] = HV64
     if not p.has_b:
-        return HV
-    return HV, (np.asarray(gb, dtype=np.float64) / p.denom).astype(p.dtype, copy=False)
+        return out
+    Hvb = np.asarray(gb, dtype=np.float64) / p.denom
+    if flat:
+        out[K * n:] = Hvb
+        return out
+    return out, Hvb.astype(p.dtype)
 
 
 def full_hessian(p: Problem) -> np.ndarray:
@@ -259,6 +299,10 @@ class HessianProduct:
         self._problem = problem
         self._method = method
         self._curvature: Curvature | None = None
+        # for CSR X and the fused method, kept across products: [W; V]^T (see
+        # transposed_pair) and the kernel's gradient slabs
+        self._pair: np.ndarray | None = None
+        self._work: np.ndarray | None = None
 
     @property
     def method(self) -> str:
@@ -281,10 +325,14 @@ class HessianProduct:
         Vk, vbk = check_direction(p, V_in, vb)
         if self._method == "numpy" and self._curvature is None:
             self._curvature = numpy_curvature(p)
-        out = finish_product(p, Vk, *product_sums(p, Vk, vbk, self._method, self._curvature))
-        if not flat:
-            return out
-        return np.concatenate([out[0].ravel(), out[1]]) if p.has_b else out.ravel()
+        if self._method == "fused" and isinstance(p.X, CSR):
+            if self._pair is None:
+                self._pair = transposed_pair(p.W)
+            entries = sparse_slab_entries(p)
+            if self._work is None or self._work.shape[0] < entries:
+                self._work = np.empty(entries)
+        sums_ = product_sums(p, Vk, vbk, self._method, self._curvature, self._pair, self._work)
+        return finish_product(p, Vk, *sums_, flat=flat)
 
     def matrix(self) -> np.ndarray:
         """The full Hessian at the same point, (N, N) float64, N = K n (+ K).

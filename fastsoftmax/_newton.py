@@ -43,7 +43,9 @@ import scipy.optimize
 from numpy.typing import ArrayLike
 
 from ._blas import single_threaded_blas
+from . import _vectors
 from . import _dispatch as policy
+from ._threading import parallel_region
 from ._hessian import evaluate
 from ._sparse import is_sparse
 from ._validation import is_dask_collection, prepare
@@ -168,8 +170,12 @@ class _Objective:
         return loss, grad
 
     def hessp(self, x, v):
+        return self.apply(self.at(x)[2], v)
+
+    def apply(self, hessp, v):
+        """``hessp(v)`` as float64, counted: for a ``hessp`` that ``at`` returned."""
         self.n_hessp += 1
-        return np.asarray(self.at(x)[2](v), dtype=np.float64)
+        return np.asarray(hessp(v), dtype=np.float64)
 
 
 def _setup(X, y, W0, b0, n_classes, fit_intercept, options):
@@ -381,8 +387,9 @@ def minimize_newton_pcg(
     expensive steps: :class:`_BlockInverses`), or with its diagonal (one
     pass over X) for wide or sparse X or when a block cannot be factored
     (:func:`_preconditioner`), and solves ``H s = -g`` by
-    conjugate gradients, to a relative residual of
-    ``min(0.5, sqrt(||g||))`` (superlinear convergence) or ``max_cg`` steps,
+    conjugate gradients, to a relative residual set by the Eisenstat-Walker
+    forcing term (:class:`_ForcingTerm`; superlinear convergence) or
+    ``max_cg`` steps,
     then backtracks from the full step.  Memory: a few vectors of length N,
     the K (n + 1)^2 float64 blocks and, while they are built, two float64
     copies of a tile of 4096 rows besides the kernels'; nothing of size
@@ -393,7 +400,8 @@ def minimize_newton_pcg(
     options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction, method=method)
     obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
-    step = functools.partial(_pcg_step, max_cg=max_cg, blocks=_BlockInverses())
+    step = functools.partial(_pcg_step, max_cg=max_cg, blocks=_BlockInverses(),
+                             forcing=_ForcingTerm())
     return _newton_loop(obj, x, step, tol, max_iter, start)
 
 
@@ -430,46 +438,102 @@ class _BlockInverses:
         self.stale = cg_steps > policy.PCG_BLOCK_AFTER_CG_STEPS
 
 
-def _pcg_step(obj, x, grad, hessp, max_cg, blocks):
+class _ForcingTerm:
+    """How accurately CG solves each Newton system: the relative residual
+    ``eta_k`` it stops at, for one fit.
+
+    The choice of Eisenstat and Walker ("Choosing the forcing terms in an
+    inexact Newton method", SIAM J. Sci. Comput. 17, 1996; their second
+    choice with gamma = 1 and alpha = (1 + sqrt 5) / 2):
+    ``eta_k = (||g_k|| / ||g_{k-1}||)^alpha``, kept at least
+    ``eta_{k-1}^alpha`` when that exceeds 0.1 (so it does not collapse after
+    one lucky step), and at most 0.5 (also the first step's).  Loose while
+    the gradient falls slowly, tight once Newton converges fast: CG spends
+    its products where they pay.  Measured against the earlier
+    ``min(0.5, sqrt(||g||))`` (idle, tol 1e-8, same objectives): Hessian
+    products on 20-newsgroups-shaped TF-IDF data 158 -> 112 (10.7 -> 7.8 s),
+    docstring corpus 236 -> 175, raw digits x10 137 -> 121, standardised
+    digits x10 104 -> 85, features scaled 10^-2..10^2 27 -> 20.
+    """
+
+    ALPHA = (1.0 + 5.0 ** 0.5) / 2.0
+    MAX = 0.5
+    KEEP_ABOVE = 0.1
+
+    def __init__(self):
+        self.gnorm = None
+        self.eta = self.MAX
+
+    def next(self, gnorm: float) -> float:
+        """The forcing term of the Newton step whose gradient norm is ``gnorm``."""
+        if self.gnorm is None or not self.gnorm > 0.0:
+            eta = self.MAX
+        else:
+            eta = (gnorm / self.gnorm) ** self.ALPHA
+            carried = self.eta ** self.ALPHA
+            if carried > self.KEEP_ABOVE:
+                eta = max(eta, carried)
+            eta = min(eta, self.MAX)
+        self.gnorm, self.eta = gnorm, eta
+        return eta
+
+
+def _pcg_step(obj, x, grad, hessp, max_cg, blocks, forcing):
     """The truncated Newton step: preconditioned CG on ``H s = -grad``
-    (see :func:`minimize_newton_pcg`, :func:`_preconditioner` and
-    :class:`_BlockInverses`)."""
+    (see :func:`minimize_newton_pcg`, :func:`_preconditioner`,
+    :class:`_BlockInverses` and :class:`_ForcingTerm`)."""
     precondition = _preconditioner(obj, hessp, blocks.get(obj, hessp))
     hessp_before = obj.n_hessp
-    step = _cg(obj, x, grad, precondition, max_cg)
+    eta = forcing.next(float(np.linalg.norm(grad)))
+    step = _cg(obj, hessp, grad, precondition, max_cg, eta)
     blocks.update(obj.n_hessp - hessp_before)
     return step
 
 
-def _cg(obj, x, grad, precondition, max_cg):
+def _cg(obj, hessp, grad, precondition, max_cg, eta):
     """Preconditioned conjugate gradients on ``H s = -grad`` to a relative
-    residual of ``min(0.5, sqrt(||grad||))``: the step, or a message."""
+    residual of ``eta`` (:class:`_ForcingTerm`): the step, or a message.
+    ``hessp`` is the point's :class:`HessianProduct`, ``precondition(r)``
+    returns ``(M^{-1} r, r . M^{-1} r)``.  The vectors are updated in place,
+    by compiled fused passes from ``COMPILED_VECTOR_MIN_ENTRIES`` parameters on
+    (:mod:`fastsoftmax._vectors`): at text-classification sizes every
+    NumPy temporary is a pass over tens of MB."""
+    compiled = grad.shape[0] >= policy.COMPILED_VECTOR_MIN_ENTRIES
+    block = policy.COMPILED_VECTOR_BLOCK
     gnorm = float(np.linalg.norm(grad))
-    eta = min(0.5, np.sqrt(gnorm))
     step = np.zeros_like(grad)
+    scaled = None if compiled else np.empty_like(grad)
     r = -grad
-    z = precondition(r)
+    z, rz = precondition(r)
     d = z.copy()
-    rz = float(r @ z)
     if not rz > 0.0:  # what is left of the gradient lies along flat directions
         return "no descent direction left (rounding level reached)"
     for _ in range(max_cg):
-        Hd = obj.hessp(x, d)
+        Hd = obj.apply(hessp, d)
         curvature = float(d @ Hd)
         if not curvature > 0.0:  # no positive curvature left (rounding)
             if not step.any():
                 step = d
             break
         alpha = rz / curvature
-        step += alpha * d
-        r -= alpha * Hd
-        if np.linalg.norm(r) <= eta * gnorm:
+        if compiled:
+            with parallel_region():
+                rnorm = np.sqrt(_vectors.advance(step, r, d, Hd, alpha, block))
+        else:
+            step += np.multiply(d, alpha, out=scaled)
+            r -= np.multiply(Hd, alpha, out=Hd)
+            rnorm = np.linalg.norm(r)
+        if rnorm <= eta * gnorm:
             break
-        z = precondition(r)
-        rz_new = float(r @ z)
+        z, rz_new = precondition(r)
         if not rz_new > 0.0:  # the residual is rounding along flat directions
             break
-        d = z + (rz_new / rz) * d
+        if compiled:
+            with parallel_region():
+                _vectors.new_direction(d, z, rz_new / rz, block)
+        else:
+            d *= rz_new / rz
+            d += z
         rz = rz_new
     return step
 
@@ -498,24 +562,54 @@ def _preconditioner(obj, hessp, inverses=None):
     width = n + obj.fit_intercept
     l2 = float(obj.options.get("l2", 0.0))
     if inverses is None:
-        diag = hessp.diagonal().reshape(-1)
+        diag = hessp.diagonal()
         floor = max(float(np.max(diag)), np.finfo(float).tiny) * 1e-12
-        inv_diag = _as_rows(1.0 / np.maximum(diag, floor), K, n, width)
-
-        def solve(R):
-            return inv_diag * R
-    else:
-        def solve(R):  # one batched product: K (n', n') inverses times K rows
-            return np.matmul(inverses, R[:, :, None])[:, :, 0]
+        return _jacobi(1.0 / np.maximum(diag, floor), K, n, l2)
 
     def precondition(r):
         R = _as_rows(r, K, n, width)
         mean = R.mean(axis=0)
-        Z = solve(R - mean)
+        # one batched product: K (n', n') inverses times K rows
+        Z = np.matmul(inverses, (R - mean)[:, :, None])[:, :, 0]
         Z -= Z.mean(axis=0)
         if l2 > 0.0:
             Z[:, :n] += mean[:n] / l2
-        return np.concatenate([Z[:, :n].ravel(), Z[:, n]]) if width > n else Z.ravel()
+        z = np.concatenate([Z[:, :n].ravel(), Z[:, n]]) if width > n else Z.ravel()
+        return z, float(r @ z)
+
+    return precondition
+
+
+def _jacobi(inv_diag, K, n, l2):
+    """:func:`_preconditioner` with the inverted diagonal ``inv_diag`` (flat
+    layout) on the part off the class means, on the flat vector directly:
+    the W part as a (K, n) view, b's K entries apart.  Compiled
+    (:func:`fastsoftmax._vectors.jacobi_off_means`, one pass) from
+    ``COMPILED_VECTOR_MIN_ENTRIES`` parameters on, a few NumPy passes below."""
+    inv_w = inv_diag[: K * n].reshape(K, n)
+    inv_b = inv_diag[K * n:]
+    compiled = inv_diag.shape[0] >= policy.COMPILED_VECTOR_MIN_ENTRIES
+
+    def precondition(r):
+        z = np.empty_like(r)
+        rw, zw = r[: K * n].reshape(K, n), z[: K * n].reshape(K, n)
+        if compiled:
+            with parallel_region():
+                rz = _vectors.jacobi_off_means(rw, inv_w, l2, zw, policy.COMPILED_VECTOR_BLOCK)
+        else:
+            mean = rw.mean(axis=0)
+            np.subtract(rw, mean, out=zw)
+            zw *= inv_w
+            shift = zw.mean(axis=0)
+            if l2 > 0.0:
+                shift -= mean / l2
+            zw -= shift
+            rz = float(rw.ravel() @ zw.ravel())
+        if inv_b.shape[0]:  # the intercepts: the same without the penalty
+            zb = (r[K * n:] - r[K * n:].mean()) * inv_b
+            z[K * n:] = zb - zb.mean()
+            rz += float(r[K * n:] @ z[K * n:])
+        return z, rz
 
     return precondition
 

@@ -28,7 +28,8 @@ def kernel_path(request, monkeypatch):
     "serial": one chunk, no parallel region, default tiles (what small
     problems use); "parallel-small-tiles": the parallel kernel even for tiny
     problems (never run inline on the calling thread), with 3-row tiles so
-    that every chunk has several tiles and the last tile is partial.
+    that every chunk has several tiles and the last tile is partial, and the
+    compiled passes over parameter-sized arrays (``_vectors``) at any size.
     """
     import fastsoftmax._dispatch as policy
 
@@ -37,6 +38,7 @@ def kernel_path(request, monkeypatch):
     else:
         monkeypatch.setattr(policy, "SERIAL_WORK", 0)
         monkeypatch.setattr(policy, "INLINE_WORK", 0)
+        monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES", 0)
         monkeypatch.setattr(policy, "tile_rows", lambda n, K, itemsize: 3)
         monkeypatch.setattr(policy, "logits_tile_rows", lambda K: 3)
     return request.param

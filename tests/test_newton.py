@@ -92,14 +92,18 @@ def test_steps_stay_off_the_null_directions(solver, rng):
             assert np.all(np.abs(res.W.sum(axis=0)) <= 1e-12 * max(1.0, np.abs(res.W).max()))
 
 
-@pytest.fixture(params=["blocks", "jacobi"])
+@pytest.fixture(params=["blocks", "jacobi", "jacobi-compiled"])
 def preconditioner_kind(request, monkeypatch):
     """Newton-CG's preconditioner: the per-class blocks, or (every width above
-    PCG_BLOCK_MAX_WIDTH = 0) the Hessian's diagonal."""
+    PCG_BLOCK_MAX_WIDTH = 0) the Hessian's diagonal, in NumPy or (every size
+    from COMPILED_VECTOR_MIN_ENTRIES = 0 on, with the CG vector updates) in the
+    compiled passes of fastsoftmax._vectors."""
     import fastsoftmax._dispatch as policy
 
-    if request.param == "jacobi":
+    if request.param != "blocks":
         monkeypatch.setattr(policy, "PCG_BLOCK_MAX_WIDTH", 0)
+    monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES",
+                        0 if request.param == "jacobi-compiled" else 2**62)
     return request.param
 
 
@@ -123,7 +127,14 @@ def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
     hessp = obj.at(x)[2]
     inverses = _BlockInverses().get(obj, hessp)
     assert (inverses is not None) == (preconditioner_kind == "blocks")
-    apply = _preconditioner(obj, hessp, inverses)
+    precondition = _preconditioner(obj, hessp, inverses)
+
+    def apply(r):  # M^{-1} r, and r . M^{-1} r checked on the way
+        z, rz = precondition(r)
+        scale = float(np.linalg.norm(r) * np.linalg.norm(z))
+        assert abs(rz - float(np.dot(r, z))) <= 1e-13 * scale
+        return z
+
     N = x.size
     r1, r2 = rng.standard_normal(N), rng.standard_normal(N)
     assert r1 @ apply(r2) == pytest.approx(r2 @ apply(r1), rel=1e-10)
@@ -194,3 +205,42 @@ def test_newton_cholesky_refuses_sparse_x_up_front(rng):
         minimize_newton_cholesky(X, np.arange(30) % 3)
     res = minimize_newton_pcg(X, np.arange(30) % 3, l2=0.1, tol=1e-8)  # takes CSR X
     assert res.converged, res.message
+
+
+@pytest.mark.parametrize("N, block", [(1, 1), (1000, 7), (1000, 1024), (5000, 64)])
+def test_cg_vector_passes_match_numpy(N, block, rng):
+    """The compiled CG updates of fastsoftmax._vectors against the NumPy
+    expressions they replace (block sizes that do and do not divide N)."""
+    from fastsoftmax import _vectors
+
+    step, r, d, Hd, z = (rng.standard_normal(N) for _ in range(5))
+    alpha, beta = 0.37, 1.9
+    step_ref, r_ref = step + alpha * d, r - alpha * Hd
+    rr = _vectors.advance(step, r, d, Hd, alpha, block)
+    np.testing.assert_allclose(step, step_ref, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(r, r_ref, rtol=1e-15, atol=1e-15)
+    assert rr == pytest.approx(float(r_ref @ r_ref), rel=1e-13)
+    d_ref = z + beta * d
+    _vectors.new_direction(d, z, beta, block)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-15, atol=1e-15)
+
+
+def test_forcing_term_follows_eisenstat_walker():
+    """CG's relative residual target per Newton step: 0.5 at the first step and
+    whenever the gradient grew, (ratio of gradient norms)^phi otherwise, but
+    not below eta_prev^phi while that exceeds 0.1 (numbers worked by hand)."""
+    from fastsoftmax._newton import _ForcingTerm
+
+    phi = (1 + 5 ** 0.5) / 2
+    f = _ForcingTerm()
+    assert f.next(3.0) == 0.5
+    # ratio 0.1: 0.1^phi = 0.024, but 0.5^phi = 0.3257 > 0.1 is kept
+    assert f.next(0.3) == pytest.approx(0.5 ** phi, rel=1e-12)
+    # ratio 0.5: 0.5^phi = 0.3257 against 0.3257^phi = 0.1629 kept: the larger
+    assert f.next(0.15) == pytest.approx(0.5 ** phi, rel=1e-12)
+    # ratio 1e-2: 1e-2^phi = 5.8e-4; 0.3257^phi = 0.1629 > 0.1 still kept
+    assert f.next(0.0015) == pytest.approx(0.5 ** (phi * phi), rel=1e-12)
+    # ratio 1e-2 again: carried 0.1629^phi = 0.0534 < 0.1, so the ratio's 5.8e-4
+    assert f.next(1.5e-5) == pytest.approx(1e-2 ** phi, rel=1e-12)
+    # the gradient grew: capped at 0.5
+    assert f.next(1.0) == 0.5

@@ -488,6 +488,37 @@ def test_both_gradient_slab_layouts_match_oracle(slabs, rng, kernel_path, monkey
                                  scales)
 
 
+@pytest.mark.parametrize("slabs", ["dense", "column-maps"])
+def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, kernel_path,
+                                                                    monkeypatch):
+    """A HessianProduct on CSR X keeps [W; V]^T and the slab workspace across
+    its products: every product in a sequence along different directions
+    (some with NaN, which must not leak into the next) equals the oracle, and
+    the one-shot hessian_product on the same direction bit for bit."""
+    import fastsoftmax._dispatch as policy
+
+    monkeypatch.setattr(policy, "SPARSE_DENSE_SLAB_BYTES", 2**62 if slabs == "dense" else 0)
+    m, n, K = 60, 40, 3
+    for dtype in DTYPES:
+        X = make_csr(rng, m, n, 0.1, dtype, np.int32)
+        W = rng.standard_normal((K, n)).astype(dtype)
+        y = rng.integers(0, K, m)
+        kw = {"b": rng.standard_normal(K).astype(dtype), "l2": 0.05}
+        hessp = fs.loss_grad_hessp(W, X, y, **kw)[-1]
+        for step in range(4):
+            V = rng.standard_normal((K, n)).astype(dtype)
+            vb = rng.standard_normal(K).astype(dtype)
+            if step == 1:
+                V[0, int(X.indices[0])] = np.nan
+            got = hessp(V, vb)
+            fresh = fs.hessian_product(W, X, y, V, vb=vb, **kw)
+            for a, b in zip(got, fresh):
+                np.testing.assert_array_equal(a, b)
+            if step != 1:
+                want, scales = hessian_oracle(W, X.toarray(), y, V, vb, kw, dtype)
+                assert_product_close(got, want, dtype, scales)
+
+
 def test_non_finite_weight_of_an_unused_column_stays_out_of_the_gradient(kernel_path):
     """A column that no row of X touches contributes nothing, even with an
     infinite weight, when l2 is 0 (0 * inf must not turn its gradient into NaN),
