@@ -14,7 +14,8 @@ from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
 from ._sparse import CSR
-from ._sparse_fused import sparse_fused_sums, sparse_fused_sums_serial
+from ._sparse_fused import (curvature_chunk, sparse_curvature, sparse_fused_sums,
+                            sparse_fused_sums_serial)
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_kernel
 from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
@@ -92,16 +93,17 @@ _NO_WORK = np.empty(0)
 
 
 def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
-                 work: np.ndarray = _NO_WORK):
+                 work: np.ndarray = _NO_WORK, curv: np.ndarray | None = None):
     """The fused sparse kernel on the problem's CSR X: ``(loss, G, gb)``.
 
-    ``At`` is W transposed, (n, K), for the loss and gradient (``vb`` None),
-    or ``[W; V]`` transposed, (n, 2K), with the intercept direction ``vb``
-    for a Hessian-vector product (the loss is then 0).  Serial below
-    ``SERIAL_WORK`` multiply-adds (nnz times At's columns), in tiles of
-    ``logits_tile_rows`` of At's columns.  ``work``: a float64 workspace for
-    the gradient slabs, used when large enough (see
-    :func:`sparse_slab_entries`), for callers that repeat calls on one X.
+    ``At`` is W transposed, (n, K), for the loss and gradient (``vb`` and
+    ``curv`` None), or V transposed, (n, K), with the intercept direction
+    ``vb`` and the point's ``curv`` (:func:`sparse_point_curvature`) for a
+    Hessian-vector product (the loss is then 0).  Serial below
+    ``SERIAL_WORK`` multiply-adds (nnz K), in tiles of ``logits_tile_rows``.
+    ``work``: a float64 workspace for the gradient slabs, used when large
+    enough (see :func:`sparse_slab_entries`), for callers that repeat calls
+    on one X.
     """
     X = p.X
     args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, p.eps)
@@ -111,11 +113,32 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
     if chunks == 1 or X.nnz * At.shape[1] < policy.SERIAL_WORK:
         dense = policy.sparse_dense_slabs(X.shape[1], p.b.shape[0], 1)
         return sparse_fused_sums_serial(*args, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense,
-                                        work)
+                                        work, curv)
     dense = policy.sparse_dense_slabs(X.shape[1], p.b.shape[0], chunks)
     with parallel_region():
         return sparse_fused_sums(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense,
-                                 work)
+                                 work, curv)
+
+
+def sparse_point_curvature(p: Problem) -> np.ndarray:
+    """The probabilities and scales at the problem's (W, b) that its Hessian
+    products on CSR X use: (m, K + 1) float64, row i = ``[p_i, w_i s_i]``
+    (zero for rows ignore_index drops); see
+    :func:`fastsoftmax._sparse_fused.sparse_curvature`.  Serial and parallel
+    as :func:`sparse_fused`."""
+    X = p.X
+    K = p.b.shape[0]
+    curv = np.zeros((X.shape[0], K + 1))
+    Wt = np.ascontiguousarray(p.W.T)
+    args = (X.data, X.indices, X.indptr, Wt, p.b, p.labels, p.T, p.sw, p.eps)
+    chunks = policy.chunk_count(X.shape[0])
+    tile = policy.logits_tile_rows(K)
+    if chunks == 1 or X.nnz * K < policy.SERIAL_WORK:
+        curvature_chunk(*args, 0, X.shape[0], tile, policy.SPARSE_PREFETCH_AHEAD, curv)
+    else:
+        with parallel_region():
+            sparse_curvature(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD, curv)
+    return curv
 
 
 def sparse_slab_entries(p: Problem) -> int:

@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
 from . import _vectors
-from ._api import (Method, Reduction, finish, indexloop, sparse_fused,
+from ._api import (Method, Reduction, finish, indexloop, sparse_fused, sparse_point_curvature,
                    sparse_slab_entries, sums)
 from ._blas import single_threaded_blas
 from ._hessian_diag import diag_sums, diag_sums_serial
@@ -54,28 +54,52 @@ def _dense_only(p: Problem, what: str) -> None:
                         f"Hessian-vector products and the diagonal take CSR X")
 
 
+class ProductCache:
+    """What a point's Hessian products keep from one product to the next.
+
+    ``curvature``: the NumPy method's probabilities (:func:`numpy_curvature`).
+    For CSR X and the fused method: ``curv``, the probabilities and scales
+    (m, K + 1) float64 (:func:`fastsoftmax._api.sparse_point_curvature`);
+    ``vt``, an (n, K) buffer for the direction transposed; ``work``, the
+    sparse kernel's slab workspace.  All made at the first product that needs
+    them.  (At 20 newsgroups' shape the slabs take 42 MB, above the size
+    glibc recycles: made anew for every product they paid their page faults
+    every time.)
+    """
+
+    def __init__(self):
+        self.curvature: Curvature | None = None
+        self.curv: np.ndarray | None = None
+        self.vt: np.ndarray | None = None
+        self.work: np.ndarray | None = None
+
+
 def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
-                 curvature: Curvature | None = None, pair: np.ndarray | None = None,
-                 work: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 cache: ProductCache | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Unnormalised ``(HV, Hvb)`` sums (float64) of a validated problem along (V, vb).
 
-    V (K, n) and vb (K,) are C-contiguous in the problem's dtype.  ``curvature``
-    is the NumPy method's cached state at the point, computed when missing.
-    For CSR X and the fused method, ``pair`` is a reusable (n, 2K) buffer
-    whose first K columns already hold W transposed (:func:`transposed_pair`;
-    None makes one) and ``work`` a reusable float64 workspace for the
-    kernel's gradient slabs (:func:`fastsoftmax._api.sparse_fused`).
+    V (K, n) and vb (K,) are C-contiguous in the problem's dtype.  ``cache``
+    holds what products at the same point share (:class:`ProductCache`),
+    filled here when missing; None: nothing is kept.
     """
+    cache = ProductCache() if cache is None else cache
     if method == "numpy":
-        return numpy_hessian_sums(curvature or numpy_curvature(p), V, vb)
+        if cache.curvature is None:
+            cache.curvature = numpy_curvature(p)
+        return numpy_hessian_sums(cache.curvature, V, vb)
     if method == "indexloop":
         _, G, gb = indexloop(p, V, vb)
         return G, gb
-    if isinstance(p.X, CSR):  # the fused kernel gets [W; V] transposed, (n, 2K)
-        K = p.W.shape[0]
-        pair = transposed_pair(p.W) if pair is None else pair
-        pair[:, K:] = V.T
-        _, G, gb = sparse_fused(p, pair, vb) if work is None else sparse_fused(p, pair, vb, work)
+    if isinstance(p.X, CSR):  # the probabilities once, then V^T (n, K) per product
+        K, n = V.shape
+        if cache.curv is None:
+            cache.curv = sparse_point_curvature(p)
+            cache.vt = np.empty((n, K), p.dtype)
+        entries = sparse_slab_entries(p)
+        if cache.work is None or cache.work.shape[0] < entries:
+            cache.work = np.empty(entries)
+        cache.vt[...] = V.T
+        _, G, gb = sparse_fused(p, cache.vt, vb, cache.work, cache.curv)
         return G, gb
     m, n = p.X.shape
     K = p.W.shape[0]
@@ -87,18 +111,6 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
             return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile)
         with parallel_region():
             return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile)
-
-
-def transposed_pair(W: np.ndarray) -> np.ndarray:
-    """An (n, 2K) C-contiguous buffer of W's dtype whose first K columns hold W
-    transposed: the sparse fused kernel's ``[W; V]^T`` once a direction V is
-    written into the last K.  A :class:`HessianProduct` keeps one for all its
-    products (at 20 newsgroups' shape it takes 42 MB, above the size glibc
-    recycles, so a new one per product paid its page faults every time)."""
-    K, n = W.shape
-    pair = np.empty((n, 2 * K), W.dtype)
-    pair[:, :K] = W.T
-    return pair
 
 
 def check_direction(p: Problem, V, vb) -> tuple[np.ndarray, np.ndarray]:
@@ -288,21 +300,21 @@ class HessianProduct:
       ``np.concatenate([W.ravel(), b])``: returns the product in the same
       flat layout, as ``scipy.optimize.minimize(..., hessp=...)`` expects.
 
-    Results are in the problem's working dtype.  With ``method="fused"`` or
-    ``"indexloop"`` every product recomputes the probabilities from X (so
-    nothing of size m x K is ever stored; a product costs about one gradient
-    evaluation); with ``method="numpy"`` the probabilities (m x K) are
-    computed on the first product and kept.
+    Results are in the problem's working dtype.  With ``method="fused"`` on
+    dense X, or ``"indexloop"``, every product recomputes the probabilities
+    from X (so nothing of size m x K is ever stored; a product costs about
+    one gradient evaluation).  With ``method="numpy"``, and with ``"fused"``
+    on CSR X, the probabilities are computed on the first product and kept
+    (m x K in the working dtype, resp. m x (K + 1) float64 with the samples'
+    scales), so that each later product only gathers the direction's
+    columns; on CSR X the fused method also keeps an (n, K) buffer for the
+    direction transposed and its gradient slabs.
     """
 
     def __init__(self, problem: Problem, method: str):
         self._problem = problem
         self._method = method
-        self._curvature: Curvature | None = None
-        # for CSR X and the fused method, kept across products: [W; V]^T (see
-        # transposed_pair) and the kernel's gradient slabs
-        self._pair: np.ndarray | None = None
-        self._work: np.ndarray | None = None
+        self._cache = ProductCache()
 
     @property
     def method(self) -> str:
@@ -323,15 +335,7 @@ class HessianProduct:
                     + (" + K" if p.has_b else "") + f" for W {p.W.shape}), got {V_in.shape}")
             V_in, vb = V_in[: K * n].reshape(K, n), (V_in[K * n:] if p.has_b else None)
         Vk, vbk = check_direction(p, V_in, vb)
-        if self._method == "numpy" and self._curvature is None:
-            self._curvature = numpy_curvature(p)
-        if self._method == "fused" and isinstance(p.X, CSR):
-            if self._pair is None:
-                self._pair = transposed_pair(p.W)
-            entries = sparse_slab_entries(p)
-            if self._work is None or self._work.shape[0] < entries:
-                self._work = np.empty(entries)
-        sums_ = product_sums(p, Vk, vbk, self._method, self._curvature, self._pair, self._work)
+        sums_ = product_sums(p, Vk, vbk, self._method, self._cache)
         return finish_product(p, Vk, *sums_, flat=flat)
 
     def matrix(self) -> np.ndarray:
@@ -424,9 +428,10 @@ def loss_grad_hessp(
     hessp : HessianProduct
         ``hessp(V)`` -> HV (K, n); with an intercept ``hessp(V, vb=None)``
         -> ``(HV, Hvb)``; also takes and returns flat vectors laid out as
-        ``np.concatenate([W.ravel(), b])``.  The fused and index-loop methods
-        recompute the probabilities for every product (memory independent of
-        m); the NumPy method caches them (m x K) on first use.
+        ``np.concatenate([W.ravel(), b])``.  The fused (dense X) and
+        index-loop methods recompute the probabilities for every product
+        (memory independent of m); the NumPy method, and the fused method on
+        CSR X, cache them (m x K; see :class:`HessianProduct`) on first use.
 
     Raises
     ------

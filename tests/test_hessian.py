@@ -243,21 +243,26 @@ def test_deterministic_and_layout_independent(rng, kernel_path):
                 assert_close(a, c, np.float64)
 
 
-def test_masked_class_and_extreme_logits(rng, kernel_path):
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_masked_class_and_extreme_logits(layout, rng, kernel_path):
     """A class with a -inf intercept has probability 0 and adds nothing; logits
-    of 1e6 give finite products equal to the oracle's."""
+    of 1e6 give finite products equal to the oracle's (dense X, and CSR X,
+    whose fused products use stored probabilities)."""
+    import scipy.sparse
+
     m, n, K = 20, 3, 4
     W, X, y = make_problem(rng, m, n, K, np.float64)
     y = np.where(y == 3, 0, y)
     b = np.array([0.0, 0.1, -0.2, -np.inf])
     V, vb = direction(rng, K, n, np.float64, True)
+    Xin = X if layout == "dense" else scipy.sparse.csr_matrix(X)
     for method in METHODS:
-        HV, Hvb = fs.hessian_product(W, X, y, V, b=b, vb=vb, method=method)
+        HV, Hvb = fs.hessian_product(W, Xin, y, V, b=b, vb=vb, method=method)
         assert np.all(np.isfinite(HV)) and np.all(np.isfinite(Hvb))
         assert np.all(HV[3] == 0) and Hvb[3] == 0
         want = naive_hessian_product(W[:3], X, y, V[:3], b=b[:3], vb=vb[:3])
         assert_close(HV[:3], want[0], np.float64)
-        HV, Hvb = fs.hessian_product(1e6 * W, X, y, V, b=np.zeros(K), vb=vb, method=method)
+        HV, Hvb = fs.hessian_product(1e6 * W, Xin, y, V, b=np.zeros(K), vb=vb, method=method)
         assert np.all(np.isfinite(HV)) and np.all(np.isfinite(Hvb))
 
 
