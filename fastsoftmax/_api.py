@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
+from . import _vectors
 from ._blas import single_threaded_blas
 from ._fused import fused_sums, fused_sums_serial
 from ._indexloop import indexloop_sums
@@ -160,7 +161,15 @@ def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dt
     the blocks' summed totals).
     """
     loss = float(loss_sum) / denom
-    if G.dtype == dtype and G.flags.owndata and G.flags.writeable:
+    if G.size >= policy.COMPILED_VECTOR_MIN_ENTRIES:  # one fused parallel pass
+        own = G.dtype == dtype and G.flags.owndata and G.flags.writeable
+        dW = G if own else np.empty(G.shape, dtype)
+        with parallel_region():
+            squares = _vectors.finish_sums(G, float(denom), float(l2), W, dW,
+                                           policy.COMPILED_VECTOR_BLOCK)
+        if l2:
+            loss += 0.5 * l2 * squares
+    elif G.dtype == dtype and G.flags.owndata and G.flags.writeable:
         # an array of the working dtype that the kernel made for this call (the
         # large-vocabulary kernel's dW): finished in place, no (K, n) temporary
         dW = G

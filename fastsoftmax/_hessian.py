@@ -150,8 +150,8 @@ def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray,
     G = np.asarray(G, dtype=np.float64)
     if K * n >= policy.COMPILED_VECTOR_MIN_ENTRIES:  # one parallel pass
         with parallel_region():
-            _vectors.finish_product(G, float(p.denom), float(p.l2), V, HV,
-                                    policy.COMPILED_VECTOR_BLOCK)
+            _vectors.finish_sums(G, float(p.denom), float(p.l2), V, HV,
+                                 policy.COMPILED_VECTOR_BLOCK)
     else:  # the sums and the penalty in float64, rounded once
         HV64 = G / p.denom
         if p.l2:

@@ -4,7 +4,7 @@ On wide X (text classification: N = K n of a few million parameters) every
 NumPy expression of a conjugate-gradient step is a pass over tens of MB,
 and a step took about 30 ms of such passes around a 46 ms Hessian product
 (measured on 20-newsgroups-shaped data: 11314 x 130107, K = 20).  These
-kernels fuse them: one pass to finish the Hessian product from its sums,
+kernels fuse them: one pass to finish a gradient or a Hessian product from its sums,
 one for the updates of the step and the residual, one for the Jacobi
 preconditioner with its class-mean split, one for the new direction.
 The callers use them from ``_dispatch.COMPILED_VECTOR_MIN_ENTRIES`` entries
@@ -27,14 +27,32 @@ from ._jit import parallel_kernel
 
 
 @parallel_kernel
-def finish_product(G, denom, l2, V, out, block):
-    """``out = G / denom + l2 V`` ((K, n): G float64, V and out of the working
-    dtype; the sum in float64, rounded once)."""
+def finish_sums(G, denom, l2, V, out, block):
+    """``out = G / denom + l2 V`` ((K, n); the sum in float64, rounded once to
+    out's dtype; ``out`` may be ``G`` itself); returns ``sum(V^2)`` in
+    float64.  The finish of a gradient (V = W: the penalty's value comes
+    with it, without NumPy's multi-threaded dot product, whose spinning
+    BLAS threads then slowed the next kernel call) and of a Hessian product
+    (V the direction)."""
     K, n = G.shape
-    for q in prange((n + block - 1) // block):
+    nblocks = (n + block - 1) // block
+    parts = np.empty(nblocks)
+    for q in prange(nblocks):
+        j0 = q * block
+        j1 = min(n, j0 + block)
         for k in range(K):
-            for j in range(q * block, min(n, (q + 1) * block)):
+            for j in range(j0, j1):
                 out[k, j] = G[k, j] / denom + l2 * np.float64(V[k, j])
+        s = 0.0
+        for k in range(K):
+            for j in range(j0, j1):
+                v = np.float64(V[k, j])
+                s += v * v
+        parts[q] = s
+    total = 0.0
+    for q in range(nblocks):
+        total += parts[q]
+    return total
 
 
 @parallel_kernel
