@@ -94,6 +94,7 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
         K, n = V.shape
         if cache.curv is None:
             cache.curv = sparse_point_curvature(p)
+        if cache.vt is None:
             cache.vt = np.empty((n, K), p.dtype)
         entries = sparse_slab_entries(p)
         if cache.work is None or cache.work.shape[0] < entries:
@@ -195,10 +196,12 @@ def full_hessian(p: Problem) -> np.ndarray:
     return H
 
 
-def hessian_diagonal(p: Problem) -> np.ndarray:
-    """The Hessian's diagonal (N,) float64 of a validated problem, flat layout ``[W.ravel(), b]``."""
+def hessian_diagonal(p: Problem, cache: ProductCache | None = None) -> np.ndarray:
+    """The Hessian's diagonal (N,) float64 of a validated problem, flat layout
+    ``[W.ravel(), b]``; for CSR X from the probabilities of ``cache`` (filled
+    when missing)."""
     if isinstance(p.X, CSR):
-        return _sparse_hessian_diagonal(p)
+        return _sparse_hessian_diagonal(p, ProductCache() if cache is None else cache)
     m, n = p.X.shape
     K = p.W.shape[0]
     W64 = p.W.astype(np.float64)
@@ -269,14 +272,21 @@ def _diagonal_curvatures(c: Curvature) -> np.ndarray:
     return P * (1.0 - P) * c.ws[:, None]
 
 
-def _sparse_hessian_diagonal(p: Problem) -> np.ndarray:
-    """:func:`hessian_diagonal` for CSR X, vectorised with scipy.sparse: the
-    curvatures ``c_ik = w_i s_i p_ik (1 - p_ik)`` of the kept samples, then
-    ``(X * X)^T c``.  Peak extra memory: the (m, K) probabilities and
-    curvatures and a copy of X's non-zeros (squared)."""
-    c = numpy_curvature(p)
-    curv = _diagonal_curvatures(c)
-    squared = c.X.multiply(c.X).tocsr()
+def _sparse_hessian_diagonal(p: Problem, cache: ProductCache) -> np.ndarray:
+    """:func:`hessian_diagonal` for CSR X: the curvatures
+    ``c_ik = w_i s_i p_ik (1 - p_ik)`` from the point's stored probabilities
+    (:func:`fastsoftmax._api.sparse_point_curvature`, shared with the
+    Hessian products), then ``(X * X)^T c`` with scipy.sparse (duplicate
+    entries summed before squaring).  Extra memory: the (m, K + 1)
+    probabilities (kept in ``cache``), the (m, K) curvatures and X's squared
+    non-zeros."""
+    if cache.curv is None:
+        cache.curv = sparse_point_curvature(p)
+    K = p.W.shape[0]
+    P = cache.curv[:, :K]
+    curv = P * (1.0 - P) * cache.curv[:, K:]
+    Xs = p.X.to_scipy()
+    squared = Xs.multiply(Xs)  # duplicate entries summed first, as SciPy does
     dW = np.asarray(squared.T @ curv).T / p.denom + p.l2
     if not p.has_b:
         return dW.ravel()
@@ -354,10 +364,11 @@ class HessianProduct:
         ``(1/D) sum_i w_i s_i p_ij (1 - p_ij) x_il^2 + l2`` for W_jl and the
         same without x_il^2 and l2 for b_j: a Jacobi preconditioner for
         conjugate gradients.  One fused pass over X (like one gradient); for
-        CSR X vectorised scipy.sparse, with the (m, K) probabilities and a
-        copy of X's non-zeros as extra memory.
+        CSR X from the probabilities the products keep (computed here if no
+        product came first), then scipy.sparse, with the (m, K) curvatures
+        and a copy of X's squared non-zeros as extra memory.
         """
-        return hessian_diagonal(self._problem)
+        return hessian_diagonal(self._problem, self._cache)
 
     def class_blocks(self, stride: int = 1) -> np.ndarray:
         """The Hessian's diagonal blocks, one per class, (K, n', n') float64.

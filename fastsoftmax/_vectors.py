@@ -29,8 +29,8 @@ from ._jit import parallel_kernel
 @parallel_kernel
 def finish_sums(G, denom, l2, V, out, block):
     """``out = G / denom + l2 V`` ((K, n); the sum in float64, rounded once to
-    out's dtype; ``out`` may be ``G`` itself); returns ``sum(V^2)`` in
-    float64.  The finish of a gradient (V = W: the penalty's value comes
+    out's dtype; ``out`` may be ``G`` itself; no ``l2 V`` term at all when
+    l2 is 0); returns ``sum(V^2)`` in float64.  The finish of a gradient (V = W: the penalty's value comes
     with it, without NumPy's multi-threaded dot product, whose spinning
     BLAS threads then slowed the next kernel call) and of a Hessian product
     (V the direction)."""
@@ -40,9 +40,14 @@ def finish_sums(G, denom, l2, V, out, block):
     for q in prange(nblocks):
         j0 = q * block
         j1 = min(n, j0 + block)
-        for k in range(K):
-            for j in range(j0, j1):
-                out[k, j] = G[k, j] / denom + l2 * np.float64(V[k, j])
+        if l2 != 0.0:
+            for k in range(K):
+                for j in range(j0, j1):
+                    out[k, j] = G[k, j] / denom + l2 * np.float64(V[k, j])
+        else:  # V may hold inf where its gradient is 0 (a column X never touches)
+            for k in range(K):
+                for j in range(j0, j1):
+                    out[k, j] = G[k, j] / denom
         s = 0.0
         for k in range(K):
             for j in range(j0, j1):

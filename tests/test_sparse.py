@@ -491,10 +491,12 @@ def test_both_gradient_slab_layouts_match_oracle(slabs, rng, kernel_path, monkey
 @pytest.mark.parametrize("slabs", ["dense", "column-maps"])
 def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, kernel_path,
                                                                     monkeypatch):
-    """A HessianProduct on CSR X keeps [W; V]^T and the slab workspace across
-    its products: every product in a sequence along different directions
-    (some with NaN, which must not leak into the next) equals the oracle, and
-    the one-shot hessian_product on the same direction bit for bit."""
+    """A HessianProduct on CSR X keeps the point's probabilities, a buffer for
+    V^T and the slab workspace across its products (and its diagonal, which
+    may come first and fill the probabilities): every product in a sequence
+    along different directions (some with NaN, which must not leak into the
+    next) equals the oracle, and the one-shot hessian_product on the same
+    direction bit for bit."""
     import fastsoftmax._dispatch as policy
 
     monkeypatch.setattr(policy, "SPARSE_DENSE_SLAB_BYTES", 2**62 if slabs == "dense" else 0)
@@ -505,6 +507,9 @@ def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, 
         y = rng.integers(0, K, m)
         kw = {"b": rng.standard_normal(K).astype(dtype), "l2": 0.05}
         hessp = fs.loss_grad_hessp(W, X, y, **kw)[-1]
+        if dtype == np.float64:
+            np.testing.assert_array_equal(hessp.diagonal(),
+                                          fs.loss_grad_hessp(W, X, y, **kw)[-1].diagonal())
         for step in range(4):
             V = rng.standard_normal((K, n)).astype(dtype)
             vb = rng.standard_normal(K).astype(dtype)
