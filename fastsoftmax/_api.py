@@ -93,6 +93,19 @@ def indexloop(p: Problem, V: np.ndarray | None = None, vb: np.ndarray | None = N
 _NO_WORK = np.empty(0)
 
 
+def _sparse_plan(p: Problem, columns: int) -> tuple[bool, int, bool]:
+    """How the fused sparse kernel runs on the problem, for At with
+    ``columns`` columns: ``(serial, chunks, dense slabs)``.  Serial (one
+    chunk, no parallel region) below ``SERIAL_WORK`` multiply-adds (nnz
+    times columns) or on one thread."""
+    X = p.X
+    n, K = X.shape[1], p.b.shape[0]
+    chunks = policy.chunk_count(X.shape[0])
+    if chunks == 1 or X.nnz * columns < policy.SERIAL_WORK:
+        return True, 1, policy.sparse_dense_slabs(n, K, 1)
+    return False, chunks, policy.sparse_dense_slabs(n, K, chunks)
+
+
 def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
                  work: np.ndarray = _NO_WORK, curv: np.ndarray | None = None):
     """The fused sparse kernel on the problem's CSR X: ``(loss, G, gb)``.
@@ -100,22 +113,20 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
     ``At`` is W transposed, (n, K), for the loss and gradient (``vb`` and
     ``curv`` None), or V transposed, (n, K), with the intercept direction
     ``vb`` and the point's ``curv`` (:func:`sparse_point_curvature`) for a
-    Hessian-vector product (the loss is then 0).  Serial below
-    ``SERIAL_WORK`` multiply-adds (nnz K), in tiles of ``logits_tile_rows``.
+    Hessian-vector product (the loss is then 0).  In tiles of
+    ``logits_tile_rows`` (see :func:`_sparse_plan` for serial or parallel).
     ``work``: a float64 workspace for the gradient slabs, used when large
     enough (see :func:`sparse_slab_entries`), for callers that repeat calls
-    on one X.
+    on one X; it must not be in use by another call at the same time.
     """
     X = p.X
     args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, p.eps)
-    chunks = policy.chunk_count(X.shape[0])
+    serial, chunks, dense = _sparse_plan(p, At.shape[1])
     tile = policy.logits_tile_rows(At.shape[1])
     block = policy.SPARSE_COMBINE_COLUMNS
-    if chunks == 1 or X.nnz * At.shape[1] < policy.SERIAL_WORK:
-        dense = policy.sparse_dense_slabs(X.shape[1], p.b.shape[0], 1)
+    if serial:
         return sparse_fused_sums_serial(*args, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense,
                                         work, curv)
-    dense = policy.sparse_dense_slabs(X.shape[1], p.b.shape[0], chunks)
     with parallel_region():
         return sparse_fused_sums(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense,
                                  work, curv)
@@ -142,13 +153,14 @@ def sparse_point_curvature(p: Problem) -> np.ndarray:
     return curv
 
 
-def sparse_slab_entries(p: Problem) -> int:
+def sparse_slab_entries(p: Problem, columns: int) -> int:
     """Float64 entries of a workspace that holds the sparse kernel's dense
-    gradient slabs for the problem at the current thread count (0 when the
-    slabs are per-chunk column maps, whose size depends on the rows)."""
-    n, K = p.X.shape[1], p.b.shape[0]
-    chunks = policy.chunk_count(p.X.shape[0])
-    return chunks * n * K if policy.sparse_dense_slabs(n, K, chunks) else 0
+    gradient slabs for the problem (At with ``columns`` columns) at the
+    current thread count: chunks n K, or 0 when the slabs are per-chunk
+    column maps, whose size depends on the rows (they are then allocated by
+    each call)."""
+    _, chunks, dense = _sparse_plan(p, columns)
+    return chunks * p.X.shape[1] * p.b.shape[0] if dense else 0
 
 
 def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dtype,
@@ -164,9 +176,12 @@ def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dt
     if G.size >= policy.COMPILED_VECTOR_MIN_ENTRIES:  # one fused parallel pass
         own = G.dtype == dtype and G.flags.owndata and G.flags.writeable
         dW = G if own else np.empty(G.shape, dtype)
+        # W as the kernel's own type (dask hands W over as the caller gave it)
+        Wk = np.ascontiguousarray(W, dtype=dtype)
+        G = np.ascontiguousarray(G, dtype=np.float64) if not own else G
         with parallel_region():
-            squares = _vectors.finish_sums(G, float(denom), float(l2), W, dW,
-                                           policy.COMPILED_VECTOR_BLOCK)
+            squares = _vectors.finish_sums(G, float(denom), float(l2), Wk, dW,
+                                           policy.COMPILED_VECTOR_BLOCK, bool(l2))
         if l2:
             loss += 0.5 * l2 * squares
     elif G.dtype == dtype and G.flags.owndata and G.flags.writeable:

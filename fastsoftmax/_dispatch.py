@@ -121,7 +121,8 @@ PCG_BLOCK_AFTER_CG_STEPS = 10
 NEWTON_MAX_STALLED_STEPS = 5
 #: Passes over parameter-sized arrays run compiled and parallel
 #: (:mod:`fastsoftmax._vectors`: Newton-CG's vector updates and Jacobi
-#: preconditioner, the Hessian product's finish) from this many entries on,
+#: preconditioner, the finish of a Hessian product and of every gradient,
+#: ``loss_and_grad``'s and the Dask one's included) from this many entries on,
 #: in NumPy below (where a pass takes microseconds and waking the worker
 #: threads would cost more).  Measured on 20-newsgroups-shaped data
 #: (N = 2.6 M): NumPy's passes took about 30 ms a CG step beside a 46 ms

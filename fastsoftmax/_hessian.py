@@ -18,6 +18,7 @@ Samples dropped by ``ignore_index`` add nothing.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Callable, Union
 
 import numpy as np
@@ -59,8 +60,9 @@ class ProductCache:
 
     ``curvature``: the NumPy method's probabilities (:func:`numpy_curvature`).
     For CSR X and the fused method: ``curv``, the probabilities and scales
-    (m, K + 1) float64 (:func:`fastsoftmax._api.sparse_point_curvature`);
-    ``vt``, an (n, K) buffer for the direction transposed; ``work``, the
+    (m, K + 1) float64 (:func:`fastsoftmax._api.sparse_point_curvature`,
+    read-only once made), and a pair of buffers lent to one product at a time
+    (:meth:`borrow`): an (n, K) buffer for the direction transposed and the
     sparse kernel's slab workspace.  All made at the first product that needs
     them.  (At 20 newsgroups' shape the slabs take 42 MB, above the size
     glibc recycles: made anew for every product they paid their page faults
@@ -70,8 +72,27 @@ class ProductCache:
     def __init__(self):
         self.curvature: Curvature | None = None
         self.curv: np.ndarray | None = None
-        self.vt: np.ndarray | None = None
-        self.work: np.ndarray | None = None
+        self._buffers: list[tuple[np.ndarray, np.ndarray]] = []
+        self._lock = threading.Lock()
+
+    def borrow(self, shape: tuple[int, int], dtype, entries: int):
+        """``(vt, work)``: an (n, K) buffer of ``dtype`` and a float64 workspace
+        of at least ``entries``, for one product.  Each pair serves one
+        product at a time (the kernels release the GIL, so a HessianProduct
+        may be called from several threads at once: each then gets its own
+        pair); give it back with :meth:`give_back`."""
+        with self._lock:
+            pair = self._buffers.pop() if self._buffers else None
+        if pair is None or pair[0].shape != shape or pair[0].dtype != dtype:
+            pair = (np.empty(shape, dtype), np.empty(entries))
+        elif pair[1].shape[0] < entries:
+            pair = (pair[0], np.empty(entries))
+        return pair
+
+    def give_back(self, pair) -> None:
+        with self._lock:
+            if not self._buffers:  # one pair is kept; extra ones are freed
+                self._buffers.append(pair)
 
 
 def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
@@ -94,13 +115,12 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
         K, n = V.shape
         if cache.curv is None:
             cache.curv = sparse_point_curvature(p)
-        if cache.vt is None:
-            cache.vt = np.empty((n, K), p.dtype)
-        entries = sparse_slab_entries(p)
-        if cache.work is None or cache.work.shape[0] < entries:
-            cache.work = np.empty(entries)
-        cache.vt[...] = V.T
-        _, G, gb = sparse_fused(p, cache.vt, vb, cache.work, cache.curv)
+        vt, work = pair = cache.borrow((n, K), p.dtype, sparse_slab_entries(p, K))
+        try:
+            vt[...] = V.T
+            _, G, gb = sparse_fused(p, vt, vb, work, cache.curv)
+        finally:
+            cache.give_back(pair)
         return G, gb
     m, n = p.X.shape
     K = p.W.shape[0]
@@ -152,7 +172,7 @@ def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray,
     if K * n >= policy.COMPILED_VECTOR_MIN_ENTRIES:  # one parallel pass
         with parallel_region():
             _vectors.finish_sums(G, float(p.denom), float(p.l2), V, HV,
-                                 policy.COMPILED_VECTOR_BLOCK)
+                                 policy.COMPILED_VECTOR_BLOCK, False)
     else:  # the sums and the penalty in float64, rounded once
         HV64 = G / p.denom
         if p.l2:
@@ -283,9 +303,12 @@ def _sparse_hessian_diagonal(p: Problem, cache: ProductCache) -> np.ndarray:
     if cache.curv is None:
         cache.curv = sparse_point_curvature(p)
     K = p.W.shape[0]
-    P = cache.curv[:, :K]
-    curv = P * (1.0 - P) * cache.curv[:, K:]
-    Xs = p.X.to_scipy()
+    stored, Xs = cache.curv, p.X.to_scipy()
+    if p.n_ignored:  # dropped rows may hold inf or NaN: 0 * inf must not enter
+        keep = p.labels >= 0
+        stored, Xs = stored[keep], Xs[keep]
+    P = stored[:, :K]
+    curv = P * (1.0 - P) * stored[:, K:]
     squared = Xs.multiply(Xs)  # duplicate entries summed first, as SciPy does
     dW = np.asarray(squared.T @ curv).T / p.denom + p.l2
     if not p.has_b:
@@ -368,7 +391,9 @@ class HessianProduct:
         product came first), then scipy.sparse, with the (m, K) curvatures
         and a copy of X's squared non-zeros as extra memory.
         """
-        return hessian_diagonal(self._problem, self._cache)
+        # the probabilities are kept only where the products use them
+        return hessian_diagonal(self._problem,
+                                self._cache if self._method == "fused" else None)
 
     def class_blocks(self, stride: int = 1) -> np.ndarray:
         """The Hessian's diagonal blocks, one per class, (K, n', n') float64.
@@ -441,8 +466,9 @@ def loss_grad_hessp(
         -> ``(HV, Hvb)``; also takes and returns flat vectors laid out as
         ``np.concatenate([W.ravel(), b])``.  The fused (dense X) and
         index-loop methods recompute the probabilities for every product
-        (memory independent of m); the NumPy method, and the fused method on
-        CSR X, cache them (m x K; see :class:`HessianProduct`) on first use.
+        (memory independent of m); the NumPy method caches them (m x K) and
+        the fused method on CSR X the probabilities and sample scales
+        (m x (K + 1) float64; see :class:`HessianProduct`) on first use.
 
     Raises
     ------

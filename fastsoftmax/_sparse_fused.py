@@ -131,6 +131,20 @@ def scatter_tile(data, indices, indptr, colmap, Dm, rows, slab, acc, ahead):
 
 
 @serial_kernel
+def gather_tile(data, indices, indptr, At, labels, t0, t1, rows, Z, acc, ahead):
+    """The kept rows of tile t0:t1 (:func:`kept_rows`, into ``rows``) and
+    their logits against ``At`` (n, C) (:func:`tile_logits`, into the
+    float64 buffer ``Z`` (>= (t1 - t0) C,)): returns ``(R, Zr)``, R their
+    count and Zr the (R, C) view of Z that holds them."""
+    R = kept_rows(labels, t0, t1, rows)
+    C = At.shape[1]
+    Zr = Z[: R * C].reshape((R, C))
+    if R > 0:
+        tile_logits(data, indices, indptr, At, rows[:R], Zr, acc, ahead)
+    return R, Zr
+
+
+@serial_kernel
 def curvature_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, tile, ahead,
                     curv):
     """Rows start:stop in tiles: row i of ``curv`` (m, K + 1) float64 becomes
@@ -144,12 +158,10 @@ def curvature_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, sto
     rows = np.empty(tile, dtype=np.int64)
     acc = np.empty(K)
     for t0 in range(start, stop, tile):
-        t1 = min(t0 + tile, stop)
-        R = kept_rows(labels, t0, t1, rows)
+        R, Zr = gather_tile(data, indices, indptr, Wt, labels, t0, min(t0 + tile, stop), rows,
+                            Z, acc, ahead)
         if R == 0:
             continue
-        Zr = Z[: R * K].reshape((R, K))
-        tile_logits(data, indices, indptr, Wt, rows[:R], Zr, acc, ahead)
         Pm = P[: K * R].reshape((K, R))
         tile_probabilities(Zr, b, Pm, aux, rows[:R], labels, T, sw, eps)
         for r in range(R):
@@ -236,12 +248,10 @@ def sparse_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, st
     acc = np.empty(C)
     loss = 0.0
     for t0 in range(start, stop, tile):
-        t1 = min(t0 + tile, stop)
-        R = kept_rows(labels, t0, t1, rows)
+        R, Zr = gather_tile(data, indices, indptr, At, labels, t0, min(t0 + tile, stop), rows,
+                            Z, acc, ahead)
         if R == 0:
             continue
-        Zr = Z[: R * C].reshape((R, C))
-        tile_logits(data, indices, indptr, At, rows[:R], Zr, acc, ahead)
         Dm = D[: K * R].reshape((K, R))
         if vb is None:
             loss += tile_loss_and_coef(Zr, Dm, E, aux, b, labels, T, sw, eps, rows[:R], gb,

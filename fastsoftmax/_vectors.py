@@ -13,7 +13,7 @@ on, NumPy below.
 Every kernel works over blocks of ``block`` entries (columns for the (K, n)
 arrays), in parallel; a reduction is summed within each block and the
 blocks' sums are added in block order, so results do not depend on the
-thread count.  A loop that stores never also reduces (see
+thread count.  A loop that stores never also reduces to a scalar (see
 :mod:`fastsoftmax._rowmath`: the summation order would then depend on
 buffer addresses).
 """
@@ -23,17 +23,28 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import parallel_kernel
+from ._jit import parallel_kernel, serial_kernel
+
+
+@serial_kernel
+def in_block_order(parts):
+    """The sum of the blocks' partial sums, in block order."""
+    total = 0.0
+    for q in range(parts.shape[0]):
+        total += parts[q]
+    return total
 
 
 @parallel_kernel
-def finish_sums(G, denom, l2, V, out, block):
+def finish_sums(G, denom, l2, V, out, block, squares):
     """``out = G / denom + l2 V`` ((K, n); the sum in float64, rounded once to
     out's dtype; ``out`` may be ``G`` itself; no ``l2 V`` term at all when
-    l2 is 0); returns ``sum(V^2)`` in float64.  The finish of a gradient (V = W: the penalty's value comes
-    with it, without NumPy's multi-threaded dot product, whose spinning
-    BLAS threads then slowed the next kernel call) and of a Hessian product
-    (V the direction)."""
+    l2 is 0); returns ``sum(V^2)`` in float64 when ``squares`` is True, else
+    0.  The finish of a gradient (V = W: the penalty's value comes with it,
+    without NumPy's multi-threaded dot product, whose spinning BLAS threads
+    then slowed the next kernel call) and of a Hessian product (V the
+    direction).  G float64 or of out's dtype, V and out (K, n) C-contiguous,
+    of one float dtype."""
     K, n = G.shape
     nblocks = (n + block - 1) // block
     parts = np.empty(nblocks)
@@ -49,15 +60,13 @@ def finish_sums(G, denom, l2, V, out, block):
                 for j in range(j0, j1):
                     out[k, j] = G[k, j] / denom
         s = 0.0
-        for k in range(K):
-            for j in range(j0, j1):
-                v = np.float64(V[k, j])
-                s += v * v
+        if squares:
+            for k in range(K):
+                for j in range(j0, j1):
+                    v = np.float64(V[k, j])
+                    s += v * v
         parts[q] = s
-    total = 0.0
-    for q in range(nblocks):
-        total += parts[q]
-    return total
+    return in_block_order(parts)
 
 
 @parallel_kernel
@@ -77,10 +86,7 @@ def advance(step, r, d, Hd, alpha, block):
         for i in range(i0, i1):
             s += r[i] * r[i]
         parts[q] = s
-    total = 0.0
-    for q in range(nblocks):
-        total += parts[q]
-    return total
+    return in_block_order(parts)
 
 
 @parallel_kernel
@@ -123,10 +129,7 @@ def jacobi_off_means(r, inv, l2, z, block):
             for j in range(j0, j1):
                 s += r[k, j] * z[k, j]
         parts[q] = s
-    total = 0.0
-    for q in range(nblocks):
-        total += parts[q]
-    return total
+    return in_block_order(parts)
 
 
 @parallel_kernel

@@ -175,3 +175,19 @@ def test_small_dask_parameters_are_computed_on_purpose(rng):
         got = fsd.loss_and_grad(da.from_array(W), da.from_array(X, chunks=(200, 9)), y,
                                 b=da.from_array(b))
     assert_results_close(got, fs.loss_and_grad(W, X, y, b=b), np.float64)
+
+
+@pytest.mark.parametrize("w_dtype", [np.float16, ">f8", np.int64])
+def test_unusual_w_dtypes_in_the_compiled_finish(w_dtype, rng, monkeypatch):
+    """W is handed to the gradient's finish as the caller gave it: float16,
+    big-endian and integer W still give the in-memory results when the finish
+    runs compiled (COMPILED_VECTOR_MIN_ENTRIES = 0: every size)."""
+    import fastsoftmax._dispatch as policy
+
+    monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES", 0)
+    X = rng.standard_normal((200, 6))
+    y = rng.integers(0, 3, 200)
+    W = (rng.standard_normal((3, 6)) * 2).astype(w_dtype)
+    want = fs.loss_and_grad(np.asarray(W, np.float64), X, y, l2=0.3)
+    got = fsd.loss_and_grad(W, da.from_array(X, chunks=(50, 6)), y, l2=0.3)
+    assert_results_close(got, want, np.float64)

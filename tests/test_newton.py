@@ -153,6 +153,18 @@ def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
     if fit_intercept:
         shift_b = np.concatenate([np.zeros(K * n), np.ones(K)])
         np.testing.assert_allclose(apply(shift_b), 0.0, atol=1e-14)
+    if preconditioner_kind != "blocks":  # the formula, written out from the diagonal
+        inv = 1.0 / hessp.diagonal()
+        Rw, Iw = r1[: K * n].reshape(K, n), inv[: K * n].reshape(K, n)
+        mean = Rw.mean(axis=0)
+        Zw = (Rw - mean) * Iw
+        Zw = Zw - Zw.mean(axis=0) + (mean / l2 if l2 > 0 else 0.0)
+        want = [Zw.ravel()]
+        if fit_intercept:
+            rb = r1[K * n:]
+            zb = (rb - rb.mean()) * inv[K * n:]
+            want.append(zb - zb.mean())
+        np.testing.assert_allclose(apply(r1), np.concatenate(want), rtol=1e-12, atol=1e-14)
 
 
 def test_block_preconditioner_needs_few_products_on_badly_scaled_features(
@@ -244,3 +256,18 @@ def test_forcing_term_follows_eisenstat_walker():
     assert f.next(1.5e-5) == pytest.approx(1e-2 ** phi, rel=1e-12)
     # the gradient grew: capped at 0.5
     assert f.next(1.0) == 0.5
+
+
+def test_compiled_vector_passes_load_from_the_cache_in_a_new_process():
+    from helpers import assert_cached_in_new_process
+
+    calls = ("from fastsoftmax import _vectors\n"
+             "a = np.ones(5000); r = np.ones((4, 3000))\n"
+             "_vectors.advance(a.copy(), a.copy(), a, a, 0.5, 1024)\n"
+             "_vectors.new_direction(a.copy(), a, 0.5, 1024)\n"
+             "_vectors.jacobi_off_means(r, r, 0.1, np.empty_like(r), 1024)\n"
+             "W = np.ones((3, 25000)); X = np.ones((10, 25000))\n"
+             "fs.loss_and_grad(W, X, np.arange(10) % 3, l2=0.1)\n")
+    assert_cached_in_new_process(calls, {name: "fastsoftmax._vectors" for name in
+                                         ("advance", "new_direction", "jacobi_off_means",
+                                          "finish_sums")})

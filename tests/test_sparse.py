@@ -390,6 +390,11 @@ def test_sparse_kernels_load_from_the_cache_in_a_new_process():
     assert_cached_in_new_process(calls, {"sparse_fused_sums": "fastsoftmax._sparse_fused",
                                          "sparse_fused_sums_serial": "fastsoftmax._sparse_fused",
                                          "indexloop_sums": "fastsoftmax._indexloop"})
+    # the Hessian products' probabilities, parallel and serial
+    products = calls.split("fs.loss_and_grad")[0] + (
+        "fs.loss_grad_hessp(W, X, y)[-1](W)\nfs.loss_grad_hessp(W, X[:5], y[:5])[-1](W)\n")
+    assert_cached_in_new_process(products, {"sparse_curvature": "fastsoftmax._sparse_fused",
+                                            "curvature_chunk": "fastsoftmax._sparse_fused"})
 
 
 def test_read_only_and_mixed_index_arrays(rng, kernel_path):
@@ -492,11 +497,12 @@ def test_both_gradient_slab_layouts_match_oracle(slabs, rng, kernel_path, monkey
 def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, kernel_path,
                                                                     monkeypatch):
     """A HessianProduct on CSR X keeps the point's probabilities, a buffer for
-    V^T and the slab workspace across its products (and its diagonal, which
-    may come first and fill the probabilities): every product in a sequence
-    along different directions (some with NaN, which must not leak into the
-    next) equals the oracle, and the one-shot hessian_product on the same
-    direction bit for bit."""
+    V^T and (dense slabs; column maps allocate per call) the slab workspace
+    across its products; its diagonal may come first and fill the
+    probabilities, or come after them: every product in a sequence along
+    different directions (some with NaN, which must not leak into the next)
+    equals the oracle, and the one-shot hessian_product on the same
+    direction bit for bit, and the diagonal equals the oracle's."""
     import fastsoftmax._dispatch as policy
 
     monkeypatch.setattr(policy, "SPARSE_DENSE_SLAB_BYTES", 2**62 if slabs == "dense" else 0)
@@ -508,8 +514,7 @@ def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, 
         kw = {"b": rng.standard_normal(K).astype(dtype), "l2": 0.05}
         hessp = fs.loss_grad_hessp(W, X, y, **kw)[-1]
         if dtype == np.float64:
-            np.testing.assert_array_equal(hessp.diagonal(),
-                                          fs.loss_grad_hessp(W, X, y, **kw)[-1].diagonal())
+            hessp.diagonal()  # fills the stored probabilities before any product
         for step in range(4):
             V = rng.standard_normal((K, n)).astype(dtype)
             vb = rng.standard_normal(K).astype(dtype)
@@ -522,6 +527,53 @@ def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, 
             if step != 1:
                 want, scales = hessian_oracle(W, X.toarray(), y, V, vb, kw, dtype)
                 assert_product_close(got, want, dtype, scales)
+        # the diagonal after the products (from their stored probabilities)
+        want, scale = naive_hessian(*f64(W, X.toarray()), y, return_scale=True, **kw)
+        order = [k * (n + 1) + j for k in range(K) for j in range(n)] + \
+            [k * (n + 1) + n for k in range(K)]
+        assert_close(hessp.diagonal(), np.diag(want)[order], dtype, "diagonal",
+                     np.diag(scale)[order])
+
+
+def test_one_hessian_product_called_from_several_threads(rng):
+    """The kernels release the GIL: threads calling one HessianProduct on CSR
+    X at once (dense slabs, the workspace path) get the serial results bit
+    for bit (each product borrows its own buffers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m, n, K = 3000, 20000, 5
+    X = make_csr(rng, m, n, 0.002, np.float64, np.int32)
+    W = 0.1 * rng.standard_normal((K, n))
+    y = rng.integers(0, K, m)
+    hessp = fs.loss_grad_hessp(W, X, y, b=np.zeros(K))[-1]
+    directions = [(rng.standard_normal((K, n)), rng.standard_normal(K)) for _ in range(6)]
+    refs = [hessp(V, vb) for V, vb in directions]
+
+    def job(k):
+        for _ in range(5):
+            V, vb = directions[k % len(directions)]
+            got = hessp(V, vb)
+            if not all(np.array_equal(g, r) for g, r in zip(got, refs[k % len(directions)])):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(job, range(12)))
+
+
+def test_diagonal_ignores_non_finite_values_of_dropped_rows(kernel_path):
+    """A row dropped by ignore_index may hold inf: the CSR diagonal stays the
+    dense one (finite), for every method."""
+    X = np.array([[1.0, np.inf, 0.0], [0.0, 2.0, 0.5], [0.5, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    y = np.array([-100, 1, 0, 1])
+    W = np.array([[0.1, -0.2, 0.3], [0.0, 0.4, -0.1]])
+    kw = dict(b=np.zeros(2), ignore_index=-100, l2=0.1)
+    want = fs.loss_grad_hessp(W, X, y, **kw)[-1].diagonal()
+    assert np.all(np.isfinite(want))
+    for method in METHODS:
+        got = fs.loss_grad_hessp(W, scipy.sparse.csr_matrix(X), y, method=method,
+                                 **kw)[-1].diagonal()
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
 
 
 def test_non_finite_weight_of_an_unused_column_stays_out_of_the_gradient(kernel_path):
