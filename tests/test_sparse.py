@@ -450,8 +450,8 @@ def test_full_hessian_and_blocks_refuse_sparse_x(call, rng):
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_property_diagonal_matches_oracle_on_the_dense_matrix(problem):
     """hessp.diagonal() on CSR X (scipy.sparse) against the oracle Hessian's
-    diagonal on X.toarray(), at the working dtype's tolerance (probabilities
-    in the working dtype), for every method."""
+    diagonal on X.toarray(), at the working dtype's tolerance (the data are
+    in the working dtype; the probabilities are float64), for every method."""
     W, X, y, kw, dtype = problem
     K, n = W.shape
     y_seen = y.astype(dtype) if y.ndim == 2 else y
