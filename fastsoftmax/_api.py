@@ -136,16 +136,16 @@ def sparse_point_curvature(p: Problem) -> np.ndarray:
     """The probabilities and scales at the problem's (W, b) that its Hessian
     products on CSR X use: (m, K + 1) float64, row i = ``[p_i, w_i s_i]``
     (zero for rows ignore_index drops); see
-    :func:`fastsoftmax._sparse_fused.sparse_curvature`.  Serial and parallel
-    as :func:`sparse_fused`."""
+    :func:`fastsoftmax._sparse_fused.sparse_curvature`.  Serial or parallel
+    by :func:`_sparse_plan`, as :func:`sparse_fused`."""
     X = p.X
     K = p.b.shape[0]
     curv = np.zeros((X.shape[0], K + 1))
     Wt = np.ascontiguousarray(p.W.T)
     args = (X.data, X.indices, X.indptr, Wt, p.b, p.labels, p.T, p.sw, p.eps)
-    chunks = policy.chunk_count(X.shape[0])
+    serial, chunks, _ = _sparse_plan(p, K)
     tile = policy.logits_tile_rows(K)
-    if chunks == 1 or X.nnz * K < policy.SERIAL_WORK:
+    if serial:
         curvature_chunk(*args, 0, X.shape[0], tile, policy.SPARSE_PREFETCH_AHEAD, curv)
     else:
         with parallel_region():
@@ -173,18 +173,8 @@ def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dt
     the blocks' summed totals).
     """
     loss = float(loss_sum) / denom
-    if G.size >= policy.COMPILED_VECTOR_MIN_ENTRIES:  # one fused parallel pass
-        own = G.dtype == dtype and G.flags.owndata and G.flags.writeable
-        dW = G if own else np.empty(G.shape, dtype)
-        # W as the kernel's own type (dask hands W over as the caller gave it)
-        Wk = np.ascontiguousarray(W, dtype=dtype)
-        G = np.ascontiguousarray(G, dtype=np.float64) if not own else G
-        with parallel_region():
-            squares = _vectors.finish_sums(G, float(denom), float(l2), Wk, dW,
-                                           policy.COMPILED_VECTOR_BLOCK, bool(l2))
-        if l2:
-            loss += 0.5 * l2 * squares
-    elif G.dtype == dtype and G.flags.owndata and G.flags.writeable:
+    own = G.dtype == dtype and G.flags.owndata and G.flags.writeable
+    if own and not policy.compiled_vectors(G.size):
         # an array of the working dtype that the kernel made for this call (the
         # large-vocabulary kernel's dW): finished in place, no (K, n) temporary
         dW = G
@@ -193,12 +183,10 @@ def finish(loss_sum: float, G, gb, *, denom: float, l2: float, W: np.ndarray, dt
         if l2:
             loss += 0.5 * l2 * add_penalty(dW, W, l2)
     else:
-        dW = np.asarray(G, dtype=np.float64) / denom
+        dW = G if own else np.empty(G.shape, dtype)
+        squares = _vectors.finish_into(G, denom, l2, W, dW, squares=bool(l2))
         if l2:
-            W64 = np.asarray(W, dtype=np.float64)
-            loss += 0.5 * l2 * float(np.vdot(W64, W64))
-            dW += l2 * W64
-        dW = dW.astype(dtype, copy=False)
+            loss += 0.5 * l2 * squares
     if not has_b:
         return loss, dW
     return loss, dW, (np.asarray(gb, dtype=np.float64) / denom).astype(dtype, copy=False)

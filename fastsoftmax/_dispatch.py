@@ -187,6 +187,12 @@ def sparse_dense_slabs(n: int, K: int, chunks: int) -> bool:
     return chunks * n * K * 8 <= SPARSE_DENSE_SLAB_BYTES
 
 
+def compiled_vectors(entries: int) -> bool:
+    """Whether a pass over a parameter-sized array of ``entries`` entries runs
+    compiled and parallel (:mod:`fastsoftmax._vectors`) rather than in NumPy."""
+    return entries >= COMPILED_VECTOR_MIN_ENTRIES
+
+
 def large_vocabulary(n: int, K: int, chunks: int) -> bool:
     """Whether a dense fused call with n features and K classes uses the large-vocabulary kernel."""
     return K >= VOCAB_MIN_CLASSES and chunks * K * n * 8 > VOCAB_SLAB_BYTES

@@ -168,16 +168,7 @@ def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray,
     K, n = V.shape
     out = np.empty(K * n + (K if p.has_b else 0) if flat else (K, n), dtype=p.dtype)
     HV = out[: K * n].reshape(K, n) if flat else out
-    G = np.asarray(G, dtype=np.float64)
-    if K * n >= policy.COMPILED_VECTOR_MIN_ENTRIES:  # one parallel pass
-        with parallel_region():
-            _vectors.finish_sums(G, float(p.denom), float(p.l2), V, HV,
-                                 policy.COMPILED_VECTOR_BLOCK, False)
-    else:  # the sums and the penalty in float64, rounded once
-        HV64 = G / p.denom
-        if p.l2:
-            HV64 += p.l2 * np.asarray(V, dtype=np.float64)
-        HV[...] = HV64
+    _vectors.finish_into(G, p.denom, p.l2, V, HV)
     if not p.has_b:
         return out
     Hvb = np.asarray(gb, dtype=np.float64) / p.denom
@@ -274,7 +265,7 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
         Xt[:, :n] = c.X
         if p.has_b:
             Xt[:, n] = 1.0
-        curv = _diagonal_curvatures(c)
+        curv = _diagonal_curvatures(c.P, c.ws)
         for k in range(K):
             scaled = Xt * np.sqrt(curv[:, k])[:, None]
             blocks[k] += scaled.T @ scaled  # NumPy's symmetric rank-k update
@@ -285,11 +276,12 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
     return blocks
 
 
-def _diagonal_curvatures(c: Curvature) -> np.ndarray:
-    """``w_i s_i p_ik (1 - p_ik)`` (m', K) float64 of the kept samples: the
-    weight of x~_i x~_i^T in the Hessian's class-k diagonal block."""
-    P = c.P.astype(np.float64)
-    return P * (1.0 - P) * c.ws[:, None]
+def _diagonal_curvatures(P: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """``w_i s_i p_ik (1 - p_ik)`` (m', K) float64 from the kept samples'
+    probabilities P (m', K) and scales ``ws`` (m',): the weight of
+    x~_i x~_i^T in the Hessian's class-k diagonal block."""
+    P = P.astype(np.float64, copy=False)
+    return P * (1.0 - P) * ws[:, None]
 
 
 def _sparse_hessian_diagonal(p: Problem, cache: ProductCache) -> np.ndarray:
@@ -307,8 +299,7 @@ def _sparse_hessian_diagonal(p: Problem, cache: ProductCache) -> np.ndarray:
     if p.n_ignored:  # dropped rows may hold inf or NaN: 0 * inf must not enter
         keep = p.labels >= 0
         stored, Xs = stored[keep], Xs[keep]
-    P = stored[:, :K]
-    curv = P * (1.0 - P) * stored[:, K:]
+    curv = _diagonal_curvatures(stored[:, :K], stored[:, K])
     squared = Xs.multiply(Xs)  # duplicate entries summed first, as SciPy does
     dW = np.asarray(squared.T @ curv).T / p.denom + p.l2
     if not p.has_b:

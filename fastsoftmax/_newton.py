@@ -45,7 +45,6 @@ from numpy.typing import ArrayLike
 from ._blas import single_threaded_blas
 from . import _vectors
 from . import _dispatch as policy
-from ._threading import parallel_region
 from ._hessian import evaluate
 from ._sparse import is_sparse
 from ._validation import is_dask_collection, prepare
@@ -484,25 +483,22 @@ def _pcg_step(obj, x, grad, hessp, max_cg, blocks, forcing):
     :class:`_BlockInverses` and :class:`_ForcingTerm`)."""
     precondition = _preconditioner(obj, hessp, blocks.get(obj, hessp))
     hessp_before = obj.n_hessp
-    eta = forcing.next(float(np.linalg.norm(grad)))
-    step = _cg(obj, hessp, grad, precondition, max_cg, eta)
+    gnorm = float(np.linalg.norm(grad))
+    step = _cg(obj, hessp, grad, precondition, max_cg, forcing.next(gnorm) * gnorm)
     blocks.update(obj.n_hessp - hessp_before)
     return step
 
 
-def _cg(obj, hessp, grad, precondition, max_cg, eta):
-    """Preconditioned conjugate gradients on ``H s = -grad`` to a relative
-    residual of ``eta`` (:class:`_ForcingTerm`): the step, or a message.
+def _cg(obj, hessp, grad, precondition, max_cg, stop):
+    """Preconditioned conjugate gradients on ``H s = -grad`` until the
+    residual's norm is at most ``stop`` (the forcing term times ``||grad||``,
+    :class:`_ForcingTerm`) or ``max_cg`` steps: the step, or a message.
     ``hessp`` is the point's :class:`HessianProduct`, ``precondition(r)``
     returns ``(M^{-1} r, r . M^{-1} r)``.  The vectors are updated in place,
-    by compiled fused passes from ``COMPILED_VECTOR_MIN_ENTRIES`` parameters on
-    (:mod:`fastsoftmax._vectors`): at text-classification sizes every
-    NumPy temporary is a pass over tens of MB."""
-    compiled = grad.shape[0] >= policy.COMPILED_VECTOR_MIN_ENTRIES
-    block = policy.COMPILED_VECTOR_BLOCK
-    gnorm = float(np.linalg.norm(grad))
+    by :mod:`fastsoftmax._vectors` (compiled fused passes at
+    text-classification sizes, where every NumPy temporary is a pass over
+    tens of MB)."""
     step = np.zeros_like(grad)
-    scaled = None if compiled else np.empty_like(grad)
     r = -grad
     z, rz = precondition(r)
     d = z.copy()
@@ -516,24 +512,12 @@ def _cg(obj, hessp, grad, precondition, max_cg, eta):
                 step = d
             break
         alpha = rz / curvature
-        if compiled:
-            with parallel_region():
-                rnorm = np.sqrt(_vectors.advance(step, r, d, Hd, alpha, block))
-        else:
-            step += np.multiply(d, alpha, out=scaled)
-            r -= np.multiply(Hd, alpha, out=Hd)
-            rnorm = np.linalg.norm(r)
-        if rnorm <= eta * gnorm:
+        if _vectors.advance(step, r, d, Hd, alpha) <= stop:
             break
         z, rz_new = precondition(r)
         if not rz_new > 0.0:  # the residual is rounding along flat directions
             break
-        if compiled:
-            with parallel_region():
-                _vectors.new_direction(d, z, rz_new / rz, block)
-        else:
-            d *= rz_new / rz
-            d += z
+        _vectors.new_direction(d, z, rz_new / rz)
         rz = rz_new
     return step
 
@@ -583,28 +567,15 @@ def _preconditioner(obj, hessp, inverses=None):
 def _jacobi(inv_diag, K, n, l2):
     """:func:`_preconditioner` with the inverted diagonal ``inv_diag`` (flat
     layout) on the part off the class means, on the flat vector directly:
-    the W part as a (K, n) view, b's K entries apart.  Compiled
-    (:func:`fastsoftmax._vectors.jacobi_off_means`, one pass) from
-    ``COMPILED_VECTOR_MIN_ENTRIES`` parameters on, a few NumPy passes below."""
+    the W part as a (K, n) view (:func:`fastsoftmax._vectors.jacobi_off_means`),
+    b's K entries apart."""
     inv_w = inv_diag[: K * n].reshape(K, n)
     inv_b = inv_diag[K * n:]
-    compiled = inv_diag.shape[0] >= policy.COMPILED_VECTOR_MIN_ENTRIES
 
     def precondition(r):
         z = np.empty_like(r)
-        rw, zw = r[: K * n].reshape(K, n), z[: K * n].reshape(K, n)
-        if compiled:
-            with parallel_region():
-                rz = _vectors.jacobi_off_means(rw, inv_w, l2, zw, policy.COMPILED_VECTOR_BLOCK)
-        else:
-            mean = rw.mean(axis=0)
-            np.subtract(rw, mean, out=zw)
-            zw *= inv_w
-            shift = zw.mean(axis=0)
-            if l2 > 0.0:
-                shift -= mean / l2
-            zw -= shift
-            rz = float(rw.ravel() @ zw.ravel())
+        rz = _vectors.jacobi_off_means(r[: K * n].reshape(K, n), inv_w, l2,
+                                       z[: K * n].reshape(K, n))
         if inv_b.shape[0]:  # the intercepts: the same without the penalty
             zb = (r[K * n:] - r[K * n:].mean()) * inv_b
             z[K * n:] = zb - zb.mean()

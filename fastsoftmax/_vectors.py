@@ -7,8 +7,11 @@ and a step took about 30 ms of such passes around a 46 ms Hessian product
 kernels fuse them: one pass to finish a gradient or a Hessian product from its sums,
 one for the updates of the step and the residual, one for the Jacobi
 preconditioner with its class-mean split, one for the new direction.
-The callers use them from ``_dispatch.COMPILED_VECTOR_MIN_ENTRIES`` entries
-on, NumPy below.
+Each pass has a Python entry point below its kernel that decides, by
+:func:`fastsoftmax._dispatch.compiled_vectors`, between the compiled pass
+(from ``COMPILED_VECTOR_MIN_ENTRIES`` entries on) and the same arithmetic in
+NumPy (below, where waking the worker threads would cost more than the
+pass); the callers do not choose.
 
 Every kernel works over blocks of ``block`` entries (columns for the (K, n)
 arrays), in parallel; a reduction is summed within each block and the
@@ -23,7 +26,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from . import _dispatch as policy
 from ._jit import parallel_kernel, serial_kernel
+from ._threading import parallel_region
 
 
 @serial_kernel
@@ -36,7 +41,7 @@ def in_block_order(parts):
 
 
 @parallel_kernel
-def finish_sums(G, denom, l2, V, out, block, squares):
+def finish_pass(G, denom, l2, V, out, block, squares):
     """``out = G / denom + l2 V`` ((K, n); the sum in float64, rounded once to
     out's dtype; ``out`` may be ``G`` itself; no ``l2 V`` term at all when
     l2 is 0); returns ``sum(V^2)`` in float64 when ``squares`` is True, else
@@ -70,7 +75,7 @@ def finish_sums(G, denom, l2, V, out, block, squares):
 
 
 @parallel_kernel
-def advance(step, r, d, Hd, alpha, block):
+def advance_pass(step, r, d, Hd, alpha, block):
     """``step += alpha d`` and ``r -= alpha Hd`` (all (N,) float64); returns
     the new ``||r||^2``."""
     N = r.shape[0]
@@ -90,7 +95,7 @@ def advance(step, r, d, Hd, alpha, block):
 
 
 @parallel_kernel
-def jacobi_off_means(r, inv, l2, z, block):
+def jacobi_pass(r, inv, l2, z, block):
     """The Jacobi preconditioner with the class means split off, on (K, n) arrays.
 
     For each column j, with ``mean_j`` the mean over classes of ``r[:, j]``:
@@ -133,9 +138,68 @@ def jacobi_off_means(r, inv, l2, z, block):
 
 
 @parallel_kernel
-def new_direction(d, z, beta, block):
+def direction_pass(d, z, beta, block):
     """``d = z + beta d`` in place ((N,) float64)."""
     N = d.shape[0]
     for q in prange((N + block - 1) // block):
         for i in range(q * block, min(N, (q + 1) * block)):
             d[i] = z[i] + beta * d[i]
+
+
+def finish_into(G, denom: float, l2: float, V, out, squares: bool = False) -> float:
+    """``out[...] = G / denom + l2 V`` (G (K, n) sums, float64 or of out's
+    dtype; V (K, n) of any real dtype; out (K, n) of the working dtype, which
+    may be G itself), the sum and penalty in float64, rounded once, no
+    ``l2 V`` term when l2 is 0; returns ``sum(V^2)`` (float64) when
+    ``squares``, else 0.  :func:`finish_pass` or NumPy."""
+    if policy.compiled_vectors(G.size):
+        Vk = np.ascontiguousarray(V, dtype=out.dtype)  # the kernel's own types
+        Gk = G if G is out else np.ascontiguousarray(G, dtype=np.float64)
+        with parallel_region():
+            return finish_pass(Gk, float(denom), float(l2), Vk, out,
+                               policy.COMPILED_VECTOR_BLOCK, bool(squares))
+    total = np.asarray(G, dtype=np.float64) / denom
+    V64 = np.asarray(V, dtype=np.float64)
+    if l2:
+        total += l2 * V64
+    out[...] = total
+    return float(np.vdot(V64, V64)) if squares else 0.0
+
+
+def advance(step, r, d, Hd, alpha: float) -> float:
+    """``step += alpha d``, ``r -= alpha Hd`` ((N,) float64, in place);
+    returns the new ``||r||``.  :func:`advance_pass` or NumPy."""
+    if policy.compiled_vectors(r.shape[0]):
+        with parallel_region():
+            return float(np.sqrt(advance_pass(step, r, d, Hd, alpha,
+                                              policy.COMPILED_VECTOR_BLOCK)))
+    step += alpha * d
+    r -= alpha * Hd
+    return float(np.linalg.norm(r))
+
+
+def new_direction(d, z, beta: float) -> None:
+    """``d = z + beta d`` in place ((N,) float64).  :func:`direction_pass` or NumPy."""
+    if policy.compiled_vectors(d.shape[0]):
+        with parallel_region():
+            direction_pass(d, z, beta, policy.COMPILED_VECTOR_BLOCK)
+    else:
+        d *= beta
+        d += z
+
+
+def jacobi_off_means(r, inv, l2: float, z) -> float:
+    """The Jacobi preconditioner with the class means split off, into ``z``
+    (see :func:`jacobi_pass`; ``r``, ``inv``, ``z`` (K, n) float64); returns
+    ``sum(r * z)``.  :func:`jacobi_pass` or NumPy."""
+    if policy.compiled_vectors(r.size):
+        with parallel_region():
+            return jacobi_pass(r, inv, l2, z, policy.COMPILED_VECTOR_BLOCK)
+    mean = r.mean(axis=0)
+    np.subtract(r, mean, out=z)
+    z *= inv
+    shift = z.mean(axis=0)
+    if l2 > 0.0:
+        shift -= mean / l2
+    z -= shift
+    return float(r.ravel() @ z.ravel())

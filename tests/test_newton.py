@@ -228,12 +228,12 @@ def test_cg_vector_passes_match_numpy(N, block, rng):
     step, r, d, Hd, z = (rng.standard_normal(N) for _ in range(5))
     alpha, beta = 0.37, 1.9
     step_ref, r_ref = step + alpha * d, r - alpha * Hd
-    rr = _vectors.advance(step, r, d, Hd, alpha, block)
+    rr = _vectors.advance_pass(step, r, d, Hd, alpha, block)
     np.testing.assert_allclose(step, step_ref, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(r, r_ref, rtol=1e-15, atol=1e-15)
     assert rr == pytest.approx(float(r_ref @ r_ref), rel=1e-13)
     d_ref = z + beta * d
-    _vectors.new_direction(d, z, beta, block)
+    _vectors.direction_pass(d, z, beta, block)
     np.testing.assert_allclose(d, d_ref, rtol=1e-15, atol=1e-15)
 
 
@@ -263,11 +263,11 @@ def test_compiled_vector_passes_load_from_the_cache_in_a_new_process():
 
     calls = ("from fastsoftmax import _vectors\n"
              "a = np.ones(5000); r = np.ones((4, 3000))\n"
-             "_vectors.advance(a.copy(), a.copy(), a, a, 0.5, 1024)\n"
-             "_vectors.new_direction(a.copy(), a, 0.5, 1024)\n"
-             "_vectors.jacobi_off_means(r, r, 0.1, np.empty_like(r), 1024)\n"
+             "_vectors.advance_pass(a.copy(), a.copy(), a, a, 0.5, 1024)\n"
+             "_vectors.direction_pass(a.copy(), a, 0.5, 1024)\n"
+             "_vectors.jacobi_pass(r, r, 0.1, np.empty_like(r), 1024)\n"
              "W = np.ones((3, 25000)); X = np.ones((10, 25000))\n"
              "fs.loss_and_grad(W, X, np.arange(10) % 3, l2=0.1)\n")
     assert_cached_in_new_process(calls, {name: "fastsoftmax._vectors" for name in
-                                         ("advance", "new_direction", "jacobi_off_means",
-                                          "finish_sums")})
+                                         ("advance_pass", "direction_pass", "jacobi_pass",
+                                          "finish_pass")})
