@@ -172,6 +172,15 @@ def tile_rows(n: int, K: int, itemsize: int) -> int:
     return int(min(1024, max(16, rows)))
 
 
+def hessian_tile_rows(nt: int, K: int) -> int:
+    """Rows per tile of the full-Hessian kernel (:mod:`fastsoftmax._hessian_full`)
+    for rows of nt = n + fit_intercept float64 entries and K classes: its
+    per-tile buffers (about B + Q + nt float64 a row, B = K (K + 1) / 2,
+    Q = nt (nt + 1) / 2) within ``TILE_BYTES``, 64 to 1024 rows."""
+    per_row = K * (K + 1) // 2 + nt * (nt + 1) // 2 + nt + 2 * K + 3
+    return int(min(1024, max(64, TILE_BYTES // (8 * per_row))))
+
+
 def logits_tile_rows(K: int) -> int:
     """Rows per tile of :func:`fastsoftmax.loss_and_grad_logits` for K classes."""
     return int(min(1024, max(16, LOGITS_TILE_ENTRIES // K)))

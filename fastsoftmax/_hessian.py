@@ -30,7 +30,8 @@ from ._api import (Method, Reduction, finish, indexloop, sparse_fused, sparse_po
                    sparse_slab_entries, sums)
 from ._blas import single_threaded_blas
 from ._hessian_diag import diag_sums, diag_sums_serial
-from ._hessian_full import full_hessian_sums, full_hessian_sums_serial
+from ._hessian_full import full_hessian_sums, full_hessian_sums_serial, unpack
+from ._newton_step import reduced_step
 from ._hessian_fused import hessian_sums, hessian_sums_serial
 from ._hessian_numpy import Curvature, numpy_curvature, numpy_hessian_sums
 from ._threading import parallel_region
@@ -178,33 +179,63 @@ def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray,
     return out, Hvb.astype(p.dtype)
 
 
-def full_hessian(p: Problem) -> np.ndarray:
-    """The Hessian (N, N) float64 of a validated problem, in the flat layout
-    ``[W.ravel(), b]`` (N = K n, plus K with an intercept), symmetric."""
+def _packed_hessian(p: Problem, classes: int) -> np.ndarray:
+    """The unnormalised Hessian sums of a validated dense problem over the
+    pairs of its first ``classes`` classes, packed (B, Q) float64
+    (:func:`fastsoftmax._hessian_full.full_chunk`)."""
     m, n = p.X.shape
     K = p.W.shape[0]
     W64 = p.W.astype(np.float64)
     Wa = np.ascontiguousarray(np.column_stack([W64, p.b.astype(np.float64)])) if p.has_b else W64
     nt = Wa.shape[1]
-    N = K * nt
     chunks = policy.chunk_count(m)
-    tile = policy.tile_rows(nt, K, 8)  # the tile's float64 rows, as the fused gradient's
+    tile = policy.hessian_tile_rows(nt, K)
+    work = m * (classes * (classes + 1) // 2) * (nt * (nt + 1) // 2)
     with single_threaded_blas:
-        if chunks == 1 or m * N * N < policy.SERIAL_WORK:
-            H = full_hessian_sums_serial(p.X, Wa, p.labels, p.T, p.sw, p.eps, tile)
-        else:
-            with parallel_region():
-                H = full_hessian_sums(p.X, Wa, p.labels, p.T, p.sw, p.eps, chunks, tile)
+        if chunks == 1 or work < policy.SERIAL_WORK:
+            return full_hessian_sums_serial(p.X, Wa, p.labels, p.T, p.sw, p.eps, tile, classes)
+        with parallel_region():
+            return full_hessian_sums(p.X, Wa, p.labels, p.T, p.sw, p.eps, chunks, tile,
+                                     classes)
+
+
+def full_hessian(p: Problem) -> np.ndarray:
+    """The Hessian (N, N) float64 of a validated problem, in the flat layout
+    ``[W.ravel(), b]`` (N = K n, plus K with an intercept), exactly symmetric."""
+    n = p.X.shape[1]
+    K = p.W.shape[0]
+    nt = n + p.has_b
+    H = unpack(_packed_hessian(p, K), K, nt, 1.0 / p.denom)
     # class-major [W | b] -> [W.ravel(), b]
     classes = np.arange(K)[:, None] * nt
     order = (classes + np.arange(n)).ravel()
     if p.has_b:
         order = np.concatenate([order, classes.ravel() + n])
     H = H[np.ix_(order, order)]
-    H = (H + H.T) * (0.5 / p.denom)  # exactly symmetric, for Cholesky
     if p.l2:
         H[np.arange(K * n), np.arange(K * n)] += p.l2
     return H
+
+
+def newton_step(p: Problem, grad: np.ndarray, shift: float) -> np.ndarray | None:
+    """The Newton step (N,) float64 of a validated dense problem for the flat
+    gradient ``grad`` (N,), from the reduced system of its first K - 1
+    classes (:mod:`fastsoftmax._newton_step`), or None when that system does
+    not factor even with the diagonal shifted by up to 10^14 ``shift`` times
+    its largest entry."""
+    n = p.X.shape[1]
+    K = p.W.shape[0]
+    nt = n + p.has_b
+    g = np.empty((K, nt))
+    g[:, :n] = grad[: K * n].reshape(K, n)
+    if p.has_b:
+        g[:, n] = grad[K * n:]
+    M = _packed_hessian(p, K - 1)
+    S = np.empty((K, nt))
+    with single_threaded_blas:  # the factorisation's LAPACK, right after a parallel region
+        if not reduced_step(M, g, n, float(p.denom), float(p.l2), float(shift), S):
+            return None
+    return np.concatenate([S[:, :n].ravel(), S[:, n]]) if p.has_b else S.ravel()
 
 
 def hessian_diagonal(p: Problem, cache: ProductCache | None = None) -> np.ndarray:
@@ -371,6 +402,27 @@ class HessianProduct:
         """
         _dense_only(self._problem, "HessianProduct.matrix()")
         return full_hessian(self._problem)
+
+    def newton_step(self, grad: ArrayLike, shift: float = 1e-10) -> np.ndarray | None:
+        """The Newton step at the same point for the flat gradient ``grad``, (N,) float64.
+
+        The solution s of ``matrix() @ s = -grad`` whose components along the
+        objective's flat directions are zero: adding one number to every b_k
+        (and, when l2 = 0, one vector to every row of W) changes no
+        probability, and ``grad`` has no component there.  Solved from the
+        Hessian's blocks of the first K - 1 classes only (about (K - 1) /
+        (K + 1) of :meth:`matrix`'s cost; see ``fastsoftmax._newton_step``)
+        by Cholesky, after adding ``shift`` times the largest diagonal entry
+        to the diagonal (100 times more, up to 8 times, while it does not
+        factor); None if it never factors.  Dense X only.
+        """
+        _dense_only(self._problem, "HessianProduct.newton_step()")
+        p = self._problem
+        size = p.W.size + (p.W.shape[0] if p.has_b else 0)
+        g = np.asarray(grad, dtype=np.float64)
+        if g.shape != (size,):
+            raise ValueError(f"grad must be a flat vector of length {size}, got shape {g.shape}")
+        return newton_step(p, g, shift)
 
     def diagonal(self) -> np.ndarray:
         """The Hessian's diagonal at the same point, (N,) float64, flat layout.
@@ -569,9 +621,11 @@ def hessian(
     flat ``hessp(theta)``.  Arguments as in :func:`fastsoftmax.loss_and_grad`.
 
     Always float64 (it is meant for a Cholesky factorisation), whatever the
-    working dtype, and exactly symmetric.  Cost about m K (K + 1) n^2 / 2
-    multiply-adds (GEMMs); memory about ``threads * (N^2 + tile (2 n + 2 K)) * 8``
-    bytes plus two N^2 float64 arrays for the result, independent of m.
+    working dtype, and exactly symmetric.  Cost about m K (K + 1) n~ (n~ + 1) / 4
+    multiply-adds (n~ = n, plus 1 with an intercept; one GEMM per tile of
+    rows); memory about ``threads * (2 B Q + tile (B + Q + n~ + 2 K + 3)) * 8``
+    bytes (B = K (K + 1) / 2, Q = n~ (n~ + 1) / 2, B Q about N^2 / 4) plus
+    two N^2 float64 arrays for the result, independent of m.
     """
     p = _dense_problem(W, X, y, b=b, sample_weight=sample_weight, l2=l2,
                 label_smoothing=label_smoothing, ignore_index=ignore_index,

@@ -17,16 +17,20 @@ and stop when the largest absolute entry of the gradient is at most ``tol``
   (reused across steps; its diagonal for wide or sparse X) after splitting
   off the class means, where the Hessian is known exactly
   (:func:`_preconditioner`), and a backtracking line search.
-* :func:`minimize_newton_cholesky`: Newton steps from the full Hessian of
-  :func:`fastsoftmax.hessian` (N = K n, plus K with an intercept), solved by
-  Cholesky, with a backtracking (Armijo) line search.  Each iteration costs
-  O(m N^2 + N^3) and N^2 float64 of memory: for small N.
+* :func:`minimize_newton_cholesky`: Newton steps solved by Cholesky from
+  the Hessian's blocks of the first K - 1 classes
+  (:meth:`fastsoftmax.HessianProduct.newton_step`, one compiled call after
+  the fused kernel; N = K n, plus K with an intercept), with a backtracking
+  (Armijo) line search.  Each iteration costs O(m N^2 + N^3) and about N^2
+  float64 of memory: for small N.
 
 The parameter vector is ``theta = [W.ravel(), b]`` (float64).  The objective
 is invariant under adding one vector to every row of W (one number to every
 b) when ``l2 = 0`` (and always for b), so the Hessian is singular along those
-directions; the Cholesky solver adds ``1e-10 * max(diag H)`` to the diagonal,
-and both Newton drivers remove the steps' components along those directions
+directions.  The Cholesky solver leaves them out of the system it factors
+(and shifts its diagonal by ``JITTER * max(diag)`` only when it is singular
+along other directions too, e.g. with collinear features); both Newton
+drivers remove the steps' components along those directions
 (:func:`_drop_null_directions`; the exact step has none).
 """
 
@@ -49,7 +53,7 @@ from ._hessian import evaluate
 from ._sparse import is_sparse
 from ._validation import is_dask_collection, prepare
 
-#: Relative diagonal shift that makes the singular directions solvable.
+#: Relative diagonal shift that makes singular Newton systems solvable.
 JITTER = 1e-10
 
 
@@ -255,8 +259,11 @@ def minimize_newton_cholesky(
     """Newton's method with the full Hessian, Cholesky solves and an Armijo line search.
 
     Same arguments and stopping rule as :func:`minimize_trust_newton`.  For
-    N = K n (+ K) up to a few thousand: each iteration builds the (N, N)
-    Hessian (O(m N^2), fused kernel) and factors it (O(N^3)).
+    N = K n (+ K) up to a few thousand: each iteration builds the Hessian's
+    blocks of K - 1 classes (O(m N^2), fused kernel) and factors them
+    (O(N^3)); see :meth:`fastsoftmax.HessianProduct.newton_step`.  The
+    step is the same whatever ``method`` (which computes the loss and
+    gradient).
     """
     if is_sparse(X):
         raise TypeError("X is a SciPy sparse matrix: Newton-Cholesky builds the full Hessian "
@@ -269,14 +276,12 @@ def minimize_newton_cholesky(
 
 
 def _cholesky_step(obj, x, grad, hessp):
-    """The Newton step ``-H^{-1} grad`` from a Cholesky factorisation of the full Hessian."""
-    factor = _cholesky(hessp.matrix())
-    if factor is None:
+    """The Newton step ``-H^{-1} grad`` by Cholesky, from the reduced system
+    of K - 1 classes (:meth:`HessianProduct.newton_step`)."""
+    step = hessp.newton_step(grad, JITTER)
+    if step is None:
         return "the Hessian could not be factored"
-    # one BLAS thread: right after the kernels' parallel region a threaded
-    # solve contends with their workers (see _cholesky)
-    with single_threaded_blas:
-        return scipy.linalg.cho_solve(factor, -grad)
+    return step
 
 
 def _cholesky(H):

@@ -547,3 +547,139 @@ def test_class_blocks_rejects_bad_strides_and_sparse_x(rng):
     assert hessp.class_blocks(np.int64(2)).shape == (2, 3, 3)
     with pytest.raises(TypeError, match="dense X only"):
         fs.loss_grad_hessp(W, sp.csr_matrix(X), y)[-1].class_blocks()
+
+
+# --- HessianProduct.newton_step: the Newton step from the reduced system ---------------
+
+
+def pinv_step(H, g, null_dim=None, rcond=1e-10):
+    """``-pinv(H) g`` from the oracle's Hessian (flat layout) by its
+    eigendecomposition, and the condition number of H on its range
+    (eigenvalues above ``rcond`` times the largest); the condition number is
+    inf when H has more than ``null_dim`` vanishing eigenvalues (singular
+    beyond the objective's flat directions: there the step is the shifted
+    solve's, not pinv's)."""
+    values, vectors = np.linalg.eigh(H)
+    keep = values > rcond * max(values.max(), 0.0)
+    if null_dim is not None and H.shape[0] - keep.sum() > null_dim:
+        cond = np.inf
+    else:
+        cond = values[keep].max() / values[keep].min() if keep.any() else 1.0
+    coef = vectors[:, keep].T @ g / values[keep]
+    return -(vectors[:, keep] @ coef), cond
+
+
+def check_newton_step(W, X, y, kw, rng, max_cond=1e6):
+    """newton_step against ``-pinv(H) g`` of the oracle Hessian, to 1e-9
+    cond(H) relative in norm (1e-6 cond(H) for float32 X, whose problems
+    round sample weights and targets to float32 where the oracle keeps them
+    in float64: about 1e-7 relative in H), when H is conditioned better than
+    ``max_cond`` on its range; else (and always) that it is finite and a
+    descent direction for g.
+
+    g is a random vector of H's range, as a gradient is, plus a random
+    component along H's null directions that the step must ignore: a class
+    mean of b's entries, and of W's when l2 = 0 (the oracle's H vanishes
+    exactly there, so ``-pinv(H) g`` drops it; on W's class means H is l2).
+    """
+    K, n = W.shape
+    has_b = "b" in kw
+    H = oracle_in_flat_layout(naive_hessian(*f64(W, X), y, **kw), K, n, has_b)
+    null = np.zeros((K, n + has_b))
+    null[:, n:] = rng.standard_normal(int(has_b))
+    if not kw.get("l2"):
+        null[:, :n] = rng.standard_normal(n)
+    null_flat = np.concatenate([null[:, :n].ravel(), null[:, n]]) if has_b else null.ravel()
+    g = H @ rng.standard_normal(H.shape[0]) + null_flat
+    s = fs.loss_grad_hessp(W, X, y, **kw)[-1].newton_step(g)
+    assert s is not None and s.dtype == np.float64 and s.shape == g.shape
+    assert np.all(np.isfinite(s)) and g @ s <= 0.0
+    if K == 1:  # no loss curvature at all: only the penalty's
+        null_dim = n + has_b if not kw.get("l2") else int(has_b)
+    else:  # the class means of b, and of W without penalty
+        null_dim = int(has_b) + (n if not kw.get("l2") else 0)
+    want, cond = pinv_step(H, g, null_dim)
+    if cond <= max_cond:
+        rtol = 1e-9 if np.asarray(X).dtype == np.float64 else 1e-6
+        assert np.linalg.norm(s - want) <= rtol * cond * np.linalg.norm(want) + 1e-300
+    return cond
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("opt", OPTION_NAMES + ["ignore", "no penalty, bias"])
+def test_newton_step_is_the_pseudo_inverse_step(dtype, target, opt, rng, kernel_path):
+    """Every target kind, dtype and option set, with and without intercept
+    and penalty: the step equals the oracle's ``-pinv(H) g`` (the problems
+    here are well conditioned, which is checked, so the comparison is tight)."""
+    m, n, K = 31, 4, 3
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    if opt == "ignore":
+        if target != "labels":
+            pytest.skip("ignore_index needs class-index targets")
+        y = ignore_labels(y, rng)
+        kw = {"ignore_index": -100, "b": rng.standard_normal(K).astype(dtype)}
+    elif opt == "no penalty, bias":
+        kw = {"b": rng.standard_normal(K).astype(dtype), "sample_weight": rng.random(m) + 0.1}
+    else:
+        kw = options(opt, rng, m, K, dtype, target)
+    assert check_newton_step(W, X, y, kw, rng) <= 1e6
+
+
+@pytest.mark.parametrize("K", [1, 2, 7])
+def test_newton_step_for_one_two_and_many_classes(K, rng):
+    """One class (no loss curvature: only the penalty's step), two, and
+    seven classes, with intercept and penalty."""
+    m, n = 40, 3
+    W, X, y = make_problem(rng, m, n, K, np.float64, "labels")
+    kw = {"b": rng.standard_normal(K), "l2": 0.05}
+    assert check_newton_step(W, X, y, kw, rng) <= 1e6
+
+
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_newton_step_matches_the_oracle(kernel_path, problem):
+    """Hypothesis over shapes (m from 1), logit scales up to 30 and every
+    option: ``-pinv(H) g`` wherever H is singular only along the flat
+    directions and conditioned better than 1e6 on its range; elsewhere
+    (fewer rows than features, saturated probabilities) a finite descent
+    direction."""
+    W, X, y, _, _, kw, dtype = problem
+    check_newton_step(W, X, y, kw, np.random.default_rng(7))
+
+
+def test_newton_step_shifts_a_singular_system(rng):
+    """Two equal feature columns and no penalty: the reduced system is
+    singular along their difference (Cholesky fails unshifted); the shifted
+    solve still gives the pseudo-inverse step, whose residual is
+    g's component along H's range."""
+    m, n, K = 50, 3, 3
+    W, X, y = make_problem(rng, m, n, K, np.float64, "labels")
+    X[:, 2] = X[:, 1]
+    b = rng.standard_normal(K)
+    H = oracle_in_flat_layout(naive_hessian(W, X, y, b=b), K, n, True)
+    g = H @ rng.standard_normal(H.shape[0])  # in H's range, as a gradient is
+    s = fs.loss_grad_hessp(W, X, y, b=b)[-1].newton_step(g)
+    want, cond = pinv_step(H, g, null_dim=1)
+    assert cond == np.inf  # singular beyond b's class mean
+    np.testing.assert_allclose(H @ s, -g, atol=1e-7 * np.abs(g).max())
+    np.testing.assert_allclose(s, want, atol=1e-6 * np.abs(want).max())
+
+
+def test_newton_step_of_a_nan_point_is_none_and_bad_input_raises(rng):
+    """A NaN in W makes every shifted factorisation fail: None, as the
+    Newton-Cholesky solver expects.  A gradient of the wrong length, and
+    sparse X, raise."""
+    import scipy.sparse
+
+    m, n, K = 20, 3, 3
+    W, X, y = make_problem(rng, m, n, K, np.float64, "labels")
+    g = rng.standard_normal(K * n)
+    W_nan = W.copy()
+    W_nan[1, 2] = np.nan
+    assert fs.loss_grad_hessp(W_nan, X, y)[-1].newton_step(g) is None
+    hessp = fs.loss_grad_hessp(W, X, y)[-1]
+    with pytest.raises(ValueError, match="length 9"):
+        hessp.newton_step(np.ones(K * n + 1))
+    with pytest.raises(TypeError, match="newton_step"):
+        fs.loss_grad_hessp(W, scipy.sparse.csr_matrix(X), y)[-1].newton_step(g)
