@@ -50,8 +50,9 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None,
     if method == "indexloop":
         return indexloop(p, dX=dX, losses=losses)
     tile = policy.tile_rows(n, K, p.X.dtype.itemsize)
+    chunks = policy.loss_chunks(m, n, K)
     with single_threaded_blas:
-        if chunks == 1 or m * n * K < policy.SERIAL_WORK:
+        if chunks == 1:
             return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX,
                                      p.cw, p.zl, p.cap, losses)
         inline = policy.run_inline(m * n * K, seconds_since_kernel())

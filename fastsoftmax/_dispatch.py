@@ -119,6 +119,9 @@ PCG_BLOCK_AFTER_CG_STEPS = 10
 #: objective: tol is then below what the working dtype can resolve (float32
 #: X with tol=1e-10 ran to max_iter=10000, 350 s, before this rule).
 NEWTON_MAX_STALLED_STEPS = 5
+#: The compiled Newton-Cholesky loop records the objective of at most this
+#: many steps (its ``history``; the loop itself runs to ``max_iter``).
+NEWTON_HISTORY = 10_000
 #: Passes over parameter-sized arrays run compiled and parallel
 #: (:mod:`fastsoftmax._vectors`: Newton-CG's vector updates and Jacobi
 #: preconditioner, the finish of a Hessian product and of every gradient,
@@ -179,6 +182,22 @@ def hessian_tile_rows(nt: int, K: int) -> int:
     Q = nt (nt + 1) / 2) within ``TILE_BYTES``, 64 to 1024 rows."""
     per_row = K * (K + 1) // 2 + nt * (nt + 1) // 2 + nt + 2 * K + 3
     return int(min(1024, max(64, TILE_BYTES // (8 * per_row))))
+
+
+def loss_chunks(m: int, n: int, K: int) -> int:
+    """Row chunks of a dense fused loss-and-gradient call with m rows, n
+    features and K classes: one (run serially) below ``SERIAL_WORK``
+    multiply-adds, else one per thread."""
+    chunks = chunk_count(m)
+    return 1 if chunks == 1 or m * n * K < SERIAL_WORK else chunks
+
+
+def newton_chunks(m: int, K: int, nt: int) -> int:
+    """Row chunks of the compiled Newton-Cholesky loop (:mod:`fastsoftmax._newton_fused`)
+    for m rows, K classes and nt = n + fit_intercept: one when a step's
+    Hessian sums (about m K^2 nt^2 / 4 multiply-adds) stay under
+    ``SERIAL_WORK``, else one per thread."""
+    return 1 if m * K * K * nt * nt // 4 < SERIAL_WORK else chunk_count(m)
 
 
 def logits_tile_rows(K: int) -> int:

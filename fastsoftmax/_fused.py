@@ -128,7 +128,7 @@ def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, 
 _entries: dict = {}
 
 
-def _chunk_entry(X, W, b, labels, T, sw, dX, cw, zl, cap, lout) -> CompiledFunction:
+def chunk_entry(X, W, b, labels, T, sw, dX, cw, zl, cap, lout) -> CompiledFunction:
     """fused_chunk compiled for these arguments (``zl`` and ``cap`` None or float)."""
     key = (*(array_key(a) for a in (X, W, b, labels, T, sw, dX, cw, lout)), zl is None,
            cap is None)
@@ -175,7 +175,7 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, cw, zl, cap, lout
     if not inline:
         failed = np.zeros(nchunks, dtype=np.bool_)
         with parallel_region():
-            _parallel_chunks(_chunk_entry(X, W, b, labels, T, sw, dX, cw, zl, cap, lout), X, W,
+            _parallel_chunks(chunk_entry(X, W, b, labels, T, sw, dX, cw, zl, cap, lout), X, W,
                              b, labels, T, sw, float(eps), int(tile), dX, cw, zl, cap, lout,
                              slabs, bias_slabs, losses, failed)
         if failed.any() and lout is not None:

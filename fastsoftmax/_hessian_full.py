@@ -40,9 +40,10 @@ bytes (tile from :func:`fastsoftmax._dispatch.hessian_tile_rows`), plus the
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, typeof, types
 
 from ._accumulate import allocate, combine
+from ._compiled import CompiledFunction, array_key
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_probabilities
 from ._tiles import gather, kept_rows
@@ -156,3 +157,21 @@ def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile, classes):
     M = np.zeros((classes * (classes + 1) // 2, nt * (nt + 1) // 2))
     full_chunk(X, Wa, labels, T, sw, eps, 0, X.shape[0], tile, classes, M)
     return M
+
+
+#: full_chunk's entry points, by the numba types of its array arguments.
+_entries: dict = {}
+
+
+def chunk_entry(X, labels, T, sw) -> CompiledFunction:
+    """:func:`full_chunk` compiled for these arrays (Wa and the slab (B, Q)
+    float64 C-contiguous), to call from a parallel loop through its address
+    (:mod:`fastsoftmax._compiled`)."""
+    key = tuple(array_key(a) for a in (X, labels, T, sw))
+    entry = _entries.get(key)
+    if entry is None:
+        matrix = types.Array(types.float64, 2, "C")
+        argtypes = (typeof(X), matrix, *(typeof(a) for a in (labels, T, sw)), types.float64,
+                    types.int64, types.int64, types.int64, types.int64, matrix)
+        entry = _entries.setdefault(key, CompiledFunction(full_chunk, argtypes))
+    return entry

@@ -47,9 +47,14 @@ import scipy.optimize
 from numpy.typing import ArrayLike
 
 from ._blas import single_threaded_blas
+from . import _newton_fused as _fused
 from . import _vectors
 from . import _dispatch as policy
+from ._fused import chunk_entry as fused_chunk_entry
 from ._hessian import evaluate
+from ._hessian_full import chunk_entry as hessian_chunk_entry
+from ._newton_fused import newton_cholesky_loop
+from ._threading import parallel_region
 from ._sparse import is_sparse
 from ._validation import is_dask_collection, prepare
 
@@ -272,7 +277,51 @@ def minimize_newton_cholesky(
     options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction, method=method)
     obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
+    if method == "fused" and obj.K >= 2:
+        result = _fused_cholesky(obj, x, tol, max_iter, start)
+        if result is not None:
+            return result
     return _newton_loop(obj, x, _cholesky_step, tol, max_iter, start)
+
+
+def _fused_cholesky(obj, x, tol, max_iter, start):
+    """:func:`_newton_loop` with :func:`_cholesky_step`, in one compiled call
+    (:func:`fastsoftmax._newton_fused.newton_cholesky_loop`): the same
+    iterates, stopping rule and messages.  None when a chunk raised (the
+    Python loop then runs, and raises)."""
+    p = obj.problem
+    K, n = obj.K, obj.n
+    nt = n + obj.fit_intercept
+    m = p.X.shape[0]
+    P = _as_rows(x, K, n, nt)
+    W = np.empty((K, n), dtype=p.X.dtype)
+    b = np.empty(K, dtype=p.X.dtype)
+    fused = fused_chunk_entry(p.X, W, b, p.labels, p.T, p.sw, None, None, None, None, None)
+    hessian = hessian_chunk_entry(p.X, p.labels, p.T, p.sw)
+    history = np.empty(min(max_iter, policy.NEWTON_HISTORY) + 1)
+    with single_threaded_blas, parallel_region():
+        status, it, loss, grad_max, n_evals = newton_cholesky_loop(
+            fused, hessian, p.X, p.labels, p.T, p.sw, float(p.eps), float(p.denom), float(p.l2),
+            P, float(tol), int(max_iter), int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
+            policy.tile_rows(n, K, p.X.dtype.itemsize), policy.hessian_tile_rows(nt, K),
+            policy.loss_chunks(m, n, K), policy.newton_chunks(m, K, nt), history, None)
+    if status == _fused.FAILED:
+        return None
+    message = {
+        _fused.CONVERGED: "converged",
+        _fused.MAX_ITER: f"max_iter={max_iter} reached",
+        _fused.STALLED: f"the objective did not decrease in {policy.NEWTON_MAX_STALLED_STEPS} "
+                        f"steps (rounding level reached)",
+        _fused.NOT_FACTORED: "the Hessian could not be factored",
+        _fused.NO_DECREASE: "the line search found no decrease (rounding level reached)",
+    }[status]
+    theta = np.concatenate([P[:, :n].ravel(), P[:, n]]) if obj.fit_intercept else P.ravel()
+    W, b = obj.split(theta)
+    return NewtonResult(W=W, b=b, theta=theta, loss=float(loss), grad_max=float(grad_max),
+                        converged=status == _fused.CONVERGED, n_iter=int(it),
+                        n_evals=int(n_evals), n_hessp=0,
+                        seconds=time.perf_counter() - start, message=message,
+                        history=history[: min(it + 1, history.shape[0])].tolist())
 
 
 def _cholesky_step(obj, x, grad, hessp):

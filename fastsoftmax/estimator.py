@@ -225,6 +225,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             sample_weight = apply_class_weight(self.class_weight, classes, y_index, sample_weight)
             total = float(sample_weight.sum())
             evaluate = loss_and_grad
+        return self._fit_encoded(X, y_index, classes, sample_weight, total, evaluate)
+
+    def _fit_encoded(self, X, y_index, classes, sample_weight, total, evaluate):
+        """The fit after validation: X validated (m, n), ``y_index`` (m,) the
+        class indices into ``classes`` (K,), ``sample_weight`` (m,) float64
+        with the class weights applied and ``total`` its sum, ``evaluate``
+        the loss-and-gradient function (in memory or Dask).  Sets the fitted
+        attributes but ``n_features_in_`` (and feature names); returns self.
+        :class:`SoftmaxRegressionCV` calls it for each C of a fold's path,
+        on data it validated once."""
         K = classes.shape[0]
         if K < 2:
             raise ValueError(
@@ -257,7 +267,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                     warnings.warn(
                         "max_iter=0: the coefficients are the starting point, where the "
                         f"gradient does not meet tol={self.tol}; increase max_iter.",
-                        ConvergenceWarning, stacklevel=3)
+                        ConvergenceWarning, stacklevel=4)
             elif solver == "lbfgs":
                 P, fun, n_iter = self._fit_lbfgs(evaluate, X, y_index, x0, options)
             else:
@@ -322,7 +332,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                       if result.status == 1 else f"of: {result.message}")
             warnings.warn(
                 f"L-BFGS stopped without converging because {reason}; increase max_iter "
-                f"or scale the data.", ConvergenceWarning, stacklevel=4)
+                f"or scale the data.", ConvergenceWarning, stacklevel=5)
         return result.x.reshape(K, -1), result.fun, result.nit
 
     def _fit_newton(self, solver, X, y_index, x0, K, options):
@@ -339,7 +349,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             warnings.warn(
                 f"{solver} stopped without converging because {result.message} "
                 f"(largest gradient entry {result.grad_max:.3g} > tol={self.tol}); increase "
-                f"max_iter or scale the data.", ConvergenceWarning, stacklevel=4)
+                f"max_iter or scale the data.", ConvergenceWarning, stacklevel=5)
         P = np.empty((K, n + 1 if self.fit_intercept else n))
         P[:, :n] = result.theta[: K * n].reshape(K, n)
         if self.fit_intercept:
@@ -367,6 +377,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, accept_sparse="csr",
                           dtype=[np.float64, np.float32])
+        return self._validated_logits(X)
+
+    def _validated_logits(self, X) -> np.ndarray:
+        """:meth:`_logits` of X already validated (float32 or float64, n columns)."""
         Z = X @ self.coef_.T.astype(X.dtype, copy=False)  # an ndarray for sparse X too
         return np.asarray(Z, dtype=np.float64) + self.intercept_
 

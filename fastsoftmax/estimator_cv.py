@@ -22,7 +22,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
-from ._class_weight import class_weight_vector
+from ._api import loss_and_grad
+from ._class_weight import apply_class_weight, class_weight_vector
 from ._validation import is_dask_collection
 from .estimator import SoftmaxRegression
 
@@ -142,15 +143,29 @@ class SoftmaxRegressionCV(SoftmaxRegression):
         scores = np.empty((len(folds), len(Cs)))
         n_iter = np.empty((len(folds), len(Cs)), dtype=np.int32)
         for f, (train, test) in enumerate(folds):
-            if np.unique(y_index[train]).shape[0] != K:
+            y_train = y_index[train]
+            if np.unique(y_train).shape[0] != K:
                 raise ValueError(
                     f"the training samples of fold {f} lack some classes: every training "
                     f"fold needs samples of all {K} classes (use stratified folds)")
+            # the fold is validated with X: each C's fit starts at the solver
+            X_train, X_test = X[train], X[test]
+            w_train = apply_class_weight(class_weight, classes, y_train, sw[train])
+            total = float(w_train.sum())
+            if not total > 0:
+                raise ValueError(f"the sample weights of fold {f}'s training samples sum to "
+                                 f"zero")
             model = self._model(Cs[0], class_weight)
+            model.n_features_in_ = n
             for j, C in enumerate(Cs):
-                model.set_params(C=C).fit(X[train], y[train], sample_weight=sw[train])
+                model.C = float(C)
+                model._fit_encoded(X_train, y_train, classes, w_train, total, loss_and_grad)
                 paths[f, j] = self._flat(model)
-                scores[f, j] = scorer(model, X[test], y[test])
+                if self.scoring is None:  # accuracy, without validating X_test again
+                    predicted = np.argmax(model._validated_logits(X_test), axis=1)
+                    scores[f, j] = float(np.mean(predicted == y_index[test]))
+                else:
+                    scores[f, j] = scorer(model, X_test, y[test])
                 n_iter[f, j] = model.n_iter_[0]
         if self.refit:
             best = int(np.argmax(scores.sum(axis=0)))

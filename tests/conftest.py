@@ -40,5 +40,6 @@ def kernel_path(request, monkeypatch):
         monkeypatch.setattr(policy, "INLINE_WORK", 0)
         monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES", 0)
         monkeypatch.setattr(policy, "tile_rows", lambda n, K, itemsize: 3)
+        monkeypatch.setattr(policy, "hessian_tile_rows", lambda nt, K: 3)
         monkeypatch.setattr(policy, "logits_tile_rows", lambda K: 3)
     return request.param

@@ -76,3 +76,40 @@ def test_bad_cs_and_missing_classes(wine):
     with pytest.raises(ValueError, match="lack some classes"):
         SoftmaxRegressionCV(Cs=2, cv=[(order[:59], order[59:]), (order[59:], order[:59])]).fit(
             X[order], y[order])
+
+
+def test_fold_paths_are_the_public_fits_and_accuracy(wine):
+    """Each fold's path (fitted on data validated once, through
+    ``_fit_encoded``) equals, bit for bit, SoftmaxRegression.fit with warm
+    starts along the same Cs on the fold's rows, with class and sample
+    weights; the default score is sklearn's accuracy_score of that model's
+    predictions on the held-out rows."""
+    from sklearn.metrics import accuracy_score
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    X, y = wine
+    rng = np.random.default_rng(3)
+    w = rng.random(X.shape[0]) + 0.5
+    cv = StratifiedKFold(3, shuffle=True, random_state=1)
+    kw = dict(class_weight={0: 2.0, 2: 0.5}, tol=1e-6)
+    ours = SoftmaxRegressionCV(Cs=[0.01, 0.1, 1.0], cv=cv, **kw).fit(X, y, sample_weight=w)
+    for f, (train, test) in enumerate(cv.split(X, y)):
+        model = SoftmaxRegression(warm_start=True, **kw)
+        for j, C in enumerate(ours.Cs_):
+            model.set_params(C=C).fit(X[train], y[train], sample_weight=w[train])
+            np.testing.assert_array_equal(ours.coefs_paths_[f, j, :, :-1], model.coef_)
+            np.testing.assert_array_equal(ours.coefs_paths_[f, j, :, -1], model.intercept_)
+            assert ours.n_iter_[f, j] == model.n_iter_[0]
+            assert ours.scores_[f, j] == accuracy_score(y[test], model.predict(X[test]))
+
+
+def test_a_fold_without_weight_is_refused(wine):
+    """A training fold whose sample weights are all zero: a ValueError naming
+    the fold (the data as a whole have weight)."""
+    X, y = wine
+    rows = np.arange(X.shape[0])
+    w = (rows % 2).astype(float)  # the even rows weigh nothing
+    cv = [(rows[rows % 2 == 0], rows[rows % 2 == 1])]
+    with pytest.raises(ValueError, match="fold 0's training samples sum to zero"):
+        SoftmaxRegressionCV(Cs=[1.0], cv=cv).fit(X, y, sample_weight=w)

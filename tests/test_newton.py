@@ -271,3 +271,136 @@ def test_compiled_vector_passes_load_from_the_cache_in_a_new_process():
     assert_cached_in_new_process(calls, {name: "fastsoftmax._vectors" for name in
                                          ("advance_pass", "direction_pass", "jacobi_pass",
                                           "finish_pass")})
+
+
+# --- the compiled Newton-Cholesky loop (fastsoftmax._newton_fused) ---------------------
+
+
+def python_loop(monkeypatch, *args, **kw):
+    """minimize_newton_cholesky through the Python driver (the compiled loop
+    switched off), with the same fused kernels."""
+    import fastsoftmax._newton as newton
+
+    with monkeypatch.context() as patch:
+        patch.setattr(newton, "_fused_cholesky", lambda *a: None)
+        return minimize_newton_cholesky(*args, **kw)
+
+
+CASES = {
+    "weights, l2, smoothing": dict(sample_weight="w", l2=1e-3, label_smoothing=0.05),
+    "no penalty": dict(),
+    "sum, l2": dict(reduction="sum", l2=0.5),
+    "ignore_index": dict(ignore_index=2, l2=1e-2),
+    "soft targets": dict(l2=1e-2, targets="soft"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_cholesky_loop_takes_the_python_loops_steps(case, fit_intercept, dtype, rng,
+                                                              monkeypatch, kernel_path):
+    """Every option, with and without intercept, both dtypes, one chunk and
+    several (kernel_path): the same number of steps, evaluations and
+    message as the Python driver, and iterates that agree to 1e-9
+    (float64; 1e-5 float32) relative: the same algorithm on the same
+    kernels, whose sums only differ in the order of a few additions."""
+    m, n, K = 120, 4, 3
+    X = (rng.standard_normal((m, n)) * np.logspace(-1, 1, n)).astype(dtype)
+    y = rng.integers(0, K, m)
+    kw = dict(CASES[case])
+    if kw.pop("targets", None) == "soft":
+        y = rng.dirichlet(np.ones(K), m)
+    if kw.get("sample_weight") == "w":
+        kw["sample_weight"] = rng.random(m) + 0.5
+    tol = 1e-8 if dtype == np.float64 else 1e-4
+    if kw.get("reduction") == "sum":  # the gradient is m times larger
+        tol *= m
+    ours = minimize_newton_cholesky(X, y, n_classes=K, fit_intercept=fit_intercept, tol=tol,
+                                    **kw)
+    ref = python_loop(monkeypatch, X, y, n_classes=K, fit_intercept=fit_intercept, tol=tol,
+                      **kw)
+    assert ours.converged and ref.converged, (ours.message, ref.message)
+    assert (ours.n_iter, ours.n_evals, ours.message) == (ref.n_iter, ref.n_evals, ref.message)
+    rtol = 1e-9 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(ours.theta, ref.theta, rtol=rtol,
+                               atol=rtol * np.abs(ref.theta).max())
+    np.testing.assert_allclose(ours.history, ref.history, rtol=rtol)
+    assert ours.W.dtype == dtype and ours.n_hessp == 0
+    # the reported loss and gradient are those of the returned point
+    out = fs.loss_and_grad(ours.W, X, y, b=ours.b, **kw)
+    assert abs(out[0] - ours.loss) <= 1e-12 * abs(ours.loss) + (0 if dtype == np.float64
+                                                                 else 1e-6 * abs(ours.loss))
+
+
+def test_compiled_cholesky_loop_stops_as_the_python_loop(rng, monkeypatch):
+    """The other ways out, each with the Python driver's message and step
+    count: max_iter reached, stalled at float32 rounding (tol far below
+    it), no factorisation at a NaN starting point, and a warm start at the
+    optimum (0 steps)."""
+    m, n, K = 200, 3, 3
+    X = rng.standard_normal((m, n))
+    y = rng.integers(0, K, m)
+    runs = {
+        "max_iter": (X, dict(tol=1e-14, max_iter=2)),
+        "stalled": (X.astype(np.float32), dict(tol=1e-14, max_iter=100, l2=1e-3)),
+        "nan start": (X, dict(W0=np.full((K, n), np.nan))),
+    }
+    for name, (data, kw) in runs.items():
+        ours = minimize_newton_cholesky(data, y, n_classes=K, **kw)
+        ref = python_loop(monkeypatch, data, y, n_classes=K, **kw)
+        assert not ours.converged, name
+        assert (ours.n_iter, ours.message) == (ref.n_iter, ref.message), name
+    assert "max_iter=2 reached" in minimize_newton_cholesky(X, y, tol=1e-14, max_iter=2).message
+    assert "could not be factored" in minimize_newton_cholesky(
+        X, y, n_classes=K, W0=np.full((K, n), np.nan)).message
+    best = minimize_newton_cholesky(X, y, tol=1e-10, l2=0.1)
+    again = minimize_newton_cholesky(X, y, W0=best.W, b0=best.b, tol=1e-6, l2=0.1)
+    assert again.converged and again.n_iter == 0 and again.history == [again.loss]
+
+
+def test_compiled_cholesky_loop_is_deterministic_and_falls_back(rng, monkeypatch):
+    """The same inputs give bit-identical results (the chunks' sums are added
+    in chunk order), one chunk or two agree to 1e-10; and when a chunk fails
+    (status FAILED) the Python driver takes over and gives its result."""
+    import fastsoftmax._dispatch as policy
+    import fastsoftmax._newton as newton
+    import fastsoftmax._newton_fused as compiled
+
+    m, n, K = 3000, 6, 4
+    X = rng.standard_normal((m, n))
+    y = rng.integers(0, K, m)
+    kw = dict(sample_weight=rng.random(m), l2=1e-3, tol=1e-9)
+    monkeypatch.setattr(policy, "newton_chunks", lambda m, K, nt: 2)
+    first = minimize_newton_cholesky(X, y, **kw)
+    np.testing.assert_array_equal(minimize_newton_cholesky(X, y, **kw).theta, first.theta)
+    monkeypatch.setattr(policy, "newton_chunks", lambda m, K, nt: 1)
+    one = minimize_newton_cholesky(X, y, **kw)
+    np.testing.assert_allclose(one.theta, first.theta, rtol=1e-10,
+                               atol=1e-10 * np.abs(first.theta).max())
+    calls = []
+
+    def failing(*args):
+        calls.append(args)
+        return compiled.FAILED, 0, 0.0, 0.0, 1
+
+    monkeypatch.setattr(newton, "newton_cholesky_loop", failing)
+    fallback = minimize_newton_cholesky(X, y, **kw)
+    assert len(calls) == 1 and fallback.converged
+    np.testing.assert_allclose(fallback.theta, one.theta, rtol=1e-9,
+                               atol=1e-9 * np.abs(one.theta).max())
+
+
+def test_compiled_cholesky_loop_loads_from_the_cache_in_a_new_process():
+    """The loop (with the reduced step compiled into it) and the Hessian
+    chunk it calls by address are cached: a second process loads them (one
+    hit each, no miss)."""
+    from helpers import assert_cached_in_new_process
+
+    calls = ("from fastsoftmax._newton import minimize_newton_cholesky\n"
+             "X = np.random.default_rng(0).standard_normal((3000, 5)); y = np.arange(3000) % 3\n"
+             "minimize_newton_cholesky(X, y, l2=1e-3)\n")
+    assert_cached_in_new_process(calls, {
+        "newton_cholesky_loop": "fastsoftmax._newton_fused",
+        "full_chunk": "fastsoftmax._hessian_full",
+    })

@@ -1,0 +1,274 @@
+"""Newton-Cholesky in one compiled parallel call, for the fused method on dense X.
+
+On small problems (the bundled iris and wine data sets: a few thousand rows,
+a few dozen parameters) a Newton step's arithmetic takes a fraction of a
+millisecond, and the Python driver of :mod:`fastsoftmax._newton` (point
+objects, kernel dispatch, the line search's evaluations, NumPy on tiny
+vectors) spent as long again between the kernels: measured on raw wine x10,
+(1780, 13, 3), about 0.55 ms a step of which 0.25 ms in the kernels.
+:func:`newton_cholesky_loop` runs the same algorithm as
+:func:`fastsoftmax._newton._newton_loop` with
+:func:`fastsoftmax._newton._cholesky_step` (the same stopping rule, stall
+test, step from the reduced system of :mod:`fastsoftmax._newton_step`,
+removal of the null directions and Armijo line search) without returning to
+Python.
+
+It is a ``prange`` kernel: each evaluation of the loss and gradient (at a
+trial point of the line search; the accepted trial's is the next step's)
+runs :func:`fastsoftmax._fused.fused_chunk` on every chunk of rows, and each
+Newton step :func:`fastsoftmax._hessian_full.full_chunk` on the first K - 1
+classes, both called through their addresses (:mod:`fastsoftmax._compiled`),
+into per-chunk slabs summed in chunk order: the iterates do not depend on
+which thread ran which chunk.  Everything between those parallel loops is
+plain loops over (K, n~) arrays or calls of serial helpers, so that numba
+turns nothing else into parallel regions.  A chunk that raises (a
+MemoryError) stops the loop with status ``FAILED``; the caller then runs
+the Python driver, where the exception surfaces.
+
+Peak extra memory: ``nchunks`` gradient slabs (K n) and packed Hessian
+slabs ((K - 1) K / 2 x n~ (n~ + 1) / 2), the reduced matrix and its factor
+(2 ((K - 1) n~)^2), a few (K, n~) arrays, and the two kernels' tile buffers
+per chunk; all float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._compiled import call_compiled
+from ._jit import parallel_kernel, serial_kernel
+from ._newton_step import reduced_step
+
+#: ``status`` values of :func:`newton_cholesky_loop`.
+CONVERGED, MAX_ITER, STALLED, NOT_FACTORED, NO_DECREASE, FAILED = range(6)
+
+
+@serial_kernel
+def _round_point(P, Wk, bk, Wa):
+    """The point P (K, n~) float64 in X's dtype, as the Python drivers round
+    it: W into Wk (K, n), b into bk (K,) (zeros without an intercept), and
+    both back in float64 into Wa (K, n~) for the Hessian kernel."""
+    K, nt = P.shape
+    n = Wk.shape[1]
+    for k in range(K):
+        for l in range(n):
+            Wk[k, l] = P[k, l]
+            Wa[k, l] = np.float64(Wk[k, l])
+        bk[k] = P[k, n] if nt > n else 0.0
+        if nt > n:
+            Wa[k, n] = np.float64(bk[k])
+
+
+@serial_kernel
+def _objective(slabs, bias_slabs, losses, Wk, denom, l2, grad):
+    """The objective from the chunks' sums (added in chunk order), as
+    :func:`fastsoftmax._api.finish` computes it, and its gradient (K, n~)
+    into ``grad``: float64 sums rounded once to X's (and Wk's) dtype, as
+    the Python drivers' gradient is."""
+    nchunks, K, n = slabs.shape
+    nt = grad.shape[1]
+    rounded = np.empty(1, dtype=Wk.dtype)
+    loss = losses[0]
+    for c in range(1, nchunks):
+        loss += losses[c]
+    loss /= denom
+    squares = 0.0
+    for k in range(K):
+        for l in range(n):
+            total = slabs[0, k, l]
+            for c in range(1, nchunks):
+                total += slabs[c, k, l]
+            w = np.float64(Wk[k, l])
+            rounded[0] = total / denom + l2 * w if l2 != 0.0 else total / denom
+            grad[k, l] = rounded[0]
+            squares += w * w
+        if nt > n:
+            total = bias_slabs[0, k]
+            for c in range(1, nchunks):
+                total += bias_slabs[c, k]
+            rounded[0] = total / denom
+            grad[k, n] = rounded[0]
+    return loss + 0.5 * l2 * squares if l2 != 0.0 else loss
+
+
+@serial_kernel
+def _sum_slabs(slabs):
+    """The chunks' (B, Q) slabs added in chunk order, into slab 0 (returned)."""
+    M = slabs[0]
+    B, Q = M.shape
+    for c in range(1, slabs.shape[0]):
+        for q in range(B):
+            for e in range(Q):
+                M[q, e] += slabs[c, q, e]
+    return M
+
+
+@serial_kernel
+def _zero(a):
+    for i in range(a.size):
+        a.flat[i] = 0.0
+
+
+@serial_kernel
+def _any(flags):
+    for i in range(flags.size):
+        if flags[i]:
+            return True
+    return False
+
+
+@serial_kernel
+def _max_abs(a):
+    top = 0.0
+    for i in range(a.size):
+        v = abs(a.flat[i])
+        if not v <= top:  # NaN wins, as in np.max
+            top = v
+    return top
+
+
+@serial_kernel
+def _drop_null_directions(S, n, l2):
+    """S (K, n~) without its class mean in b's column, and in W's columns
+    when l2 = 0 (:func:`fastsoftmax._newton._drop_null_directions`)."""
+    K, nt = S.shape
+    for l in range(0 if l2 == 0.0 else n, nt):
+        mean = 0.0
+        for k in range(K):
+            mean += S[k, l]
+        mean /= K
+        for k in range(K):
+            S[k, l] -= mean
+
+
+@serial_kernel
+def _dot(a, b):
+    total = 0.0
+    for i in range(a.size):
+        total += a.flat[i] * b.flat[i]
+    return total
+
+
+@serial_kernel
+def _move(P, S, t, out):
+    """``out = P + t S``."""
+    K, nt = P.shape
+    for k in range(K):
+        for l in range(nt):
+            out[k, l] = P[k, l] + t * S[k, l]
+
+
+@serial_kernel
+def _copy(src, dst):
+    for i in range(src.size):
+        dst.flat[i] = src.flat[i]
+
+
+@parallel_kernel
+def newton_cholesky_loop(fused, hessian, X, labels, T, sw, eps, denom, l2, P, tol, max_iter,
+                         max_stalled, jitter, tile, hessian_tile, nchunks, hessian_chunks,
+                         history, none):
+    """Newton-Cholesky from the point P (K, n~) float64 ([W | b], updated in
+    place): ``(status, n_iter, loss, grad_max, n_evals)``.
+
+    ``fused`` and ``hessian`` are the compiled chunk functions
+    (:func:`fastsoftmax._fused.chunk_entry`, :func:`fastsoftmax._hessian_full.chunk_entry`)
+    for X (m, n), ``labels``, ``T``, ``sw``, ``eps``; ``denom`` and ``l2`` as
+    in :class:`fastsoftmax._validation.Problem`; ``tile`` and
+    ``hessian_tile`` their rows per tile; ``nchunks`` and ``hessian_chunks``
+    their row chunks (the loss's as in :func:`fastsoftmax.loss_and_grad`, so
+    that the objective it reports is bit for bit the one that function
+    computes at the returned point).
+    ``history`` receives the objective at each step's point, as far as it
+    reaches.  ``none`` is None (the fused chunk's unused options).
+    """
+    m, n = X.shape
+    K, nt = P.shape
+    C = K - 1
+    slabs = np.empty((nchunks, K, n))
+    bias_slabs = np.empty((nchunks, K))
+    losses = np.empty(nchunks)
+    hslabs = np.empty((hessian_chunks, C * (C + 1) // 2, nt * (nt + 1) // 2))
+    failed = np.zeros(max(nchunks, hessian_chunks), dtype=np.bool_)
+    Wk = np.empty((K, n), dtype=X.dtype)
+    bk = np.empty(K, dtype=X.dtype)
+    Wa = np.empty((K, nt))
+    grad = np.empty((K, nt))
+    trial = np.empty((K, nt))
+    trial_grad = np.empty((K, nt))
+    S = np.empty((K, nt))
+    status = MAX_ITER
+    it = 0
+    n_evals = 0
+    stalled = 0
+    loss = 0.0
+    previous = 0.0
+    slope = 0.0
+    t = 1.0
+    tries = 0
+    searching = False
+    _copy(P, trial)
+    while True:
+        # the objective and gradient at the trial point
+        _round_point(trial, Wk, bk, Wa)
+        for c in prange(nchunks):
+            _zero(slabs[c])
+            _zero(bias_slabs[c])
+            out = call_compiled(fused, X, Wk, bk, labels, T, sw, eps, np.int64(c * m // nchunks),
+                                np.int64((c + 1) * m // nchunks), tile, slabs[c], bias_slabs[c],
+                                none, none, none, none, none)
+            losses[c] = out[0]
+            failed[c] = out[1]
+        n_evals += 1
+        if _any(failed):
+            status = FAILED
+            break
+        trial_loss = _objective(slabs, bias_slabs, losses, Wk, denom, l2, trial_grad)
+        if searching:  # Armijo, with a slack of a few ulps of the loss
+            if trial_loss <= loss + 1e-4 * t * slope + 8e-16 * abs(loss):
+                searching = False
+                it += 1
+                _copy(trial, P)
+            else:
+                tries += 1
+                if tries == 40:
+                    status = NO_DECREASE
+                    break
+                t *= 0.5
+                _move(P, S, t, trial)
+                continue
+        # at the point P (== trial, rounded into Wk, bk, Wa)
+        _copy(trial_grad, grad)
+        previous, loss = loss, trial_loss
+        if it < history.shape[0]:
+            history[it] = loss
+        if _max_abs(grad) <= tol:
+            status = CONVERGED
+            break
+        if it == max_iter:
+            break
+        stalled = stalled + 1 if it > 0 and loss >= previous else 0
+        if stalled >= max_stalled:
+            status = STALLED
+            break
+        for c in prange(hessian_chunks):
+            _zero(hslabs[c])
+            out = call_compiled(hessian, X, Wa, labels, T, sw, eps,
+                                np.int64(c * m // hessian_chunks),
+                                np.int64((c + 1) * m // hessian_chunks), hessian_tile,
+                                np.int64(C), hslabs[c])
+            failed[c] = out[1]
+        if _any(failed):
+            status = FAILED
+            break
+        if not reduced_step(_sum_slabs(hslabs), grad, n, denom, l2, jitter, S):
+            status = NOT_FACTORED
+            break
+        _drop_null_directions(S, n, l2)
+        slope = _dot(grad, S)
+        t = 1.0
+        tries = 0
+        searching = True
+        _move(P, S, t, trial)
+    return status, it, loss, _max_abs(grad), n_evals
