@@ -378,6 +378,23 @@ def oracle_in_flat_layout(H, K, n, has_b):
     return H[np.ix_(order, order)]
 
 
+def hessian_case(rng, dtype, target, opt, m=31, n=4, K=3):
+    """``(W, X, y, kw)`` for the full-Hessian tests: option set ``opt`` of
+    :func:`options`, or "ignore" (ignore_index and an intercept; skipped
+    for dense targets), or "no penalty, bias" (intercept and sample weights,
+    l2 = 0)."""
+    W, X, y = make_problem(rng, m, n, K, dtype, target)
+    if opt == "ignore":
+        if target != "labels":
+            pytest.skip("ignore_index needs class-index targets")
+        return W, X, ignore_labels(y, rng), {"ignore_index": -100,
+                                             "b": rng.standard_normal(K).astype(dtype)}
+    if opt == "no penalty, bias":
+        return W, X, y, {"b": rng.standard_normal(K).astype(dtype),
+                         "sample_weight": rng.random(m) + 0.1}
+    return W, X, y, options(opt, rng, m, K, dtype, target)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("opt", OPTION_NAMES + ["ignore"])
@@ -386,15 +403,8 @@ def test_full_hessian(dtype, target, opt, rng, kernel_path):
     entrywise scale) and against the Hessian assembled column by column from
     the NumPy method's hessp on unit vectors (the same bound); exactly
     symmetric, float64 whatever the working dtype."""
-    m, n, K = 31, 4, 3
-    W, X, y = make_problem(rng, m, n, K, dtype, target)
-    if opt == "ignore":
-        if target != "labels":
-            pytest.skip("ignore_index needs class-index targets")
-        y = ignore_labels(y, rng)
-        kw = {"ignore_index": -100, "b": rng.standard_normal(K).astype(dtype)}
-    else:
-        kw = options(opt, rng, m, K, dtype, target)
+    W, X, y, kw = hessian_case(rng, dtype, target, opt)
+    K, n = W.shape
     has_b = "b" in kw
     H = fs.hessian(W, X, y, **kw)
     assert H.dtype == np.float64 and H.shape == (K * n + K * has_b,) * 2
@@ -612,17 +622,7 @@ def test_newton_step_is_the_pseudo_inverse_step(dtype, target, opt, rng, kernel_
     """Every target kind, dtype and option set, with and without intercept
     and penalty: the step equals the oracle's ``-pinv(H) g`` (the problems
     here are well conditioned, which is checked, so the comparison is tight)."""
-    m, n, K = 31, 4, 3
-    W, X, y = make_problem(rng, m, n, K, dtype, target)
-    if opt == "ignore":
-        if target != "labels":
-            pytest.skip("ignore_index needs class-index targets")
-        y = ignore_labels(y, rng)
-        kw = {"ignore_index": -100, "b": rng.standard_normal(K).astype(dtype)}
-    elif opt == "no penalty, bias":
-        kw = {"b": rng.standard_normal(K).astype(dtype), "sample_weight": rng.random(m) + 0.1}
-    else:
-        kw = options(opt, rng, m, K, dtype, target)
+    W, X, y, kw = hessian_case(rng, dtype, target, opt)
     assert check_newton_step(W, X, y, kw, rng) <= 1e6
 
 
