@@ -119,6 +119,18 @@ PCG_BLOCK_AFTER_CG_STEPS = 10
 #: objective: tol is then below what the working dtype can resolve (float32
 #: X with tol=1e-10 ran to max_iter=10000, 350 s, before this rule).
 NEWTON_MAX_STALLED_STEPS = 5
+#: Bytes of the full-Hessian kernel's products of features per tile (a block
+#: of columns of its packed sums at a time): bounded for wide X, where the
+#: n~ (n~ + 1) / 2 products of a row alone can take megabytes.
+HESSIAN_PRODUCT_BYTES = 2 * 2**20
+#: Up to this many pairs of classes (two classes, or the reduced system of
+#: three), the full-Hessian kernel forms each pair's block as one GEMM
+#: X~^T diag(g) X~ per tile: one thread, (3000, 300, 2) whole Hessian 44 ms
+#: against 134 ms through the products of features (a memory-bound pass
+#: over n~^2 / 2 products per row for three pairs); (1780, 13, 3) reduced
+#: system 0.25 against 0.34 ms.  Above it the products of features win:
+#: (1797, 64, 10) whole Hessian 14.6 ms against 29 ms block by block.
+HESSIAN_BLOCKWISE_MAX_PAIRS = 3
 #: The compiled Newton-Cholesky loop records the objective of at most this
 #: many steps (its ``history``; the loop itself runs to ``max_iter``).
 NEWTON_HISTORY = 10_000
@@ -175,13 +187,29 @@ def tile_rows(n: int, K: int, itemsize: int) -> int:
     return int(min(1024, max(16, rows)))
 
 
-def hessian_tile_rows(nt: int, K: int) -> int:
-    """Rows per tile of the full-Hessian kernel (:mod:`fastsoftmax._hessian_full`)
-    for rows of nt = n + fit_intercept float64 entries and K classes: its
-    per-tile buffers (about B + Q + nt float64 a row, B = K (K + 1) / 2,
-    Q = nt (nt + 1) / 2) within ``TILE_BYTES``, 64 to 1024 rows."""
-    per_row = K * (K + 1) // 2 + nt * (nt + 1) // 2 + nt + 2 * K + 3
-    return int(min(1024, max(64, TILE_BYTES // (8 * per_row))))
+def hessian_plan(nt: int, K: int, classes: int) -> tuple[int, int, bool]:
+    """``(tile, features, blockwise)`` of the full-Hessian kernel
+    (:func:`fastsoftmax._hessian_full.full_chunk`) for rows of
+    nt = n + fit_intercept float64 entries and K classes: rows per tile from
+    ``TILE_BYTES`` over a row's weights, entries and probabilities (64 to
+    1024), and the values of l whose products x_l x_l' one block forms, so
+    that a tile's products (tile x features x nt float64) stay within
+    ``HESSIAN_PRODUCT_BYTES`` (at least one); and whether its sums over the
+    pairs of ``classes`` classes are formed block by block (at most
+    ``HESSIAN_BLOCKWISE_MAX_PAIRS`` pairs)."""
+    per_row = K * (K + 1) // 2 + nt + 2 * K + 3
+    tile = int(min(1024, max(64, TILE_BYTES // (8 * per_row))))
+    features = int(max(1, min(nt, HESSIAN_PRODUCT_BYTES // (8 * tile * nt))))
+    return tile, features, classes * (classes + 1) // 2 <= HESSIAN_BLOCKWISE_MAX_PAIRS
+
+
+def hessian_chunks(m: int, classes: int, nt: int) -> int:
+    """Row chunks of the full-Hessian kernel over the pairs of ``classes``
+    classes, m rows of nt entries: one (run serially) while its sums (about
+    m B Q multiply-adds, B = classes (classes + 1) / 2, Q = nt (nt + 1) / 2)
+    stay under ``SERIAL_WORK``, else one per thread."""
+    work = m * (classes * (classes + 1) // 2) * (nt * (nt + 1) // 2)
+    return 1 if work < SERIAL_WORK else chunk_count(m)
 
 
 def loss_chunks(m: int, n: int, K: int) -> int:
@@ -190,14 +218,6 @@ def loss_chunks(m: int, n: int, K: int) -> int:
     multiply-adds, else one per thread."""
     chunks = chunk_count(m)
     return 1 if chunks == 1 or m * n * K < SERIAL_WORK else chunks
-
-
-def newton_chunks(m: int, K: int, nt: int) -> int:
-    """Row chunks of the compiled Newton-Cholesky loop (:mod:`fastsoftmax._newton_fused`)
-    for m rows, K classes and nt = n + fit_intercept: one when a step's
-    Hessian sums (about m K^2 nt^2 / 4 multiply-adds) stay under
-    ``SERIAL_WORK``, else one per thread."""
-    return 1 if m * K * K * nt * nt // 4 < SERIAL_WORK else chunk_count(m)
 
 
 def logits_tile_rows(K: int) -> int:

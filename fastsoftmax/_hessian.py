@@ -188,14 +188,13 @@ def _packed_hessian(p: Problem, classes: int) -> np.ndarray:
     W64 = p.W.astype(np.float64)
     Wa = np.ascontiguousarray(np.column_stack([W64, p.b.astype(np.float64)])) if p.has_b else W64
     nt = Wa.shape[1]
-    chunks = policy.chunk_count(m)
-    tile = policy.hessian_tile_rows(nt, K)
-    work = m * (classes * (classes + 1) // 2) * (nt * (nt + 1) // 2)
+    chunks = policy.hessian_chunks(m, classes, nt)
+    plan = policy.hessian_plan(nt, K, classes)
     with single_threaded_blas:
-        if chunks == 1 or work < policy.SERIAL_WORK:
-            return full_hessian_sums_serial(p.X, Wa, p.labels, p.T, p.sw, p.eps, tile, classes)
+        if chunks == 1:
+            return full_hessian_sums_serial(p.X, Wa, p.labels, p.T, p.sw, p.eps, *plan, classes)
         with parallel_region():
-            return full_hessian_sums(p.X, Wa, p.labels, p.T, p.sw, p.eps, chunks, tile,
+            return full_hessian_sums(p.X, Wa, p.labels, p.T, p.sw, p.eps, chunks, *plan,
                                      classes)
 
 
@@ -411,12 +410,19 @@ class HessianProduct:
         (and, when l2 = 0, one vector to every row of W) changes no
         probability, and ``grad`` has no component there.  Solved from the
         Hessian's blocks of the first K - 1 classes only (about (K - 1) /
-        (K + 1) of :meth:`matrix`'s cost; see ``fastsoftmax._newton_step``)
-        by Cholesky, after adding ``shift`` times the largest diagonal entry
-        to the diagonal (100 times more, up to 8 times, while it does not
-        factor); None if it never factors.  Dense X only.
+        (K + 1) of :meth:`matrix`'s multiply-adds; see
+        ``fastsoftmax._newton_step``) by Cholesky.  When that system is
+        singular, not positive definite by rounding, or has a column
+        collinear with earlier ones (duplicated features), ``shift`` (a
+        number >= 0) times its largest diagonal entry is added to its
+        diagonal first (100 times more, up to 8 times, while it does not
+        factor): a step close to the pseudo-inverse's.  None if it never
+        factors (a NaN or inf in the point).  Dense X only.
         """
         _dense_only(self._problem, "HessianProduct.newton_step()")
+        if not (isinstance(shift, (int, float, np.floating, np.integer))
+                and not isinstance(shift, (bool, np.bool_)) and 0.0 <= float(shift) < np.inf):
+            raise ValueError(f"shift must be a finite number >= 0, got {shift!r}")
         p = self._problem
         size = p.W.size + (p.W.shape[0] if p.has_b else 0)
         g = np.asarray(grad, dtype=np.float64)

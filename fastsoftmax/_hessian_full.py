@@ -32,9 +32,20 @@ upper block triangle), random float64 data: (1780, 13, 3) 0.46 -> 0.37 ms,
 (1797, 64, 10) 28.7 -> 14.6 ms, (5000, 50, 5) 16.2 -> 11.9 ms,
 (20000, 20, 10) 59 -> 21 ms.
 
-Peak extra memory: ``nchunks * (2 B Q + tile (B + Q + n~ + 2 K + 3)) * 8``
-bytes (tile from :func:`fastsoftmax._dispatch.hessian_tile_rows`), plus the
-(N, N) float64 result (and its reordering, another N^2 * 8).
+With at most ``HESSIAN_BLOCKWISE_MAX_PAIRS`` (3) pairs of classes (two
+classes, or the reduced system of three) each pair's block is instead one
+GEMM X~^T diag(g) X~ per tile, whose upper triangle goes into the pair's
+row: with so few pairs the products of features would be a memory-bound
+pass over n~^2 / 2 numbers per row for little arithmetic.
+
+The products of a tile are formed for a block of ``features`` values of l
+at a time (:func:`fastsoftmax._dispatch.hessian_plan`: at most
+``HESSIAN_PRODUCT_BYTES``, 2 MiB, of them), so that wide X does not need the
+tile's n~ (n~ + 1) / 2 products per row at once.
+
+Peak extra memory: ``nchunks * (2 B Q + tile (B + n~ + 2 K + 3)
++ (tile + B) features n~) * 8`` bytes, plus the (N, N) float64 result (and
+its reordering, another N^2 * 8); B Q is about N^2 / 4.
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ from ._tiles import gather, kept_rows
 
 
 @serial_kernel
-def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, classes, M):
+def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, features, blockwise, classes, M):
     """Rows start:stop in tiles: adds their packed Hessian sums to M (B, Q) float64.
 
     X (m, n) float32 or float64; Wa (K, n~) float64 is [W | b] (n~ = n + 1)
@@ -58,13 +69,20 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, classes, M):
     M is the pair of classes (j, j'), j <= j', in the order (0, 0), (0, 1),
     ..., (0, C - 1), (1, 1), ...; column e the pair of columns (l, l'),
     l <= l', in the same order (see :func:`unpack`).  The pairs run over the
-    first C = ``classes`` classes, B = C (C + 1) / 2 (C = K for the whole Hessian, K - 1
-    for the reduced Newton system of :mod:`fastsoftmax._newton_step`); the
-    probabilities are always those of all K classes.
+    first C = ``classes`` classes, B = C (C + 1) / 2 (C = K for the whole
+    Hessian, K - 1 for the reduced Newton system of
+    :mod:`fastsoftmax._newton_step`); the probabilities are always those of
+    all K classes.  The products of a tile are formed for ``features``
+    values of l at a time (columns of M in blocks of at most
+    ``features`` n~), so that their buffer stays bounded for wide X.  With
+    ``blockwise`` (few pairs) each pair's block is instead one GEMM
+    X~^T diag(g) X~ of the tile, whose upper triangle is added to its row
+    of M.
     """
     n = X.shape[1]
     K, nt = Wa.shape
-    B, Q = M.shape
+    B = M.shape[0]
+    width = features * nt  # the most columns of M one block of l spans
     rows = np.empty(tile, dtype=np.int64)
     xa = np.empty((tile, nt))
     Zb = np.empty((tile, K))
@@ -73,8 +91,10 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, classes, M):
     c = aux[2]  # c_i = w_i s_i
     zero_b = np.zeros(K)
     Gb = np.empty((tile, B))
-    Vb = np.empty((tile, Q))
-    Mt = np.empty((B, Q))
+    Vb = np.empty(0 if blockwise else tile * width)
+    Mb = np.empty(0 if blockwise else B * width)
+    Yb = np.empty((tile if blockwise else 0, nt))
+    Hd = np.empty((nt, nt))
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
         R = kept_rows(labels, t0, t1, rows)
@@ -90,7 +110,6 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, classes, M):
         P = Pbuf[: K * R].reshape((K, R))  # contiguous
         tile_probabilities(Z, zero_b, P, aux, rows[:R], labels, T, sw, eps)  # b is in Z already
         G = Gb[:R]  # g_i^{jj'} = c_i p_ij (delta_jj' - p_ij')
-        V = Vb[:R]  # x~_il x~_il'
         for r in range(R):
             q = 0
             for j in range(classes):
@@ -100,18 +119,40 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, classes, M):
                 for jp in range(j + 1, classes):
                     G[r, q] = -a * P[jp, r]
                     q += 1
-            e = 0
-            for l in range(nt):  # slices: a constant-offset inner loop vectorises
-                x = Xa[r, l]
-                out = V[r, e: e + nt - l]
-                src = Xa[r, l:]
-                for lp in range(nt - l):
-                    out[lp] = x * src[lp]
-                e += nt - l
-        np.dot(G.T, V, Mt)
-        for q in range(B):
-            for e in range(Q):
-                M[q, e] += Mt[q, e]
+        if blockwise:
+            Y = Yb[:R]
+            for q in range(B):
+                for r in range(R):
+                    g = G[r, q]
+                    for l in range(nt):
+                        Y[r, l] = g * Xa[r, l]
+                np.dot(Xa.T, Y, Hd)
+                e = 0
+                for l in range(nt):
+                    for lp in range(l, nt):
+                        M[q, e] += Hd[l, lp]
+                        e += 1
+            continue
+        first = 0  # M's column of the pair (l0, l0)
+        for l0 in range(0, nt, features):
+            l1 = min(l0 + features, nt)
+            span = (l1 - l0) * nt - ((l1 - l0) * (l0 + l1 - 1)) // 2  # pairs with l in l0:l1
+            V = Vb[: R * span].reshape((R, span))  # x~_il x~_il', contiguous for BLAS
+            for r in range(R):
+                e = 0
+                for l in range(l0, l1):  # slices: a constant-offset inner loop vectorises
+                    x = Xa[r, l]
+                    out = V[r, e: e + nt - l]
+                    src = Xa[r, l:]
+                    for lp in range(nt - l):
+                        out[lp] = x * src[lp]
+                    e += nt - l
+            Mt = Mb[: B * span].reshape((B, span))
+            np.dot(G.T, V, Mt)
+            for q in range(B):
+                for e in range(span):
+                    M[q, first + e] += Mt[q, e]
+            first += span
 
 
 @serial_kernel
@@ -137,7 +178,7 @@ def unpack(M, K, nt, scale):
 
 
 @parallel_kernel
-def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, classes):
+def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, features, blockwise, classes):
     """The packed (B, Q) float64 Hessian sums of the loss over the pairs of
     the first ``classes`` classes (:func:`full_chunk`)."""
     m = X.shape[0]
@@ -146,16 +187,16 @@ def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, classes):
                                          nt * (nt + 1) // 2)
     for c in prange(nchunks):
         full_chunk(X, Wa, labels, T, sw, eps, c * m // nchunks, (c + 1) * m // nchunks, tile,
-                   classes, slabs[c])
+                   features, blockwise, classes, slabs[c])
     return combine(slabs, bias_slabs, unused)[1]
 
 
 @serial_kernel
-def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile, classes):
+def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes):
     """:func:`full_hessian_sums` with one chunk and no parallel region."""
     nt = Wa.shape[1]
     M = np.zeros((classes * (classes + 1) // 2, nt * (nt + 1) // 2))
-    full_chunk(X, Wa, labels, T, sw, eps, 0, X.shape[0], tile, classes, M)
+    full_chunk(X, Wa, labels, T, sw, eps, 0, X.shape[0], tile, features, blockwise, classes, M)
     return M
 
 
@@ -172,6 +213,7 @@ def chunk_entry(X, labels, T, sw) -> CompiledFunction:
     if entry is None:
         matrix = types.Array(types.float64, 2, "C")
         argtypes = (typeof(X), matrix, *(typeof(a) for a in (labels, T, sw)), types.float64,
-                    types.int64, types.int64, types.int64, types.int64, matrix)
+                    types.int64, types.int64, types.int64, types.int64, types.boolean,
+                    types.int64, matrix)
         entry = _entries.setdefault(key, CompiledFunction(full_chunk, argtypes))
     return entry

@@ -21,8 +21,11 @@ and stop when the largest absolute entry of the gradient is at most ``tol``
   the Hessian's blocks of the first K - 1 classes
   (:meth:`fastsoftmax.HessianProduct.newton_step`, one compiled call after
   the fused kernel; N = K n, plus K with an intercept), with a backtracking
-  (Armijo) line search.  Each iteration costs O(m N^2 + N^3) and about N^2
-  float64 of memory: for small N.
+  (Armijo) line search; for the fused method on dense X the whole loop is
+  one compiled call (:mod:`fastsoftmax._newton_fused`).  Each iteration
+  costs O(m N^2 + N^3) and about N^2 float64 of memory per thread (the
+  packed Hessian slabs, N^2 / 4 each, and the reduced matrix and its
+  factor): for small N.
 
 The parameter vector is ``theta = [W.ravel(), b]`` (float64).  The objective
 is invariant under adding one vector to every row of W (one number to every
@@ -130,6 +133,8 @@ class NewtonResult:
     n_hessp: int
     seconds: float
     message: str = ""
+    # the objective at each step's point (the compiled Newton-Cholesky loop
+    # records the first _dispatch.NEWTON_HISTORY + 1 of them)
     history: list = field(default_factory=list)
 
 
@@ -161,7 +166,7 @@ class _Objective:
         return W, b
 
     def at(self, x):
-        if self._x is None or not np.array_equal(x, self._x):
+        if self._x is None or not np.array_equal(x, self._x, equal_nan=True):
             W, b = self.split(x)
             point = dataclasses.replace(self.problem, W=W,
                                         b=self.problem.b if b is None else b)
@@ -261,7 +266,7 @@ def minimize_newton_cholesky(
     l2: float = 0.0, label_smoothing: float = 0.0, ignore_index: int | None = None,
     reduction: str = "mean", method: str = "fused", tol: float = 1e-6, max_iter: int = 100,
 ) -> NewtonResult:
-    """Newton's method with the full Hessian, Cholesky solves and an Armijo line search.
+    """Newton's method with Cholesky solves of the reduced Newton system and an Armijo line search.
 
     Same arguments and stopping rule as :func:`minimize_trust_newton`.  For
     N = K n (+ K) up to a few thousand: each iteration builds the Hessian's
@@ -277,7 +282,7 @@ def minimize_newton_cholesky(
     options = dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction, method=method)
     obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
-    if method == "fused" and obj.K >= 2:
+    if method == "fused" and obj.K >= 2 and max_iter >= 0:
         result = _fused_cholesky(obj, x, tol, max_iter, start)
         if result is not None:
             return result
@@ -287,8 +292,12 @@ def minimize_newton_cholesky(
 def _fused_cholesky(obj, x, tol, max_iter, start):
     """:func:`_newton_loop` with :func:`_cholesky_step`, in one compiled call
     (:func:`fastsoftmax._newton_fused.newton_cholesky_loop`): the same
-    iterates, stopping rule and messages.  None when a chunk raised (the
-    Python loop then runs, and raises)."""
+    algorithm, stopping rule and messages, iterates equal to rounding.  The
+    loss and gradient it reports are computed again at the returned point by
+    the Python drivers' evaluation (exactly :func:`fastsoftmax.loss_and_grad`'s);
+    ``n_evals`` counts it only where the Python driver does (after a failed
+    line search, whose last evaluation was at a trial point).  None when a
+    chunk raised (the Python loop then runs, and raises)."""
     p = obj.problem
     K, n = obj.K, obj.n
     nt = n + obj.fit_intercept
@@ -298,13 +307,14 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     b = np.empty(K, dtype=p.X.dtype)
     fused = fused_chunk_entry(p.X, W, b, p.labels, p.T, p.sw, None, None, None, None, None)
     hessian = hessian_chunk_entry(p.X, p.labels, p.T, p.sw)
+    hessian_tile, hessian_features, blockwise = policy.hessian_plan(nt, K, K - 1)
     history = np.empty(min(max_iter, policy.NEWTON_HISTORY) + 1)
     with single_threaded_blas, parallel_region():
-        status, it, loss, grad_max, n_evals = newton_cholesky_loop(
+        status, it, _, _, n_evals = newton_cholesky_loop(
             fused, hessian, p.X, p.labels, p.T, p.sw, float(p.eps), float(p.denom), float(p.l2),
             P, float(tol), int(max_iter), int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
-            policy.tile_rows(n, K, p.X.dtype.itemsize), policy.hessian_tile_rows(nt, K),
-            policy.loss_chunks(m, n, K), policy.newton_chunks(m, K, nt), history, None)
+            policy.tile_rows(n, K, p.X.dtype.itemsize), hessian_tile, hessian_features, blockwise,
+            policy.loss_chunks(m, n, K), policy.hessian_chunks(m, K - 1, nt), history, None)
     if status == _fused.FAILED:
         return None
     message = {
@@ -316,12 +326,9 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
         _fused.NO_DECREASE: "the line search found no decrease (rounding level reached)",
     }[status]
     theta = np.concatenate([P[:, :n].ravel(), P[:, n]]) if obj.fit_intercept else P.ravel()
-    W, b = obj.split(theta)
-    return NewtonResult(W=W, b=b, theta=theta, loss=float(loss), grad_max=float(grad_max),
-                        converged=status == _fused.CONVERGED, n_iter=int(it),
-                        n_evals=int(n_evals), n_hessp=0,
-                        seconds=time.perf_counter() - start, message=message,
-                        history=history[: min(it + 1, history.shape[0])].tolist())
+    obj.n_evals = int(n_evals) - (status != _fused.NO_DECREASE)  # _result evaluates again
+    return _result(obj, theta, status == _fused.CONVERGED, int(it), start, message,
+                   history[: min(it + 1, history.shape[0])].tolist())
 
 
 def _cholesky_step(obj, x, grad, hessp):
@@ -399,7 +406,8 @@ def _drop_null_directions(obj, step):
     Adding one number to every b_k (and, when l2 = 0, one vector to every row
     of W) changes no probability, so the objective is flat along those
     directions and the exact Newton step has no component there.  A computed
-    step does, from rounding amplified by the tiny diagonal shift (Cholesky)
+    step does, from rounding amplified by a tiny diagonal shift (Cholesky, on
+    collinear features)
     or from the preconditioner (CG); left in, it drifts the intercepts by a
     common constant that depends on the rounding (for instance on the order
     of the samples).  Removing the mean over classes removes it.

@@ -37,7 +37,7 @@ import numpy as np
 from numba import prange
 
 from ._compiled import call_compiled
-from ._jit import parallel_kernel, serial_kernel
+from ._jit import exact_kernel, parallel_kernel, serial_kernel
 from ._newton_step import reduced_step
 
 #: ``status`` values of :func:`newton_cholesky_loop`.
@@ -60,12 +60,15 @@ def _round_point(P, Wk, bk, Wa):
             Wa[k, n] = np.float64(bk[k])
 
 
-@serial_kernel
+@exact_kernel
 def _objective(slabs, bias_slabs, losses, Wk, denom, l2, grad):
     """The objective from the chunks' sums (added in chunk order), as
     :func:`fastsoftmax._api.finish` computes it, and its gradient (K, n~)
     into ``grad``: float64 sums rounded once to X's (and Wk's) dtype, as
-    the Python drivers' gradient is."""
+    the Python drivers' gradient is.  Compiled without fast-math
+    reassociation or reciprocals, so that the divisions are divisions, as
+    NumPy's; only the sum of W's squares is added in another order than
+    ``finish``'s."""
     nchunks, K, n = slabs.shape
     nt = grad.shape[1]
     rounded = np.empty(1, dtype=Wk.dtype)
@@ -167,19 +170,19 @@ def _copy(src, dst):
 
 @parallel_kernel
 def newton_cholesky_loop(fused, hessian, X, labels, T, sw, eps, denom, l2, P, tol, max_iter,
-                         max_stalled, jitter, tile, hessian_tile, nchunks, hessian_chunks,
-                         history, none):
+                         max_stalled, jitter, tile, hessian_tile, hessian_features, blockwise,
+                         nchunks, hessian_chunks, history, none):
     """Newton-Cholesky from the point P (K, n~) float64 ([W | b], updated in
     place): ``(status, n_iter, loss, grad_max, n_evals)``.
 
     ``fused`` and ``hessian`` are the compiled chunk functions
     (:func:`fastsoftmax._fused.chunk_entry`, :func:`fastsoftmax._hessian_full.chunk_entry`)
     for X (m, n), ``labels``, ``T``, ``sw``, ``eps``; ``denom`` and ``l2`` as
-    in :class:`fastsoftmax._validation.Problem`; ``tile`` and
-    ``hessian_tile`` their rows per tile; ``nchunks`` and ``hessian_chunks``
-    their row chunks (the loss's as in :func:`fastsoftmax.loss_and_grad`, so
-    that the objective it reports is bit for bit the one that function
-    computes at the returned point).
+    in :class:`fastsoftmax._validation.Problem`; ``tile``, ``hessian_tile``,
+    ``hessian_features`` and ``blockwise`` their tiles
+    (:func:`fastsoftmax._dispatch.hessian_plan`);
+    ``nchunks`` and ``hessian_chunks`` their row chunks (the loss's as in
+    :func:`fastsoftmax.loss_and_grad`).
     ``history`` receives the objective at each step's point, as far as it
     reaches.  ``none`` is None (the fused chunk's unused options).
     """
@@ -257,7 +260,7 @@ def newton_cholesky_loop(fused, hessian, X, labels, T, sw, eps, denom, l2, P, to
             out = call_compiled(hessian, X, Wa, labels, T, sw, eps,
                                 np.int64(c * m // hessian_chunks),
                                 np.int64((c + 1) * m // hessian_chunks), hessian_tile,
-                                np.int64(C), hslabs[c])
+                                hessian_features, blockwise, np.int64(C), hslabs[c])
             failed[c] = out[1]
         if _any(failed):
             status = FAILED

@@ -23,9 +23,9 @@ Building those blocks costs (K - 1) / (K + 1) of the whole Hessian's
 :func:`reduced_step` takes the packed sums of the first K - 1 classes'
 blocks (:func:`fastsoftmax._hessian_full.full_chunk` with ``classes = K - 1``)
 and the gradient and returns the step: unpacking, the penalty, a Cholesky
-factorisation with the same diagonal shift as the full-Hessian solver
-(:func:`fastsoftmax._newton._cholesky`), two triangular solves and the
-assembly of s, without returning to Python between them.
+factorisation (unshifted when A is positive definite without collinear
+columns, else with a diagonal shift, :func:`_factor`), two triangular
+solves and the assembly of s, without returning to Python between them.
 """
 
 from __future__ import annotations
@@ -36,13 +36,24 @@ from ._hessian_full import unpack
 from ._jit import serial_kernel
 
 
+#: An unshifted factorisation is kept only if every pivot L_ii^2 keeps at
+#: least this fraction of its diagonal entry A_ii.  Less means column i is,
+#: to rounding, a combination of the earlier ones (duplicated or collinear
+#: features): LAPACK may still "succeed" on such a singular matrix with a
+#: pivot of rounding size, and the step would then get an arbitrary
+#: component along the flat direction.  The ratio does not depend on the
+#: features' scales.
+COLLINEAR = 1e-12
+
+
 @serial_kernel
 def _factor(A, jitter):
-    """The lower Cholesky factor of A; while A is not positive definite
-    (singular along a direction without curvature, or indefinite by
-    rounding), of A with ``jitter * max(diag A)`` added to its diagonal, then
-    100 times more (up to 8 shifts); an empty (0, 0) array if it never
-    factors or A is not finite.  A is modified."""
+    """The lower Cholesky factor of A when A is positive definite and no
+    column is collinear with the earlier ones (:data:`COLLINEAR`); else of A
+    with ``jitter * max(diag A)`` added to its diagonal, then 100 times more
+    (up to 8 shifts) while it does not factor.  An empty (0, 0) array if it
+    never factors or A is not finite.  A is modified.  (A MemoryError in
+    the factorisation counts as not factoring: numba cannot tell it apart.)"""
     N = A.shape[0]
     top = 0.0
     for i in range(N):
@@ -59,6 +70,13 @@ def _factor(A, jitter):
             continue
         if not np.all(np.isfinite(L)):  # a NaN or inf in A: no shift helps
             break
+        if attempt == 0:
+            collinear = False
+            for i in range(N):
+                if L[i, i] * L[i, i] < COLLINEAR * A[i, i]:
+                    collinear = True
+            if collinear:
+                continue
         return L
     return np.empty((0, 0))
 

@@ -23,8 +23,10 @@ Solvers:
   (its diagonal when n + fit_intercept > 128 or X is sparse), Armijo line
   search (``fastsoftmax._newton.minimize_newton_pcg``); dense NumPy or SciPy
   CSR X.
-* ``"newton-cholesky"``: Newton steps from the full Hessian, N x N float64
-  with N = K (n + fit_intercept), solved by Cholesky; dense NumPy X, small N.
+* ``"newton-cholesky"``: Newton steps solved by Cholesky from the Hessian's
+  blocks of the first K - 1 classes (about N^2 float64 with
+  N = K (n + fit_intercept)), the whole loop one compiled call for the fused
+  method; dense NumPy X, small N.
 * ``"auto"``: ``"newton-cg"`` for sparse X, ``"lbfgs"`` for Dask X, else
   ``"newton-cholesky"``
   when N <= ``fastsoftmax._dispatch.AUTO_CHOLESKY_MAX_PARAMS``, else
@@ -105,8 +107,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     solver : {"auto", "lbfgs", "newton-cg", "newton-cholesky"}, default "auto"
         ``"lbfgs"``: SciPy's L-BFGS-B, any X.  ``"newton-cg"``: truncated
         Newton with preconditioned conjugate gradients on the fused
-        Hessian-vector products.  ``"newton-cholesky"``: Newton steps with the
-        full Hessian (N x N float64, N = K (n + fit_intercept): for small N).
+        Hessian-vector products.  ``"newton-cholesky"``: Newton steps by
+        Cholesky from the Hessian's blocks of the first K - 1 classes (about
+        N^2 float64, N = K (n + fit_intercept): for small N).
         Newton-CG takes dense NumPy or SciPy sparse X, Newton-Cholesky dense
         NumPy X only (other X raises ``ValueError``).  ``"auto"``:
         ``"newton-cg"`` for sparse X, ``"lbfgs"`` for Dask X, else

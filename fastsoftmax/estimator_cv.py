@@ -24,6 +24,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from ._api import loss_and_grad
 from ._class_weight import apply_class_weight, class_weight_vector
+from ._sparse import is_sparse
 from ._validation import is_dask_collection
 from .estimator import SoftmaxRegression
 
@@ -122,6 +123,8 @@ class SoftmaxRegressionCV(SoftmaxRegression):
                             "collections: fit SoftmaxRegression on Dask data instead")
         X, y = validate_data(self, X, y, accept_sparse="csr",
                              dtype=[np.float64, np.float32], order="C")
+        if is_sparse(X):  # before any fold is fitted
+            self._check_solver_takes("sparse X", newton_cg=True)
         check_classification_targets(y)
         Cs = self._path()
         classes, y_index = np.unique(y, return_inverse=True)

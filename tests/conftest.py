@@ -28,7 +28,9 @@ def kernel_path(request, monkeypatch):
     "serial": one chunk, no parallel region, default tiles (what small
     problems use); "parallel-small-tiles": the parallel kernel even for tiny
     problems (never run inline on the calling thread), with 3-row tiles so
-    that every chunk has several tiles and the last tile is partial, and the
+    that every chunk has several tiles and the last tile is partial (the
+    full Hessian's products in blocks of two features, and block by block
+    for two classes only), and the
     compiled passes over parameter-sized arrays (``_vectors``) at any size.
     """
     import fastsoftmax._dispatch as policy
@@ -40,6 +42,6 @@ def kernel_path(request, monkeypatch):
         monkeypatch.setattr(policy, "INLINE_WORK", 0)
         monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES", 0)
         monkeypatch.setattr(policy, "tile_rows", lambda n, K, itemsize: 3)
-        monkeypatch.setattr(policy, "hessian_tile_rows", lambda nt, K: 3)
+        monkeypatch.setattr(policy, "hessian_plan", lambda nt, K, classes: (3, 2, classes == 2))
         monkeypatch.setattr(policy, "logits_tile_rows", lambda K: 3)
     return request.param

@@ -113,3 +113,13 @@ def test_a_fold_without_weight_is_refused(wine):
     cv = [(rows[rows % 2 == 0], rows[rows % 2 == 1])]
     with pytest.raises(ValueError, match="fold 0's training samples sum to zero"):
         SoftmaxRegressionCV(Cs=[1.0], cv=cv).fit(X, y, sample_weight=w)
+
+
+def test_sparse_x_with_newton_cholesky_is_refused_up_front(wine):
+    """As SoftmaxRegression: a ValueError naming the solvers that fit sparse X."""
+    import scipy.sparse
+
+    X, y = wine
+    with pytest.raises(ValueError, match="solver='newton-cholesky' needs dense NumPy X"):
+        SoftmaxRegressionCV(Cs=[1.0], cv=2, solver="newton-cholesky").fit(
+            scipy.sparse.csr_matrix(X), y)

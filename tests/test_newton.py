@@ -334,23 +334,32 @@ def test_compiled_cholesky_loop_takes_the_python_loops_steps(case, fit_intercept
 
 
 def test_compiled_cholesky_loop_stops_as_the_python_loop(rng, monkeypatch):
-    """The other ways out, each with the Python driver's message and step
-    count: max_iter reached, stalled at float32 rounding (tol far below
-    it), no factorisation at a NaN starting point, and a warm start at the
-    optimum (0 steps)."""
+    """The other ways out, each with the Python driver's message, step and
+    evaluation counts and reported loss: max_iter reached, stalled at
+    float32 rounding (tol far below it), no factorisation at a NaN starting
+    point, a line search that finds no decrease (float32, features scaled
+    1e-3..1e3), and a warm start at the optimum (0 steps)."""
     m, n, K = 200, 3, 3
     X = rng.standard_normal((m, n))
     y = rng.integers(0, K, m)
+    # float32 features scaled 1e-3..1e3: the line search fails at rounding level
+    wide = np.random.default_rng(17)
+    X_wide = (wide.standard_normal((100, 3)) * np.logspace(-3, 3, 3)).astype(np.float32)
+    y_wide = wide.integers(0, K, 100)
     runs = {
-        "max_iter": (X, dict(tol=1e-14, max_iter=2)),
-        "stalled": (X.astype(np.float32), dict(tol=1e-14, max_iter=100, l2=1e-3)),
-        "nan start": (X, dict(W0=np.full((K, n), np.nan))),
+        "max_iter": (X, y, dict(tol=1e-14, max_iter=2)),
+        "stalled": (X.astype(np.float32), y, dict(tol=1e-14, max_iter=100, l2=1e-3)),
+        "nan start": (X, y, dict(W0=np.full((K, n), np.nan))),
+        "line search": (X_wide, y_wide, dict(tol=1e-14, max_iter=60, l2=1e-3)),
     }
-    for name, (data, kw) in runs.items():
-        ours = minimize_newton_cholesky(data, y, n_classes=K, **kw)
-        ref = python_loop(monkeypatch, data, y, n_classes=K, **kw)
+    for name, (data, labels, kw) in runs.items():
+        ours = minimize_newton_cholesky(data, labels, n_classes=K, **kw)
+        ref = python_loop(monkeypatch, data, labels, n_classes=K, **kw)
         assert not ours.converged, name
-        assert (ours.n_iter, ours.message) == (ref.n_iter, ref.message), name
+        assert (ours.n_iter, ours.n_evals, ours.message) == \
+            (ref.n_iter, ref.n_evals, ref.message), name
+        assert ours.loss == ref.loss or np.isnan(ours.loss) and np.isnan(ref.loss), name
+    assert "line search found no decrease" in ours.message
     assert "max_iter=2 reached" in minimize_newton_cholesky(X, y, tol=1e-14, max_iter=2).message
     assert "could not be factored" in minimize_newton_cholesky(
         X, y, n_classes=K, W0=np.full((K, n), np.nan)).message
@@ -371,10 +380,12 @@ def test_compiled_cholesky_loop_is_deterministic_and_falls_back(rng, monkeypatch
     X = rng.standard_normal((m, n))
     y = rng.integers(0, K, m)
     kw = dict(sample_weight=rng.random(m), l2=1e-3, tol=1e-9)
-    monkeypatch.setattr(policy, "newton_chunks", lambda m, K, nt: 2)
+    monkeypatch.setattr(policy, "hessian_chunks", lambda m, classes, nt: 2)
+    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 2)
     first = minimize_newton_cholesky(X, y, **kw)
     np.testing.assert_array_equal(minimize_newton_cholesky(X, y, **kw).theta, first.theta)
-    monkeypatch.setattr(policy, "newton_chunks", lambda m, K, nt: 1)
+    monkeypatch.setattr(policy, "hessian_chunks", lambda m, classes, nt: 1)
+    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 1)
     one = minimize_newton_cholesky(X, y, **kw)
     np.testing.assert_allclose(one.theta, first.theta, rtol=1e-10,
                                atol=1e-10 * np.abs(first.theta).max())
