@@ -179,6 +179,23 @@ def finish_product(p: Problem, V: np.ndarray, G: np.ndarray, gb: np.ndarray,
     return out, Hvb.astype(p.dtype)
 
 
+def rows_from_flat(v: np.ndarray, K: int, n: int, width: int) -> np.ndarray:
+    """The flat vector ``[W.ravel(), b]`` (the layout of :class:`HessianProduct`)
+    as a (K, width) float64 array, row k = ``[W[k], b[k]]`` (width = n + 1
+    with an intercept, n without)."""
+    R = np.empty((K, width))
+    R[:, :n] = v[: K * n].reshape(K, n)
+    if width > n:
+        R[:, n] = v[K * n:]
+    return R
+
+
+def flat_from_rows(R: np.ndarray, n: int) -> np.ndarray:
+    """The (K, width) array ``[W | b]`` as the flat vector ``[W.ravel(), b]``
+    (the inverse of :func:`rows_from_flat`)."""
+    return np.concatenate([R[:, :n].ravel(), R[:, n]]) if R.shape[1] > n else R.ravel()
+
+
 def _packed_hessian(p: Problem, classes: int) -> np.ndarray:
     """The unnormalised Hessian sums of a validated dense problem over the
     pairs of its first ``classes`` classes, packed (B, Q) float64
@@ -225,16 +242,13 @@ def newton_step(p: Problem, grad: np.ndarray, shift: float) -> np.ndarray | None
     n = p.X.shape[1]
     K = p.W.shape[0]
     nt = n + p.has_b
-    g = np.empty((K, nt))
-    g[:, :n] = grad[: K * n].reshape(K, n)
-    if p.has_b:
-        g[:, n] = grad[K * n:]
+    g = rows_from_flat(grad, K, n, nt)
     M = _packed_hessian(p, K - 1)
     S = np.empty((K, nt))
     with single_threaded_blas:  # the factorisation's LAPACK, right after a parallel region
         if not reduced_step(M, g, n, float(p.denom), float(p.l2), float(shift), S):
             return None
-    return np.concatenate([S[:, :n].ravel(), S[:, n]]) if p.has_b else S.ravel()
+    return flat_from_rows(S, n)
 
 
 def hessian_diagonal(p: Problem, cache: ProductCache | None = None) -> np.ndarray:

@@ -54,7 +54,7 @@ from . import _newton_fused as _fused
 from . import _vectors
 from . import _dispatch as policy
 from ._fused import chunk_entry as fused_chunk_entry
-from ._hessian import evaluate
+from ._hessian import evaluate, flat_from_rows, rows_from_flat
 from ._hessian_full import chunk_entry as hessian_chunk_entry
 from ._newton_fused import newton_cholesky_loop
 from ._threading import parallel_region
@@ -302,7 +302,7 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     K, n = obj.K, obj.n
     nt = n + obj.fit_intercept
     m = p.X.shape[0]
-    P = _as_rows(x, K, n, nt)
+    P = rows_from_flat(x, K, n, nt)
     W = np.empty((K, n), dtype=p.X.dtype)
     b = np.empty(K, dtype=p.X.dtype)
     fused = fused_chunk_entry(p.X, W, b, p.labels, p.T, p.sw, None, None, None, None, None)
@@ -325,7 +325,7 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
         _fused.NOT_FACTORED: "the Hessian could not be factored",
         _fused.NO_DECREASE: "the line search found no decrease (rounding level reached)",
     }[status]
-    theta = np.concatenate([P[:, :n].ravel(), P[:, n]]) if obj.fit_intercept else P.ravel()
+    theta = flat_from_rows(P, n)
     obj.n_evals = int(n_evals) - (status != _fused.NO_DECREASE)  # _result evaluates again
     return _result(obj, theta, status == _fused.CONVERGED, int(it), start, message,
                    history[: min(it + 1, history.shape[0])].tolist())
@@ -613,14 +613,14 @@ def _preconditioner(obj, hessp, inverses=None):
         return _jacobi(1.0 / np.maximum(diag, floor), K, n, l2)
 
     def precondition(r):
-        R = _as_rows(r, K, n, width)
+        R = rows_from_flat(r, K, n, width)
         mean = R.mean(axis=0)
         # one batched product: K (n', n') inverses times K rows
         Z = np.matmul(inverses, (R - mean)[:, :, None])[:, :, 0]
         Z -= Z.mean(axis=0)
         if l2 > 0.0:
             Z[:, :n] += mean[:n] / l2
-        z = np.concatenate([Z[:, :n].ravel(), Z[:, n]]) if width > n else Z.ravel()
+        z = flat_from_rows(Z, n)
         return z, float(r @ z)
 
     return precondition
@@ -656,12 +656,3 @@ def _inverses(factors):
     with single_threaded_blas:
         inv = np.stack([scipy.linalg.cho_solve(f, np.eye(f[0].shape[0])) for f in factors])
     return 0.5 * (inv + inv.transpose(0, 2, 1))
-
-
-def _as_rows(v, K, n, width):
-    """The flat vector ``[W.ravel(), b]`` as a (K, width) array, row k = [W[k], b[k]]."""
-    R = np.empty((K, width))
-    R[:, :n] = v[: K * n].reshape(K, n)
-    if width > n:
-        R[:, n] = v[K * n:]
-    return R

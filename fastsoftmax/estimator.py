@@ -56,6 +56,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from ._api import loss_and_grad
 from ._class_weight import apply_class_weight, class_weight_vector
 from ._blas import single_threaded_all_blas
+from ._hessian import rows_from_flat
 from ._newton import auto_solver, minimize_newton_cholesky, minimize_newton_pcg
 from ._primitives import log_softmax, softmax
 from ._sparse import is_sparse
@@ -353,10 +354,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 f"{solver} stopped without converging because {result.message} "
                 f"(largest gradient entry {result.grad_max:.3g} > tol={self.tol}); increase "
                 f"max_iter or scale the data.", ConvergenceWarning, stacklevel=5)
-        P = np.empty((K, n + 1 if self.fit_intercept else n))
-        P[:, :n] = result.theta[: K * n].reshape(K, n)
-        if self.fit_intercept:
-            P[:, n] = result.theta[K * n:]
+        P = rows_from_flat(result.theta, K, n, n + 1 if self.fit_intercept else n)
         return P, result.loss, result.n_iter
 
     def __sklearn_tags__(self):
