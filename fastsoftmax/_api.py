@@ -50,13 +50,14 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None,
     if method == "indexloop":
         return indexloop(p, dX=dX, losses=losses)
     tile = policy.tile_rows(n, K, p.X.dtype.itemsize)
+    micro = True if policy.tile_gemm(n, K, p.X.dtype.itemsize) else None
     chunks = policy.loss_chunks(m, n, K)
     with single_threaded_blas:
         if chunks == 1:
-            return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, dX,
+            return fused_sums_serial(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, tile, micro, dX,
                                      p.cw, p.zl, p.cap, losses)
         inline = policy.run_inline(m * n * K, seconds_since_kernel())
-        return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, dX,
+        return fused_sums(p.X, p.W, p.b, p.labels, p.T, p.sw, p.eps, chunks, tile, micro, dX,
                           p.cw, p.zl, p.cap, losses, inline)
 
 

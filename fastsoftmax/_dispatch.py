@@ -23,6 +23,27 @@ TILE_BYTES = 384 * 1024
 #: dedicated kernel that is twice as fast on the skinny products of few
 #: classes; tiles are kept under it when that leaves at least 32 rows.
 SMALL_GEMM = 2**19
+#: The fused kernels form a tile's logits X W^T and add the gradient's
+#: products D X with their own micro-kernels (:mod:`fastsoftmax._tile_gemm`)
+#: rather than BLAS for rows of at least TILE_GEMM_MIN_FEATURES features and
+#: up to TILE_GEMM_MAX_CLASSES classes (logits columns): OpenBLAS packs the
+#: tile before using each entry K times.  Measured on one core, float64,
+#: GFLOP/s of BLAS against the micro-kernels: tiles of 62 x 784, K = 3
+#: logits 7.3 / 35, products 8.3 / 24; K = 10 19 / 35 and 19 / 39; K = 64
+#: 34 / 37 and 36 / 44; K = 128 36 / 36; (512, 64, 10) 22 / 29 and 19 / 33.
+#: Narrow rows gain less ((1024, 14, 3): 6.6 / 8.6 and 6.5 / 8.3) and stay
+#: on BLAS: the micro-kernels add about 2.4 s to a cold compile of the
+#: path that uses them, which the default path's first call (narrow rows
+#: among them) does not pay.
+TILE_GEMM_MIN_FEATURES = 64
+TILE_GEMM_MAX_CLASSES = 64
+#: float32 tiles use them from TILE_GEMM_MIN_FEATURES_FLOAT32 features up to
+#: TILE_GEMM_MAX_CLASSES_FLOAT32 classes: on narrow float32 rows the lanes'
+#: final sums cost more than BLAS's packing ((512, 64, 10) logits 51 against
+#: 31 GFLOP/s), while 784 features gain (K = 10 logits 41 / 71, products
+#: 23 / 77; K = 32 58 / 82 and 46 / 76).
+TILE_GEMM_MIN_FEATURES_FLOAT32 = 256
+TILE_GEMM_MAX_CLASSES_FLOAT32 = 32
 #: Below this many multiply-adds (m n K) a loss call runs on one thread:
 #: waking the others would cost more than it saves.  The logits entry point
 #: applies it to m K.
@@ -185,6 +206,15 @@ def tile_rows(n: int, K: int, itemsize: int) -> int:
     if rows * n * K > SMALL_GEMM and SMALL_GEMM // (n * K) >= 32:
         rows = SMALL_GEMM // (n * K)
     return int(min(1024, max(16, rows)))
+
+
+def tile_gemm(n: int, K: int, itemsize: int) -> bool:
+    """Whether the fused kernels' per-tile products with K classes (logits
+    columns) and n features of ``itemsize`` bytes use the micro-kernels of
+    :mod:`fastsoftmax._tile_gemm` rather than BLAS."""
+    if itemsize == 8:
+        return K <= TILE_GEMM_MAX_CLASSES and n >= TILE_GEMM_MIN_FEATURES
+    return K <= TILE_GEMM_MAX_CLASSES_FLOAT32 and n >= TILE_GEMM_MIN_FEATURES_FLOAT32
 
 
 def hessian_plan(nt: int, K: int, classes: int) -> tuple[int, int, bool]:

@@ -45,28 +45,38 @@ from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
 from ._threading import kernel_done, parallel_region
+from ._tile_gemm import tile_add_products, tile_logits
 from ._tiles import kept_tile
 
 
 @serial_kernel
 def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G, dX, dXbuf,
-               contiguous, cw, zl, cap, lout):
+               contiguous, cw, zl, cap, lout, micro):
     """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss.
 
     When ``dX`` is not None, also writes the tile's rows of the input
     gradient ``D^T W`` to ``dX[rows]`` (straight into dX when ``contiguous``,
     i.e. the tile is rows rows[0]:rows[0]+R of X, else through ``dXbuf``).
+    ``micro``: True for the logits and the gradient's products by the
+    micro-kernels of :mod:`fastsoftmax._tile_gemm`, None for BLAS's (through
+    ``Gt``; numba then prunes the micro-kernels' code).
     """
     R = Xt.shape[0]
     K, n = G.shape
     Z = Zbuf[: R * K].reshape((R, K))
     D = Dbuf[: K * R].reshape((K, R))
-    np.dot(Xt, W.T, Z)  # (R, K) logits
+    if micro is not None:
+        tile_logits(Xt, W, Z)
+    else:
+        np.dot(Xt, W.T, Z)  # (R, K) logits
     loss = tile_loss_and_coef(Z, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, cap, lout)
-    np.dot(D, Xt, Gt)  # (K, R) x (R, n)
-    for k in range(K):
-        for l in range(n):
-            G[k, l] += Gt[k, l]
+    if micro is not None:
+        tile_add_products(D, Xt, G)
+    else:
+        np.dot(D, Xt, Gt)  # (K, R) x (R, n)
+        for k in range(K):
+            for l in range(n):
+                G[k, l] += Gt[k, l]
     if dX is not None:  # (R, K) x (K, n): each chunk writes only its own rows
         if contiguous:
             np.dot(D.T, W, dX[rows[0]: rows[0] + R])
@@ -80,11 +90,12 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
 
 
 @serial_kernel
-def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX, cw, zl, cap, lout):
+def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, micro, G, gb, dX, cw, zl, cap,
+                lout):
     """Rows start:stop, in tiles: adds their gradient sums to G (K, n) and
     gb (K,) (float64), writes their rows of dX when dX is not None (rows
     dropped by ignore_index are left as they are), and returns their loss sum.
-    ``cw``, ``zl``, ``cap``, ``lout``: see :func:`fused_sums`."""
+    ``micro``, ``cw``, ``zl``, ``cap``, ``lout``: see :func:`fused_sums`."""
     n = X.shape[1]
     K = W.shape[0]
     Z = np.empty(K * tile, dtype=X.dtype)
@@ -94,7 +105,7 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX, cw, z
     rows = np.empty(tile, dtype=np.int64)
     xbuf = np.empty((tile, n), dtype=X.dtype)
     dxbuf = np.empty((tile if dX is not None else 0, n), dtype=X.dtype)
-    Gt = np.empty((K, n), dtype=X.dtype)
+    Gt = np.empty((0 if micro is not None else K, n), dtype=X.dtype)
     loss = 0.0
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
@@ -102,13 +113,13 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb, dX, cw, z
         R = Xt.shape[0]
         if R > 0:  # one call site, ``contiguous`` a run-time bool: _tile_step is compiled once
             loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
-                               dX, dxbuf, R == t1 - t0, cw, zl, cap, lout)
+                               dX, dxbuf, R == t1 - t0, cw, zl, cap, lout, micro)
     return loss
 
 
 @parallel_kernel
-def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, lout, slabs,
-                     bias_slabs, losses, failed):
+def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, micro, dX, cw, zl, cap, lout,
+                     slabs, bias_slabs, losses, failed):
     """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
     (:func:`fused_chunk` through its address) into the chunk's own slabs;
     ``failed[c]`` says whether chunk c raised (an exception cannot leave a
@@ -118,8 +129,8 @@ def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, 
     for c in prange(nchunks):
         start = np.int64(c * m // nchunks)
         stop = np.int64((c + 1) * m // nchunks)
-        out = call_compiled(chunk, X, W, b, labels, T, sw, eps, start, stop, tile, slabs[c],
-                            bias_slabs[c], dX, cw, zl, cap, lout)
+        out = call_compiled(chunk, X, W, b, labels, T, sw, eps, start, stop, tile, micro,
+                            slabs[c], bias_slabs[c], dX, cw, zl, cap, lout)
         losses[c] = out[0]
         failed[c] = out[1]
 
@@ -128,27 +139,32 @@ def _parallel_chunks(chunk, X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, 
 _entries: dict = {}
 
 
-def chunk_entry(X, W, b, labels, T, sw, dX, cw, zl, cap, lout) -> CompiledFunction:
-    """fused_chunk compiled for these arguments (``zl`` and ``cap`` None or float)."""
-    key = (*(array_key(a) for a in (X, W, b, labels, T, sw, dX, cw, lout)), zl is None,
-           cap is None)
+def chunk_entry(X, W, b, labels, T, sw, micro, dX, cw, zl, cap, lout) -> CompiledFunction:
+    """fused_chunk compiled for these arguments (``micro`` True or None, ``zl``
+    and ``cap`` None or float)."""
+    key = (*(array_key(a) for a in (X, W, b, labels, T, sw, dX, cw, lout)), micro is None,
+           zl is None, cap is None)
     entry = _entries.get(key)
     if entry is None:
         slab = types.Array(types.float64, 2, "C")
         argtypes = (*(typeof(a) for a in (X, W, b, labels, T, sw)), types.float64,
-                    types.int64, types.int64, types.int64, slab, slab.copy(ndim=1),
+                    types.int64, types.int64, types.int64, typeof(micro), slab, slab.copy(ndim=1),
                     *(typeof(a) for a in (dX, cw, zl, cap, lout)))
         entry = _entries.setdefault(key, CompiledFunction(fused_chunk, argtypes))
     return entry
 
 
-def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, cw, zl, cap, lout,
+def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, micro, dX, cw, zl, cap, lout,
                inline=False):
     """Unnormalised loss and gradient sums of softmax regression.
 
     X (m, n) and W (K, n), b (K,) of one float dtype; labels (m,) int64 or
     empty; T (m, K) or (0, K); sw (m,) float64 or empty; eps float;
-    nchunks >= 1; tile >= 1; dX (m, n) zeros of X's dtype, C-contiguous, to
+    nchunks >= 1; tile >= 1; ``micro`` True: each tile's two products by
+    :mod:`fastsoftmax._tile_gemm`'s micro-kernels, None: by BLAS
+    (``fastsoftmax._dispatch.tile_gemm`` decides; with None numba compiles
+    no micro-kernel code, so the calls that do not use them do not pay
+    their compilation); dX (m, n) zeros of X's dtype, C-contiguous, to
     receive the unnormalised input gradient ``w_i (s_i p_i - t_i)^T W`` of
     every kept sample, or None when it is not wanted (numba then compiles
     a specialisation without the input-gradient code, so the loss-and-gradient
@@ -175,9 +191,9 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, cw, zl, cap, lout
     if not inline:
         failed = np.zeros(nchunks, dtype=np.bool_)
         with parallel_region():
-            _parallel_chunks(chunk_entry(X, W, b, labels, T, sw, dX, cw, zl, cap, lout), X, W,
-                             b, labels, T, sw, float(eps), int(tile), dX, cw, zl, cap, lout,
-                             slabs, bias_slabs, losses, failed)
+            _parallel_chunks(chunk_entry(X, W, b, labels, T, sw, micro, dX, cw, zl, cap, lout), X,
+                             W, b, labels, T, sw, float(eps), int(tile), micro, dX, cw, zl, cap,
+                             lout, slabs, bias_slabs, losses, failed)
         if failed.any() and lout is not None:
             lout[...] = 0.0
         if failed.any():  # run again on this thread, where the exception is raised
@@ -187,8 +203,8 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, cw, zl, cap, lout
     if inline:
         for c in range(nchunks):
             losses[c] = fused_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks,
-                                    (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c], dX,
-                                    cw, zl, cap, lout)
+                                    (c + 1) * m // nchunks, tile, micro, slabs[c],
+                                    bias_slabs[c], dX, cw, zl, cap, lout)
         kernel_done()
     # Summed in chunk order: the result does not depend on which thread ran what.
     G, gb, loss = slabs[0], bias_slabs[0], float(losses[0])
@@ -199,7 +215,7 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, dX, cw, zl, cap, lout
     return loss, G, gb
 
 
-def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, lout):
+def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, micro, dX, cw, zl, cap, lout):
     """:func:`fused_sums` with one chunk and no parallel region, for small problems.
 
     Plain Python around the compiled :func:`fused_chunk`, which the parallel
@@ -209,6 +225,6 @@ def fused_sums_serial(X, W, b, labels, T, sw, eps, tile, dX, cw, zl, cap, lout):
     K, n = W.shape
     G = np.zeros((K, n))
     gb = np.zeros(K)
-    loss = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile, G, gb, dX, cw, zl,
-                       cap, lout)
+    loss = fused_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile, micro, G, gb, dX,
+                       cw, zl, cap, lout)
     return loss, G, gb

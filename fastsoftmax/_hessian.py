@@ -128,11 +128,13 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
     chunks = policy.chunk_count(m)
     WV = np.concatenate((p.W, V))  # (2K, n): one GEMM gives logits and directions
     tile = policy.tile_rows(n, 2 * K, p.X.dtype.itemsize)
+    micro = True if policy.tile_gemm(n, 2 * K, p.X.dtype.itemsize) else None
     with single_threaded_blas:
         if chunks == 1 or 2 * m * n * K < policy.SERIAL_WORK:
-            return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile)
+            return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile, micro)
         with parallel_region():
-            return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile)
+            return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile,
+                                micro)
 
 
 def check_direction(p: Problem, V, vb) -> tuple[np.ndarray, np.ndarray]:

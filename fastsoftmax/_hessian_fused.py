@@ -43,6 +43,7 @@ from numba import prange
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_sample_scale, tile_softmax_exp
+from ._tile_gemm import tile_add_products, tile_logits
 from ._tiles import kept_tile
 
 
@@ -99,22 +100,29 @@ def tile_hessian_coef(Zr, D, E, aux, b, vb, labels, T, sw, eps, rows, gb):
 
 
 @serial_kernel
-def _tile_step(Xt, WV, Zbuf, Dbuf, E, aux, b, vb, labels, T, sw, eps, rows, gb, Gt, G):
-    """The product's sums over one tile, added to ``G`` and ``gb``."""
+def _tile_step(Xt, WV, Zbuf, Dbuf, E, aux, b, vb, labels, T, sw, eps, rows, gb, Gt, G, micro):
+    """The product's sums over one tile, added to ``G`` and ``gb`` (``micro``:
+    see :func:`fastsoftmax._fused.fused_sums`)."""
     R = Xt.shape[0]
     K, n = G.shape
     Z = Zbuf[: R * 2 * K].reshape((R, 2 * K))
     D = Dbuf[: K * R].reshape((K, R))
-    np.dot(Xt, WV.T, Z)  # (R, 2K): logits and their directional derivatives
+    if micro is not None:
+        tile_logits(Xt, WV, Z)
+    else:
+        np.dot(Xt, WV.T, Z)  # (R, 2K): logits and their directional derivatives
     tile_hessian_coef(Z, D, E, aux, b, vb, labels, T, sw, eps, rows, gb)
-    np.dot(D, Xt, Gt)  # (K, R) x (R, n)
-    for k in range(K):
-        for l in range(n):
-            G[k, l] += Gt[k, l]
+    if micro is not None:
+        tile_add_products(D, Xt, G)
+    else:
+        np.dot(D, Xt, Gt)  # (K, R) x (R, n)
+        for k in range(K):
+            for l in range(n):
+                G[k, l] += Gt[k, l]
 
 
 @serial_kernel
-def hessian_chunk(X, WV, b, vb, labels, T, sw, eps, start, stop, tile, G, gb):
+def hessian_chunk(X, WV, b, vb, labels, T, sw, eps, start, stop, tile, micro, G, gb):
     """Rows start:stop in tiles: adds their Hessian-product sums to G (K, n)
     and gb (K,), both float64."""
     n = X.shape[1]
@@ -125,22 +133,23 @@ def hessian_chunk(X, WV, b, vb, labels, T, sw, eps, start, stop, tile, G, gb):
     aux = np.empty((3, tile))
     rows = np.empty(tile, dtype=np.int64)
     xbuf = np.empty((tile, n), dtype=X.dtype)
-    Gt = np.empty((K, n), dtype=X.dtype)
+    Gt = np.empty((0 if micro is not None else K, n), dtype=X.dtype)
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
         Xt = kept_tile(X, labels, t0, t1, rows, xbuf)
         R = Xt.shape[0]
         if R > 0:
-            _tile_step(Xt, WV, Z, D, E, aux, b, vb, labels, T, sw, eps, rows[:R], gb, Gt, G)
+            _tile_step(Xt, WV, Z, D, E, aux, b, vb, labels, T, sw, eps, rows[:R], gb, Gt, G, micro)
 
 
 @parallel_kernel
-def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile):
+def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile, micro):
     """Unnormalised sums of the Hessian-vector product.
 
     X (m, n), WV (2K, n) = [W; V], b and vb (K,), all of one float dtype;
     labels (m,) int64 or empty; T (m, K) or (0, K); sw (m,) float64 or empty;
-    eps float; nchunks >= 1; tile >= 1.  Returns ``(HV, Hvb)``, (K, n) and
+    eps float; nchunks >= 1; tile >= 1; ``micro`` as in
+    :func:`fastsoftmax._fused.fused_sums` (for 2K logits columns).  Returns ``(HV, Hvb)``, (K, n) and
     (K,) float64: the weighted sums over the kept samples of
     ``s_i (p_i * (u_i - <p_i, u_i>)) x_i^T`` and of ``s_i p_i * (u_i - <p_i, u_i>)``.
     """
@@ -149,16 +158,17 @@ def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile):
     slabs, bias_slabs, unused = allocate(nchunks, K, n)
     for c in prange(nchunks):
         hessian_chunk(X, WV, b, vb, labels, T, sw, eps, c * m // nchunks,
-                      (c + 1) * m // nchunks, tile, slabs[c], bias_slabs[c])
+                      (c + 1) * m // nchunks, tile, micro, slabs[c], bias_slabs[c])
     _, G, gb = combine(slabs, bias_slabs, unused)
     return G, gb
 
 
 @serial_kernel
-def hessian_sums_serial(X, WV, b, vb, labels, T, sw, eps, tile):
+def hessian_sums_serial(X, WV, b, vb, labels, T, sw, eps, tile, micro):
     """:func:`hessian_sums` with one chunk and no parallel region, for small problems."""
     K = b.shape[0]
     slabs, bias_slabs, unused = allocate(1, K, X.shape[1])
-    hessian_chunk(X, WV, b, vb, labels, T, sw, eps, 0, X.shape[0], tile, slabs[0], bias_slabs[0])
+    hessian_chunk(X, WV, b, vb, labels, T, sw, eps, 0, X.shape[0], tile, micro, slabs[0],
+                  bias_slabs[0])
     _, G, gb = combine(slabs, bias_slabs, unused)
     return G, gb

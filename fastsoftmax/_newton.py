@@ -305,7 +305,8 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     P = rows_from_flat(x, K, n, nt)
     W = np.empty((K, n), dtype=p.X.dtype)
     b = np.empty(K, dtype=p.X.dtype)
-    fused = fused_chunk_entry(p.X, W, b, p.labels, p.T, p.sw, None, None, None, None, None)
+    micro = True if policy.tile_gemm(n, K, p.X.dtype.itemsize) else None
+    fused = fused_chunk_entry(p.X, W, b, p.labels, p.T, p.sw, micro, None, None, None, None, None)
     hessian = hessian_chunk_entry(p.X, p.labels, p.T, p.sw)
     hessian_tile, hessian_features, blockwise = policy.hessian_plan(nt, K, K - 1)
     history = np.empty(min(max_iter, policy.NEWTON_HISTORY) + 1)
@@ -313,7 +314,8 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
         status, it, _, _, n_evals = newton_cholesky_loop(
             fused, hessian, p.X, p.labels, p.T, p.sw, float(p.eps), float(p.denom), float(p.l2),
             P, float(tol), int(max_iter), int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
-            policy.tile_rows(n, K, p.X.dtype.itemsize), hessian_tile, hessian_features, blockwise,
+            policy.tile_rows(n, K, p.X.dtype.itemsize), micro, hessian_tile, hessian_features,
+            blockwise,
             policy.loss_chunks(m, n, K), policy.hessian_chunks(m, K - 1, nt), history, None)
     if status == _fused.FAILED:
         return None

@@ -170,15 +170,16 @@ def _copy(src, dst):
 
 @parallel_kernel
 def newton_cholesky_loop(fused, hessian, X, labels, T, sw, eps, denom, l2, P, tol, max_iter,
-                         max_stalled, jitter, tile, hessian_tile, hessian_features, blockwise,
-                         nchunks, hessian_chunks, history, none):
+                         max_stalled, jitter, tile, micro, hessian_tile, hessian_features,
+                         blockwise, nchunks, hessian_chunks, history, none):
     """Newton-Cholesky from the point P (K, n~) float64 ([W | b], updated in
     place): ``(status, n_iter, loss, grad_max, n_evals)``.
 
     ``fused`` and ``hessian`` are the compiled chunk functions
     (:func:`fastsoftmax._fused.chunk_entry`, :func:`fastsoftmax._hessian_full.chunk_entry`)
     for X (m, n), ``labels``, ``T``, ``sw``, ``eps``; ``denom`` and ``l2`` as
-    in :class:`fastsoftmax._validation.Problem`; ``tile``, ``hessian_tile``,
+    in :class:`fastsoftmax._validation.Problem`; ``tile`` and ``micro`` the
+    fused chunk's (:func:`fastsoftmax._fused.fused_sums`); ``hessian_tile``,
     ``hessian_features`` and ``blockwise`` their tiles
     (:func:`fastsoftmax._dispatch.hessian_plan`);
     ``nchunks`` and ``hessian_chunks`` their row chunks (the loss's as in
@@ -219,8 +220,8 @@ def newton_cholesky_loop(fused, hessian, X, labels, T, sw, eps, denom, l2, P, to
             _zero(slabs[c])
             _zero(bias_slabs[c])
             out = call_compiled(fused, X, Wk, bk, labels, T, sw, eps, np.int64(c * m // nchunks),
-                                np.int64((c + 1) * m // nchunks), tile, slabs[c], bias_slabs[c],
-                                none, none, none, none, none)
+                                np.int64((c + 1) * m // nchunks), tile, micro, slabs[c],
+                                bias_slabs[c], none, none, none, none, none)
             losses[c] = out[0]
             failed[c] = out[1]
         n_evals += 1
