@@ -31,11 +31,12 @@ SMALL_GEMM = 2**19
 #: GFLOP/s of BLAS against the micro-kernels: tiles of 62 x 784, K = 3
 #: logits 7.3 / 35, products 8.3 / 24; K = 10 19 / 35 and 19 / 39; K = 64
 #: 34 / 37 and 36 / 44; K = 128 36 / 36; (512, 64, 10) 22 / 29 and 19 / 33.
-#: Narrow rows gain less ((1024, 14, 3): 6.6 / 8.6 and 6.5 / 8.3) and stay
-#: on BLAS: the micro-kernels add about 2.4 s to a cold compile of the
-#: path that uses them, which the default path's first call (narrow rows
-#: among them) does not pay.
-TILE_GEMM_MIN_FEATURES = 64
+#: Whole calls, two threads: (1000000, 32, 4) 44 -> 31 ms, (100000, 40, 5)
+#: 12 -> 8.7 ms; rows of 16 or 20 features gain nothing measurable
+#: ((60000, 20, 3), (200000, 16, 10)) and stay on BLAS, which also spares
+#: them the micro-kernels' compile time (about 2.4 s more on a cold cache
+#: for the path that uses them).
+TILE_GEMM_MIN_FEATURES = 32
 TILE_GEMM_MAX_CLASSES = 64
 #: float32 tiles use them from TILE_GEMM_MIN_FEATURES_FLOAT32 features up to
 #: TILE_GEMM_MAX_CLASSES_FLOAT32 classes: on narrow float32 rows the lanes'
