@@ -45,7 +45,7 @@ from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
 from ._threading import kernel_done, parallel_region
-from ._tile_gemm import tile_add_products, tile_logits
+from ._tile_gemm import add_products_into, logits_into
 from ._tiles import kept_tile
 
 
@@ -65,18 +65,9 @@ def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G
     K, n = G.shape
     Z = Zbuf[: R * K].reshape((R, K))
     D = Dbuf[: K * R].reshape((K, R))
-    if micro is not None:
-        tile_logits(Xt, W, Z)
-    else:
-        np.dot(Xt, W.T, Z)  # (R, K) logits
+    logits_into(Xt, W, Z, micro)
     loss = tile_loss_and_coef(Z, D, E, aux, b, labels, T, sw, eps, rows, gb, cw, zl, cap, lout)
-    if micro is not None:
-        tile_add_products(D, Xt, G)
-    else:
-        np.dot(D, Xt, Gt)  # (K, R) x (R, n)
-        for k in range(K):
-            for l in range(n):
-                G[k, l] += Gt[k, l]
+    add_products_into(D, Xt, G, Gt, micro)  # (K, R) x (R, n)
     if dX is not None:  # (R, K) x (K, n): each chunk writes only its own rows
         if contiguous:
             np.dot(D.T, W, dX[rows[0]: rows[0] + R])

@@ -43,7 +43,7 @@ from numba import prange
 from ._accumulate import allocate, combine
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_sample_scale, tile_softmax_exp
-from ._tile_gemm import tile_add_products, tile_logits
+from ._tile_gemm import add_products_into, logits_into
 from ._tiles import kept_tile
 
 
@@ -104,21 +104,12 @@ def _tile_step(Xt, WV, Zbuf, Dbuf, E, aux, b, vb, labels, T, sw, eps, rows, gb, 
     """The product's sums over one tile, added to ``G`` and ``gb`` (``micro``:
     see :func:`fastsoftmax._fused.fused_sums`)."""
     R = Xt.shape[0]
-    K, n = G.shape
+    K = G.shape[0]
     Z = Zbuf[: R * 2 * K].reshape((R, 2 * K))
     D = Dbuf[: K * R].reshape((K, R))
-    if micro is not None:
-        tile_logits(Xt, WV, Z)
-    else:
-        np.dot(Xt, WV.T, Z)  # (R, 2K): logits and their directional derivatives
+    logits_into(Xt, WV, Z, micro)
     tile_hessian_coef(Z, D, E, aux, b, vb, labels, T, sw, eps, rows, gb)
-    if micro is not None:
-        tile_add_products(D, Xt, G)
-    else:
-        np.dot(D, Xt, Gt)  # (K, R) x (R, n)
-        for k in range(K):
-            for l in range(n):
-                G[k, l] += Gt[k, l]
+    add_products_into(D, Xt, G, Gt, micro)  # (K, R) x (R, n)
 
 
 @serial_kernel

@@ -3,9 +3,9 @@
 Per tile of R rows the fused kernels form the logits ``Z = X W^T``
 ((R, n) x (n, K)) and add the gradient's products ``D X`` ((K, R) x (R, n))
 into a float64 slab.  With few classes both are skinny: OpenBLAS runs them at
-a fraction of its GEMM rate (measured on one core of the development machine,
+a fraction of its GEMM rate (measured on one core of a 2-core AMD EPYC VM,
 float64, R = 62, n = 784: about 19 GFLOP/s for K = 10 and 8 GFLOP/s for
-K = 3, against 45 GFLOP/s for large square products), because it packs the
+K = 3, against 45 GFLOP/s for large square products; ``bench/tile_gemm.py``), because it packs the
 tile into its own layout before using each of its entries only K times.  The
 micro-kernels here read the tile where it lies:
 
@@ -17,18 +17,25 @@ micro-kernels here read the tile where it lies:
   (the row's columns from X, each class's coefficient broadcast), then added
   into the slab (float32 products are widened to float64 there).
 
-The vector code is written in LLVM IR (:func:`_dot_block`,
-:func:`_product_block`): Numba's loop vectoriser turns the register-blocked
+The vector code is written in LLVM IR (:func:`_emit_dot_block`,
+:func:`_emit_product_block`; the intrinsics :func:`_dots` and
+:func:`_products` pick a register block by its size at run time): Numba's loop vectoriser turns the register-blocked
 loops of the second product into strided gathers.  Every sum is taken in a
 fixed order (lanes, then the remainder columns), so the result depends only
 on the operands and the tile.  Extra memory: none (registers only).
 
-Operands are C-contiguous arrays of one float dtype (the slab float64); the
-intrinsics refuse any other layout at compile time.
+Preconditions, checked when a call is compiled: C-contiguous 2-d arrays
+of one float dtype (the slab float64), int64 offsets.  Not checked (the
+callers' shapes guarantee them): X (R, n) with W (K, n) and Z (R, K); D
+(K, R) with X (R, n) and G (K, n).  Loads and stores assume their dtype's
+alignment only for arrays numba types as aligned (byte alignment
+otherwise).  In float32 the products' last ``n % 8`` columns (fewer than a
+vector) are summed in float64, the other columns in float32 over the tile.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -47,11 +54,23 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 
 
-def _contiguous(*arrays) -> None:
+def _check(arrays, offsets, same) -> None:
+    """TypingError unless ``arrays`` are C-contiguous 2-d float arrays, the
+    first ``same`` of one dtype, and ``offsets`` int64."""
     for a in arrays:
         if not (isinstance(a, types.Array) and a.layout == "C" and a.ndim == 2
                 and isinstance(a.dtype, types.Float)):
             raise TypingError(f"_tile_gemm needs C-contiguous 2-d float arrays, got {a}")
+    if len({a.dtype for a in arrays[:same]}) != 1:
+        raise TypingError(f"_tile_gemm needs operands of one dtype, got {arrays[:same]}")
+    for o in offsets:
+        if o != types.int64:
+            raise TypingError(f"_tile_gemm needs int64 offsets, got {o}")
+
+
+def _alignment(arrays, bits: int) -> int:
+    """Byte alignment the loads and stores may assume."""
+    return bits // 8 if all(a.aligned for a in arrays) else 1
 
 
 def _lanes(dtype) -> int:
@@ -93,131 +112,157 @@ def _scalar_fma(builder, stype):
                                           f"llvm.fma.f{_bits(stype)}")
 
 
-def _dot_block(rows: int, classes: int):
-    """Intrinsic ``(X, W, Z, i0, k0)``: ``Z[i0 + r, k0 + q] = X[i0 + r] . W[k0 + q]``
-    for r < rows, q < classes."""
-
-    @intrinsic
-    def dot_block(typingctx, X, W, Z, i0, k0):
-        _contiguous(X, W, Z)
-        sig = types.void(X, W, Z, i0, k0)
-
-        def codegen(context, builder, signature, args):
-            x, w, z = (context.make_array(t)(context, builder, a)
-                       for t, a in zip(signature.args[:3], args[:3]))
-            stype = context.get_value_type(signature.args[0].dtype)
-            lanes = _lanes(signature.args[0].dtype)
-            vtype = ir.VectorType(stype, lanes)
-            fma, sfma = _fma(builder, vtype), _scalar_fma(builder, stype)
-            n = builder.extract_value(x.shape, 1)
-            ldz = builder.extract_value(z.shape, 1)
-            xrows = [builder.gep(x.data, [builder.mul(builder.add(args[3], ir.Constant(_I64, r)), n)])
-                     for r in range(rows)]
-            wrows = [builder.gep(w.data, [builder.mul(builder.add(args[4], ir.Constant(_I64, q)), n)])
-                     for q in range(classes)]
-            acc = [[cgutils.alloca_once_value(builder, ir.Constant(vtype, [0.0] * lanes))
-                    for _ in range(classes)] for _ in range(rows)]
-            tail = [[cgutils.alloca_once_value(builder, ir.Constant(stype, 0.0))
-                     for _ in range(classes)] for _ in range(rows)]
-            nvec = builder.sdiv(n, ir.Constant(_I64, lanes))
-            with cgutils.for_range(builder, nvec) as loop:
-                off = builder.mul(loop.index, ir.Constant(_I64, lanes))
-                align = _bits(stype) // 8
-                xv = [builder.load(_vector_at(builder, p, off, vtype), align=align) for p in xrows]
-                wv = [builder.load(_vector_at(builder, p, off, vtype), align=align) for p in wrows]
-                for r in range(rows):
-                    for q in range(classes):
-                        builder.store(builder.call(fma, [xv[r], wv[q], builder.load(acc[r][q])]),
-                                      acc[r][q])
-            done = builder.mul(nvec, ir.Constant(_I64, lanes))
-            with cgutils.for_range(builder, builder.sub(n, done)) as loop:
-                l = builder.add(done, loop.index)
-                xs = [builder.load(builder.gep(p, [l])) for p in xrows]
-                ws = [builder.load(builder.gep(p, [l])) for p in wrows]
-                for r in range(rows):
-                    for q in range(classes):
-                        builder.store(builder.call(sfma, [xs[r], ws[q], builder.load(tail[r][q])]),
-                                      tail[r][q])
-            for r in range(rows):
-                zrow = builder.gep(z.data, [builder.mul(builder.add(args[3], ir.Constant(_I64, r)),
-                                                        ldz)])
-                for q in range(classes):
-                    total = builder.fadd(_horizontal_sum(builder, builder.load(acc[r][q]), lanes),
-                                         builder.load(tail[r][q]))
-                    builder.store(total, builder.gep(zrow, [builder.add(args[4],
-                                                                        ir.Constant(_I64, q))]))
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return dot_block
-
-
-def _product_block(classes: int, vectors: int):
-    """Intrinsic ``(D, X, G, k0, l0)``: adds ``sum_r D[k0 + q, r] X[r, l0:l0 + c]``
-    to ``G[k0 + q, l0:l0 + c]`` for q < classes, c = vectors SIMD vectors of
-    X's dtype; D (K, R) and X (R, n) of one dtype, G (K, n) float64."""
-
-    @intrinsic
-    def product_block(typingctx, D, X, G, k0, l0):
-        _contiguous(D, X, G)
-        if G.dtype != types.float64 or D.dtype != X.dtype:
-            raise TypingError("_tile_gemm: G must be float64 and D, X of one dtype")
-        sig = types.void(D, X, G, k0, l0)
-
-        def codegen(context, builder, signature, args):
-            d, x, g = (context.make_array(t)(context, builder, a)
-                       for t, a in zip(signature.args[:3], args[:3]))
-            stype = context.get_value_type(signature.args[1].dtype)
-            lanes = _lanes(signature.args[1].dtype)
-            vtype = ir.VectorType(stype, lanes)
-            wide = ir.VectorType(ir.DoubleType(), lanes)
-            fma = _fma(builder, vtype)
-            R = builder.extract_value(d.shape, 1)
-            ldx = builder.extract_value(x.shape, 1)
-            ldg = builder.extract_value(g.shape, 1)
-            drows = [builder.gep(d.data, [builder.mul(builder.add(args[3], ir.Constant(_I64, q)), R)])
-                     for q in range(classes)]
-            xcol = builder.gep(x.data, [args[4]])
-            acc = [[cgutils.alloca_once_value(builder, ir.Constant(vtype, [0.0] * lanes))
-                    for _ in range(vectors)] for _ in range(classes)]
-            with cgutils.for_range(builder, R) as loop:
-                xrow = builder.gep(xcol, [builder.mul(loop.index, ldx)])
-                xv = [builder.load(_vector_at(builder, xrow, ir.Constant(_I64, h * lanes), vtype),
-                                   align=_bits(stype) // 8) for h in range(vectors)]
-                for q in range(classes):
-                    dq = _broadcast(builder, builder.load(builder.gep(drows[q], [loop.index])), vtype)
-                    for h in range(vectors):
-                        builder.store(builder.call(fma, [dq, xv[h], builder.load(acc[q][h])]),
-                                      acc[q][h])
+def _emit_dot_block(context, builder, signature, args, rows: int, classes: int) -> None:
+    """IR of ``Z[i0 + r, k0 + q] = X[i0 + r] . W[k0 + q]`` for r < rows,
+    q < classes; ``args`` (X, W, Z, i0, k0, ...)."""
+    x, w, z = (context.make_array(t)(context, builder, a)
+               for t, a in zip(signature.args[:3], args[:3]))
+    stype = context.get_value_type(signature.args[0].dtype)
+    lanes = _lanes(signature.args[0].dtype)
+    vtype = ir.VectorType(stype, lanes)
+    fma, sfma = _fma(builder, vtype), _scalar_fma(builder, stype)
+    n = builder.extract_value(x.shape, 1)
+    ldz = builder.extract_value(z.shape, 1)
+    xrows = [builder.gep(x.data, [builder.mul(builder.add(args[3], ir.Constant(_I64, r)), n)])
+             for r in range(rows)]
+    wrows = [builder.gep(w.data, [builder.mul(builder.add(args[4], ir.Constant(_I64, q)), n)])
+             for q in range(classes)]
+    acc = [[cgutils.alloca_once_value(builder, ir.Constant(vtype, [0.0] * lanes))
+            for _ in range(classes)] for _ in range(rows)]
+    tail = [[cgutils.alloca_once_value(builder, ir.Constant(stype, 0.0))
+             for _ in range(classes)] for _ in range(rows)]
+    align = _alignment(signature.args[:2], _bits(stype))
+    nvec = builder.sdiv(n, ir.Constant(_I64, lanes))
+    with cgutils.for_range(builder, nvec) as loop:
+        off = builder.mul(loop.index, ir.Constant(_I64, lanes))
+        xv = [builder.load(_vector_at(builder, p, off, vtype), align=align) for p in xrows]
+        wv = [builder.load(_vector_at(builder, p, off, vtype), align=align) for p in wrows]
+        for r in range(rows):
             for q in range(classes):
-                grow = builder.gep(g.data, [builder.add(builder.mul(builder.add(args[3],
-                                                                                ir.Constant(_I64, q)),
-                                                                    ldg), args[4])])
-                for h in range(vectors):
-                    total = builder.load(acc[q][h])
-                    if stype != ir.DoubleType():
-                        total = builder.fpext(total, wide)
-                    ptr = _vector_at(builder, grow, ir.Constant(_I64, h * lanes), wide)
-                    builder.store(builder.fadd(builder.load(ptr, align=8), total), ptr, align=8)
-            return context.get_dummy_value()
+                builder.store(builder.call(fma, [xv[r], wv[q], builder.load(acc[r][q])]),
+                              acc[r][q])
+    done = builder.mul(nvec, ir.Constant(_I64, lanes))
+    with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+        l = builder.add(done, loop.index)
+        xs = [builder.load(builder.gep(p, [l]), align=align) for p in xrows]
+        ws = [builder.load(builder.gep(p, [l]), align=align) for p in wrows]
+        for r in range(rows):
+            for q in range(classes):
+                builder.store(builder.call(sfma, [xs[r], ws[q], builder.load(tail[r][q])]),
+                              tail[r][q])
+    for r in range(rows):
+        zrow = builder.gep(z.data, [builder.mul(builder.add(args[3], ir.Constant(_I64, r)),
+                                                ldz)])
+        for q in range(classes):
+            total = builder.fadd(_horizontal_sum(builder, builder.load(acc[r][q]), lanes),
+                                 builder.load(tail[r][q]))
+            builder.store(total, builder.gep(zrow, [builder.add(args[4],
+                                                                ir.Constant(_I64, q))]),
+                          align=_alignment(signature.args[2:3], _bits(stype)))
 
-        return sig, codegen
 
-    return product_block
+def _emit_product_block(context, builder, signature, args, classes: int, vectors: int) -> None:
+    """IR that adds ``sum_r D[k0 + q, r] X[r, l0:l0 + c]`` to
+    ``G[k0 + q, l0:l0 + c]`` for q < classes, c = vectors SIMD vectors of X's
+    dtype; ``args`` (D, X, G, k0, l0, ...)."""
+    d, x, g = (context.make_array(t)(context, builder, a)
+               for t, a in zip(signature.args[:3], args[:3]))
+    stype = context.get_value_type(signature.args[1].dtype)
+    lanes = _lanes(signature.args[1].dtype)
+    vtype = ir.VectorType(stype, lanes)
+    wide = ir.VectorType(ir.DoubleType(), lanes)
+    fma = _fma(builder, vtype)
+    R = builder.extract_value(d.shape, 1)
+    ldx = builder.extract_value(x.shape, 1)
+    ldg = builder.extract_value(g.shape, 1)
+    drows = [builder.gep(d.data, [builder.mul(builder.add(args[3], ir.Constant(_I64, q)), R)])
+             for q in range(classes)]
+    xcol = builder.gep(x.data, [args[4]])
+    acc = [[cgutils.alloca_once_value(builder, ir.Constant(vtype, [0.0] * lanes))
+            for _ in range(vectors)] for _ in range(classes)]
+    with cgutils.for_range(builder, R) as loop:
+        xrow = builder.gep(xcol, [builder.mul(loop.index, ldx)])
+        xv = [builder.load(_vector_at(builder, xrow, ir.Constant(_I64, h * lanes), vtype),
+                           align=_alignment(signature.args[1:2], _bits(stype)))
+              for h in range(vectors)]
+        for q in range(classes):
+            dq = _broadcast(builder, builder.load(
+                builder.gep(drows[q], [loop.index]),
+                align=_alignment(signature.args[:1], _bits(stype))), vtype)
+            for h in range(vectors):
+                builder.store(builder.call(fma, [dq, xv[h], builder.load(acc[q][h])]),
+                              acc[q][h])
+    for q in range(classes):
+        grow = builder.gep(g.data, [builder.add(builder.mul(builder.add(args[3],
+                                                                        ir.Constant(_I64, q)),
+                                                            ldg), args[4])])
+        for h in range(vectors):
+            total = builder.load(acc[q][h])
+            if stype != ir.DoubleType():
+                total = builder.fpext(total, wide)
+            ptr = _vector_at(builder, grow, ir.Constant(_I64, h * lanes), wide)
+            galign = _alignment(signature.args[2:3], 64)
+            builder.store(builder.fadd(builder.load(ptr, align=galign), total), ptr,
+                          align=galign)
 
 
-# The blocks the drivers use: full blocks, then one block of the remaining
-# classes.  The drivers call them directly, without helper functions: each
-# call site expands to one small loop, and a helper called twice would be
-# inlined, optimised and compiled twice (a cold compile of the drivers took
-# 1.9 s with helpers, 1.0 s without).
-_dot_4x3, _dot_4x2, _dot_4x1 = (_dot_block(ROWS, q) for q in (3, 2, 1))
-_dot_1x3, _dot_1x2, _dot_1x1 = (_dot_block(1, q) for q in (3, 2, 1))
-(_prod_6x2, _prod_5x2, _prod_4x2, _prod_3x2, _prod_2x2,
- _prod_1x2) = (_product_block(q, 2) for q in range(PRODUCT_CLASSES, 0, -1))
-(_prod_6x1, _prod_5x1, _prod_4x1, _prod_3x1, _prod_2x1,
- _prod_1x1) = (_product_block(q, 1) for q in range(PRODUCT_CLASSES, 0, -1))
+def _switch(builder, selector, cases: dict) -> None:
+    """Run ``cases[key](builder)`` for the case whose key equals ``selector``
+    (int64); nothing for any other value."""
+    after = builder.append_basic_block("after")
+    switch = builder.switch(selector, after)
+    for key, emit in cases.items():
+        block = builder.append_basic_block(f"case{key}")
+        switch.add_case(ir.Constant(_I64, key), block)
+        builder.position_at_end(block)
+        emit(builder)
+        builder.branch(after)
+    builder.position_at_end(after)
+
+
+@intrinsic
+def _dots(typingctx, X, W, Z, i0, k0, rows, classes):
+    """``Z[i0 + r, k0 + q] = X[i0 + r] . W[k0 + q]`` for r < rows, q < classes:
+    rows 1 or ROWS, classes 1 to CLASSES (register blocks; other values do
+    nothing)."""
+    _check((X, W, Z), (i0, k0, rows, classes), 3)
+    sig = types.void(X, W, Z, i0, k0, rows, classes)
+
+    def codegen(context, builder, signature, args):
+        def case(r, q):
+            return lambda b: _emit_dot_block(context, b, signature, args, r, q)
+        selector = builder.add(builder.mul(args[5], ir.Constant(_I64, CLASSES + 1)), args[6])
+        _switch(builder, selector, {r * (CLASSES + 1) + q: case(r, q)
+                                    for r in (1, ROWS) for q in range(1, CLASSES + 1)})
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _products(typingctx, D, X, G, k0, l0, classes, vectors):
+    """Adds ``sum_r D[k0 + q, r] X[r, l0:l0 + c]`` to ``G[k0 + q, l0:l0 + c]``
+    for q < classes (1 to PRODUCT_CLASSES), c = vectors (1 or 2) SIMD
+    vectors of X's dtype (register blocks; other values do nothing)."""
+    _check((D, X, G), (k0, l0, classes, vectors), 2)
+    if G.dtype != types.float64:
+        raise TypingError(f"_tile_gemm: the slab G must be float64, got {G}")
+    sig = types.void(D, X, G, k0, l0, classes, vectors)
+
+    def codegen(context, builder, signature, args):
+        def case(q, h):
+            return lambda b: _emit_product_block(context, b, signature, args, q, h)
+        selector = builder.add(builder.mul(args[5], ir.Constant(_I64, 3)), args[6])
+        _switch(builder, selector, {q * 3 + h: case(q, h)
+                                    for q in range(1, PRODUCT_CLASSES + 1) for h in (1, 2)})
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# Each driver has one call site of its intrinsic, which expands to every
+# register block once: a cold compile of both drivers takes about 0.5 s
+# (1.9 s when helpers called the blocks from several sites, each inlined).
 
 
 @serial_kernel
@@ -225,66 +270,64 @@ def tile_logits(X, W, Z):
     """``Z = X W^T``: X (R, n), W (K, n), Z (R, K), one float dtype, C-contiguous."""
     R = X.shape[0]
     K = W.shape[0]
-    full = R - R % ROWS
-    kf = K - K % CLASSES
-    for i in range(0, full, ROWS):
-        for k in range(0, kf, CLASSES):
-            _dot_4x3(X, W, Z, i, k)
-        if K - kf == 2:
-            _dot_4x2(X, W, Z, i, kf)
-        elif K - kf == 1:
-            _dot_4x1(X, W, Z, i, kf)
-    for i in range(full, R):
-        for k in range(0, kf, CLASSES):
-            _dot_1x3(X, W, Z, i, k)
-        if K - kf == 2:
-            _dot_1x2(X, W, Z, i, kf)
-        elif K - kf == 1:
-            _dot_1x1(X, W, Z, i, kf)
+    i = 0
+    while i < R:
+        rows = ROWS if i + ROWS <= R else 1
+        k = 0
+        while k < K:
+            classes = min(CLASSES, K - k)
+            _dots(X, W, Z, i, k, rows, classes)
+            k += classes
+        i += rows
 
 
 @serial_kernel
 def tile_add_products(D, X, G):
     """``G += D X``: D (K, R) and X (R, n) of one float dtype, G (K, n)
     float64, all C-contiguous (float32 products are summed in float32 over the
-    tile, then added in float64)."""
+    tile, then added in float64, except the last ``n % 8`` columns: in
+    float64)."""
     K, R = D.shape
     n = X.shape[1]
     lanes = 32 // X.itemsize
-    kf = K - K % PRODUCT_CLASSES
-    left = K - kf
     l0 = 0
-    while l0 + 2 * lanes <= n:  # columns two vectors at a time
-        for k in range(0, kf, PRODUCT_CLASSES):
-            _prod_6x2(D, X, G, k, l0)
-        if left == 5:
-            _prod_5x2(D, X, G, kf, l0)
-        elif left == 4:
-            _prod_4x2(D, X, G, kf, l0)
-        elif left == 3:
-            _prod_3x2(D, X, G, kf, l0)
-        elif left == 2:
-            _prod_2x2(D, X, G, kf, l0)
-        elif left == 1:
-            _prod_1x2(D, X, G, kf, l0)
-        l0 += 2 * lanes
-    if l0 + lanes <= n:  # one vector
-        for k in range(0, kf, PRODUCT_CLASSES):
-            _prod_6x1(D, X, G, k, l0)
-        if left == 5:
-            _prod_5x1(D, X, G, kf, l0)
-        elif left == 4:
-            _prod_4x1(D, X, G, kf, l0)
-        elif left == 3:
-            _prod_3x1(D, X, G, kf, l0)
-        elif left == 2:
-            _prod_2x1(D, X, G, kf, l0)
-        elif left == 1:
-            _prod_1x1(D, X, G, kf, l0)
-        l0 += lanes
+    while l0 + lanes <= n:  # columns two vectors at a time, then one
+        vectors = 2 if l0 + 2 * lanes <= n else 1
+        k = 0
+        while k < K:
+            classes = min(PRODUCT_CLASSES, K - k)
+            _products(D, X, G, k, l0, classes, vectors)
+            k += classes
+        l0 += vectors * lanes
     for k in range(K):  # the last columns, fewer than a vector
         for l in range(l0, n):
             acc = 0.0
             for r in range(R):
                 acc += D[k, r] * X[r, l]
             G[k, l] += acc
+
+
+@serial_kernel
+def logits_into(X, W, Z, micro):
+    """``Z = X W^T`` (see :func:`tile_logits`): by the micro-kernel when
+    ``micro`` is True, by BLAS when it is None (numba then compiles no
+    micro-kernel code)."""
+    if micro is not None:
+        tile_logits(X, W, Z)
+    else:
+        np.dot(X, W.T, Z)
+
+
+@serial_kernel
+def add_products_into(D, X, G, scratch, micro):
+    """``G += D X`` (see :func:`tile_add_products`): by the micro-kernel when
+    ``micro`` is True; by BLAS into ``scratch`` ((K, n) of X's dtype), then
+    added, when it is None."""
+    if micro is not None:
+        tile_add_products(D, X, G)
+    else:
+        np.dot(D, X, scratch)
+        K, n = G.shape
+        for k in range(K):
+            for l in range(n):
+                G[k, l] += scratch[k, l]

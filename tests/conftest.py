@@ -32,17 +32,18 @@ def kernel_path(request, monkeypatch):
     full Hessian's products in blocks of two features, and block by block
     for two classes only), and the
     compiled passes over parameter-sized arrays (``_vectors``) at any size.
-    The per-tile products run on the micro-kernels (``_tile_gemm``) on the
-    serial path, whatever the shape and dtype, and on BLAS on the parallel
-    one.
+    The per-tile products run on the micro-kernels (``_tile_gemm``) or on
+    BLAS whatever the shape: the micro-kernels for float64 on the serial
+    path and for float32 on the parallel one (3-row tiles: their one-row
+    blocks), BLAS for the other two, so that each dtype runs both.
     """
     import fastsoftmax._dispatch as policy
 
     if request.param == "serial":
         monkeypatch.setattr(policy, "SERIAL_WORK", 2**62)
-        monkeypatch.setattr(policy, "tile_gemm", lambda n, K, itemsize: True)
+        monkeypatch.setattr(policy, "tile_gemm", lambda n, K, itemsize: itemsize == 8)
     else:
-        monkeypatch.setattr(policy, "tile_gemm", lambda n, K, itemsize: False)
+        monkeypatch.setattr(policy, "tile_gemm", lambda n, K, itemsize: itemsize == 4)
         monkeypatch.setattr(policy, "SERIAL_WORK", 0)
         monkeypatch.setattr(policy, "INLINE_WORK", 0)
         monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES", 0)
