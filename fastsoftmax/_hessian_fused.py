@@ -140,8 +140,8 @@ def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile, micro):
     X (m, n), WV (2K, n) = [W; V], b and vb (K,), all of one float dtype;
     labels (m,) int64 or empty; T (m, K) or (0, K); sw (m,) float64 or empty;
     eps float; nchunks >= 1; tile >= 1; ``micro`` as in
-    :func:`fastsoftmax._fused.fused_sums` (for 2K logits columns).  Returns ``(HV, Hvb)``, (K, n) and
-    (K,) float64: the weighted sums over the kept samples of
+    :func:`fastsoftmax._fused.fused_sums` (for 2K logits columns).  Returns
+    ``(HV, Hvb)``, (K, n) and (K,) float64: the weighted sums over the kept samples of
     ``s_i (p_i * (u_i - <p_i, u_i>)) x_i^T`` and of ``s_i p_i * (u_i - <p_i, u_i>)``.
     """
     m, n = X.shape

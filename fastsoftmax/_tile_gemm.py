@@ -5,9 +5,9 @@ Per tile of R rows the fused kernels form the logits ``Z = X W^T``
 into a float64 slab.  With few classes both are skinny: OpenBLAS runs them at
 a fraction of its GEMM rate (measured on one core of a 2-core AMD EPYC VM,
 float64, R = 62, n = 784: about 19 GFLOP/s for K = 10 and 8 GFLOP/s for
-K = 3, against 45 GFLOP/s for large square products; ``bench/tile_gemm.py``), because it packs the
-tile into its own layout before using each of its entries only K times.  The
-micro-kernels here read the tile where it lies:
+K = 3, against 45 GFLOP/s for large square products; ``bench/tile_gemm.py``),
+because it packs the tile into its own layout before using each of its
+entries only K times.  The micro-kernels here read the tile where it lies:
 
 * :func:`tile_logits`: each block of ``ROWS`` rows x ``CLASSES`` classes of Z
   is a set of dot products along the contiguous feature axis of X and W, in
@@ -19,8 +19,9 @@ micro-kernels here read the tile where it lies:
 
 The vector code is written in LLVM IR (:func:`_emit_dot_block`,
 :func:`_emit_product_block`; the intrinsics :func:`_dots` and
-:func:`_products` pick a register block by its size at run time): Numba's loop vectoriser turns the register-blocked
-loops of the second product into strided gathers.  Every sum is taken in a
+:func:`_products` pick a register block by its size at run time): Numba's
+loop vectoriser turns the register-blocked loops of the second product into
+strided gathers.  Every sum is taken in a
 fixed order (lanes, then the remainder columns), so the result depends only
 on the operands and the tile.  Extra memory: none (registers only).
 
@@ -132,6 +133,7 @@ def _emit_dot_block(context, builder, signature, args, rows: int, classes: int) 
     tail = [[cgutils.alloca_once_value(builder, ir.Constant(stype, 0.0))
              for _ in range(classes)] for _ in range(rows)]
     align = _alignment(signature.args[:2], _bits(stype))
+    zalign = _alignment(signature.args[2:3], _bits(stype))
     nvec = builder.sdiv(n, ir.Constant(_I64, lanes))
     with cgutils.for_range(builder, nvec) as loop:
         off = builder.mul(loop.index, ir.Constant(_I64, lanes))
@@ -158,7 +160,7 @@ def _emit_dot_block(context, builder, signature, args, rows: int, classes: int) 
                                  builder.load(tail[r][q]))
             builder.store(total, builder.gep(zrow, [builder.add(args[4],
                                                                 ir.Constant(_I64, q))]),
-                          align=_alignment(signature.args[2:3], _bits(stype)))
+                          align=zalign)
 
 
 def _emit_product_block(context, builder, signature, args, classes: int, vectors: int) -> None:
@@ -178,17 +180,19 @@ def _emit_product_block(context, builder, signature, args, classes: int, vectors
     drows = [builder.gep(d.data, [builder.mul(builder.add(args[3], ir.Constant(_I64, q)), R)])
              for q in range(classes)]
     xcol = builder.gep(x.data, [args[4]])
+    dalign = _alignment(signature.args[0:1], _bits(stype))
+    xalign = _alignment(signature.args[1:2], _bits(stype))
+    galign = _alignment(signature.args[2:3], 64)
     acc = [[cgutils.alloca_once_value(builder, ir.Constant(vtype, [0.0] * lanes))
             for _ in range(vectors)] for _ in range(classes)]
     with cgutils.for_range(builder, R) as loop:
         xrow = builder.gep(xcol, [builder.mul(loop.index, ldx)])
         xv = [builder.load(_vector_at(builder, xrow, ir.Constant(_I64, h * lanes), vtype),
-                           align=_alignment(signature.args[1:2], _bits(stype)))
+                           align=xalign)
               for h in range(vectors)]
         for q in range(classes):
-            dq = _broadcast(builder, builder.load(
-                builder.gep(drows[q], [loop.index]),
-                align=_alignment(signature.args[:1], _bits(stype))), vtype)
+            dq = _broadcast(builder, builder.load(builder.gep(drows[q], [loop.index]),
+                                                  align=dalign), vtype)
             for h in range(vectors):
                 builder.store(builder.call(fma, [dq, xv[h], builder.load(acc[q][h])]),
                               acc[q][h])
@@ -201,7 +205,6 @@ def _emit_product_block(context, builder, signature, args, classes: int, vectors
             if stype != ir.DoubleType():
                 total = builder.fpext(total, wide)
             ptr = _vector_at(builder, grow, ir.Constant(_I64, h * lanes), wide)
-            galign = _alignment(signature.args[2:3], 64)
             builder.store(builder.fadd(builder.load(ptr, align=galign), total), ptr,
                           align=galign)
 
