@@ -42,14 +42,14 @@ import numpy as np
 from numba import prange, typeof, types
 
 from ._compiled import CompiledFunction, array_key, call_compiled
-from ._jit import parallel_kernel, serial_kernel
+from ._jit import inline_helper, parallel_kernel, serial_kernel
 from ._rowmath import tile_loss_and_coef
 from ._threading import kernel_done, parallel_region
 from ._tile_gemm import add_products_into, logits_into
 from ._tiles import kept_tile
 
 
-@serial_kernel
+@inline_helper
 def _tile_step(Xt, W, Zbuf, Dbuf, E, aux, b, labels, T, sw, eps, rows, gb, Gt, G, dX, dXbuf,
                contiguous, cw, zl, cap, lout, micro):
     """Loss and gradient of one tile; adds to ``G`` and ``gb``, returns the loss.
@@ -102,7 +102,7 @@ def fused_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, micro, G, gb, dX
         t1 = min(t0 + tile, stop)
         Xt = kept_tile(X, labels, t0, t1, rows, xbuf)
         R = Xt.shape[0]
-        if R > 0:  # one call site, ``contiguous`` a run-time bool: _tile_step is compiled once
+        if R > 0:  # one call site (``contiguous`` a run-time bool): one inlined copy
             loss += _tile_step(Xt, W, Z, D, E, aux, b, labels, T, sw, eps, rows[:R], gb, Gt, G,
                                dX, dxbuf, R == t1 - t0, cw, zl, cap, lout, micro)
     return loss

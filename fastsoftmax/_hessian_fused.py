@@ -8,9 +8,12 @@ softmax-regression loss sums with it is (see :mod:`fastsoftmax._hessian`)
 
 with ``u_i = V x_i + vb`` the directional derivative of the logits and
 ``s_i = sum_k t_ik``.  The rows of X are split into ``nchunks`` contiguous
-chunks, one per ``prange`` iteration (:func:`hessian_sums`), or taken as one
-chunk without a parallel region for small problems
-(:func:`hessian_sums_serial`).  Each chunk walks its rows in tiles of
+chunks, one per ``prange`` iteration (:func:`hessian_sums`; the parallel
+loop calls :func:`hessian_chunk` through its address, as the fused loss
+kernel does, so that its code is compiled once: linked into the loop, it
+took 9.6 s to compile against about 3 s on its own), or taken as one chunk
+without a parallel region for small problems (:func:`hessian_sums_serial`).
+Each chunk walks its rows in tiles of
 ``tile`` rows (:func:`hessian_chunk`):
 
 1. one BLAS GEMM of the tile against the stacked (2K, n) matrix ``[W; V]``
@@ -38,10 +41,10 @@ bytes plus the (2K, n) stacked matrix, independent of m.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, typeof, types
 
-from ._accumulate import allocate, combine
-from ._jit import parallel_kernel, serial_kernel
+from ._compiled import CompiledFunction, array_key, call_compiled
+from ._jit import inline_helper, parallel_kernel, serial_kernel
 from ._rowmath import tile_sample_scale, tile_softmax_exp
 from ._tile_gemm import add_products_into, logits_into
 from ._tiles import kept_tile
@@ -99,7 +102,7 @@ def tile_hessian_coef(Zr, D, E, aux, b, vb, labels, T, sw, eps, rows, gb):
             D[k, r] = U[k, r]
 
 
-@serial_kernel
+@inline_helper
 def _tile_step(Xt, WV, Zbuf, Dbuf, E, aux, b, vb, labels, T, sw, eps, rows, gb, Gt, G, micro):
     """The product's sums over one tile, added to ``G`` and ``gb`` (``micro``:
     see :func:`fastsoftmax._fused.fused_sums`)."""
@@ -134,32 +137,76 @@ def hessian_chunk(X, WV, b, vb, labels, T, sw, eps, start, stop, tile, micro, G,
 
 
 @parallel_kernel
+def _parallel_chunks(chunk, X, WV, b, vb, labels, T, sw, eps, tile, micro, slabs, bias_slabs,
+                     failed):
+    """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
+    (:func:`hessian_chunk` through its address, see :mod:`fastsoftmax._compiled`)
+    into the chunk's own slabs; ``failed[c]`` says whether chunk c raised."""
+    m = X.shape[0]
+    nchunks = failed.shape[0]
+    for c in prange(nchunks):
+        start = np.int64(c * m // nchunks)
+        stop = np.int64((c + 1) * m // nchunks)
+        out = call_compiled(chunk, X, WV, b, vb, labels, T, sw, eps, start, stop, tile, micro,
+                            slabs[c], bias_slabs[c])
+        failed[c] = out[1]
+
+
+#: hessian_chunk's entry points, by what the numba types of its arguments depend on.
+_entries: dict = {}
+
+
+def chunk_entry(X, WV, b, vb, labels, T, sw, micro) -> CompiledFunction:
+    """hessian_chunk compiled for these arguments (``micro`` True or None)."""
+    key = (*(array_key(a) for a in (X, WV, b, vb, labels, T, sw)), micro is None)
+    entry = _entries.get(key)
+    if entry is None:
+        slab = types.Array(types.float64, 2, "C")
+        argtypes = (*(typeof(a) for a in (X, WV, b, vb, labels, T, sw)), types.float64,
+                    types.int64, types.int64, types.int64, typeof(micro), slab,
+                    slab.copy(ndim=1))
+        entry = _entries.setdefault(key, CompiledFunction(hessian_chunk, argtypes))
+    return entry
+
+
 def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile, micro):
-    """Unnormalised sums of the Hessian-vector product.
+    """Unnormalised sums of the Hessian-vector product, in ``nchunks`` parallel chunks.
 
     X (m, n), WV (2K, n) = [W; V], b and vb (K,), all of one float dtype;
     labels (m,) int64 or empty; T (m, K) or (0, K); sw (m,) float64 or empty;
     eps float; nchunks >= 1; tile >= 1; ``micro`` as in
     :func:`fastsoftmax._fused.fused_sums` (for 2K logits columns).  Returns
     ``(HV, Hvb)``, (K, n) and (K,) float64: the weighted sums over the kept samples of
-    ``s_i (p_i * (u_i - <p_i, u_i>)) x_i^T`` and of ``s_i p_i * (u_i - <p_i, u_i>)``.
+    ``s_i (p_i * (u_i - <p_i, u_i>)) x_i^T`` and of ``s_i p_i * (u_i - <p_i, u_i>)``,
+    the chunks' sums added in chunk order (deterministic).  A chunk that
+    raised in the parallel loop is run again here, where its exception
+    surfaces.
     """
     m, n = X.shape
     K = b.shape[0]
-    slabs, bias_slabs, unused = allocate(nchunks, K, n)
-    for c in prange(nchunks):
-        hessian_chunk(X, WV, b, vb, labels, T, sw, eps, c * m // nchunks,
-                      (c + 1) * m // nchunks, tile, micro, slabs[c], bias_slabs[c])
-    _, G, gb = combine(slabs, bias_slabs, unused)
+    slabs = np.zeros((nchunks, K, n))
+    bias_slabs = np.zeros((nchunks, K))
+    failed = np.zeros(nchunks, dtype=np.bool_)
+    _parallel_chunks(chunk_entry(X, WV, b, vb, labels, T, sw, micro), X, WV, b, vb, labels, T,
+                     sw, float(eps), int(tile), micro, slabs, bias_slabs, failed)
+    if failed.any():
+        slabs[...] = 0.0
+        bias_slabs[...] = 0.0
+        for c in range(nchunks):
+            hessian_chunk(X, WV, b, vb, labels, T, sw, float(eps), c * m // nchunks,
+                          (c + 1) * m // nchunks, int(tile), micro, slabs[c], bias_slabs[c])
+    G, gb = slabs[0], bias_slabs[0]
+    for c in range(1, nchunks):
+        G += slabs[c]
+        gb += bias_slabs[c]
     return G, gb
 
 
-@serial_kernel
 def hessian_sums_serial(X, WV, b, vb, labels, T, sw, eps, tile, micro):
-    """:func:`hessian_sums` with one chunk and no parallel region, for small problems."""
-    K = b.shape[0]
-    slabs, bias_slabs, unused = allocate(1, K, X.shape[1])
-    hessian_chunk(X, WV, b, vb, labels, T, sw, eps, 0, X.shape[0], tile, micro, slabs[0],
-                  bias_slabs[0])
-    _, G, gb = combine(slabs, bias_slabs, unused)
+    """:func:`hessian_sums` with one chunk and no parallel region, for small problems
+    (plain Python around the compiled :func:`hessian_chunk`, which the
+    parallel path uses too: no compiled code of its own)."""
+    G = np.zeros((b.shape[0], X.shape[1]))
+    gb = np.zeros(b.shape[0])
+    hessian_chunk(X, WV, b, vb, labels, T, sw, float(eps), 0, X.shape[0], int(tile), micro, G, gb)
     return G, gb

@@ -68,6 +68,26 @@ def serial_kernel(func):
     return numba.njit(parallel=False, **_options(FASTMATH))(func)
 
 
+def inline_helper(func):
+    """Compile ``func`` as a helper that numba inlines into every calling kernel.
+
+    numba compiles a helper called from another compiled function as a
+    library of its own, links that library into the caller's module and
+    optimises and emits the linked code again there, once per level of
+    calls: a chain of three helpers pays for the innermost one's code three
+    times.  With ``inline="always"`` numba copies the helper's code into the
+    caller before typing instead, so it is compiled only as part of the
+    caller.  For small helpers with one call site per caller (each call site
+    gets its own copy; a large function inlined everywhere compiles more
+    slowly, measured).  Same fast-math flags as :func:`serial_kernel`, and
+    still callable from Python on its own.  Measured on the default path
+    (first ``loss_and_grad`` on (60000, 20, 3) float64, empty cache, 2-core
+    VM): 6.6 s with every helper separate, 5.1 s with the tile step, its two
+    products and the tile gathering inlined.
+    """
+    return numba.njit(parallel=False, inline="always", **_options(FASTMATH))(func)
+
+
 def exact_kernel(func):
     """Compile ``func`` as a cached serial helper whose arithmetic is kept as written.
 
@@ -76,3 +96,4 @@ def exact_kernel(func):
     ``(x - n*hi) - n*lo`` is not folded back into one rounded subtraction.
     """
     return numba.njit(parallel=False, **_options(EXACT_FASTMATH))(func)
+

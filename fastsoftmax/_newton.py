@@ -312,7 +312,7 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     history = np.empty(min(max_iter, policy.NEWTON_HISTORY) + 1)
     with single_threaded_blas, parallel_region():
         status, it, _, _, n_evals = newton_cholesky_loop(
-            fused, hessian, p.X, p.labels, p.T, p.sw, float(p.eps), float(p.denom), float(p.l2),
+            fused, hessian, _fused.step_entry(), p.X, p.labels, p.T, p.sw, float(p.eps), float(p.denom), float(p.l2),
             P, float(tol), int(max_iter), int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
             policy.tile_rows(n, K, p.X.dtype.itemsize), micro, hessian_tile, hessian_features,
             blockwise,

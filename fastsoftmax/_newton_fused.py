@@ -17,8 +17,10 @@ It is a ``prange`` kernel: each evaluation of the loss and gradient (at a
 trial point of the line search; the accepted trial's is the next step's)
 runs :func:`fastsoftmax._fused.fused_chunk` on every chunk of rows, and each
 Newton step :func:`fastsoftmax._hessian_full.full_chunk` on the first K - 1
-classes, both called through their addresses (:mod:`fastsoftmax._compiled`),
-into per-chunk slabs summed in chunk order: the iterates do not depend on
+classes, both called through their addresses (:mod:`fastsoftmax._compiled`;
+so is the step's :func:`fastsoftmax._newton_step.reduced_step`, whose
+Cholesky code linked into the loop made its first compilation 8.2 s
+instead of 4.4 s), into per-chunk slabs summed in chunk order: the iterates do not depend on
 which thread ran which chunk.  Everything between those parallel loops is
 plain loops over (K, n~) arrays or calls of serial helpers, so that numba
 turns nothing else into parallel regions.  A chunk that raises (a
@@ -34,11 +36,27 @@ per chunk; all float64.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, types
 
-from ._compiled import call_compiled
+from ._compiled import CompiledFunction, call_compiled
 from ._jit import exact_kernel, parallel_kernel, serial_kernel
 from ._newton_step import reduced_step
+
+#: reduced_step's entry point (its arguments' types are always the same).
+_step_entry: list = []
+
+
+def step_entry() -> CompiledFunction:
+    """:func:`fastsoftmax._newton_step.reduced_step` compiled for the loop's
+    arguments ((B, Q), (K, n~) float64, n, denom, l2, jitter, S (K, n~) float64):
+    the loop calls it through its address, so that its code (the Cholesky
+    factorisation) is not compiled again into the parallel kernel's."""
+    if not _step_entry:
+        matrix = types.Array(types.float64, 2, "C")
+        _step_entry.append(CompiledFunction(reduced_step, (
+            matrix, matrix, types.int64, types.float64, types.float64, types.float64, matrix)))
+    return _step_entry[0]
+
 
 #: ``status`` values of :func:`newton_cholesky_loop`.
 CONVERGED, MAX_ITER, STALLED, NOT_FACTORED, NO_DECREASE, FAILED = range(6)
@@ -169,14 +187,15 @@ def _copy(src, dst):
 
 
 @parallel_kernel
-def newton_cholesky_loop(fused, hessian, X, labels, T, sw, eps, denom, l2, P, tol, max_iter,
+def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2, P, tol, max_iter,
                          max_stalled, jitter, tile, micro, hessian_tile, hessian_features,
                          blockwise, nchunks, hessian_chunks, history, none):
     """Newton-Cholesky from the point P (K, n~) float64 ([W | b], updated in
     place): ``(status, n_iter, loss, grad_max, n_evals)``.
 
     ``fused`` and ``hessian`` are the compiled chunk functions
-    (:func:`fastsoftmax._fused.chunk_entry`, :func:`fastsoftmax._hessian_full.chunk_entry`)
+    (:func:`fastsoftmax._fused.chunk_entry`, :func:`fastsoftmax._hessian_full.chunk_entry`),
+    ``step`` the compiled :func:`fastsoftmax._newton_step.reduced_step` (:func:`step_entry`)
     for X (m, n), ``labels``, ``T``, ``sw``, ``eps``; ``denom`` and ``l2`` as
     in :class:`fastsoftmax._validation.Problem`; ``tile`` and ``micro`` the
     fused chunk's (:func:`fastsoftmax._fused.fused_sums`); ``hessian_tile``,
@@ -266,7 +285,12 @@ def newton_cholesky_loop(fused, hessian, X, labels, T, sw, eps, denom, l2, P, to
         if _any(failed):
             status = FAILED
             break
-        if not reduced_step(_sum_slabs(hslabs), grad, n, denom, l2, jitter, S):
+        solved = call_compiled(step, _sum_slabs(hslabs), grad, np.int64(n), denom, l2, jitter,
+                               S)
+        if solved[1]:
+            status = FAILED
+            break
+        if not solved[0]:
             status = NOT_FACTORED
             break
         _drop_null_directions(S, n, l2)

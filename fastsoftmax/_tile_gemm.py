@@ -43,7 +43,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from ._jit import serial_kernel
+from ._jit import inline_helper, serial_kernel
 
 #: Rows and classes of one logits block (ROWS x CLASSES vector accumulators).
 ROWS = 4
@@ -310,7 +310,7 @@ def tile_add_products(D, X, G):
             G[k, l] += acc
 
 
-@serial_kernel
+@inline_helper
 def logits_into(X, W, Z, micro):
     """``Z = X W^T`` (see :func:`tile_logits`): by the micro-kernel when
     ``micro`` is True, by BLAS when it is None (numba then compiles no
@@ -321,7 +321,7 @@ def logits_into(X, W, Z, micro):
         np.dot(X, W.T, Z)
 
 
-@serial_kernel
+@inline_helper
 def add_products_into(D, X, G, scratch, micro):
     """``G += D X`` (see :func:`tile_add_products`): by the micro-kernel when
     ``micro`` is True; by BLAS into ``scratch`` ((K, n) of X's dtype), then

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from numba.extending import overload
 
-from ._jit import OVERLOAD_OPTIONS, serial_kernel
+from ._jit import OVERLOAD_OPTIONS, inline_helper, serial_kernel
 
 
 def kept_tile(X, labels, t0, t1, rows, buf):
@@ -44,7 +44,7 @@ def _kept_tile_impl(X, labels, t0, t1, rows, buf):
     return gather_kept
 
 
-@serial_kernel
+@inline_helper
 def kept_rows(labels, t0, t1, rows):
     """Indices of the tile's samples that ignore_index keeps, into ``rows``; their count."""
     R = 0
@@ -55,7 +55,7 @@ def kept_rows(labels, t0, t1, rows):
     return R
 
 
-@serial_kernel
+@inline_helper
 def gather(X, rows, buf):
     """The rows of X listed in ``rows``, copied into ``buf``."""
     out = buf[: rows.shape[0]]

@@ -62,6 +62,46 @@ def test_ignore_index_matches_oracle(method, dtype, extra, rng, kernel_path):
     assert_product_close(got, left_out, dtype, scales)
 
 
+def test_a_hessian_chunk_that_fails_in_the_parallel_region_raises(rng, monkeypatch):
+    """A chunk of the Hessian product that fails inside the parallel loop
+    (where no exception can be raised) is run again on the calling thread:
+    the caller gets the error, or, when the rerun succeeds, the full sums
+    (against the oracle), never a partial sum."""
+    import fastsoftmax._dispatch as policy
+    import fastsoftmax._hessian_fused as hf
+
+    m, n, K = 400, 6, 3
+    W, X, y = make_problem(rng, m, n, K, np.float64, "labels")
+    b = rng.standard_normal(K)
+    V, vb = direction(rng, K, n, np.float64, True)
+    real = hf._parallel_chunks
+    parallel_calls = []
+
+    def failing(*args):
+        parallel_calls.append(1)
+        real(*args)
+        args[-1][1] = True  # as if chunk 1 had raised
+
+    def raising(*args):
+        raise MemoryError("chunk rerun on the calling thread")
+
+    def setup():
+        monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+        monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
+        monkeypatch.setattr(hf, "_parallel_chunks", failing)
+
+    setup()
+    got = fs.hessian_product(W, X, y, V, b=b, vb=vb)  # the rerun succeeds
+    assert parallel_calls
+    want, scales = naive_hessian_product(W, X, y, V, b=b, vb=vb, return_scales=True)
+    assert_product_close(got, want, np.float64, scales)
+    parallel_calls.clear()
+    monkeypatch.setattr(hf, "hessian_chunk", raising)  # the parallel loop's entry is cached
+    with pytest.raises(MemoryError, match="rerun"):
+        fs.hessian_product(W, X, y, V, b=b, vb=vb)
+    assert parallel_calls
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_methods_agree_with_each_other(method, rng):
     """On a larger problem with every option, against the NumPy method: the
@@ -468,8 +508,8 @@ def test_kernels_load_from_cache_in_new_process():
     if __import__("numba").get_num_threads() < 2:
         pytest.skip("the parallel kernel needs two threads")
     assert_cached_in_new_process(calls, {
-        "hessian_sums_serial": "fastsoftmax._hessian_fused",
-        "hessian_sums": "fastsoftmax._hessian_fused",
+        "hessian_chunk": "fastsoftmax._hessian_fused",
+        "_parallel_chunks": "fastsoftmax._hessian_fused",
         "indexloop_sums": "fastsoftmax._indexloop",
         "full_hessian_sums_serial": "fastsoftmax._hessian_full",
         "full_hessian_sums": "fastsoftmax._hessian_full",
