@@ -15,8 +15,9 @@ from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
 from ._sparse import CSR
-from ._sparse_fused import (curvature_chunk, sparse_curvature, sparse_fused_sums,
-                            sparse_fused_sums_serial)
+from ._sparse_fused import chunk_entry as sparse_chunk_entry
+from ._sparse_fused import (curvature_chunk, curvature_entry, sparse_curvature,
+                            sparse_fused_sums, sparse_fused_sums_serial)
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_kernel
 from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
@@ -122,16 +123,23 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
     on one X; it must not be in use by another call at the same time.
     """
     X = p.X
-    args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, p.eps)
+    args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, float(p.eps))
     serial, chunks, dense = _sparse_plan(p, At.shape[1])
     tile = policy.logits_tile_rows(At.shape[1])
     block = policy.SPARSE_COMBINE_COLUMNS
-    if serial:
-        return sparse_fused_sums_serial(*args, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense,
-                                        work, curv)
-    with parallel_region():
-        return sparse_fused_sums(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD, block, dense,
-                                 work, curv)
+    ahead = policy.SPARSE_PREFETCH_AHEAD
+    maps = None if dense else np.empty((chunks, X.shape[1]), dtype=np.int64)  # column maps
+    if not serial:
+        chunk = sparse_chunk_entry(*args[:9], dense, curv)
+        with parallel_region():
+            loss, G, gb, failed = sparse_fused_sums(chunk, *args, chunks, tile, ahead, block, maps,
+                                                    work, curv)
+        if not failed.any():
+            return loss, G, gb
+        # a chunk raised in the parallel region: all of it again on this thread, where
+        # the exception surfaces (or, if it does not recur, the full sums)
+    return sparse_fused_sums_serial(*args, tile, ahead, block, None if dense else maps[:1], work,
+                                    curv)
 
 
 def sparse_point_curvature(p: Problem) -> np.ndarray:
@@ -144,14 +152,18 @@ def sparse_point_curvature(p: Problem) -> np.ndarray:
     K = p.b.shape[0]
     curv = np.zeros((X.shape[0], K + 1))
     Wt = np.ascontiguousarray(p.W.T)
-    args = (X.data, X.indices, X.indptr, Wt, p.b, p.labels, p.T, p.sw, p.eps)
+    args = (X.data, X.indices, X.indptr, Wt, p.b, p.labels, p.T, p.sw, float(p.eps))
     serial, chunks, _ = _sparse_plan(p, K)
     tile = policy.logits_tile_rows(K)
-    if serial:
-        curvature_chunk(*args, 0, X.shape[0], tile, policy.SPARSE_PREFETCH_AHEAD, curv)
-    else:
+    ahead = policy.SPARSE_PREFETCH_AHEAD
+    if not serial:
         with parallel_region():
-            sparse_curvature(*args, chunks, tile, policy.SPARSE_PREFETCH_AHEAD, curv)
+            failed = sparse_curvature(curvature_entry(*args[:8], curv), *args, chunks, tile,
+                                      ahead, curv)
+        if not failed:
+            return curv
+        # a chunk raised in the parallel region: all rows again on this thread
+    curvature_chunk(*args, 0, X.shape[0], tile, ahead, curv)
     return curv
 
 

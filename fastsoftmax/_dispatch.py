@@ -34,7 +34,7 @@ SMALL_GEMM = 2**19
 #: Whole calls, two threads: (1000000, 32, 4) 44 -> 31 ms, (100000, 40, 5)
 #: 12 -> 8.7 ms; rows of 16 or 20 features gain nothing measurable
 #: ((60000, 20, 3), (200000, 16, 10)) and stay on BLAS, which also spares
-#: them the micro-kernels' compile time (about 2.5 s more on a cold cache
+#: them the micro-kernels' compile time (about 1.5 s more on a cold cache
 #: for the path that uses them).
 TILE_GEMM_MIN_FEATURES = 32
 TILE_GEMM_MAX_CLASSES = 64

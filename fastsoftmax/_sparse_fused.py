@@ -51,15 +51,23 @@ itemsize + max(64 MiB, nchunks n 8 + min(nchunks n, nnz) K 8)`` plus the
 tile buffers.  Nothing of size m x K besides a Hessian product's ``curv``,
 and X is never densified.
 
-Compiled variants: one per (data dtype, index dtype) pair, 4 per kernel.
+Compiled variants: one per (data dtype, index dtype) pair, 4 per kernel
+(and as many again for column maps instead of dense slabs).  The parallel
+kernels call the chunk functions through their addresses
+(:mod:`fastsoftmax._compiled`): linked into them, the chunks' code was
+compiled again for each of numba's wrappers of the parallel loops (the
+first call on CSR X took 16 s to compile, now 8 s, and the first Hessian
+product after it 12.5 s, now 5.6 s).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, typeof, types
+from numba.extending import overload
 
-from ._jit import parallel_kernel, serial_kernel
+from ._compiled import CompiledFunction, array_key, call_compiled
+from ._jit import OVERLOAD_OPTIONS, parallel_kernel, serial_kernel
 from ._prefetch import prefetch_row
 from ._rowmath import tile_loss_and_coef, tile_probabilities
 from ._tiles import kept_rows
@@ -172,17 +180,40 @@ def curvature_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, sto
 
 
 @parallel_kernel
-def sparse_curvature(data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks, tile, ahead,
-                     curv):
-    """:func:`curvature_chunk` over ``nchunks`` parallel row chunks, into
-    ``curv`` (m, K + 1) float64 (zeroed by the caller: rows dropped by
-    ignore_index stay 0).  What a point's Hessian products need: one pass of
-    the loss's gather and exponentials, done once instead of in every
-    product."""
+def sparse_curvature(chunk, data, indices, indptr, Wt, b, labels, T, sw, eps, nchunks, tile,
+                     ahead, curv):
+    """:func:`curvature_chunk` (``chunk``, compiled for these arguments by
+    :func:`curvature_entry` and called through its address) over ``nchunks``
+    parallel row chunks, into ``curv`` (m, K + 1) float64 (zeroed by the
+    caller: rows dropped by ignore_index stay 0).  What a point's Hessian
+    products need: one pass of the loss's gather and exponentials, done once
+    instead of in every product.  Returns whether some chunk raised (the
+    caller then runs :func:`curvature_chunk` on the calling thread, where the
+    exception surfaces)."""
     m = indptr.shape[0] - 1
+    failures = 0
     for c in prange(nchunks):
-        curvature_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, c * m // nchunks,
-                        (c + 1) * m // nchunks, tile, ahead, curv)
+        out = call_compiled(chunk, data, indices, indptr, Wt, b, labels, T, sw, eps,
+                            np.int64(c * m // nchunks), np.int64((c + 1) * m // nchunks), tile,
+                            ahead, curv)
+        failures += np.int64(out[1])
+    return failures > 0
+
+
+#: curvature_chunk's entry points, by what the numba types of its arguments depend on.
+_curvature_entries: dict = {}
+
+
+def curvature_entry(data, indices, indptr, Wt, b, labels, T, sw, curv) -> CompiledFunction:
+    """:func:`curvature_chunk` compiled for these arguments."""
+    arrays = (data, indices, indptr, Wt, b, labels, T, sw, curv)
+    key = tuple(array_key(a) for a in arrays)
+    entry = _curvature_entries.get(key)
+    if entry is None:
+        argtypes = (*(typeof(a) for a in arrays[:8]), types.float64, types.int64, types.int64,
+                    types.int64, types.int64, typeof(curv))
+        entry = _curvature_entries.setdefault(key, CompiledFunction(curvature_chunk, argtypes))
+    return entry
 
 
 @serial_kernel
@@ -284,11 +315,34 @@ def add_slabs(G, colmaps, slabs, offsets, j0, j1):
                     G[k, j] += slabs[row + k]
 
 
+# Allocation and zeroing in serial helpers: in a parallel kernel numba turns
+# every np.zeros / np.full and every slice assignment into a parallel loop of
+# its own, each compiled as one more function (and each a wake-up of the
+# threads at run time).
+
 @serial_kernel
-def _bounds(m, nchunks):
-    out = np.empty(nchunks + 1, dtype=np.int64)
+def _chunk_plan(m, n, nchunks):
+    """``(bounds (nchunks + 1,), counts (nchunks,) = n, offsets (nchunks + 1,) = 0)``,
+    int64: chunk c holds rows bounds[c]:bounds[c + 1]."""
+    bounds = np.empty(nchunks + 1, dtype=np.int64)
     for c in range(nchunks + 1):
-        out[c] = c * m // nchunks
+        bounds[c] = c * m // nchunks
+    return bounds, np.full(nchunks, n, dtype=np.int64), np.zeros(nchunks + 1, dtype=np.int64)
+
+
+@serial_kernel
+def _chunk_sums(nchunks, K):
+    """Zeroed ``(bias (nchunks, K), losses (nchunks,), failed (nchunks,) bool, gb (K,))``."""
+    return (np.zeros((nchunks, K)), np.zeros(nchunks), np.zeros(nchunks, dtype=np.bool_),
+            np.zeros(K))
+
+
+@serial_kernel
+def _zeroed(a, start, stop):
+    """``a[start:stop]``, set to zero."""
+    out = a[start:stop]
+    for i in range(out.shape[0]):
+        out[i] = 0.0
     return out
 
 
@@ -301,90 +355,116 @@ def slab_space(work, size):
     return np.empty(size)
 
 
-@parallel_kernel
-def sparse_fused_sums(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, nchunks, tile,
-                      ahead, block, dense, work, curv):
-    """Unnormalised ``(loss_sum, G (K, n), gb (K,))`` of CSR X, in ``nchunks`` parallel chunks.
+def chunk_map(maps, c):
+    """Chunk c's column map, ``maps[c]``, or None when ``maps`` is None (dense slabs)."""
 
+
+@overload(chunk_map, jit_options=OVERLOAD_OPTIONS)
+def _chunk_map_impl(maps, c):
+    if isinstance(maps, types.NoneType):  # decided at compile time: no branch in the loop
+        return lambda maps, c: None
+    return lambda maps, c: maps[c]
+
+
+@parallel_kernel
+def sparse_fused_sums(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, eps, nchunks, tile,
+                      ahead, block, maps, work, curv):
+    """Unnormalised ``(loss_sum, G (K, n), gb (K,), failed (nchunks,))`` of CSR X,
+    in ``nchunks`` parallel chunks.
+
+    ``chunk`` is :func:`sparse_chunk` compiled for these arguments
+    (:func:`chunk_entry`), called through its address (see
+    :mod:`fastsoftmax._compiled`: linked into this kernel, its code was
+    compiled again for each of numba's wrappers of the loop).
     ``data`` (nnz,) and ``Wt`` (n, K), ``b`` (K,) of one float dtype;
     ``indices`` (nnz,), ``indptr`` (m + 1,) of one integer dtype; labels, T,
     sw and eps as in :func:`fastsoftmax._fused.fused_sums`; ``ahead`` >= 0 the
     prefetch distance in non-zeros; ``block`` columns of G per combining
-    task; ``dense`` True: every chunk accumulates into a dense (n, K) slab,
-    False: into the columns its rows touch (see the module docstring).  With
-    a direction ``vb`` (K,) instead of None, ``Wt = V^T`` (n, K) and the
-    point's ``curv`` (m, K + 1) (:func:`sparse_curvature`; None for the
-    gradient), the sums of the Hessian-vector product instead (loss 0), as
-    :func:`fastsoftmax._hessian_fused.hessian_sums`.  ``work`` (float64, 1-D)
-    holds the slabs when it is large enough (:func:`slab_space`): a caller
-    that makes many calls on one X (a Hessian product in conjugate
-    gradients) passes the same one each time, and new slabs then pay no page
-    faults (measured, 20-newsgroups shape: 7 of 46 ms a call).
+    task; ``maps`` None: every chunk accumulates into a dense (n, K) slab,
+    else (nchunks, n) int64 scratch for the chunks' column maps, and each
+    chunk accumulates into the columns its rows touch (see the module
+    docstring).  With a direction ``vb`` (K,) instead of None, ``Wt = V^T``
+    (n, K) and the point's ``curv`` (m, K + 1) (:func:`sparse_curvature`;
+    None for the gradient), the sums of the Hessian-vector product instead
+    (loss 0), as :func:`fastsoftmax._hessian_fused.hessian_sums`.  ``work``
+    (float64, 1-D) holds the slabs when it is large enough
+    (:func:`slab_space`): a caller that makes many calls on one X (a Hessian
+    product in conjugate gradients) passes the same one each time, and new
+    slabs then pay no page faults (measured, 20-newsgroups shape: 7 of 46 ms
+    a call).  ``failed[c]`` says whether chunk c raised (its sums are then
+    incomplete: the caller runs the serial kernel, where the exception
+    surfaces).
     """
     m = indptr.shape[0] - 1
     n = Wt.shape[0]
     K = b.shape[0]
-    bounds = _bounds(m, nchunks)
-    colmaps = np.empty((0 if dense else nchunks, n), dtype=np.int64)
-    counts = np.full(nchunks, n, dtype=np.int64)
-    if not dense:
+    bounds, counts, offsets = _chunk_plan(m, n, nchunks)
+    if maps is not None:
         for c in prange(nchunks):
-            counts[c] = map_columns(indices, indptr, bounds[c], bounds[c + 1], colmaps[c])
-    offsets = np.zeros(nchunks + 1, dtype=np.int64)
+            counts[c] = map_columns(indices, indptr, bounds[c], bounds[c + 1], maps[c])
     for c in range(nchunks):
         offsets[c + 1] = offsets[c] + counts[c]
     slabs = slab_space(work, offsets[nchunks] * K)  # zeroed by the chunks, each its own, in parallel
-    bias = np.zeros((nchunks, K))
-    losses = np.zeros(nchunks)
+    bias, losses, failed, gb = _chunk_sums(nchunks, K)
     for c in prange(nchunks):
-        slabs[offsets[c] * K: offsets[c + 1] * K] = 0.0
-        slab = slabs[offsets[c] * K: offsets[c + 1] * K].reshape((counts[c], K))
-        if dense:
-            losses[c] = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
-                                     bounds[c], bounds[c + 1], tile, ahead, None, slab,
-                                     bias[c], curv)
-        else:
-            losses[c] = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
-                                     bounds[c], bounds[c + 1], tile, ahead, colmaps[c], slab,
-                                     bias[c], curv)
+        slab = _zeroed(slabs, offsets[c] * K, offsets[c + 1] * K).reshape((counts[c], K))
+        out = call_compiled(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
+                            bounds[c], bounds[c + 1], tile, ahead, chunk_map(maps, c), slab,
+                            bias[c], curv)
+        losses[c] = out[0]
+        failed[c] = out[1]
     G = np.empty((K, n))  # every entry set by add_slabs, in parallel
     nblocks = (n + block - 1) // block
     for q in prange(nblocks):  # blocks of ``block`` columns of G, each summed in chunk order
-        if dense:
-            add_slabs(G, None, slabs, offsets, q * block, min(n, (q + 1) * block))
-        else:
-            add_slabs(G, colmaps, slabs, offsets, q * block, min(n, (q + 1) * block))
-    gb = np.zeros(K)
+        add_slabs(G, maps, slabs, offsets, q * block, min(n, (q + 1) * block))
     loss = 0.0
     for c in range(nchunks):
         loss += losses[c]
         for k in range(K):
             gb[k] += bias[c, k]
-    return loss, G, gb
+    return loss, G, gb, failed
+
+
+#: sparse_chunk's entry points, by what the numba types of its arguments depend on.
+_entries: dict = {}
+
+
+def chunk_entry(data, indices, indptr, At, b, vb, labels, T, sw, dense, curv) -> CompiledFunction:
+    """:func:`sparse_chunk` compiled for these arguments, with dense slabs or
+    column maps (``dense``)."""
+    arrays = (data, indices, indptr, At, b, vb, labels, T, sw, curv)
+    key = (*(array_key(a) for a in arrays), bool(dense))
+    entry = _entries.get(key)
+    if entry is None:
+        index = types.Array(types.int64, 1, "C")
+        argtypes = (*(typeof(a) for a in arrays[:9]), types.float64, types.int64, types.int64,
+                    types.int64, types.int64, types.none if dense else index,
+                    types.Array(types.float64, 2, "C"), types.Array(types.float64, 1, "C"),
+                    typeof(curv))
+        entry = _entries.setdefault(key, CompiledFunction(sparse_chunk, argtypes))
+    return entry
 
 
 @serial_kernel
 def sparse_fused_sums_serial(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, tile,
-                             ahead, block, dense, work, curv):
-    """:func:`sparse_fused_sums` with one chunk and no parallel region, for small problems."""
+                             ahead, block, maps, work, curv):
+    """:func:`sparse_fused_sums` with one chunk and no parallel region, for
+    small problems: ``(loss_sum, G, gb)``; ``maps`` None or (1, n) int64."""
     m = indptr.shape[0] - 1
     n = Wt.shape[0]
     K = b.shape[0]
-    colmap = np.empty((0 if dense else 1, n), dtype=np.int64)
-    count = n if dense else map_columns(indices, indptr, 0, m, colmap[0])
+    count = n if maps is None else map_columns(indices, indptr, 0, m, maps[0])
     slab = slab_space(work, count * K)
     slab[:] = 0.0
     offsets = np.array([0, count])
     gb = np.zeros(K)
     G = np.empty((K, n))  # every entry set by add_slabs
-    if dense:
+    if maps is None:
         loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile,
                             ahead, None, slab.reshape((count, K)), gb, curv)
-        for j0 in range(0, n, block):
-            add_slabs(G, None, slab, offsets, j0, min(n, j0 + block))
     else:
         loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile,
-                            ahead, colmap[0], slab.reshape((count, K)), gb, curv)
-        for j0 in range(0, n, block):
-            add_slabs(G, colmap, slab, offsets, j0, min(n, j0 + block))
+                            ahead, maps[0], slab.reshape((count, K)), gb, curv)
+    for j0 in range(0, n, block):
+        add_slabs(G, maps, slab, offsets, j0, min(n, j0 + block))
     return loss, G, gb

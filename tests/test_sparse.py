@@ -22,7 +22,7 @@ from helpers import (assert_close, assert_product_close, assert_results_close,
                      assert_same_model_as_logistic_regression, draw_options, f64, hessian_oracle,
                      options)
 from naive import naive_loss_and_grad
-from naive_hessian import naive_hessian
+from naive_hessian import naive_hessian, naive_hessian_product
 
 METHODS = ["fused", "indexloop", "numpy"]
 DTYPES = [np.float32, np.float64]
@@ -368,15 +368,92 @@ def test_four_compiled_variants_per_kernel_whatever_the_options(rng, monkeypatch
                     yy = kw.pop("y", y)
                     for method in ("fused", "indexloop"):
                         fs.loss_and_grad(W, X, yy, method=method, **kw)
-    for kernel in (sparse_fused_sums, sparse_fused_sums_serial):
+    for kernel, vb_at in ((sparse_fused_sums, 6), (sparse_fused_sums_serial, 5)):
         # gradient variants (vb None); Hessian products (vb an array, as other
         # tests and Newton-CG fits on CSR X make) are variants of their own
-        gradient = [sig for sig in kernel.signatures if sig[5] == numba.types.none]
+        gradient = [sig for sig in kernel.signatures if sig[vb_at] == numba.types.none]
         assert len(gradient) == 4, kernel.signatures
     # the index-loop kernel also takes dense X: count its CSR-tuple gradient variants
     sparse = [s for s in indexloop_sums.signatures
               if isinstance(s[0], numba.types.BaseTuple) and s[3] == numba.types.none]
     assert len(sparse) == 4, indexloop_sums.signatures
+
+
+@pytest.mark.parametrize("columns", ["dense slabs", "column maps"])
+def test_a_sparse_chunk_that_fails_in_the_parallel_region_raises(columns, rng, monkeypatch):
+    """A chunk that fails inside the parallel loop (where no exception can be
+    raised) makes the call run again on the calling thread: the caller gets
+    the error, or, when the rerun succeeds, the full sums (against the
+    oracle on the dense matrix), never a partial sum."""
+    import fastsoftmax._api as api
+    import fastsoftmax._dispatch as policy
+
+    X = make_csr(rng, 300, 9, 0.4, np.float64, np.int32)
+    W = rng.standard_normal((3, 9))
+    b = rng.standard_normal(3)
+    y = rng.integers(0, 3, 300)
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
+    monkeypatch.setattr(policy, "sparse_dense_slabs", lambda n, K, chunks: columns == "dense slabs")
+    real = api.sparse_fused_sums
+    parallel_calls = []
+
+    def failing(*args):
+        parallel_calls.append(1)
+        loss, G, gb, failed = real(*args)
+        failed[1] = True  # as if chunk 1 had raised
+        return loss, G, gb, failed
+
+    monkeypatch.setattr(api, "sparse_fused_sums", failing)
+    got = fs.loss_and_grad(W, X, y, b=b)  # the rerun succeeds
+    assert parallel_calls
+    want, scales = oracle(W, X, y, b=b)
+    assert_results_close(got, want, np.float64, scales)
+
+    def raising(*args):
+        raise MemoryError("chunk rerun on the calling thread")
+
+    parallel_calls.clear()
+    monkeypatch.setattr(api, "sparse_fused_sums_serial", raising)
+    with pytest.raises(MemoryError, match="rerun"):
+        fs.loss_and_grad(W, X, y, b=b)
+    assert parallel_calls
+
+
+def test_a_curvature_chunk_that_fails_in_the_parallel_region_raises(rng, monkeypatch):
+    """The same for the probabilities that Hessian products on CSR X store:
+    a failed chunk makes them computed again on the calling thread."""
+    import fastsoftmax._api as api
+    import fastsoftmax._dispatch as policy
+
+    X = make_csr(rng, 300, 9, 0.4, np.float64, np.int32)
+    W, V = rng.standard_normal((2, 3, 9))
+    b, vb = rng.standard_normal((2, 3))
+    y = rng.integers(0, 3, 300)
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
+    real = api.sparse_curvature
+    parallel_calls = []
+
+    def failing(*args):
+        parallel_calls.append(1)
+        real(*args)
+        return True  # as if a chunk had raised
+
+    monkeypatch.setattr(api, "sparse_curvature", failing)
+    got = fs.hessian_product(W, X, y, V, b=b, vb=vb)  # the rerun succeeds
+    assert parallel_calls
+    want, scales = naive_hessian_product(W, X.toarray(), y, V, b=b, vb=vb, return_scales=True)
+    assert_product_close(got, want, np.float64, scales)
+
+    def raising(*args):
+        raise MemoryError("chunk rerun on the calling thread")
+
+    parallel_calls.clear()
+    monkeypatch.setattr(api, "curvature_chunk", raising)
+    with pytest.raises(MemoryError, match="rerun"):
+        fs.hessian_product(W, X, y, V, b=b, vb=vb)
+    assert parallel_calls
 
 
 def test_sparse_kernels_load_from_the_cache_in_a_new_process():
