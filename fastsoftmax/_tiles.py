@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from numba.extending import overload
 
-from ._jit import OVERLOAD_OPTIONS, inline_helper, serial_kernel
+from ._jit import OVERLOAD_OPTIONS, inline_helper
 
 
 def kept_tile(X, labels, t0, t1, rows, buf):
