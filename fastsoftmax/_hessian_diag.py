@@ -19,9 +19,9 @@ bytes, independent of m.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, typeof, types
 
-from ._accumulate import allocate, combine
+from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_probabilities
 from ._tiles import kept_tile
@@ -70,27 +70,69 @@ def diag_chunk(X, W, b, labels, T, sw, eps, start, stop, tile, G, gb):
 
 
 @parallel_kernel
+def _diagonal_chunks(chunk, X, W, b, labels, T, sw, eps, tile, slabs, bias_slabs, failed):
+    """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
+    (:func:`diag_chunk` through its address, :func:`chunk_entry`) into the
+    chunk's own slabs; ``failed[c]`` says whether chunk c raised."""
+    m = X.shape[0]
+    nchunks = failed.shape[0]
+    for c in prange(nchunks):
+        out = call_compiled(chunk, X, W, b, labels, T, sw, eps, np.int64(c * m // nchunks),
+                            np.int64((c + 1) * m // nchunks), tile, slabs[c], bias_slabs[c])
+        failed[c] = out[1]
+
+
+#: diag_chunk's entry points, by what the numba types of its arguments depend on.
+_entries: dict = {}
+
+
+def chunk_entry(X, W, b, labels, T, sw) -> CompiledFunction:
+    """:func:`diag_chunk` compiled for these arguments, to call from a
+    parallel loop through its address (:mod:`fastsoftmax._compiled`)."""
+    key = tuple(array_key(a) for a in (X, W, b, labels, T, sw))
+    entry = _entries.get(key)
+    if entry is None:
+        slab = types.Array(types.float64, 2, "C")
+        argtypes = (*(typeof(a) for a in (X, W, b, labels, T, sw)), types.float64, types.int64,
+                    types.int64, types.int64, slab, slab.copy(ndim=1))
+        entry = _entries.setdefault(key, CompiledFunction(diag_chunk, argtypes))
+    return entry
+
+
 def diag_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
     """Unnormalised Hessian diagonal ``(dW (K, n), db (K,))`` float64 of the loss sums.
 
     X (m, n) float32 or float64; W (K, n) and b (K,) float64; labels, T, sw,
-    eps as for the gradient kernels.
+    eps as for the gradient kernels.  In ``nchunks`` parallel chunks summed in
+    chunk order; a chunk that raised in the parallel loop is run again here,
+    where its exception surfaces.
     """
     m, n = X.shape
     K = W.shape[0]
-    slabs, bias_slabs, unused = allocate(nchunks, K, n)
-    for c in prange(nchunks):
-        diag_chunk(X, W, b, labels, T, sw, eps, c * m // nchunks, (c + 1) * m // nchunks, tile,
-                   slabs[c], bias_slabs[c])
-    _, G, gb = combine(slabs, bias_slabs, unused)
+    args = (X, W, b, labels, T, sw, float(eps))
+    slabs = np.zeros((nchunks, K, n))
+    bias_slabs = np.zeros((nchunks, K))
+    failed = np.zeros(nchunks, dtype=np.bool_)
+    _diagonal_chunks(chunk_entry(X, W, b, labels, T, sw), *args, int(tile), slabs, bias_slabs,
+                     failed)
+    if failed.any():
+        slabs[...] = 0.0
+        bias_slabs[...] = 0.0
+        for c in range(nchunks):
+            diag_chunk(*args, c * m // nchunks, (c + 1) * m // nchunks, int(tile), slabs[c],
+                       bias_slabs[c])
+    G, gb = slabs[0], bias_slabs[0]
+    for c in range(1, nchunks):
+        G += slabs[c]
+        gb += bias_slabs[c]
     return G, gb
 
 
-@serial_kernel
 def diag_sums_serial(X, W, b, labels, T, sw, eps, tile):
-    """:func:`diag_sums` with one chunk and no parallel region."""
+    """:func:`diag_sums` with one chunk and no parallel region (plain Python
+    around the compiled :func:`diag_chunk`)."""
     K, n = W.shape
-    slabs, bias_slabs, unused = allocate(1, K, n)
-    diag_chunk(X, W, b, labels, T, sw, eps, 0, X.shape[0], tile, slabs[0], bias_slabs[0])
-    _, G, gb = combine(slabs, bias_slabs, unused)
+    G = np.zeros((K, n))
+    gb = np.zeros(K)
+    diag_chunk(X, W, b, labels, T, sw, float(eps), 0, X.shape[0], int(tile), G, gb)
     return G, gb

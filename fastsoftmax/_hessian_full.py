@@ -53,8 +53,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, typeof, types
 
-from ._accumulate import allocate, combine
-from ._compiled import CompiledFunction, array_key
+from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_probabilities
 from ._tiles import gather, kept_rows
@@ -178,25 +177,49 @@ def unpack(M, K, nt, scale):
 
 
 @parallel_kernel
+def _block_chunks(chunk, X, Wa, labels, T, sw, eps, tile, features, blockwise, classes, slabs,
+                     failed):
+    """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
+    (:func:`full_chunk` through its address, :func:`chunk_entry`) into the
+    chunk's own (B, Q) slab; ``failed[c]`` says whether chunk c raised."""
+    m = X.shape[0]
+    nchunks = failed.shape[0]
+    for c in prange(nchunks):
+        out = call_compiled(chunk, X, Wa, labels, T, sw, eps, np.int64(c * m // nchunks),
+                            np.int64((c + 1) * m // nchunks), tile, features, blockwise,
+                            classes, slabs[c])
+        failed[c] = out[1]
+
+
 def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, features, blockwise, classes):
     """The packed (B, Q) float64 Hessian sums of the loss over the pairs of
-    the first ``classes`` classes (:func:`full_chunk`)."""
+    the first ``classes`` classes (:func:`full_chunk`), in ``nchunks``
+    parallel chunks summed in chunk order.  A chunk that raised in the
+    parallel loop is run again here, where its exception surfaces."""
     m = X.shape[0]
     nt = Wa.shape[1]
-    slabs, bias_slabs, unused = allocate(nchunks, classes * (classes + 1) // 2,
-                                         nt * (nt + 1) // 2)
-    for c in prange(nchunks):
-        full_chunk(X, Wa, labels, T, sw, eps, c * m // nchunks, (c + 1) * m // nchunks, tile,
-                   features, blockwise, classes, slabs[c])
-    return combine(slabs, bias_slabs, unused)[1]
+    args = (X, Wa, labels, T, sw, float(eps))
+    plan = (int(tile), int(features), bool(blockwise), int(classes))
+    slabs = np.zeros((nchunks, classes * (classes + 1) // 2, nt * (nt + 1) // 2))
+    failed = np.zeros(nchunks, dtype=np.bool_)
+    _block_chunks(chunk_entry(X, labels, T, sw), *args, *plan, slabs, failed)
+    if failed.any():
+        slabs[...] = 0.0
+        for c in range(nchunks):
+            full_chunk(*args, c * m // nchunks, (c + 1) * m // nchunks, *plan, slabs[c])
+    M = slabs[0]
+    for c in range(1, nchunks):
+        M += slabs[c]
+    return M
 
 
-@serial_kernel
 def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes):
-    """:func:`full_hessian_sums` with one chunk and no parallel region."""
+    """:func:`full_hessian_sums` with one chunk and no parallel region (plain
+    Python around the compiled :func:`full_chunk`)."""
     nt = Wa.shape[1]
     M = np.zeros((classes * (classes + 1) // 2, nt * (nt + 1) // 2))
-    full_chunk(X, Wa, labels, T, sw, eps, 0, X.shape[0], tile, features, blockwise, classes, M)
+    full_chunk(X, Wa, labels, T, sw, float(eps), 0, X.shape[0], int(tile), int(features),
+               bool(blockwise), int(classes), M)
     return M
 
 

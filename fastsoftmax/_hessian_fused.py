@@ -137,7 +137,7 @@ def hessian_chunk(X, WV, b, vb, labels, T, sw, eps, start, stop, tile, micro, G,
 
 
 @parallel_kernel
-def _parallel_chunks(chunk, X, WV, b, vb, labels, T, sw, eps, tile, micro, slabs, bias_slabs,
+def _product_chunks(chunk, X, WV, b, vb, labels, T, sw, eps, tile, micro, slabs, bias_slabs,
                      failed):
     """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
     (:func:`hessian_chunk` through its address, see :mod:`fastsoftmax._compiled`)
@@ -187,7 +187,7 @@ def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile, micro):
     slabs = np.zeros((nchunks, K, n))
     bias_slabs = np.zeros((nchunks, K))
     failed = np.zeros(nchunks, dtype=np.bool_)
-    _parallel_chunks(chunk_entry(X, WV, b, vb, labels, T, sw, micro), X, WV, b, vb, labels, T,
+    _product_chunks(chunk_entry(X, WV, b, vb, labels, T, sw, micro), X, WV, b, vb, labels, T,
                      sw, float(eps), int(tile), micro, slabs, bias_slabs, failed)
     if failed.any():
         slabs[...] = 0.0

@@ -74,7 +74,7 @@ def test_a_hessian_chunk_that_fails_in_the_parallel_region_raises(rng, monkeypat
     W, X, y = make_problem(rng, m, n, K, np.float64, "labels")
     b = rng.standard_normal(K)
     V, vb = direction(rng, K, n, np.float64, True)
-    real = hf._parallel_chunks
+    real = hf._product_chunks
     parallel_calls = []
 
     def failing(*args):
@@ -88,7 +88,7 @@ def test_a_hessian_chunk_that_fails_in_the_parallel_region_raises(rng, monkeypat
     def setup():
         monkeypatch.setattr(policy, "SERIAL_WORK", 0)
         monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
-        monkeypatch.setattr(hf, "_parallel_chunks", failing)
+        monkeypatch.setattr(hf, "_product_chunks", failing)
 
     setup()
     got = fs.hessian_product(W, X, y, V, b=b, vb=vb)  # the rerun succeeds
@@ -99,6 +99,59 @@ def test_a_hessian_chunk_that_fails_in_the_parallel_region_raises(rng, monkeypat
     monkeypatch.setattr(hf, "hessian_chunk", raising)  # the parallel loop's entry is cached
     with pytest.raises(MemoryError, match="rerun"):
         fs.hessian_product(W, X, y, V, b=b, vb=vb)
+    assert parallel_calls
+
+
+@pytest.mark.parametrize("what", ["hessian", "diagonal"])
+def test_a_block_or_diagonal_chunk_that_fails_in_the_parallel_region_raises(what, rng,
+                                                                            monkeypatch):
+    """The same for the full Hessian's and the diagonal's parallel kernels:
+    a failed chunk is run again on the calling thread (the full result,
+    against the oracle Hessian, or the chunk's exception)."""
+    import importlib
+
+    import fastsoftmax._dispatch as policy
+
+    module, kernel, chunk = {
+        "hessian": ("fastsoftmax._hessian_full", "_block_chunks", "full_chunk"),
+        "diagonal": ("fastsoftmax._hessian_diag", "_diagonal_chunks", "diag_chunk")}[what]
+    mod = importlib.import_module(module)
+    m, n, K = 400, 5, 3
+    W, X, y = make_problem(rng, m, n, K, np.float64, "labels")
+    b = rng.standard_normal(K)
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
+    monkeypatch.setattr(policy, "hessian_chunks", lambda m, classes, nt: 2)
+    real = getattr(mod, kernel)
+    parallel_calls = []
+
+    def failing(*args):
+        parallel_calls.append(1)
+        real(*args)
+        args[-1][1] = True  # as if chunk 1 had raised
+
+    def compute():
+        if what == "hessian":
+            return fs.hessian(W, X, y, b=b)
+        return fs.loss_grad_hessp(W, X, y, b=b)[-1].diagonal()
+
+    monkeypatch.setattr(mod, kernel, failing)
+    got = compute()  # the rerun succeeds
+    assert parallel_calls
+    want, scale = naive_hessian(W, X, y, b=b, return_scale=True)
+    want = oracle_in_flat_layout(want, K, n, True)
+    scale = oracle_in_flat_layout(scale, K, n, True)
+    if what == "diagonal":
+        want, scale = np.diag(want), np.diag(scale)
+    assert_close(got, want, np.float64, what, scale)
+
+    def raising(*args):
+        raise MemoryError("chunk rerun on the calling thread")
+
+    parallel_calls.clear()
+    monkeypatch.setattr(mod, chunk, raising)  # the parallel loop's entry is cached
+    with pytest.raises(MemoryError, match="rerun"):
+        compute()
     assert parallel_calls
 
 
@@ -509,12 +562,12 @@ def test_kernels_load_from_cache_in_new_process():
         pytest.skip("the parallel kernel needs two threads")
     assert_cached_in_new_process(calls, {
         "hessian_chunk": "fastsoftmax._hessian_fused",
-        "_parallel_chunks": "fastsoftmax._hessian_fused",
+        "_product_chunks": "fastsoftmax._hessian_fused",
         "indexloop_sums": "fastsoftmax._indexloop",
-        "full_hessian_sums_serial": "fastsoftmax._hessian_full",
-        "full_hessian_sums": "fastsoftmax._hessian_full",
-        "diag_sums_serial": "fastsoftmax._hessian_diag",
-        "diag_sums": "fastsoftmax._hessian_diag",
+        "full_chunk": "fastsoftmax._hessian_full",
+        "_block_chunks": "fastsoftmax._hessian_full",
+        "diag_chunk": "fastsoftmax._hessian_diag",
+        "_diagonal_chunks": "fastsoftmax._hessian_diag",
     })
 
 
