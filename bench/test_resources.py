@@ -138,3 +138,73 @@ def test_compile_time(benchmark):
     benchmark.extra_info.update(cold_s=cold, warm_s=warm, cold_cache=not TINY)
     print(f"\nimport + first call: {'cold' if not TINY else 'first'} cache {cold:.2f} s, "
           f"warm cache {warm:.2f} s")
+
+
+#: Other compiled paths' first calls: (setup, {step: code}) run in order in
+#: one new process; each step is timed.  Shapes: (full, tiny).
+FIRST_CALLS = {
+    "wide rows (micro-kernels) and a Hessian product": (
+        "m, n, K = {shape}\n"
+        "X = np.ones((m, n)); W = np.zeros((K, n)); y = np.arange(m) % K\n",
+        {"loss_and_grad": "fs.loss_and_grad(W, X, y)",
+         "hessian product": "fs.loss_grad_hessp(W, X, y, b=np.zeros(K))[-1](W, np.zeros(K))"},
+        ((6000, 784, 10), (300, 40, 3))),
+    "CSR X and a Hessian product": (
+        "import scipy.sparse\nm, n, K = {shape}\n"
+        "X = scipy.sparse.random(m, n, density=0.01, format='csr', random_state=0)\n"
+        "W = np.zeros((K, n)); y = np.arange(m) % K\n",
+        {"loss_and_grad": "fs.loss_and_grad(W, X, y)",
+         "hessian product": "fs.loss_grad_hessp(W, X, y)[-1](W)"},
+        ((20000, 5000, 10), (300, 200, 3))),
+    "full Hessian and its diagonal": (
+        "m, n, K = {shape}\n"
+        "X = np.random.default_rng(0).standard_normal((m, n)); W = np.zeros((K, n))\n"
+        "y = np.arange(m) % K\n",
+        {"hessian": "fs.hessian(W, X, y)",
+         "diagonal": "fs.loss_grad_hessp(W, X, y)[-1].diagonal()"},
+        ((20000, 10, 4), (300, 5, 3))),
+    "SoftmaxRegression fits": (
+        "rng = np.random.default_rng(0)\n"
+        "def data(m, n, K):\n"
+        "    return rng.standard_normal((m, n)) * np.logspace(-1, 1, n), np.arange(m) % K\n"
+        "small, medium = {shape}\n",
+        {"fit, newton-cholesky": "fs.SoftmaxRegression().fit(*data(*small))",
+         "fit, newton-cg": "fs.SoftmaxRegression(solver='newton-cg').fit(*data(*medium))"},
+        (((1500, 4, 3), (5000, 64, 10)), ((300, 4, 3), (300, 20, 3)))),
+}
+
+FIRST_CALL_CHILD = r"""
+import json, time
+import numpy as np
+import fastsoftmax as fs
+{setup}
+times = {{}}
+for step, code in {steps!r}.items():
+    t = time.perf_counter()
+    exec(code)
+    times[step] = time.perf_counter() - t
+print(json.dumps(times))
+"""
+
+
+@pytest.mark.parametrize("name", list(FIRST_CALLS))
+def test_first_calls_of_other_paths(benchmark, name):
+    """First calls of the paths besides the default one, in a new process on
+    an empty cache (under FASTSOFTMAX_BENCH_TINY=1, tiny shapes and the
+    package's own cache): what a user waits for once after installing."""
+    setup, steps, (full, tiny) = FIRST_CALLS[name]
+    code = FIRST_CALL_CHILD.format(setup=setup.format(shape=tiny if TINY else full),
+                                   steps=steps)
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ)
+        if not TINY:
+            env["NUMBA_CACHE_DIR"] = cache
+
+        def run():
+            out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                 capture_output=True, text=True)
+            return json.loads(out.stdout.splitlines()[-1])
+        times = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.group = "first calls in a new process (s)"
+    benchmark.extra_info.update(times, cold_cache=not TINY)
+    print(f"\n{name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
