@@ -2,7 +2,9 @@
 
 ``FASTSOFTMAX_BENCH_TINY=1`` switches every bench file to tiny shapes and
 ``--benchmark-disable`` runs each benchmark once without timing it; every
-benchmark's own check still runs.  About 30 s.
+benchmark's own check still runs.  About 1.5 min, 2-2.5 min on an empty
+numba cache (bench/test_resources.py's first calls compile the paths they
+time; the tests after this one then find them compiled).
 """
 
 from __future__ import annotations
