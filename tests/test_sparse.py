@@ -379,50 +379,14 @@ def test_four_compiled_variants_per_kernel_whatever_the_options(rng, monkeypatch
     assert len(sparse) == 4, indexloop_sums.signatures
 
 
-@pytest.mark.parametrize("columns", ["dense slabs", "column maps"])
-def test_a_sparse_chunk_that_fails_in_the_parallel_region_raises(columns, rng, monkeypatch):
-    """A chunk that fails inside the parallel loop (where no exception can be
+@pytest.mark.parametrize("what", ["gradient, dense slabs", "gradient, column maps",
+                                  "stored probabilities"])
+def test_a_sparse_chunk_that_fails_in_the_parallel_region_raises(what, rng, monkeypatch):
+    """A chunk that fails inside a parallel loop (where no exception can be
     raised) makes the call run again on the calling thread: the caller gets
-    the error, or, when the rerun succeeds, the full sums (against the
-    oracle on the dense matrix), never a partial sum."""
-    import fastsoftmax._api as api
-    import fastsoftmax._dispatch as policy
-
-    X = make_csr(rng, 300, 9, 0.4, np.float64, np.int32)
-    W = rng.standard_normal((3, 9))
-    b = rng.standard_normal(3)
-    y = rng.integers(0, 3, 300)
-    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
-    monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
-    monkeypatch.setattr(policy, "sparse_dense_slabs", lambda n, K, chunks: columns == "dense slabs")
-    real = api.sparse_fused_sums
-    parallel_calls = []
-
-    def failing(*args):
-        parallel_calls.append(1)
-        loss, G, gb, failed = real(*args)
-        failed[1] = True  # as if chunk 1 had raised
-        return loss, G, gb, failed
-
-    monkeypatch.setattr(api, "sparse_fused_sums", failing)
-    got = fs.loss_and_grad(W, X, y, b=b)  # the rerun succeeds
-    assert parallel_calls
-    want, scales = oracle(W, X, y, b=b)
-    assert_results_close(got, want, np.float64, scales)
-
-    def raising(*args):
-        raise MemoryError("chunk rerun on the calling thread")
-
-    parallel_calls.clear()
-    monkeypatch.setattr(api, "sparse_fused_sums_serial", raising)
-    with pytest.raises(MemoryError, match="rerun"):
-        fs.loss_and_grad(W, X, y, b=b)
-    assert parallel_calls
-
-
-def test_a_curvature_chunk_that_fails_in_the_parallel_region_raises(rng, monkeypatch):
-    """The same for the probabilities that Hessian products on CSR X store:
-    a failed chunk makes them computed again on the calling thread."""
+    the error, or, when the rerun succeeds, the full result (against the
+    oracle on the dense matrix), never a partial sum.  For the gradient and
+    for the probabilities that Hessian products on CSR X store."""
     import fastsoftmax._api as api
     import fastsoftmax._dispatch as policy
 
@@ -432,27 +396,44 @@ def test_a_curvature_chunk_that_fails_in_the_parallel_region_raises(rng, monkeyp
     y = rng.integers(0, 3, 300)
     monkeypatch.setattr(policy, "SERIAL_WORK", 0)
     monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
-    real = api.sparse_curvature
+    monkeypatch.setattr(policy, "sparse_dense_slabs", lambda n, K, chunks: "dense" in what)
+    gradient = what.startswith("gradient")
+    kernel, rerun = (("sparse_fused_sums", "sparse_fused_sums_serial") if gradient else
+                     ("sparse_curvature", "curvature_chunk"))
+    real = getattr(api, kernel)
     parallel_calls = []
 
     def failing(*args):
         parallel_calls.append(1)
-        real(*args)
+        out = real(*args)
+        if gradient:
+            out[-1][1] = True  # as if chunk 1 had raised
+            return out
         return True  # as if a chunk had raised
 
-    monkeypatch.setattr(api, "sparse_curvature", failing)
-    got = fs.hessian_product(W, X, y, V, b=b, vb=vb)  # the rerun succeeds
+    def call():
+        if gradient:
+            return fs.loss_and_grad(W, X, y, b=b)
+        return fs.hessian_product(W, X, y, V, b=b, vb=vb)
+
+    monkeypatch.setattr(api, kernel, failing)
+    got = call()  # the rerun succeeds
     assert parallel_calls
-    want, scales = naive_hessian_product(W, X.toarray(), y, V, b=b, vb=vb, return_scales=True)
-    assert_product_close(got, want, np.float64, scales)
+    if gradient:
+        want, scales = oracle(W, X, y, b=b)
+        assert_results_close(got, want, np.float64, scales)
+    else:
+        want, scales = naive_hessian_product(W, X.toarray(), y, V, b=b, vb=vb,
+                                             return_scales=True)
+        assert_product_close(got, want, np.float64, scales)
 
     def raising(*args):
         raise MemoryError("chunk rerun on the calling thread")
 
     parallel_calls.clear()
-    monkeypatch.setattr(api, "curvature_chunk", raising)
+    monkeypatch.setattr(api, rerun, raising)
     with pytest.raises(MemoryError, match="rerun"):
-        fs.hessian_product(W, X, y, V, b=b, vb=vb)
+        call()
     assert parallel_calls
 
 
