@@ -136,8 +136,9 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
                                                     work, curv)
         if not failed.any():
             return loss, G, gb
-        # a chunk raised in the parallel region: all of it again on this thread, where
-        # the exception surfaces (or, if it does not recur, the full sums)
+        # a chunk raised in the parallel region: all rows again on this thread, as one
+        # chunk, where the exception surfaces (or, if it does not recur, the full sums,
+        # equal to a parallel call's to rounding: one chunk sums in another order)
     return sparse_fused_sums_serial(*args, tile, ahead, block, None if dense else maps[:1], work,
                                     curv)
 

@@ -104,8 +104,9 @@ def diag_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
 
     X (m, n) float32 or float64; W (K, n) and b (K,) float64; labels, T, sw,
     eps as for the gradient kernels.  In ``nchunks`` parallel chunks summed in
-    chunk order; a chunk that raised in the parallel loop is run again here,
-    where its exception surfaces.
+    chunk order; if a chunk raised in the parallel loop, every chunk is run
+    again here (the same chunks: the same result, bit for bit), where the
+    exception surfaces.
     """
     m, n = X.shape
     K = W.shape[0]

@@ -194,8 +194,9 @@ def _block_chunks(chunk, X, Wa, labels, T, sw, eps, tile, features, blockwise, c
 def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, features, blockwise, classes):
     """The packed (B, Q) float64 Hessian sums of the loss over the pairs of
     the first ``classes`` classes (:func:`full_chunk`), in ``nchunks``
-    parallel chunks summed in chunk order.  A chunk that raised in the
-    parallel loop is run again here, where its exception surfaces."""
+    parallel chunks summed in chunk order.  If a chunk raised in the
+    parallel loop, every chunk is run again here (the same chunks: the same
+    result, bit for bit), where the exception surfaces."""
     m = X.shape[0]
     nt = Wa.shape[1]
     args = (X, Wa, labels, T, sw, float(eps))

@@ -178,9 +178,9 @@ def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile, micro):
     :func:`fastsoftmax._fused.fused_sums` (for 2K logits columns).  Returns
     ``(HV, Hvb)``, (K, n) and (K,) float64: the weighted sums over the kept samples of
     ``s_i (p_i * (u_i - <p_i, u_i>)) x_i^T`` and of ``s_i p_i * (u_i - <p_i, u_i>)``,
-    the chunks' sums added in chunk order (deterministic).  A chunk that
-    raised in the parallel loop is run again here, where its exception
-    surfaces.
+    the chunks' sums added in chunk order (deterministic).  If a chunk
+    raised in the parallel loop, every chunk is run again here (the same
+    chunks: the same result, bit for bit), where the exception surfaces.
     """
     m, n = X.shape
     K = b.shape[0]

@@ -96,4 +96,3 @@ def exact_kernel(func):
     ``(x - n*hi) - n*lo`` is not folded back into one rounded subtraction.
     """
     return numba.njit(parallel=False, **_options(EXACT_FASTMATH))(func)
-

@@ -297,7 +297,8 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     the Python drivers' evaluation (exactly :func:`fastsoftmax.loss_and_grad`'s);
     ``n_evals`` counts it only where the Python driver does (after a failed
     line search, whose last evaluation was at a trial point).  None when a
-    chunk raised (the Python loop then runs, and raises)."""
+    chunk or the step's factorisation raised (the Python loop then runs, and
+    raises)."""
     p = obj.problem
     K, n = obj.K, obj.n
     nt = n + obj.fit_intercept
@@ -312,8 +313,9 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     history = np.empty(min(max_iter, policy.NEWTON_HISTORY) + 1)
     with single_threaded_blas, parallel_region():
         status, it, _, _, n_evals = newton_cholesky_loop(
-            fused, hessian, _fused.step_entry(), p.X, p.labels, p.T, p.sw, float(p.eps), float(p.denom), float(p.l2),
-            P, float(tol), int(max_iter), int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
+            fused, hessian, _fused.step_entry(), p.X, p.labels, p.T, p.sw, float(p.eps),
+            float(p.denom), float(p.l2), P, float(tol), int(max_iter),
+            int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
             policy.tile_rows(n, K, p.X.dtype.itemsize), micro, hessian_tile, hessian_features,
             blockwise,
             policy.loss_chunks(m, n, K), policy.hessian_chunks(m, K - 1, nt), history, None)

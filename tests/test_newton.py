@@ -403,9 +403,8 @@ def test_compiled_cholesky_loop_is_deterministic_and_falls_back(rng, monkeypatch
 
 
 def test_compiled_cholesky_loop_loads_from_the_cache_in_a_new_process():
-    """The loop (with the reduced step compiled into it) and the Hessian
-    chunk it calls by address are cached: a second process loads them (one
-    hit each, no miss)."""
+    """The loop and the Hessian chunk and reduced step it calls by address
+    are cached: a second process loads them (one hit each, no miss)."""
     from helpers import assert_cached_in_new_process
 
     calls = ("from fastsoftmax._newton import minimize_newton_cholesky\n"
@@ -414,4 +413,48 @@ def test_compiled_cholesky_loop_loads_from_the_cache_in_a_new_process():
     assert_cached_in_new_process(calls, {
         "newton_cholesky_loop": "fastsoftmax._newton_fused",
         "full_chunk": "fastsoftmax._hessian_full",
+        "reduced_step": "fastsoftmax._newton_step",
     })
+
+
+def test_a_step_that_raises_in_the_compiled_cholesky_loop_falls_back(rng, monkeypatch):
+    """The compiled loop calls the step's factorisation through its address;
+    if that call raises, the loop stops with status FAILED (no exception can
+    leave it) and the Python driver gives the fit: the same point as the
+    compiled loop's, to rounding."""
+    import numba
+
+    import fastsoftmax._newton as newton
+    import fastsoftmax._newton_fused as compiled
+    from fastsoftmax._compiled import CompiledFunction
+
+    m, n, K = 600, 5, 3
+    X = rng.standard_normal((m, n))
+    y = rng.integers(0, K, m)
+    want = minimize_newton_cholesky(X, y, l2=1e-3, tol=1e-10)
+
+    @numba.njit
+    def raising_step(M, g, n, denom, l2, jitter, S):
+        if n >= 0:
+            raise MemoryError("the step raised")
+        return True
+
+    matrix = numba.types.Array(numba.types.float64, 2, "C")
+    f64 = numba.types.float64
+    entry = CompiledFunction(raising_step, (matrix, matrix, numba.types.int64, f64, f64, f64,
+                                            matrix))
+    statuses = []
+    real = compiled.newton_cholesky_loop
+
+    def spy(*args):
+        out = real(*args)
+        statuses.append(out[0])
+        return out
+
+    monkeypatch.setattr(compiled, "step_entry", lambda: entry)
+    monkeypatch.setattr(newton, "newton_cholesky_loop", spy)
+    got = minimize_newton_cholesky(X, y, l2=1e-3, tol=1e-10)
+    assert statuses == [compiled.FAILED]
+    assert got.converged
+    np.testing.assert_allclose(got.theta, want.theta, rtol=1e-8,
+                               atol=1e-8 * np.abs(want.theta).max())
