@@ -79,8 +79,9 @@ def inline_helper(func):
     caller before typing instead, so it is compiled only as part of the
     caller.  For small helpers with one call site per caller (each call site
     gets its own copy; a large function inlined everywhere compiles more
-    slowly, measured).  Same fast-math flags as :func:`serial_kernel`, and
-    still callable from Python on its own.  Measured on the default path
+    slowly, measured).  Inlined, its code is compiled with the caller's
+    fast-math flags (every kernel's are :data:`FASTMATH`); called from
+    Python on its own, with :data:`FASTMATH` too.  Measured on the default path
     (first ``loss_and_grad`` on (60000, 20, 3) float64, empty cache, 2-core
     VM): 6.6 s with every helper separate, 5.1 s with the tile step, its two
     products and the tile gathering inlined.
