@@ -3,10 +3,12 @@
 Every chunk of rows gets its own (K, n) gradient slab, (K,) intercept slab
 and loss, so no two threads ever write the same memory; the chunks' results
 are then added in chunk order, which makes the sum independent of which
-thread ran which chunk.  These helpers are compiled without ``parallel``: in
-a parallel function, Numba would turn each ``np.zeros`` and each whole-array
-``+=`` into a parallel region of its own, and every region costs a thread
-wake-up, which shows on small problems.
+thread ran which chunk.  :func:`allocate` and :func:`combine` are compiled
+without ``parallel``: in a parallel function, Numba would turn each
+``np.zeros`` and each whole-array ``+=`` into a parallel region of its own,
+and every region costs a thread wake-up, which shows on small problems.
+:func:`chunked_sums` does the same in Python around a parallel kernel that
+calls a compiled chunk function through its address.
 """
 
 from __future__ import annotations
@@ -37,3 +39,38 @@ def combine(slabs, bias_slabs, losses):
             for l in range(n):
                 G[k, l] += S[k, l]
     return total, G, gb
+
+
+def chunked_sums(chunk, head, tail, shapes, m, nchunks=1, parallel=None) -> list:
+    """Float64 sums over rows 0:m, one zeroed slab of each shape in ``shapes``
+    per chunk of rows, added in chunk order (Python around compiled code).
+
+    Chunk c covers rows ``start:stop = c m // nchunks : (c + 1) m // nchunks``
+    and adds into its slabs ``s_c``: ``chunk(*head, start, stop, *tail, *s_c)``.
+    With ``parallel = (kernel, entry)``, ``kernel(entry, *head, *tail, *slabs,
+    failed)`` runs the chunks in a ``prange`` loop (``entry``: ``chunk``
+    compiled for these arguments, called through its address, see
+    :mod:`fastsoftmax._compiled`) and flags those that raised; if any did,
+    every chunk is run again here (the same chunks: the same result, bit for
+    bit), where the exception surfaces.  Without, the chunks run one after the
+    other on this thread.  Returns the sums, one array per shape (chunk 0's
+    slabs).
+    """
+    slabs = [np.zeros((nchunks, *shape)) for shape in shapes]
+    here = parallel is None
+    if not here:
+        kernel, entry = parallel
+        failed = np.zeros(nchunks, dtype=np.bool_)
+        kernel(entry, *head, *tail, *slabs, failed)
+        here = failed.any()
+        if here:  # partial sums: start again from zero
+            for s in slabs:
+                s[...] = 0.0
+    if here:
+        for c in range(nchunks):
+            chunk(*head, c * m // nchunks, (c + 1) * m // nchunks, *tail, *(s[c] for s in slabs))
+    sums = [s[0] for s in slabs]
+    for c in range(1, nchunks):
+        for total, s in zip(sums, slabs):
+            total += s[c]
+    return sums

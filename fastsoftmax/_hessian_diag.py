@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, typeof, types
 
+from ._accumulate import chunked_sums
 from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_probabilities
@@ -108,32 +109,13 @@ def diag_sums(X, W, b, labels, T, sw, eps, nchunks, tile):
     again here (the same chunks: the same result, bit for bit), where the
     exception surfaces.
     """
-    m, n = X.shape
-    K = W.shape[0]
-    args = (X, W, b, labels, T, sw, float(eps))
-    slabs = np.zeros((nchunks, K, n))
-    bias_slabs = np.zeros((nchunks, K))
-    failed = np.zeros(nchunks, dtype=np.bool_)
-    _diagonal_chunks(chunk_entry(X, W, b, labels, T, sw), *args, int(tile), slabs, bias_slabs,
-                     failed)
-    if failed.any():
-        slabs[...] = 0.0
-        bias_slabs[...] = 0.0
-        for c in range(nchunks):
-            diag_chunk(*args, c * m // nchunks, (c + 1) * m // nchunks, int(tile), slabs[c],
-                       bias_slabs[c])
-    G, gb = slabs[0], bias_slabs[0]
-    for c in range(1, nchunks):
-        G += slabs[c]
-        gb += bias_slabs[c]
-    return G, gb
+    head = (X, W, b, labels, T, sw, float(eps))
+    return tuple(chunked_sums(diag_chunk, head, (int(tile),), (W.shape, b.shape), X.shape[0],
+                              nchunks, (_diagonal_chunks, chunk_entry(X, W, b, labels, T, sw))))
 
 
 def diag_sums_serial(X, W, b, labels, T, sw, eps, tile):
     """:func:`diag_sums` with one chunk and no parallel region (plain Python
     around the compiled :func:`diag_chunk`)."""
-    K, n = W.shape
-    G = np.zeros((K, n))
-    gb = np.zeros(K)
-    diag_chunk(X, W, b, labels, T, sw, float(eps), 0, X.shape[0], int(tile), G, gb)
-    return G, gb
+    head = (X, W, b, labels, T, sw, float(eps))
+    return tuple(chunked_sums(diag_chunk, head, (int(tile),), (W.shape, b.shape), X.shape[0]))

@@ -53,6 +53,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, typeof, types
 
+from ._accumulate import chunked_sums
 from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import parallel_kernel, serial_kernel
 from ._rowmath import tile_probabilities
@@ -197,31 +198,25 @@ def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, features, blockw
     parallel chunks summed in chunk order.  If a chunk raised in the
     parallel loop, every chunk is run again here (the same chunks: the same
     result, bit for bit), where the exception surfaces."""
-    m = X.shape[0]
-    nt = Wa.shape[1]
-    args = (X, Wa, labels, T, sw, float(eps))
-    plan = (int(tile), int(features), bool(blockwise), int(classes))
-    slabs = np.zeros((nchunks, classes * (classes + 1) // 2, nt * (nt + 1) // 2))
-    failed = np.zeros(nchunks, dtype=np.bool_)
-    _block_chunks(chunk_entry(X, labels, T, sw), *args, *plan, slabs, failed)
-    if failed.any():
-        slabs[...] = 0.0
-        for c in range(nchunks):
-            full_chunk(*args, c * m // nchunks, (c + 1) * m // nchunks, *plan, slabs[c])
-    M = slabs[0]
-    for c in range(1, nchunks):
-        M += slabs[c]
-    return M
+    return _packed_sums(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes, nchunks,
+                        (_block_chunks, chunk_entry(X, labels, T, sw)))
 
 
 def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes):
     """:func:`full_hessian_sums` with one chunk and no parallel region (plain
     Python around the compiled :func:`full_chunk`)."""
+    return _packed_sums(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes)
+
+
+def _packed_sums(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes, nchunks=1,
+                 parallel=None):
+    """:func:`fastsoftmax._accumulate.chunked_sums` of :func:`full_chunk`, with
+    the argument types its compiled entry takes."""
     nt = Wa.shape[1]
-    M = np.zeros((classes * (classes + 1) // 2, nt * (nt + 1) // 2))
-    full_chunk(X, Wa, labels, T, sw, float(eps), 0, X.shape[0], int(tile), int(features),
-               bool(blockwise), int(classes), M)
-    return M
+    shape = (classes * (classes + 1) // 2, nt * (nt + 1) // 2)
+    plan = (int(tile), int(features), bool(blockwise), int(classes))
+    return chunked_sums(full_chunk, (X, Wa, labels, T, sw, float(eps)), plan, (shape,),
+                        X.shape[0], nchunks, parallel)[0]
 
 
 #: full_chunk's entry points, by the numba types of its array arguments.

@@ -43,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, typeof, types
 
+from ._accumulate import chunked_sums
 from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import inline_helper, parallel_kernel, serial_kernel
 from ._rowmath import tile_sample_scale, tile_softmax_exp
@@ -182,31 +183,16 @@ def hessian_sums(X, WV, b, vb, labels, T, sw, eps, nchunks, tile, micro):
     raised in the parallel loop, every chunk is run again here (the same
     chunks: the same result, bit for bit), where the exception surfaces.
     """
-    m, n = X.shape
-    K = b.shape[0]
-    slabs = np.zeros((nchunks, K, n))
-    bias_slabs = np.zeros((nchunks, K))
-    failed = np.zeros(nchunks, dtype=np.bool_)
-    _product_chunks(chunk_entry(X, WV, b, vb, labels, T, sw, micro), X, WV, b, vb, labels, T,
-                     sw, float(eps), int(tile), micro, slabs, bias_slabs, failed)
-    if failed.any():
-        slabs[...] = 0.0
-        bias_slabs[...] = 0.0
-        for c in range(nchunks):
-            hessian_chunk(X, WV, b, vb, labels, T, sw, float(eps), c * m // nchunks,
-                          (c + 1) * m // nchunks, int(tile), micro, slabs[c], bias_slabs[c])
-    G, gb = slabs[0], bias_slabs[0]
-    for c in range(1, nchunks):
-        G += slabs[c]
-        gb += bias_slabs[c]
-    return G, gb
+    head = (X, WV, b, vb, labels, T, sw, float(eps))
+    return tuple(chunked_sums(
+        hessian_chunk, head, (int(tile), micro), ((b.shape[0], X.shape[1]), b.shape), X.shape[0],
+        nchunks, (_product_chunks, chunk_entry(X, WV, b, vb, labels, T, sw, micro))))
 
 
 def hessian_sums_serial(X, WV, b, vb, labels, T, sw, eps, tile, micro):
     """:func:`hessian_sums` with one chunk and no parallel region, for small problems
     (plain Python around the compiled :func:`hessian_chunk`, which the
     parallel path uses too: no compiled code of its own)."""
-    G = np.zeros((b.shape[0], X.shape[1]))
-    gb = np.zeros(b.shape[0])
-    hessian_chunk(X, WV, b, vb, labels, T, sw, float(eps), 0, X.shape[0], int(tile), micro, G, gb)
-    return G, gb
+    head = (X, WV, b, vb, labels, T, sw, float(eps))
+    return tuple(chunked_sums(hessian_chunk, head, (int(tile), micro),
+                              ((b.shape[0], X.shape[1]), b.shape), X.shape[0]))
