@@ -130,7 +130,7 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
     ahead = policy.SPARSE_PREFETCH_AHEAD
     maps = None if dense else np.empty((chunks, X.shape[1]), dtype=np.int64)  # column maps
     if not serial:
-        chunk = sparse_chunk_entry(*args[:9], dense, curv)
+        chunk = sparse_chunk_entry(*args[:9], maps, curv)
         with parallel_region():
             loss, G, gb, failed = sparse_fused_sums(chunk, *args, chunks, tile, ahead, block, maps,
                                                     work, curv)
@@ -139,8 +139,8 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
         # a chunk raised in the parallel region: all rows again on this thread, as one
         # chunk, where the exception surfaces (or, if it does not recur, the full sums,
         # equal to a parallel call's to rounding: one chunk sums in another order)
-    return sparse_fused_sums_serial(*args, tile, ahead, block, None if dense else maps[:1], work,
-                                    curv)
+    return sparse_fused_sums_serial(*args, tile, ahead, block, None if maps is None else maps[:1],
+                                    work, curv)
 
 
 def sparse_point_curvature(p: Problem) -> np.ndarray:

@@ -429,16 +429,17 @@ def sparse_fused_sums(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, ep
 _entries: dict = {}
 
 
-def chunk_entry(data, indices, indptr, At, b, vb, labels, T, sw, dense, curv) -> CompiledFunction:
-    """:func:`sparse_chunk` compiled for these arguments, with dense slabs or
-    column maps (``dense``)."""
+def chunk_entry(data, indices, indptr, At, b, vb, labels, T, sw, maps, curv) -> CompiledFunction:
+    """:func:`sparse_chunk` compiled for these arguments, with dense slabs
+    (``maps`` None) or column maps (``maps`` the (nchunks, n) int64 array of
+    :func:`sparse_fused_sums`)."""
     arrays = (data, indices, indptr, At, b, vb, labels, T, sw, curv)
-    key = (*(array_key(a) for a in arrays), bool(dense))
+    key = (*(array_key(a) for a in arrays), maps is None)
     entry = _entries.get(key)
     if entry is None:
         index = types.Array(types.int64, 1, "C")
         argtypes = (*(typeof(a) for a in arrays[:9]), types.float64, types.int64, types.int64,
-                    types.int64, types.int64, types.none if dense else index,
+                    types.int64, types.int64, types.none if maps is None else index,
                     types.Array(types.float64, 2, "C"), types.Array(types.float64, 1, "C"),
                     typeof(curv))
         entry = _entries.setdefault(key, CompiledFunction(sparse_chunk, argtypes))
