@@ -145,14 +145,16 @@ NEWTON_MAX_STALLED_STEPS = 5
 #: of columns of its packed sums at a time): bounded for wide X, where the
 #: n~ (n~ + 1) / 2 products of a row alone can take megabytes.
 HESSIAN_PRODUCT_BYTES = 2 * 2**20
-#: Up to this many pairs of classes (two classes, or the reduced system of
-#: three), the full-Hessian kernel forms each pair's block as one GEMM
-#: X~^T diag(g) X~ per tile: one thread, (3000, 300, 2) whole Hessian 44 ms
-#: against 134 ms through the products of features (a memory-bound pass
-#: over n~^2 / 2 products per row for three pairs); (1780, 13, 3) reduced
-#: system 0.25 against 0.34 ms.  Above it the products of features win:
-#: (1797, 64, 10) whole Hessian 14.6 ms against 29 ms block by block.
-HESSIAN_BLOCKWISE_MAX_PAIRS = 3
+#: Up to this many pairs of classes (five classes, or the reduced system of
+#: six) the full-Hessian kernel sums each entry of a pair's block directly,
+#: over the feature-major tile, rather than by one GEMM of the pairs'
+#: weights with the products of features.  Measured on one thread, random
+#: float64 data, direct against the GEMM: (1780, 13, 3) reduced system 0.12
+#: against 0.41 ms (of the products) or 0.25 ms (one GEMM per pair, the
+#: earlier choice for up to three pairs); (5000, 50, 5) 10 pairs 6.7 against
+#: 9.5 ms; (20000, 30, 6) 15 pairs 17.0 against 20.3 ms, 21 pairs 23.0
+#: against 21.2 ms; (1797, 64, 10) 45 pairs 17.0 against 14.1 ms.
+HESSIAN_DIRECT_MAX_PAIRS = 15
 #: The compiled Newton-Cholesky loop records the objective of at most this
 #: many steps (its ``history``; the loop itself runs to ``max_iter``).
 NEWTON_HISTORY = 10_000
@@ -219,19 +221,19 @@ def tile_gemm(n: int, K: int, itemsize: int) -> bool:
 
 
 def hessian_plan(nt: int, K: int, classes: int) -> tuple[int, int, bool]:
-    """``(tile, features, blockwise)`` of the full-Hessian kernel
+    """``(tile, features, direct)`` of the full-Hessian kernel
     (:func:`fastsoftmax._hessian_full.full_chunk`) for rows of
     nt = n + fit_intercept float64 entries and K classes: rows per tile from
     ``TILE_BYTES`` over a row's weights, entries and probabilities (64 to
     1024), and the values of l whose products x_l x_l' one block forms, so
     that a tile's products (tile x features x nt float64) stay within
     ``HESSIAN_PRODUCT_BYTES`` (at least one); and whether its sums over the
-    pairs of ``classes`` classes are formed block by block (at most
-    ``HESSIAN_BLOCKWISE_MAX_PAIRS`` pairs)."""
+    pairs of ``classes`` classes are summed directly (at most
+    ``HESSIAN_DIRECT_MAX_PAIRS`` pairs)."""
     per_row = K * (K + 1) // 2 + nt + 2 * K + 3
     tile = int(min(1024, max(64, TILE_BYTES // (8 * per_row))))
     features = int(max(1, min(nt, HESSIAN_PRODUCT_BYTES // (8 * tile * nt))))
-    return tile, features, classes * (classes + 1) // 2 <= HESSIAN_BLOCKWISE_MAX_PAIRS
+    return tile, features, classes * (classes + 1) // 2 <= HESSIAN_DIRECT_MAX_PAIRS
 
 
 def hessian_chunks(m: int, classes: int, nt: int) -> int:

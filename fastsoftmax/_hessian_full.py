@@ -32,20 +32,30 @@ upper block triangle), random float64 data: (1780, 13, 3) 0.46 -> 0.37 ms,
 (1797, 64, 10) 28.7 -> 14.6 ms, (5000, 50, 5) 16.2 -> 11.9 ms,
 (20000, 20, 10) 59 -> 21 ms.
 
-With at most ``HESSIAN_BLOCKWISE_MAX_PAIRS`` (3) pairs of classes (two
-classes, or the reduced system of three) each pair's block is instead one
-GEMM X~^T diag(g) X~ per tile, whose upper triangle goes into the pair's
-row: with so few pairs the products of features would be a memory-bound
-pass over n~^2 / 2 numbers per row for little arithmetic.
+With at most ``HESSIAN_DIRECT_MAX_PAIRS`` (15) pairs of classes (up to five
+classes, or the reduced system of six) the kernel sums each pair's block
+directly instead (``direct``): the tile is copied feature-major (n~, R),
+each pair's weights times one feature form a row, and entry (l, l') is its
+dot product with feature l' over the tile's rows, all loops running over
+the rows.  It does the same B Q R multiply-adds without forming the
+products of features; a GEMM wins only when many pairs share them.
+Measured on one thread, random float64 data, the reduced system (K - 1
+classes) with the earlier choice (one GEMM X~^T diag(g) X~ per pair for at
+most three pairs, the products of features above) against the direct sums:
+(1500, 4, 3) 92 -> 35 us, (1780, 13, 3) 246 -> 122 us, (20000, 20, 3)
+4.3 -> 2.4 ms, (10000, 40, 4) 12.5 -> 5.8 ms, (5000, 50, 5) 9.5 -> 6.7 ms,
+(20000, 30, 6) 20.3 -> 17.0 ms, (2000, 500, 3) 87 -> 91 ms; with 45 pairs
+the products of features stay ahead ((1797, 64, 10) 14.1 against 17.0 ms).
 
 The products of a tile are formed for a block of ``features`` values of l
 at a time (:func:`fastsoftmax._dispatch.hessian_plan`: at most
 ``HESSIAN_PRODUCT_BYTES``, 2 MiB, of them), so that wide X does not need the
 tile's n~ (n~ + 1) / 2 products per row at once.
 
-Peak extra memory: ``nchunks * (2 B Q + tile (B + n~ + 2 K + 3)
-+ (tile + B) features n~) * 8`` bytes, plus the (N, N) float64 result (and
-its reordering, another N^2 * 8); B Q is about N^2 / 4.
+Peak extra memory: at most ``nchunks * (2 B Q + tile (B + n~ + 3 K + 5)
++ (tile + B) features n~) * 8`` bytes (the last term only without the
+direct sums), plus the (N, N) float64 result (and its reordering, another
+N^2 * 8); B Q is about N^2 / 4.
 """
 
 from __future__ import annotations
@@ -55,13 +65,71 @@ from numba import prange, typeof, types
 
 from ._accumulate import chunked_sums
 from ._compiled import CompiledFunction, array_key, call_compiled
-from ._jit import parallel_kernel, serial_kernel
+from ._jit import inline_helper, parallel_kernel, serial_kernel
 from ._rowmath import tile_probabilities
 from ._tiles import gather, kept_rows
 
 
+@inline_helper
+def _feature_major_logits(X, rows, Wa, XT, Zc, Z):
+    """The tile's rows ``rows`` (R,) of X copied feature-major into XT[:, :R]
+    (XT (n~, >= R) float64, with a row of ones for the intercept when
+    n~ > n) and their logits ``Z[r, k] = sum_l Wa[k, l] XT[l, r]`` into Z
+    (R, K), through the class-major Zc (K, >= R): every inner loop runs
+    over the rows."""
+    n = X.shape[1]
+    K, nt = Wa.shape
+    R = rows.shape[0]
+    for r in range(R):
+        i = rows[r]
+        for l in range(n):
+            XT[l, r] = X[i, l]
+    if nt > n:
+        for r in range(R):
+            XT[n, r] = 1.0
+    for k in range(K):
+        z = Zc[k, :R]
+        w = Wa[k, 0]
+        x = XT[0, :R]
+        for r in range(R):
+            z[r] = w * x[r]
+        for l in range(1, nt):
+            w = Wa[k, l]
+            x = XT[l, :R]
+            for r in range(R):
+                z[r] += w * x[r]
+    for r in range(R):
+        for k in range(K):
+            Z[r, k] = Zc[k, r]
+
+
+@inline_helper
+def _add_direct_sums(G, XT, y, M):
+    """Adds to M (B, Q) the packed sums of the tile's pairs of classes
+    directly: ``M[q, e] += sum_r G[q, r] XT[l, r] XT[l', r]`` for the pair
+    of columns e = (l, l'), l <= l' (G (B, R) the pairs' weights, XT
+    (n~, >= R) the tile feature-major, y (>= R,) float64 scratch)."""
+    B, R = G.shape
+    nt = XT.shape[0]
+    yr = y[:R]
+    for q in range(B):
+        g = G[q]
+        e = 0
+        for l in range(nt):
+            x = XT[l, :R]
+            for r in range(R):
+                yr[r] = g[r] * x[r]
+            for lp in range(l, nt):
+                xp = XT[lp, :R]
+                acc = 0.0  # a reduction, storing nothing in its loop
+                for r in range(R):
+                    acc += yr[r] * xp[r]
+                M[q, e] += acc
+                e += 1
+
+
 @serial_kernel
-def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, features, blockwise, classes, M):
+def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, features, direct, classes, M):
     """Rows start:stop in tiles: adds their packed Hessian sums to M (B, Q) float64.
 
     X (m, n) float32 or float64; Wa (K, n~) float64 is [W | b] (n~ = n + 1)
@@ -75,63 +143,60 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, features, blockwise
     all K classes.  The products of a tile are formed for ``features``
     values of l at a time (columns of M in blocks of at most
     ``features`` n~), so that their buffer stays bounded for wide X.  With
-    ``blockwise`` (few pairs) each pair's block is instead one GEMM
-    X~^T diag(g) X~ of the tile, whose upper triangle is added to its row
-    of M.
+    ``direct`` (few pairs) each entry is instead summed directly
+    (:func:`_add_direct_sums`), without the products.
     """
     n = X.shape[1]
     K, nt = Wa.shape
     B = M.shape[0]
     width = features * nt  # the most columns of M one block of l spans
     rows = np.empty(tile, dtype=np.int64)
-    xa = np.empty((tile, nt))
+    xa = np.empty((0 if direct else tile, nt))
+    XT = np.empty((nt if direct else 0, tile))
+    Zc = np.empty((K if direct else 0, tile))
     Zb = np.empty((tile, K))
     Pbuf = np.empty(K * tile)
     aux = np.empty((3, tile))
     c = aux[2]  # c_i = w_i s_i
     zero_b = np.zeros(K)
-    Gb = np.empty((tile, B))
-    Vb = np.empty(0 if blockwise else tile * width)
-    Mb = np.empty(0 if blockwise else B * width)
-    Yb = np.empty((tile if blockwise else 0, nt))
-    Hd = np.empty((nt, nt))
+    Gbuf = np.empty(B * tile)
+    y = np.empty(tile if direct else 0)
+    Vb = np.empty(0 if direct else tile * width)
+    Mb = np.empty(0 if direct else B * width)
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
         R = kept_rows(labels, t0, t1, rows)
         if R == 0:
             continue
-        Xa = gather(X, rows[:R], xa)  # float64, and with an intercept its column of ones
-        if nt > n:
-            for r in range(R):
-                Xa[r, n] = 1.0
         Z = Zb[:R]
-        np.dot(Xa, Wa.T, Z)
+        if direct:
+            _feature_major_logits(X, rows[:R], Wa, XT, Zc, Z)
+        else:
+            Xa = gather(X, rows[:R], xa)  # float64, and with an intercept its column of ones
+            if nt > n:
+                for r in range(R):
+                    Xa[r, n] = 1.0
+            np.dot(Xa, Wa.T, Z)
         # class-major probabilities, and c_i = w_i s_i
         P = Pbuf[: K * R].reshape((K, R))  # contiguous
         tile_probabilities(Z, zero_b, P, aux, rows[:R], labels, T, sw, eps)  # b is in Z already
-        G = Gb[:R]  # g_i^{jj'} = c_i p_ij (delta_jj' - p_ij')
-        for r in range(R):
-            q = 0
-            for j in range(classes):
-                a = c[r] * P[j, r]
-                G[r, q] = a - a * P[j, r]
-                q += 1
-                for jp in range(j + 1, classes):
-                    G[r, q] = -a * P[jp, r]
-                    q += 1
-        if blockwise:
-            Y = Yb[:R]
-            for q in range(B):
+        G = Gbuf[: B * R].reshape((B, R))  # g_i^{jj'} = c_i p_ij (delta_jj' - p_ij')
+        q = 0
+        for j in range(classes):
+            pj = P[j]
+            g = G[q]
+            for r in range(R):
+                a = c[r] * pj[r]
+                g[r] = a - a * pj[r]
+            q += 1
+            for jp in range(j + 1, classes):
+                pjp = P[jp]
+                g = G[q]
                 for r in range(R):
-                    g = G[r, q]
-                    for l in range(nt):
-                        Y[r, l] = g * Xa[r, l]
-                np.dot(Xa.T, Y, Hd)
-                e = 0
-                for l in range(nt):
-                    for lp in range(l, nt):
-                        M[q, e] += Hd[l, lp]
-                        e += 1
+                    g[r] = -(c[r] * pj[r]) * pjp[r]
+                q += 1
+        if direct:
+            _add_direct_sums(G, XT, y, M)
             continue
         first = 0  # M's column of the pair (l0, l0)
         for l0 in range(0, nt, features):
@@ -148,7 +213,7 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, features, blockwise
                         out[lp] = x * src[lp]
                     e += nt - l
             Mt = Mb[: B * span].reshape((B, span))
-            np.dot(G.T, V, Mt)
+            np.dot(G, V, Mt)
             for q in range(B):
                 for e in range(span):
                     M[q, first + e] += Mt[q, e]
@@ -178,7 +243,7 @@ def unpack(M, K, nt, scale):
 
 
 @parallel_kernel
-def _block_chunks(chunk, X, Wa, labels, T, sw, eps, tile, features, blockwise, classes, slabs,
+def _block_chunks(chunk, X, Wa, labels, T, sw, eps, tile, features, direct, classes, slabs,
                      failed):
     """One ``prange`` iteration per chunk of rows, each a call of ``chunk``
     (:func:`full_chunk` through its address, :func:`chunk_entry`) into the
@@ -187,34 +252,34 @@ def _block_chunks(chunk, X, Wa, labels, T, sw, eps, tile, features, blockwise, c
     nchunks = failed.shape[0]
     for c in prange(nchunks):
         out = call_compiled(chunk, X, Wa, labels, T, sw, eps, np.int64(c * m // nchunks),
-                            np.int64((c + 1) * m // nchunks), tile, features, blockwise,
+                            np.int64((c + 1) * m // nchunks), tile, features, direct,
                             classes, slabs[c])
         failed[c] = out[1]
 
 
-def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, features, blockwise, classes):
+def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, features, direct, classes):
     """The packed (B, Q) float64 Hessian sums of the loss over the pairs of
     the first ``classes`` classes (:func:`full_chunk`), in ``nchunks``
     parallel chunks summed in chunk order.  If a chunk raised in the
     parallel loop, every chunk is run again here (the same chunks: the same
     result, bit for bit), where the exception surfaces."""
-    return _packed_sums(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes, nchunks,
+    return _packed_sums(X, Wa, labels, T, sw, eps, tile, features, direct, classes, nchunks,
                         (_block_chunks, chunk_entry(X, labels, T, sw)))
 
 
-def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes):
+def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile, features, direct, classes):
     """:func:`full_hessian_sums` with one chunk and no parallel region (plain
     Python around the compiled :func:`full_chunk`)."""
-    return _packed_sums(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes)
+    return _packed_sums(X, Wa, labels, T, sw, eps, tile, features, direct, classes)
 
 
-def _packed_sums(X, Wa, labels, T, sw, eps, tile, features, blockwise, classes, nchunks=1,
+def _packed_sums(X, Wa, labels, T, sw, eps, tile, features, direct, classes, nchunks=1,
                  parallel=None):
     """:func:`fastsoftmax._accumulate.chunked_sums` of :func:`full_chunk`, with
     the argument types its compiled entry takes."""
     nt = Wa.shape[1]
     shape = (classes * (classes + 1) // 2, nt * (nt + 1) // 2)
-    plan = (int(tile), int(features), bool(blockwise), int(classes))
+    plan = (int(tile), int(features), bool(direct), int(classes))
     return chunked_sums(full_chunk, (X, Wa, labels, T, sw, float(eps)), plan, (shape,),
                         X.shape[0], nchunks, parallel)[0]
 

@@ -309,7 +309,7 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     micro = True if policy.tile_gemm(n, K, p.X.dtype.itemsize) else None
     fused = fused_chunk_entry(p.X, W, b, p.labels, p.T, p.sw, micro, None, None, None, None, None)
     hessian = hessian_chunk_entry(p.X, p.labels, p.T, p.sw)
-    hessian_tile, hessian_features, blockwise = policy.hessian_plan(nt, K, K - 1)
+    hessian_tile, hessian_features, direct = policy.hessian_plan(nt, K, K - 1)
     history = np.empty(min(max_iter, policy.NEWTON_HISTORY) + 1)
     with single_threaded_blas, parallel_region():
         status, it, _, _, n_evals = newton_cholesky_loop(
@@ -317,7 +317,7 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
             float(p.denom), float(p.l2), P, float(tol), int(max_iter),
             int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
             policy.tile_rows(n, K, p.X.dtype.itemsize), micro, hessian_tile, hessian_features,
-            blockwise,
+            direct,
             policy.loss_chunks(m, n, K), policy.hessian_chunks(m, K - 1, nt), history, None)
     if status == _fused.FAILED:
         return None

@@ -189,7 +189,7 @@ def _copy(src, dst):
 @parallel_kernel
 def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2, P, tol, max_iter,
                          max_stalled, jitter, tile, micro, hessian_tile, hessian_features,
-                         blockwise, nchunks, hessian_chunks, history, none):
+                         direct, nchunks, hessian_chunks, history, none):
     """Newton-Cholesky from the point P (K, n~) float64 ([W | b], updated in
     place): ``(status, n_iter, loss, grad_max, n_evals)``.
 
@@ -199,7 +199,7 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
     for X (m, n), ``labels``, ``T``, ``sw``, ``eps``; ``denom`` and ``l2`` as
     in :class:`fastsoftmax._validation.Problem`; ``tile`` and ``micro`` the
     fused chunk's (:func:`fastsoftmax._fused.fused_sums`); ``hessian_tile``,
-    ``hessian_features`` and ``blockwise`` their tiles
+    ``hessian_features`` and ``direct`` their tiles
     (:func:`fastsoftmax._dispatch.hessian_plan`);
     ``nchunks`` and ``hessian_chunks`` their row chunks (the loss's as in
     :func:`fastsoftmax.loss_and_grad`).
@@ -280,7 +280,7 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
             out = call_compiled(hessian, X, Wa, labels, T, sw, eps,
                                 np.int64(c * m // hessian_chunks),
                                 np.int64((c + 1) * m // hessian_chunks), hessian_tile,
-                                hessian_features, blockwise, np.int64(C), hslabs[c])
+                                hessian_features, direct, np.int64(C), hslabs[c])
             failed[c] = out[1]
         if _any(failed):
             status = FAILED

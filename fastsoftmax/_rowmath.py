@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -38,19 +37,26 @@ def target_value(labels, T, i, k, eps, inv_k):
 #
 # Numba calls libm's scalar exp, which LLVM cannot vectorise; softmax needs m*K
 # of them, as many as the rest of the work on shapes with many classes.  The
-# function below is plain arithmetic, so a loop over it becomes SIMD code.
-# Method: exp(x) = 2^n exp(r) with n = round(x / ln 2) and r = x - n ln 2 split
-# in two parts (Cody and Waite) so that r is exact to double precision; exp(r)
-# for |r| <= ln(2)/2 is its Taylor polynomial of degree 13 (truncation error
-# below 2e-17), evaluated by Horner's rule; 2^n is assembled from its bits.
-# Measured against libm over 10^7 points of [-50, 0]: at most 1.01 ulp apart.
-# It is compiled as an exact_kernel, without "reassoc", which would undo the
+# function below is plain arithmetic on float64 and int64 lanes, so a loop over
+# it becomes SIMD code.  Method: exp(x) = 2^n exp(r) with n = round(x / ln 2)
+# and r = x - n ln 2 split in two parts (Cody and Waite) so that r is exact to
+# double precision; exp(r) for |r| <= ln(2)/2 is its Taylor polynomial of
+# degree 13 (truncation error below 2e-17), evaluated by Horner's rule; 2^n is
+# assembled from its bits.  n is rounded by adding and subtracting 1.5 * 2^52
+# (the "shifter"): the sum's last mantissa bits then hold n, and no conversion
+# between float64 and int64 is needed, which AVX2 has no vector instruction
+# for (with ``math.floor`` and ``int`` conversions the loop stayed scalar, at
+# about 20 ns an exp on the development machine).  Measured against libm over
+# 10^7 points of [-50, 0]: at most 1.01 ulp apart.  It is compiled as an
+# exact_kernel, without "reassoc", which would undo the shifter and the
 # two-part reduction.
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 rounded to 32 significant bits
 _LN2_LO = 1.90821492927058770002e-10  # ln 2 - _LN2_HI
 _EXP_MIN = -708.0  # exp below this is subnormal; it is returned as 0
+_SHIFTER = 6755399441055744.0  # 1.5 * 2^52: x + _SHIFTER rounds x to an integer (|x| < 2^51)
+_SHIFTER_BITS = 0x4338000000000000  # its bits
 _INV_FACT = tuple(1.0 / math.factorial(k) for k in range(14))
 
 
@@ -65,17 +71,29 @@ def _float64_from_bits(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _bits_from_float64(typingctx, value):
+    """Reinterpret the 64 bits of a float64 as an int64."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
 @exact_kernel
 def exp_nonpositive(x):
     """exp(x) for x <= 0 within about 1 ulp; 0 below -708; NaN stays NaN."""
     xc = max(x, _EXP_MIN)
-    n = math.floor(xc * _LOG2E + 0.5)
+    shifted = xc * _LOG2E + _SHIFTER  # n + 1.5 * 2^52, n = round(x / ln 2) in [-1022, 0]
+    n = shifted - _SHIFTER
     r = (xc - n * _LN2_HI) - n * _LN2_LO
     c = _INV_FACT
     p = c[13]
     for k in range(12, -1, -1):  # Horner's rule; LLVM unrolls it (same code, same bits)
         p = p * r + c[k]
-    result = p * _float64_from_bits((np.int64(n) + 1023) << 52)
+    result = p * _float64_from_bits((_bits_from_float64(shifted) - _SHIFTER_BITS + 1023) << 52)
     if x < _EXP_MIN:
         result = 0.0
     if x != x:

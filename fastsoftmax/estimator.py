@@ -217,7 +217,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                                  dtype=[np.float64, np.float32], order="C")
             if is_sparse(X):
                 self._check_solver_takes("sparse X", newton_cg=True)
-            check_classification_targets(y)
+            self._check_targets(y)
             classes, y_index = np.unique(y, return_inverse=True)
             if sample_weight is not None:
                 weights = np.asarray(sample_weight)
@@ -230,6 +230,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             total = float(sample_weight.sum())
             evaluate = loss_and_grad
         return self._fit_encoded(X, y_index, classes, sample_weight, total, evaluate)
+
+    @staticmethod
+    def _check_targets(y: np.ndarray) -> None:
+        """scikit-learn's ``check_classification_targets`` on the validated
+        labels y (m,), skipped where it cannot fail: 1-D labels of a bool,
+        integer or string dtype are always binary or multiclass targets.  It
+        takes 0.27 ms (several passes of ``np.unique``), a tenth of a small
+        Newton fit (raw iris tiled 10x: 2.5 ms)."""
+        if not (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "biuU"):
+            check_classification_targets(y)
 
     def _fit_encoded(self, X, y_index, classes, sample_weight, total, evaluate):
         """The fit after validation: X validated (m, n), ``y_index`` (m,) the

@@ -19,7 +19,6 @@ from sklearn.base import _fit_context
 from sklearn.metrics import check_scoring, get_scorer_names
 from sklearn.model_selection import check_cv
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from ._api import loss_and_grad
@@ -42,7 +41,10 @@ class SoftmaxRegressionCV(SoftmaxRegression):
         As in ``LogisticRegressionCV``: None is 5-fold, an int that many
         stratified folds.
     scoring : str, callable or None, default None
-        A scikit-learn scorer (name or callable); None is accuracy.
+        A scikit-learn scorer (name or callable); None is accuracy.  With
+        ``sample_weight``, each fold is scored with its held-out samples'
+        weights (weighted accuracy for None), as ``LogisticRegressionCV``
+        does; class weights do not enter the scores.
     refit : bool, default True
         Refit on all the data with the best C (the best mean score over
         folds), from the folds' mean coefficients at it.  Without refit the
@@ -125,7 +127,7 @@ class SoftmaxRegressionCV(SoftmaxRegression):
                              dtype=[np.float64, np.float32], order="C")
         if is_sparse(X):  # before any fold is fitted
             self._check_solver_takes("sparse X", newton_cg=True)
-        check_classification_targets(y)
+        self._check_targets(y)
         Cs = self._path()
         classes, y_index = np.unique(y, return_inverse=True)
         if classes.shape[0] < 2:
@@ -164,11 +166,14 @@ class SoftmaxRegressionCV(SoftmaxRegression):
                 model.C = float(C)
                 model._fit_encoded(X_train, y_train, classes, w_train, total, loss_and_grad)
                 paths[f, j] = self._flat(model)
-                if self.scoring is None:  # accuracy, without validating X_test again
+                if self.scoring in (None, "accuracy"):  # without validating X_test again
                     predicted = np.argmax(model._validated_logits(X_test), axis=1)
-                    scores[f, j] = float(np.mean(predicted == y_index[test]))
-                else:
+                    scores[f, j] = float(np.average(predicted == y_index[test],
+                                                    weights=sw[test]))
+                elif sample_weight is None:
                     scores[f, j] = scorer(model, X_test, y[test])
+                else:
+                    scores[f, j] = scorer(model, X_test, y[test], sample_weight=sw[test])
                 n_iter[f, j] = model.n_iter_[0]
         if self.refit:
             best = int(np.argmax(scores.sum(axis=0)))

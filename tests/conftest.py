@@ -29,8 +29,8 @@ def kernel_path(request, monkeypatch):
     problems use); "parallel-small-tiles": the parallel kernel even for tiny
     problems (never run inline on the calling thread), with 3-row tiles so
     that every chunk has several tiles and the last tile is partial (the
-    full Hessian's products in blocks of two features, and block by block
-    for two classes only), and the
+    full Hessian's products in blocks of two features, and its direct
+    sums for two classes only), and the
     compiled passes over parameter-sized arrays (``_vectors``) at any size.
     The per-tile products run on the micro-kernels (``_tile_gemm``) or on
     BLAS whatever the shape: the micro-kernels for float64 on the serial

@@ -68,6 +68,27 @@ def test_same_as_logistic_regression_cv(wine, kw):
     assert ours.score(X, y) == pytest.approx(ref.score(X, y))
 
 
+@pytest.mark.parametrize("scoring", [None, "accuracy", "neg_log_loss"])
+def test_sample_weights_weigh_the_scores_as_in_logistic_regression_cv(wine, scoring):
+    """With sample weights, each fold's held-out score is weighted by them, as
+    LogisticRegressionCV weighs it (its scorer, or ``score`` for None): the
+    same scores to 1e-6 and the same C_.  Integer weights, so that the
+    unweighted scores differ from the weighted ones (checked)."""
+    X, y = wine
+    w = np.random.default_rng(5).integers(1, 6, X.shape[0]).astype(float)
+    cv = list(StratifiedKFold(3, shuffle=True, random_state=2).split(X, y))
+    kw = dict(Cs=[0.01, 0.1, 1.0], cv=cv, scoring=scoring)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (ConvergenceWarning, FutureWarning))
+        ref = LogisticRegressionCV(tol=1e-8, max_iter=10_000, use_legacy_attributes=False,
+                                   **kw).fit(X, y, sample_weight=w)
+    ours = SoftmaxRegressionCV(tol=1e-8, max_iter=10_000, **kw).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(ours.scores_, ref.scores_[:, 0], rtol=0, atol=1e-6)
+    assert ours.C_ == pytest.approx(ref.C_)
+    unweighted = SoftmaxRegressionCV(tol=1e-8, max_iter=10_000, **kw).fit(X, y)
+    assert np.max(np.abs(unweighted.scores_ - ours.scores_)) > 1e-4
+
+
 def test_bad_cs_and_missing_classes(wine):
     X, y = wine
     with pytest.raises(ValueError, match="Cs must hold numbers > 0"):
@@ -83,7 +104,8 @@ def test_fold_paths_are_the_public_fits_and_accuracy(wine):
     ``_fit_encoded``) equals, bit for bit, SoftmaxRegression.fit with warm
     starts along the same Cs on the fold's rows, with class and sample
     weights; the default score is sklearn's accuracy_score of that model's
-    predictions on the held-out rows."""
+    predictions on the held-out rows, weighted by their sample weights (as
+    LogisticRegressionCV scores)."""
     from sklearn.metrics import accuracy_score
 
     from fastsoftmax.estimator import SoftmaxRegression
@@ -101,7 +123,9 @@ def test_fold_paths_are_the_public_fits_and_accuracy(wine):
             np.testing.assert_array_equal(ours.coefs_paths_[f, j, :, :-1], model.coef_)
             np.testing.assert_array_equal(ours.coefs_paths_[f, j, :, -1], model.intercept_)
             assert ours.n_iter_[f, j] == model.n_iter_[0]
-            assert ours.scores_[f, j] == accuracy_score(y[test], model.predict(X[test]))
+            assert ours.scores_[f, j] == pytest.approx(
+                accuracy_score(y[test], model.predict(X[test]), sample_weight=w[test]),
+                rel=1e-15)
 
 
 def test_a_fold_without_weight_is_refused(wine):

@@ -1,0 +1,64 @@
+"""The vectorisable exponential of the fused kernels (fastsoftmax._rowmath.exp_nonpositive)
+against NumPy's (libm's) exp, and a check that a loop over it compiles to SIMD code."""
+
+from __future__ import annotations
+
+import re
+
+import numba
+import numpy as np
+import pytest
+
+from fastsoftmax._rowmath import exp_nonpositive
+
+
+@numba.njit(cache=False)
+def _exp_loop(x, out):
+    for i in range(x.shape[0]):
+        out[i] = exp_nonpositive(x[i])
+
+
+def compiled_exp(x):
+    out = np.empty_like(x)
+    _exp_loop(x, out)
+    return out
+
+
+@pytest.mark.parametrize("low", [-708.0, -50.0, -1.0, -1e-3, -1e-12])
+def test_within_one_ulp_of_libm(low):
+    """At most 1 ulp from np.exp at 10^6 random points of [low, 0]."""
+    x = np.random.default_rng(7).uniform(low, 0.0, 10**6)
+    want = np.exp(x)
+    ulps = np.abs(compiled_exp(x) - want) / np.spacing(want)
+    assert ulps.max() <= 1.0
+
+
+def test_rounding_ties_and_powers_of_two():
+    """Where x / ln 2 is an integer or half an integer (the reduction's ties and
+    its exact points), and at every power of two down to 2^-1021."""
+    k = np.arange(0, 2044)
+    x = -(k * 0.5) * np.log(2.0)
+    x = x[x >= -708.0]
+    want = np.exp(x)
+    assert (np.abs(compiled_exp(x) - want) / np.spacing(want)).max() <= 1.0
+
+
+def test_special_values():
+    """0 and -0 give 1; below -708 (subnormal results) and -inf give 0; NaN stays NaN."""
+    x = np.array([0.0, -0.0, -5e-324, -708.0, -708.0000001, -745.2, -1e300, -np.inf, np.nan])
+    got = compiled_exp(x)
+    np.testing.assert_array_equal(got[:3], 1.0)
+    assert got[3] == pytest.approx(np.exp(-708.0), rel=2.3e-16)
+    np.testing.assert_array_equal(got[4:8], 0.0)
+    assert np.isnan(got[8])
+
+
+def test_loop_compiles_to_simd_code():
+    """A loop over it is vectorised: its optimised LLVM IR holds vectors of
+    doubles.  (Rounding through float64 -> int64 conversions kept it scalar on
+    AVX2, which has no vector instruction for them: about 20 ns an exp.)"""
+    x = np.linspace(-5.0, 0.0, 64)
+    compiled_exp(x)
+    ir = "".join(_exp_loop.inspect_llvm().values())
+    assert re.search(r"<\d+ x double>", ir)
+    assert not re.search(r"fptosi double", ir)
