@@ -197,9 +197,16 @@ def fused_sums(X, W, b, labels, T, sw, eps, nchunks, tile, micro, dX, cw, zl, ca
                                     (c + 1) * m // nchunks, tile, micro, slabs[c],
                                     bias_slabs[c], dX, cw, zl, cap, lout)
         kernel_done()
-    # Summed in chunk order: the result does not depend on which thread ran what.
+    return chunk_totals(slabs, bias_slabs, losses)
+
+
+def chunk_totals(slabs, bias_slabs, losses):
+    """``(loss_sum, G, gb)`` of :func:`fused_sums` from the chunks' sums:
+    slabs (nchunks, K, n), bias_slabs (nchunks, K) and losses (nchunks,)
+    float64, added in chunk order (so the result does not depend on which
+    thread ran what) into the first chunk's slabs, which are returned."""
     G, gb, loss = slabs[0], bias_slabs[0], float(losses[0])
-    for c in range(1, nchunks):
+    for c in range(1, losses.shape[0]):
         G += slabs[c]
         gb += bias_slabs[c]
         loss += float(losses[c])

@@ -566,16 +566,20 @@ def loss_grad_hessp(
     return evaluate(dataclasses.replace(p, W=p.W.copy(), b=p.b.copy()), method)
 
 
-def evaluate(p: Problem, method: str):
+def evaluate(p: Problem, method: str, totals: tuple | None = None):
     """:func:`loss_grad_hessp`'s result for a validated problem, at its (W, b).
 
     For solvers that validate X and y once (:func:`prepare`) and then move the
     point with ``dataclasses.replace(p, W=..., b=...)`` (C-contiguous arrays
     of the problem's dtype that nobody modifies afterwards: the returned
-    ``hessp`` keeps them).
+    ``hessp`` keeps them).  ``totals``: the unnormalised ``(loss_sum, G, gb)``
+    that :func:`fastsoftmax._api.sums` would return for the point, when the
+    caller has them (the compiled Newton loop); the kernels then do not run.
     """
-    return (*finish(*sums(p, method), denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype,
-                    has_b=p.has_b), HessianProduct(p, method))
+    if totals is None:
+        totals = sums(p, method)
+    return (*finish(*totals, denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype, has_b=p.has_b),
+            HessianProduct(p, method))
 
 
 def hessian_product(

@@ -53,7 +53,7 @@ from ._blas import single_threaded_blas
 from . import _newton_fused as _fused
 from . import _vectors
 from . import _dispatch as policy
-from ._fused import chunk_entry as fused_chunk_entry
+from ._fused import chunk_entry as fused_chunk_entry, chunk_totals as fused_chunk_totals
 from ._hessian import evaluate, flat_from_rows, rows_from_flat
 from ._hessian_full import chunk_entry as hessian_chunk_entry
 from ._newton_fused import newton_cholesky_loop
@@ -167,16 +167,25 @@ class _Objective:
 
     def at(self, x):
         if self._x is None or not np.array_equal(x, self._x, equal_nan=True):
-            W, b = self.split(x)
-            point = dataclasses.replace(self.problem, W=W,
-                                        b=self.problem.b if b is None else b)
-            out = evaluate(point, self.options["method"])
-            grad = (np.concatenate([out[1].ravel(), out[2]]) if self.fit_intercept
-                    else out[1].ravel()).astype(np.float64)
-            self._x = np.array(x, dtype=np.float64)
-            self._out = (out[0], grad, out[-1])
+            self._evaluate(x)
             self.n_evals += 1
         return self._out
+
+    def seed(self, x, totals):
+        """Make ``totals``, the unnormalised ``(loss_sum, G, gb)`` of the fused
+        kernel at x's point (rounded as :meth:`split` rounds it, summed as
+        :func:`fastsoftmax._api.sums` sums them), the evaluation at x,
+        without running the kernel again or counting an evaluation."""
+        self._evaluate(x, totals)
+
+    def _evaluate(self, x, totals=None):
+        W, b = self.split(x)
+        point = dataclasses.replace(self.problem, W=W, b=self.problem.b if b is None else b)
+        out = evaluate(point, self.options["method"], totals)
+        grad = (np.concatenate([out[1].ravel(), out[2]]) if self.fit_intercept
+                else out[1].ravel()).astype(np.float64)
+        self._x = np.array(x, dtype=np.float64)
+        self._out = (out[0], grad, out[-1])
 
     def fun(self, x):
         loss, grad, _ = self.at(x)
@@ -293,10 +302,12 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     """:func:`_newton_loop` with :func:`_cholesky_step`, in one compiled call
     (:func:`fastsoftmax._newton_fused.newton_cholesky_loop`): the same
     algorithm, stopping rule and messages, iterates equal to rounding.  The
-    loss and gradient it reports are computed again at the returned point by
-    the Python drivers' evaluation (exactly :func:`fastsoftmax.loss_and_grad`'s);
-    ``n_evals`` counts it only where the Python driver does (after a failed
-    line search, whose last evaluation was at a trial point).  None when a
+    loss and gradient it reports are those of the Python drivers' evaluation
+    (exactly :func:`fastsoftmax.loss_and_grad`'s): ``finish`` applied to the
+    loop's last kernel sums, which are the same as the Python path's, or,
+    after a failed line search (whose last evaluation was at a trial point),
+    that evaluation run again at the returned point, and then counted in
+    ``n_evals`` as the Python driver counts it.  None when a
     chunk or the step's factorisation raised (the Python loop then runs, and
     raises)."""
     p = obj.problem
@@ -311,14 +322,16 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     hessian = hessian_chunk_entry(p.X, p.labels, p.T, p.sw)
     hessian_tile, hessian_features, direct = policy.hessian_plan(nt, K, K - 1)
     history = np.empty(min(max_iter, policy.NEWTON_HISTORY) + 1)
+    chunks = policy.loss_chunks(m, n, K)
+    slabs, bias_slabs, losses = np.empty((chunks, K, n)), np.empty((chunks, K)), np.empty(chunks)
     with single_threaded_blas, parallel_region():
         status, it, _, _, n_evals = newton_cholesky_loop(
             fused, hessian, _fused.step_entry(), p.X, p.labels, p.T, p.sw, float(p.eps),
             float(p.denom), float(p.l2), P, float(tol), int(max_iter),
             int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
             policy.tile_rows(n, K, p.X.dtype.itemsize), micro, hessian_tile, hessian_features,
-            direct,
-            policy.loss_chunks(m, n, K), policy.hessian_chunks(m, K - 1, nt), history, None)
+            direct, slabs, bias_slabs, losses, policy.hessian_chunks(m, K - 1, nt), history,
+            None)
     if status == _fused.FAILED:
         return None
     message = {
@@ -330,7 +343,13 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
         _fused.NO_DECREASE: "the line search found no decrease (rounding level reached)",
     }[status]
     theta = flat_from_rows(P, n)
-    obj.n_evals = int(n_evals) - (status != _fused.NO_DECREASE)  # _result evaluates again
+    obj.n_evals = int(n_evals)
+    if status != _fused.NO_DECREASE and not policy.large_vocabulary(n, K, policy.chunk_count(m)):
+        # the loop's last evaluation was at P, with the chunks, tiles and
+        # products of loss_and_grad's fused path: its sums are what the
+        # Python drivers' evaluation would compute (after a failed line
+        # search it was at a trial point, and _result evaluates at P)
+        obj.seed(theta, fused_chunk_totals(slabs, bias_slabs, losses))
     return _result(obj, theta, status == _fused.CONVERGED, int(it), start, message,
                    history[: min(it + 1, history.shape[0])].tolist())
 

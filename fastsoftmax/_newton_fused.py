@@ -189,7 +189,7 @@ def _copy(src, dst):
 @parallel_kernel
 def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2, P, tol, max_iter,
                          max_stalled, jitter, tile, micro, hessian_tile, hessian_features,
-                         direct, nchunks, hessian_chunks, history, none):
+                         direct, slabs, bias_slabs, losses, hessian_chunks, history, none):
     """Newton-Cholesky from the point P (K, n~) float64 ([W | b], updated in
     place): ``(status, n_iter, loss, grad_max, n_evals)``.
 
@@ -201,17 +201,17 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
     fused chunk's (:func:`fastsoftmax._fused.fused_sums`); ``hessian_tile``,
     ``hessian_features`` and ``direct`` their tiles
     (:func:`fastsoftmax._dispatch.hessian_plan`);
-    ``nchunks`` and ``hessian_chunks`` their row chunks (the loss's as in
-    :func:`fastsoftmax.loss_and_grad`).
-    ``history`` receives the objective at each step's point, as far as it
+    ``slabs`` (nchunks, K, n), ``bias_slabs`` (nchunks, K) and ``losses``
+    (nchunks,) float64 receive each chunk's loss-and-gradient sums (on
+    return those of the last evaluation; nchunks as in
+    :func:`fastsoftmax.loss_and_grad`), ``hessian_chunks`` is the Hessian's
+    row chunk count.  ``history`` receives the objective at each step's point, as far as it
     reaches.  ``none`` is None (the fused chunk's unused options).
     """
     m, n = X.shape
     K, nt = P.shape
     C = K - 1
-    slabs = np.empty((nchunks, K, n))
-    bias_slabs = np.empty((nchunks, K))
-    losses = np.empty(nchunks)
+    nchunks = losses.shape[0]
     hslabs = np.empty((hessian_chunks, C * (C + 1) // 2, nt * (nt + 1) // 2))
     failed = np.zeros(max(nchunks, hessian_chunks), dtype=np.bool_)
     Wk = np.empty((K, n), dtype=X.dtype)
