@@ -134,7 +134,7 @@ PCG_BLOCK_MAX_WIDTH = 128
 PCG_BLOCK_SAMPLE_ROWS = 4096
 #: Newton-CG builds its blocks at the first Newton step and again after a
 #: step whose conjugate gradients took more than this many Hessian products;
-#: otherwise it reuses the last ones (``fastsoftmax._newton._BlockInverses``).
+#: otherwise it reuses the last ones (``fastsoftmax._newton.BlockInverses``).
 PCG_BLOCK_AFTER_CG_STEPS = 10
 #: The Newton solvers stop (unconverged, with a ConvergenceWarning from the
 #: estimator) after this many steps in a row that did not lower the

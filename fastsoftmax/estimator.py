@@ -42,6 +42,7 @@ package does not.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from numbers import Integral, Real
 
@@ -241,14 +242,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if not (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "biuU"):
             check_classification_targets(y)
 
-    def _fit_encoded(self, X, y_index, classes, sample_weight, total, evaluate):
+    def _fit_encoded(self, X, y_index, classes, sample_weight, total, evaluate, blocks=None):
         """The fit after validation: X validated (m, n), ``y_index`` (m,) the
         class indices into ``classes`` (K,), ``sample_weight`` (m,) float64
         with the class weights applied and ``total`` its sum, ``evaluate``
         the loss-and-gradient function (in memory or Dask).  Sets the fitted
         attributes but ``n_features_in_`` (and feature names); returns self.
         :class:`SoftmaxRegressionCV` calls it for each C of a fold's path,
-        on data it validated once."""
+        on data it validated once, with the fold's
+        :class:`fastsoftmax._newton.BlockInverses` as ``blocks`` (Newton-CG's
+        preconditioner, carried along the path; None: a fit of its own)."""
         K = classes.shape[0]
         if K < 2:
             raise ValueError(
@@ -285,7 +288,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             elif solver == "lbfgs":
                 P, fun, n_iter = self._fit_lbfgs(evaluate, X, y_index, x0, options)
             else:
-                P, fun, n_iter = self._fit_newton(solver, X, y_index, x0, K, options)
+                P, fun, n_iter = self._fit_newton(solver, X, y_index, x0, K, options, blocks)
         self.classes_ = classes
         self.coef_ = np.ascontiguousarray(P[:, :n])
         self.intercept_ = P[:, n].copy() if self.fit_intercept else np.zeros(K)
@@ -349,10 +352,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 f"or scale the data.", ConvergenceWarning, stacklevel=5)
         return result.x.reshape(K, -1), result.fun, result.nit
 
-    def _fit_newton(self, solver, X, y_index, x0, K, options):
+    def _fit_newton(self, solver, X, y_index, x0, K, options, blocks=None):
         """A Newton solver on the scaled objective; ([W | b], objective, iterations)."""
         n = X.shape[1]
-        driver = minimize_newton_pcg if solver == "newton-cg" else minimize_newton_cholesky
+        if solver == "newton-cg":
+            driver = functools.partial(minimize_newton_pcg, blocks=blocks)
+        else:
+            driver = minimize_newton_cholesky
         result = driver(X, y_index, W0=x0[:, :n], b0=x0[:, n] if self.fit_intercept else None,
                         n_classes=K, fit_intercept=self.fit_intercept, tol=self.tol,
                         max_iter=self.max_iter, **options)

@@ -43,6 +43,7 @@ PATH = [0.001, 0.01, 0.1, 1.0, 10.0]  # C up to 10: fits well determined at tol=
 @pytest.mark.parametrize("kw", [
     dict(Cs=PATH[::-1], refit=False, class_weight="balanced"),
     dict(Cs=PATH[1:], scoring="neg_log_loss", fit_intercept=False),
+    dict(Cs=PATH, solver="newton-cg"),  # its preconditioner carried along each fold's path
 ])
 def test_same_as_logistic_regression_cv(wine, kw):
     """Same folds and Cs: the same scores (to 1e-6), C_, paths and final

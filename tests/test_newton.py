@@ -107,6 +107,78 @@ def preconditioner_kind(request, monkeypatch):
     return request.param
 
 
+def test_block_inverses_batched_as_one_by_one(rng):
+    """The K block inverses computed in one batched call equal those of the
+    block-by-block path (_cholesky's shift, cho_solve) to 8 cond(block) ulps
+    of their size and are exactly symmetric; a block that is not positive definite
+    sends them down that path (larger shifts), and one that never factors
+    gives None."""
+    from fastsoftmax._newton import _block_inverses, _cholesky, _inverses
+
+    A = rng.standard_normal((4, 7, 7)) * np.logspace(-2, 2, 7)
+    blocks = A @ A.transpose(0, 2, 1) + 1e-3 * np.eye(7)
+    got = _block_inverses(blocks.copy())
+    want = _inverses([_cholesky(block.copy()) for block in blocks])
+    for g, w, block in zip(got, want, blocks):  # two algorithms: cond(block) ulps apart
+        bound = 8 * np.linalg.cond(block) * np.finfo(float).eps * np.abs(w).max()
+        np.testing.assert_allclose(g, w, rtol=0, atol=bound)
+    np.testing.assert_array_equal(got, got.transpose(0, 2, 1))
+    v = rng.standard_normal(7)
+    rounding = blocks.copy()
+    rounding[1] = np.outer(v, v) - 1e-9 * np.outer(v, v).max() * np.eye(7)  # indefinite, barely
+    got = _block_inverses(rounding.copy())
+    want = _inverses([_cholesky(block.copy()) for block in rounding])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    hopeless = blocks.copy()
+    hopeless[3] = -np.eye(7)
+    assert _block_inverses(hopeless) is None
+
+
+def test_block_inverses_follow_the_penalty_without_rebuilding(rng):
+    """Passed on to a fit with another l2 (the next C of a path), the block
+    preconditioner shifts its blocks' W diagonal by the difference and
+    inverts them again without building them (no class_blocks call): the
+    same inverses, to rounding, as blocks built at the new l2; after an
+    expensive step (stale) it builds them again."""
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._newton import BlockInverses, _setup
+
+    m, n, K = 300, 5, 4
+    X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
+    y = rng.integers(0, K, m)
+    x = rng.standard_normal(K * (n + 1)) * 0.3
+
+    def at(l2):
+        options = dict(sample_weight=None, l2=l2, label_smoothing=0.0, ignore_index=None,
+                       reduction="mean", method="fused")
+        obj, _ = _setup(X, y, None, None, K, True, options)
+        return obj, obj.at(x)[2]
+
+    calls = []
+
+    class Spy:  # a HessianProduct that counts the block builds
+        def __init__(self, hessp):
+            self.hessp = hessp
+
+        def class_blocks(self, stride):
+            calls.append(stride)
+            return self.hessp.class_blocks(stride)
+
+    blocks = BlockInverses()
+    obj_a, hessp_a = at(0.5)
+    first = blocks.get(obj_a, Spy(hessp_a)).copy()
+    blocks.update(0)  # a cheap step: the blocks stay
+    obj_b, hessp_b = at(0.01)
+    carried = blocks.get(obj_b, Spy(hessp_b))
+    assert calls == [1]
+    fresh = BlockInverses().get(obj_b, hessp_b)
+    np.testing.assert_allclose(carried, fresh, rtol=0, atol=1e-10 * np.abs(fresh).max())
+    assert np.abs(carried - first).max() > 1e-3 * np.abs(fresh).max()
+    blocks.update(policy.PCG_BLOCK_AFTER_CG_STEPS + 1)  # an expensive step: built again
+    blocks.get(obj_b, Spy(hessp_b))
+    assert calls == [1, 1]
+
+
 @pytest.mark.parametrize("fit_intercept", [False, True])
 @pytest.mark.parametrize("l2", [0.0, 0.05])
 def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
@@ -115,7 +187,7 @@ def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
     for r with no class mean, M^{-1} (one vector added to every row of W) =
     that / l2 (the Hessian there, exactly: checked with hessp), and 0 for a
     common shift of b and, when l2 = 0, of W (flat directions)."""
-    from fastsoftmax._newton import _BlockInverses, _preconditioner, _setup
+    from fastsoftmax._newton import BlockInverses, _preconditioner, _setup
 
     m, n, K = 500, 6, 4
     X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
@@ -125,7 +197,7 @@ def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
     obj, _ = _setup(X, y, None, None, K, fit_intercept, options)
     x = rng.standard_normal(K * n + K * fit_intercept) * 0.3
     hessp = obj.at(x)[2]
-    inverses = _BlockInverses().get(obj, hessp)
+    inverses = BlockInverses().get(obj, hessp)
     assert (inverses is not None) == (preconditioner_kind == "blocks")
     precondition = _preconditioner(obj, hessp, inverses)
 
