@@ -143,33 +143,37 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, features, direct, c
     all K classes.  The products of a tile are formed for ``features``
     values of l at a time (columns of M in blocks of at most
     ``features`` n~), so that their buffer stays bounded for wide X.  With
-    ``direct`` (few pairs) each entry is instead summed directly
-    (:func:`_add_direct_sums`), without the products.
+    ``direct`` True (few pairs) each entry is instead summed directly
+    (:func:`_add_direct_sums`), without the products; ``direct`` is True or
+    None, so that numba compiles only the way of summing a call uses (it
+    prunes the branches of a None argument, and of ``is not None`` tests
+    of a bool one).
     """
     n = X.shape[1]
     K, nt = Wa.shape
     B = M.shape[0]
     width = features * nt  # the most columns of M one block of l spans
     rows = np.empty(tile, dtype=np.int64)
-    xa = np.empty((0 if direct else tile, nt))
-    XT = np.empty((nt if direct else 0, tile))
-    Zc = np.empty((K if direct else 0, tile))
+    on = direct is not None
+    xa = np.empty((0 if on else tile, nt))
+    XT = np.empty((nt if on else 0, tile))
+    Zc = np.empty((K if on else 0, tile))
     Zb = np.empty((tile, K))
     Pbuf = np.empty(K * tile)
     aux = np.empty((3, tile))
     c = aux[2]  # c_i = w_i s_i
     zero_b = np.zeros(K)
     Gbuf = np.empty(B * tile)
-    y = np.empty(tile if direct else 0)
-    Vb = np.empty(0 if direct else tile * width)
-    Mb = np.empty(0 if direct else B * width)
+    y = np.empty(tile if on else 0)
+    Vb = np.empty(0 if on else tile * width)
+    Mb = np.empty(0 if on else B * width)
     for t0 in range(start, stop, tile):
         t1 = min(t0 + tile, stop)
         R = kept_rows(labels, t0, t1, rows)
         if R == 0:
             continue
         Z = Zb[:R]
-        if direct:
+        if direct is not None:
             _feature_major_logits(X, rows[:R], Wa, XT, Zc, Z)
         else:
             Xa = gather(X, rows[:R], xa)  # float64, and with an intercept its column of ones
@@ -195,7 +199,7 @@ def full_chunk(X, Wa, labels, T, sw, eps, start, stop, tile, features, direct, c
                 for r in range(R):
                     g[r] = -(c[r] * pj[r]) * pjp[r]
                 q += 1
-        if direct:
+        if direct is not None:
             _add_direct_sums(G, XT, y, M)
             continue
         first = 0  # M's column of the pair (l0, l0)
@@ -263,8 +267,9 @@ def full_hessian_sums(X, Wa, labels, T, sw, eps, nchunks, tile, features, direct
     parallel chunks summed in chunk order.  If a chunk raised in the
     parallel loop, every chunk is run again here (the same chunks: the same
     result, bit for bit), where the exception surfaces."""
+    direct = True if direct else None
     return _packed_sums(X, Wa, labels, T, sw, eps, tile, features, direct, classes, nchunks,
-                        (_block_chunks, chunk_entry(X, labels, T, sw)))
+                        (_block_chunks, chunk_entry(X, labels, T, sw, direct)))
 
 
 def full_hessian_sums_serial(X, Wa, labels, T, sw, eps, tile, features, direct, classes):
@@ -279,7 +284,7 @@ def _packed_sums(X, Wa, labels, T, sw, eps, tile, features, direct, classes, nch
     the argument types its compiled entry takes."""
     nt = Wa.shape[1]
     shape = (classes * (classes + 1) // 2, nt * (nt + 1) // 2)
-    plan = (int(tile), int(features), bool(direct), int(classes))
+    plan = (int(tile), int(features), True if direct else None, int(classes))
     return chunked_sums(full_chunk, (X, Wa, labels, T, sw, float(eps)), plan, (shape,),
                         X.shape[0], nchunks, parallel)[0]
 
@@ -288,16 +293,16 @@ def _packed_sums(X, Wa, labels, T, sw, eps, tile, features, direct, classes, nch
 _entries: dict = {}
 
 
-def chunk_entry(X, labels, T, sw) -> CompiledFunction:
+def chunk_entry(X, labels, T, sw, direct) -> CompiledFunction:
     """:func:`full_chunk` compiled for these arrays (Wa and the slab (B, Q)
-    float64 C-contiguous), to call from a parallel loop through its address
-    (:mod:`fastsoftmax._compiled`)."""
-    key = tuple(array_key(a) for a in (X, labels, T, sw))
+    float64 C-contiguous) and ``direct`` (True or None), to call from a
+    parallel loop through its address (:mod:`fastsoftmax._compiled`)."""
+    key = (*(array_key(a) for a in (X, labels, T, sw)), direct is None)
     entry = _entries.get(key)
     if entry is None:
         matrix = types.Array(types.float64, 2, "C")
         argtypes = (typeof(X), matrix, *(typeof(a) for a in (labels, T, sw)), types.float64,
-                    types.int64, types.int64, types.int64, types.int64, types.boolean,
+                    types.int64, types.int64, types.int64, types.int64, typeof(direct),
                     types.int64, matrix)
         entry = _entries.setdefault(key, CompiledFunction(full_chunk, argtypes))
     return entry

@@ -319,8 +319,9 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
     b = np.empty(K, dtype=p.X.dtype)
     micro = True if policy.tile_gemm(n, K, p.X.dtype.itemsize) else None
     fused = fused_chunk_entry(p.X, W, b, p.labels, p.T, p.sw, micro, None, None, None, None, None)
-    hessian = hessian_chunk_entry(p.X, p.labels, p.T, p.sw)
     hessian_tile, hessian_features, direct = policy.hessian_plan(nt, K, K - 1)
+    direct = True if direct else None  # numba compiles only the way of summing used
+    hessian = hessian_chunk_entry(p.X, p.labels, p.T, p.sw, direct)
     history = np.empty(min(max_iter, policy.NEWTON_HISTORY) + 1)
     chunks = policy.loss_chunks(m, n, K)
     slabs, bias_slabs, losses = np.empty((chunks, K, n)), np.empty((chunks, K)), np.empty(chunks)
