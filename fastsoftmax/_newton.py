@@ -513,9 +513,12 @@ class BlockInverses:
     with another ``l2`` (the next C of a path) shifts their diagonal by the
     difference and inverts them again (K factorisations of n' x n', no pass
     over X).  Carried along the paths of the CV benchmark's (5000, 50, 5)
-    set, 6 builds instead of 41 (measured on a busy machine: 0.38 s against
-    0.52 s for the whole CV); on standardised digits the blocks are rebuilt
-    about every other fit anyway (25 builds instead of 51, as fast)."""
+    set, 6 builds instead of 41 (measured idle, alternating processes: the
+    whole CV 0.27-0.30 s against 0.42-0.51 s); on standardised digits the
+    blocks are built again about every other fit anyway (25 builds instead
+    of 51; 0.62-0.65 s before and after).  Blocks that cannot be factored
+    leave the preconditioner on the diagonal until a step is expensive
+    (they were built again at every step before)."""
 
     def __init__(self):
         self.blocks = None  # (K, n', n') float64 as built, holding the penalty self.l2
