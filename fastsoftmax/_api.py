@@ -43,11 +43,11 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None,
     m, n = p.X.shape
     K = p.W.shape[0]
     chunks = policy.chunk_count(m)
-    plain = p.cw is None and p.zl is None and p.cap is None and losses is None
-    if method == "fused" and plain and policy.large_vocabulary(n, K, chunks):  # no (K, n) slabs
+    if method == "fused" and policy.large_vocabulary(n, K, chunks):  # no (K, n) slabs
         with single_threaded_blas, parallel_region():
             return vocab_sums(p.X, np.ascontiguousarray(p.W), p.b, p.labels, p.T, p.sw, p.eps,
-                              dX, workers=chunks, **policy.vocab_plan(n, K, p.X.dtype.itemsize))
+                              dX, workers=chunks, cw=p.cw, zl=p.zl, cap=p.cap, losses=losses,
+                              **policy.vocab_plan(n, K, p.X.dtype.itemsize))
     if method == "indexloop":
         return indexloop(p, dX=dX, losses=losses)
     tile = policy.tile_rows(n, K, p.X.dtype.itemsize)
@@ -418,8 +418,9 @@ def linear_cross_entropy(
     :func:`loss_and_grad` (per-thread (K, n) float64 slabs and tiles) besides
     dX itself.  For large K (see ``fastsoftmax._dispatch.large_vocabulary``)
     both functions use the large-vocabulary kernel instead
-    (:mod:`fastsoftmax._vocab`): classes split between the threads, no slabs,
-    extra memory about dW / 8 plus tiles, dW accumulated in the working dtype.
+    (:mod:`fastsoftmax._vocab`), with every option: classes split between the
+    threads, no slabs, extra memory about dW / 5 plus tiles, dW accumulated in
+    the working dtype.
 
     Raises
     ------

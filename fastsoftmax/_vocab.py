@@ -15,13 +15,14 @@ in super-tiles of at most ``tile`` rows (R); for each super-tile X_t (R, n):
    of ``Z^T = W X_t^T`` (K, R), class-major, in the working dtype, one GEMM
    per block;
 2. softmax, loss and logit gradient, parallel over groups of ``group`` rows:
-   :func:`fastsoftmax._rowmath.tile_loss_and_coef` (the fused kernel's own
-   per-tile numerics, unchanged) reads the group's columns of Z^T and writes
-   the weighted logit gradients ``D = w_i (s_i p_i - t_i)`` over them, in
-   place (it reads all of its logits into float64 scratch before it writes
-   D; a change to it that re-read them afterwards would break this kernel,
-   and tests/test_vocab.py would say so); each group's loss and intercept
-   sums go to the group's own slot;
+   :func:`fastsoftmax._vocab_rows.group_loss_and_coef` reads the group's
+   columns of Z^T in three passes and writes the weighted logit gradients
+   ``D = w_i (s_i p_i - t_i)`` over them, in place (with soft-capping,
+   :func:`fastsoftmax._rowmath.tile_loss_and_coef`, the fused kernel's own
+   per-tile numerics, which reads all of its logits into float64 scratch
+   before it writes D; a change to it that re-read them afterwards would
+   break this kernel, and tests/test_vocab.py would say so); each group's
+   loss and intercept sums go to the group's own slot;
 3. input gradient (``dX`` wanted), parallel over blocks of ``column_block``
    columns of X: ``dX_t[:, cols] = D^T W[:, cols]``, one GEMM per block,
    straight into dX's rows (through a buffer when rows were dropped);
@@ -37,10 +38,11 @@ super-tile), which is why the dispatcher uses this kernel only for large K.
 
 Memory besides the outputs (dX (m, n) and dW (K, n) in the working dtype):
 the super-tile's logits ``tile K`` entries of the working dtype, one X tile
-(and one dX tile) ``tile n`` entries, the groups' float64 intercept sums
-``ceil(tile / group) K 8`` bytes and float64 softmax scratch
-``workers group K 8`` bytes.  Independent of m, and a fraction of dW when
-``tile`` is a fraction of n (see ``fastsoftmax._dispatch.vocab_tile_rows``).
+(and one dX tile) ``tile n`` entries and the groups' float64 intercept sums
+``ceil(tile / group) K 8`` bytes; with soft-capping also float64 softmax
+scratch ``workers group K 8`` bytes.  Independent of m, and a fraction of dW
+when ``tile`` is a fraction of n (see ``fastsoftmax._dispatch.vocab_plan``:
+n / 5, so the whole call stays within 1.25x the gradients' own size).
 
 Accumulation.  dW is accumulated in the working dtype, in the output array
 itself: a float64 (K, n) accumulator would be twice the size of a float32
@@ -74,11 +76,12 @@ from ._gemm import gemm, gemm_address
 from ._jit import parallel_kernel
 from ._rowmath import tile_loss_and_coef
 from ._tiles import kept_tile
+from ._vocab_rows import group_loss_and_coef
 
 
 @parallel_kernel
 def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_block, group,
-                  workers, dX, G):
+                  workers, dX, G, cw, zl, cap, lout):
     """Unnormalised sums; see :func:`vocab_sums`.  Returns ``(loss_sum, gb)``."""
     m, n = X.shape
     K = W.shape[0]
@@ -90,8 +93,8 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
     max_groups = (tile + group - 1) // group
     gslab = np.empty((max_groups, K))
     glosses = np.empty(max_groups)
-    E = np.empty((workers, K * group))
-    aux = np.empty((workers, 4, group))
+    E = np.empty((workers, K * group if cap is not None else 0))  # soft-capping's float64 copy
+    aux = np.empty((workers, 4 if cap is not None else 0, group))
     gb = np.zeros(K)
     nblocks = (K + class_block - 1) // class_block
     ncols = (n + column_block - 1) // column_block
@@ -111,16 +114,19 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
             gemm(addr, False, True, k1 - k0, R, n, 1.0, W[k0:], n, Xt, n, 0.0, Z[k0 * R:], R)
         # 2. softmax, loss and D in place, by groups of rows
         for w in prange(workers):
-            ZT = Z[: K * R].reshape((K, R))
             for g in range(w, ngroups, workers):
                 r0 = g * group
                 r1 = min(R, r0 + group)
                 for k in range(K):
                     gslab[g, k] = 0.0
-                cols = ZT[:, r0:r1]
-                glosses[g] = tile_loss_and_coef(cols.T, cols, E[w], aux[w], b, labels, T, sw,
-                                                eps, rows[r0:r1], gslab[g], None, None, None,
-                                                None)
+                if cap is None:
+                    glosses[g] = group_loss_and_coef(Z, R, r0, r1 - r0, b, labels, T, sw, eps,
+                                                     rows[r0:r1], gslab[g], cw, zl, lout)
+                else:
+                    cols = Z[: K * R].reshape((K, R))[:, r0:r1]
+                    glosses[g] = tile_loss_and_coef(cols.T, cols, E[w], aux[w], b, labels, T,
+                                                    sw, eps, rows[r0:r1], gslab[g], cw, zl, cap,
+                                                    lout)
         # 3. dX rows of the super-tile: D^T W, by blocks of columns
         if want_dx:
             for q in prange(ncols):
@@ -150,8 +156,9 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
 
 def vocab_sums(X: np.ndarray, W: np.ndarray, b: np.ndarray, labels: np.ndarray,
                T: np.ndarray, sw: np.ndarray, eps: float, dX: np.ndarray | None, *,
-               tile: int, class_block: int, column_block: int, group: int,
-               workers: int) -> tuple[float, np.ndarray, np.ndarray]:
+               tile: int, class_block: int, column_block: int, group: int, workers: int,
+               cw: np.ndarray | None = None, zl: float | None = None, cap: float | None = None,
+               losses: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """Unnormalised ``(loss_sum, G, gb)`` of softmax regression, for large K.
 
     X (m, n) any layout, W (K, n) C-contiguous, b (K,), of one float dtype;
@@ -162,8 +169,11 @@ def vocab_sums(X: np.ndarray, W: np.ndarray, b: np.ndarray, labels: np.ndarray,
     ``(s_i p_i - t_i) x_i^T``) and gb (K,) float64.  ``tile`` rows per
     super-tile, ``class_block`` classes per logits / dW block,
     ``column_block`` columns per dX block, ``group`` rows per call of the row
-    numerics, ``workers`` parallel workers for the row numerics.  The caller
-    holds BLAS to one thread and enters the parallel region.
+    numerics, ``workers`` parallel workers for the row numerics.  ``cw``,
+    ``zl``, ``cap``, ``losses``: the options of issue 10 as for
+    :func:`fastsoftmax._rowmath.tile_loss_and_coef` (``losses`` (m,) float64
+    zeros receive the kept samples' weighted losses).  The caller holds BLAS
+    to one thread and enters the parallel region.
     """
     m, n = X.shape
     K = W.shape[0]
@@ -172,7 +182,8 @@ def vocab_sums(X: np.ndarray, W: np.ndarray, b: np.ndarray, labels: np.ndarray,
         dX = np.empty((0, n), dtype=X.dtype)
     tile = max(1, min(tile, m))
     loss, gb = _vocab_kernel(X, W, b, labels, T, sw, eps, gemm_address(X.dtype), tile,
-                             class_block, column_block, group, workers, dX, G)
+                             class_block, column_block, group, workers, dX, G, cw, zl, cap,
+                             losses)
     return loss, G, gb
 
 
