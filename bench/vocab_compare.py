@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     for spec in argv[3:]:
         name, value = spec.split("=")
 
-        def run(name=name, value=int(value)):
+        def run(name=name, value=float(value) if "." in value else int(value)):
             old = getattr(policy, name)
             setattr(policy, name, value)
             try:

@@ -47,7 +47,7 @@ def sums(p: Problem, method: str, dX: np.ndarray | None = None,
         with single_threaded_blas, parallel_region():
             return vocab_sums(p.X, np.ascontiguousarray(p.W), p.b, p.labels, p.T, p.sw, p.eps,
                               dX, workers=chunks, cw=p.cw, zl=p.zl, cap=p.cap, losses=losses,
-                              **policy.vocab_plan(n, K, p.X.dtype.itemsize))
+                              **policy.vocab_plan(m, n, K, dX is not None))
     if method == "indexloop":
         return indexloop(p, dX=dX, losses=losses)
     tile = policy.tile_rows(n, K, p.X.dtype.itemsize)

@@ -86,23 +86,24 @@ SPARSE_PREFETCH_AHEAD = 8
 #: mnist, tall, small and many-classes shapes stay on the fused kernel.
 VOCAB_SLAB_BYTES = 64 * 2**20
 VOCAB_MIN_CLASSES = 4096
-#: Rows per super-tile of the large-vocabulary kernel: n / VOCAB_TILE_DIVISOR,
-#: so that its (tile, K) logits buffer is 1/VOCAB_TILE_DIVISOR of dW's size
-#: (the kernel's extra memory stays within 1.25x the gradients' own), rounded
-#: down to whole row groups, within [VOCAB_MIN_TILE, VOCAB_MAX_TILE].  Larger
-#: tiles make the three GEMMs faster (below 64 rows the dW products, whose
-#: inner dimension is the tile, are memory-bound); measured at (4096, 1024,
-#: 32000) float32 on 2 threads, loss and all gradients: 3.89 s with 128 rows,
-#: 3.60 s with 192, 3.56 s with 256 (bench/vocab_compare.py).
-VOCAB_TILE_DIVISOR = 5
+#: Rows per super-tile of the large-vocabulary kernel: the most rows, in whole
+#: row groups, whose (tile, K) logits buffer holds at most VOCAB_LOGITS_SHARE
+#: of the gradients' own entries (dW's K n, plus dX's m n when it is
+#: wanted), within [VOCAB_MIN_TILE, VOCAB_MAX_TILE].  The kernel's other
+#: buffers are small, so the call's extra memory, outputs included, stays
+#: near 1.2x the gradients' own size.  Larger tiles make the three GEMMs
+#: faster (below 64 rows the dW products, whose inner dimension is the tile,
+#: are memory-bound); measured at (4096, 1024, 32000) float32 on 2 threads,
+#: loss and all gradients (bench/vocab_compare.py): 3.22 s with 192 rows,
+#: 3.05 s with 256.
+VOCAB_LOGITS_SHARE = 0.2
 VOCAB_MIN_TILE = 64
 VOCAB_MAX_TILE = 1024
 #: Classes per logits / dW block, columns per dX block and rows per call of
 #: the row numerics in the large-vocabulary kernel.  Fixed sizes, not one
 #: block per thread: the result then does not depend on the thread count.
-#: Groups of 32 rows: each class's 32 logits fill two cache lines, which the
-#: row numerics read three times (16 rows: 0.47 s of row numerics in that
-#: call, 32 rows: 0.31 s).
+#: Row groups are what the soft-capped row numerics take at a time (the other
+#: options work by blocks of classes, fastsoftmax._vocab_rows).
 VOCAB_CLASS_BLOCK = 512
 VOCAB_COLUMN_BLOCK = 512
 VOCAB_ROW_GROUP = 32
@@ -286,10 +287,12 @@ def large_vocabulary(n: int, K: int, chunks: int) -> bool:
     return K >= VOCAB_MIN_CLASSES and chunks * K * n * 8 > VOCAB_SLAB_BYTES
 
 
-def vocab_plan(n: int, K: int, itemsize: int) -> dict:
+def vocab_plan(m: int, n: int, K: int, with_dx: bool) -> dict:
     """Block sizes of the large-vocabulary kernel (keyword arguments of
-    :func:`fastsoftmax._vocab.vocab_sums` besides ``workers``)."""
-    tile = n // VOCAB_TILE_DIVISOR // VOCAB_ROW_GROUP * VOCAB_ROW_GROUP
+    :func:`fastsoftmax._vocab.vocab_sums` besides ``workers``) for (m, n) X
+    and K classes, with or without the input gradient dX."""
+    entries = K * n + (m * n if with_dx else 0)
+    tile = int(VOCAB_LOGITS_SHARE * entries / K) // VOCAB_ROW_GROUP * VOCAB_ROW_GROUP
     tile = min(VOCAB_MAX_TILE, max(VOCAB_MIN_TILE, tile))
     return {"tile": int(tile), "class_block": int(VOCAB_CLASS_BLOCK),
             "column_block": int(VOCAB_COLUMN_BLOCK), "group": int(VOCAB_ROW_GROUP)}

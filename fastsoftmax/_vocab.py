@@ -13,36 +13,47 @@ in super-tiles of at most ``tile`` rows (R); for each super-tile X_t (R, n):
 
 1. logits, parallel over blocks of ``class_block`` classes: the block's rows
    of ``Z^T = W X_t^T`` (K, R), class-major, in the working dtype, one GEMM
-   per block;
-2. softmax, loss and logit gradient, parallel over groups of ``group`` rows:
-   :func:`fastsoftmax._vocab_rows.group_loss_and_coef` reads the group's
-   columns of Z^T in three passes and writes the weighted logit gradients
-   ``D = w_i (s_i p_i - t_i)`` over them, in place (with soft-capping,
-   :func:`fastsoftmax._rowmath.tile_loss_and_coef`, the fused kernel's own
-   per-tile numerics, which reads all of its logits into float64 scratch
-   before it writes D; a change to it that re-read them afterwards would
-   break this kernel, and tests/test_vocab.py would say so); each group's
-   loss and intercept sums go to the group's own slot;
-3. input gradient (``dX`` wanted), parallel over blocks of ``column_block``
+   per block, and right after it, while the block is in cache, its partial
+   softmax sums per row (:func:`fastsoftmax._vocab_rows.block_partials`:
+   maximum, sum of exponentials, target sums);
+2. loss and per-row scales, serial over the rows
+   (:func:`fastsoftmax._vocab_rows.combine_rows`: the blocks' partials
+   combined in class order, a few operations per row and block);
+3. weight gradient, parallel over class blocks: the block's weighted logit
+   gradients ``D = w_i (s_i p_i - t_i)`` written over its logits and summed
+   over the rows into the intercept gradient
+   (:func:`fastsoftmax._vocab_rows.block_gradient`), then
+   ``dW[block] += D[block] X_t``, one GEMM with ``beta = 1``
+   (:func:`fastsoftmax._gemm.gemm`), so the product is added inside BLAS
+   without a temporary;
+4. input gradient (``dX`` wanted), parallel over blocks of ``column_block``
    columns of X: ``dX_t[:, cols] = D^T W[:, cols]``, one GEMM per block,
-   straight into dX's rows (through a buffer when rows were dropped);
-4. weight gradient, parallel over class blocks: ``dW[block] += D[block] X_t``,
-   one GEMM per block with ``beta = 1`` (:func:`fastsoftmax._gemm.gemm`), so
-   the product is added inside BLAS without a temporary; the same owner adds
-   the groups' intercept sums for its classes, in group order.
+   straight into dX's rows (through a buffer when rows were dropped).
+
+With soft-capping, steps 1-3 take the fused kernel's own per-tile numerics
+instead (:func:`fastsoftmax._rowmath.tile_loss_and_coef`, parallel over
+groups of ``group`` rows, between the logits and the weight gradient; each
+group's loss and intercept sums go to the group's own slot): its float64
+copy of the logits holds the capped values.  It reads all of its logits
+into that scratch before it writes D over them; a change to it that re-read
+them afterwards would break this kernel, and tests/test_vocab.py would say
+so.
 
 Flops: 2 m n K per GEMM, 6 m n K with dX (4 m n K without), the minimum for
-these products, plus O(m K) for the softmax.  Between phases the threads
-meet at the end of a parallel region (tens of microseconds each, four per
-super-tile), which is why the dispatcher uses this kernel only for large K.
+these products, plus O(m K) for the softmax (two exponentials an entry).
+Between phases the threads meet at the end of a parallel region (tens of
+microseconds each, three per super-tile), which is why the dispatcher uses
+this kernel only for large K.
 
 Memory besides the outputs (dX (m, n) and dW (K, n) in the working dtype):
 the super-tile's logits ``tile K`` entries of the working dtype, one X tile
-(and one dX tile) ``tile n`` entries and the groups' float64 intercept sums
-``ceil(tile / group) K 8`` bytes; with soft-capping also float64 softmax
-scratch ``workers group K 8`` bytes.  Independent of m, and a fraction of dW
-when ``tile`` is a fraction of n (see ``fastsoftmax._dispatch.vocab_plan``:
-n / 5, so the whole call stays within 1.25x the gradients' own size).
+(and one dX tile) ``tile n`` entries and the class blocks' partials
+``ceil(K / class_block) 4 tile 8`` bytes; with soft-capping instead of the
+partials, the groups' intercept sums ``ceil(tile / group) K 8`` bytes and
+float64 scratch ``workers group K 8`` bytes.  The tile is bounded whatever
+m (``fastsoftmax._dispatch.VOCAB_MAX_TILE`` rows), and chosen so that the
+logits take at most a fifth of the gradients' own size
+(``fastsoftmax._dispatch.vocab_plan``).
 
 Accumulation.  dW is accumulated in the working dtype, in the output array
 itself: a float64 (K, n) accumulator would be twice the size of a float32
@@ -61,7 +72,8 @@ the fused kernel.  In float64 the products are float64 GEMMs.
 Determinism.  Every block of classes, group of rows and block of columns is
 computed by one single-threaded BLAS call or one call of the row numerics,
 whichever thread runs it, and partial sums are added in a fixed order
-(super-tiles in row order, groups in group order).  So the result depends on
+(super-tiles in row order, class blocks in class order, rows in row order,
+groups in group order).  So the result depends on
 the inputs and on ``tile``, ``class_block``, ``column_block`` and ``group``,
 never on the number of threads or on which thread ran what: repeated calls
 and calls with different thread counts give bitwise-identical results.
@@ -76,7 +88,7 @@ from ._gemm import gemm, gemm_address
 from ._jit import parallel_kernel
 from ._rowmath import tile_loss_and_coef
 from ._tiles import kept_tile
-from ._vocab_rows import group_loss_and_coef
+from ._vocab_rows import block_gradient, block_partials, combine_rows
 
 
 @parallel_kernel
@@ -90,14 +102,20 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
     xbuf = np.empty((tile, n), dtype=X.dtype)
     want_dx = dX.shape[0] > 0
     dxbuf = np.empty((tile if want_dx else 0, n), dtype=X.dtype)
-    max_groups = (tile + group - 1) // group
-    gslab = np.empty((max_groups, K))
-    glosses = np.empty(max_groups)
-    E = np.empty((workers, K * group if cap is not None else 0))  # soft-capping's float64 copy
-    aux = np.empty((workers, 4 if cap is not None else 0, group))
-    gb = np.zeros(K)
     nblocks = (K + class_block - 1) // class_block
     ncols = (n + column_block - 1) // column_block
+    # the class blocks' partial sums and the rows' scales (block numerics), or
+    # the row groups' sums and float64 scratch (soft-capping's row numerics)
+    capped = cap is not None
+    part = np.empty((0 if capped else nblocks, 4, tile))
+    rowv = np.empty((4, 0 if capped else tile))
+    ly = np.empty(0 if capped else tile, dtype=np.int64)
+    max_groups = (tile + group - 1) // group if capped else 0
+    gslab = np.empty((max_groups, K))
+    glosses = np.empty(max_groups)
+    E = np.empty((workers if capped else 0, K * group))
+    aux = np.empty((workers if capped else 0, 4, group))
+    gb = np.zeros(K)
     loss = 0.0
     for t0 in range(0, m, tile):
         t1 = min(t0 + tile, m)
@@ -106,28 +124,42 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
         if R == 0:
             continue
         contiguous = R == t1 - t0
-        ngroups = (R + group - 1) // group
-        # 1. logits, class-major: Z^T[block] = W[block] X_t^T
+        # 1. logits, class-major: Z^T[block] = W[block] X_t^T, and the block's partials
         for q in prange(nblocks):
             k0 = q * class_block
             k1 = min(K, k0 + class_block)
             gemm(addr, False, True, k1 - k0, R, n, 1.0, W[k0:], n, Xt, n, 0.0, Z[k0 * R:], R)
-        # 2. softmax, loss and D in place, by groups of rows
-        for w in prange(workers):
-            for g in range(w, ngroups, workers):
-                r0 = g * group
-                r1 = min(R, r0 + group)
-                for k in range(K):
-                    gslab[g, k] = 0.0
-                if cap is None:
-                    glosses[g] = group_loss_and_coef(Z, R, r0, r1 - r0, b, labels, T, sw, eps,
-                                                     rows[r0:r1], gslab[g], cw, zl, lout)
-                else:
+            if cap is None:
+                block_partials(Z, R, k0, k1, b, labels, T, eps, rows, cw, part[q])
+        # 2. loss and the rows' scales (or, soft-capped, D in place by groups of rows)
+        if cap is None:
+            loss += combine_rows(Z, R, part, b, labels, sw, eps, rows, cw, zl, lout, rowv, ly)
+        else:
+            ngroups = (R + group - 1) // group
+            for w in prange(workers):
+                for g in range(w, ngroups, workers):
+                    r0 = g * group
+                    r1 = min(R, r0 + group)
+                    for k in range(K):
+                        gslab[g, k] = 0.0
                     cols = Z[: K * R].reshape((K, R))[:, r0:r1]
                     glosses[g] = tile_loss_and_coef(cols.T, cols, E[w], aux[w], b, labels, T,
                                                     sw, eps, rows[r0:r1], gslab[g], cw, zl, cap,
                                                     lout)
-        # 3. dX rows of the super-tile: D^T W, by blocks of columns
+            for g in range(ngroups):
+                loss += glosses[g]
+        # 3. D[block] in place, the block's intercept sums, dW[block] += D[block] X_t
+        for q in prange(nblocks):
+            k0 = q * class_block
+            k1 = min(K, k0 + class_block)
+            if cap is None:
+                block_gradient(Z, R, k0, k1, b, labels, T, eps, rows, cw, rowv, ly, gb)
+            else:
+                for g in range((R + group - 1) // group):
+                    for k in range(k0, k1):
+                        gb[k] += gslab[g, k]
+            gemm(addr, False, False, k1 - k0, n, R, 1.0, Z[k0 * R:], R, Xt, n, 1.0, G[k0:], n)
+        # 4. dX rows of the super-tile: D^T W, by blocks of columns
         if want_dx:
             for q in prange(ncols):
                 c0 = q * column_block
@@ -141,16 +173,6 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
                     for r in range(R):
                         for l in range(c0, c1):
                             dX[rows[r], l] = dxbuf[r, l]
-        # 4. dW[block] += D[block] X_t (inside BLAS), and the block's intercept sums
-        for q in prange(nblocks):
-            k0 = q * class_block
-            k1 = min(K, k0 + class_block)
-            gemm(addr, False, False, k1 - k0, n, R, 1.0, Z[k0 * R:], R, Xt, n, 1.0, G[k0:], n)
-            for g in range(ngroups):
-                for k in range(k0, k1):
-                    gb[k] += gslab[g, k]
-        for g in range(ngroups):
-            loss += glosses[g]
     return loss, gb
 
 

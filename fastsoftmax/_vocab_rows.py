@@ -1,30 +1,39 @@
-"""Row numerics of the large-vocabulary kernel: softmax, loss and logit
-gradient of a group of samples whose logits are stored class-major, in place.
+"""Softmax numerics of the large-vocabulary kernel, by blocks of classes.
 
-:func:`fastsoftmax._rowmath.tile_loss_and_coef` copies a tile's logits into
-float64 scratch and makes seven passes over it (shift, maximum, subtract,
-exponentials, sums, scale, targets, copy out).  For the few classes of the
-fused kernel the scratch stays in the first-level cache; for a vocabulary of
-32000 classes a group of 16 samples has 4 MB of it, and the passes go to
-memory: about 8 ns an entry on the development machines, as much as the
-three GEMMs of the head.  Here each pass reads the logits themselves (the
-working dtype: 2 MB for that group, half the traffic) and there are three:
+The kernel (:mod:`fastsoftmax._vocab`) holds a super-tile's logits
+class-major, ``Z[k R + r]`` for class k and row r of the super-tile (R
+rows), and computes them one block of classes at a time, each block by one
+thread.  The softmax needs every class of a row, so it is split in three:
 
-1. the row maxima ``mx_r`` of ``z_rk = Z[k, r] + b_k``;
-2. the sums of exponentials ``sum_k exp(z_rk - mx_r)`` (and, with label
-   smoothing or dense targets, the target terms ``sum_k c_rk (z_rk - mx_r)``
-   in a pass of their own);
-3. the logit gradient ``D[k, r] = w_r (s_r p_rk - c_rk)``, computing each
-   exponential again (two exponentials an entry instead of one, which costs
-   less than the stores and loads of a float64 copy), written over the
-   logits, and its sums over the group's samples added to the intercept
-   gradient.
+1. :func:`block_partials`, right after the block's logits GEMM, while the
+   block (a few hundred KB) is still in cache: per row, the block's maximum
+   ``m_q``, its sum of exponentials ``s_q = sum_k exp(z_k - m_q)`` and the
+   target sums that smoothing and dense targets need;
+2. :func:`combine_rows`, per row, serial (a few operations per row and
+   block): the row maximum ``M = max_q m_q``, ``sum_k exp(z_k - M) =
+   sum_q s_q exp(m_q - M)``, the loss, and the scale of the row's
+   probabilities;
+3. :func:`block_gradient`, per block, before the block's dW GEMM: the
+   weighted logit gradient ``w_i (s_i p_ik - c_ik)`` written over the
+   logits, and its sums over the rows added to the intercept gradient.
 
-The mathematics, the options (class weights, z-loss, per-sample losses) and
-the guards (a zero target never meets a -inf logit) are those of
-``tile_loss_and_coef``; soft-capping is not here: the kernel calls
+Two exponentials an entry, each computed in a contiguous loop over the rows
+of a class.  The float64 row numerics of the fused kernel
+(:func:`fastsoftmax._rowmath.tile_loss_and_coef`) copy a tile to float64
+scratch and make seven passes over it, which for 32000 classes does not fit
+in cache: measured on a 2-core Xeon VM at (4096, 1024, 32000) float32, 0.55
+s of that kernel's 4 s went to them.  The mathematics, the options (class
+weights, z-loss, per-sample losses) and the guards (a zero target never
+meets a -inf logit; a block whose logits are all -inf adds nothing) are
+those of ``tile_loss_and_coef``; soft-capping is not here: the kernel calls
 ``tile_loss_and_coef`` for it, whose float64 copy holds the capped logits
 (recomputing ``tanh`` in every pass would cost more than the copy).
+
+Per-row scratch is allocated inside each function: LLVM then knows that it
+shares no memory with Z and vectorises the loops over rows without run-time
+overlap checks (measured: 1.1 against 1.9 ns an entry for the sums of
+exponentials).  Every result depends only on the blocks, never on which
+thread computed them.
 """
 
 from __future__ import annotations
@@ -38,121 +47,170 @@ from ._rowmath import exp_nonpositive
 
 
 @serial_kernel
-def group_loss_and_coef(Z, R, r0, G, b, labels, T, sw, eps, rows, gb, cw, zl, lout):
-    """Softmax, loss and logit gradient of ``G`` samples, class-major, in place.
+def block_partials(Z, R, k0, k1, b, labels, T, eps, rows, cw, out):
+    """Per-row partial sums of classes ``k0 .. k1 - 1`` of a super-tile.
 
-    ``Z`` (K R,) 1-D, C-contiguous, working dtype: a super-tile's logits
-    without the intercept, class-major, ``Z[k R + r]`` for class k of the
-    super-tile's row r; the group is rows ``r0 .. r0 + G - 1``, whose samples
-    are ``i = rows[j]`` (``rows`` (G,) int64 indexes ``labels``, ``T``,
-    ``sw`` and ``lout``).  ``b`` (K,) the intercept; ``labels``, ``T``,
-    ``sw``, ``eps`` the targets, sample weights and smoothing as in
-    :mod:`fastsoftmax._rowmath`; ``cw`` (K,) float64 class weights, ``zl``
-    the z-loss coefficient, ``lout`` (m,) float64 per-sample losses, each
-    None when unused (numba then prunes its code).
+    ``Z`` (K R,) 1-D, working dtype: the super-tile's logits without the
+    intercept ``b`` (K,), class-major (see the module docstring); ``rows``
+    (>= R,) int64: the super-tile's samples.  ``labels``, ``T``, ``eps`` as in
+    :mod:`fastsoftmax._rowmath`, ``cw`` (K,) float64 class weights or None.
+    Writes into ``out`` (4, >= R) float64, for each row r with
+    ``z_k = Z[k R + r] + b_k``: ``out[0, r] = m = max_k z_k``, ``out[1, r] =
+    sum_k exp(z_k - m)`` (0 when m is -inf), and the target sums
+    ``out[2, r] = sum_k c_rk z_k``, ``out[3, r] = sum_k c_rk`` over the
+    block's classes with ``c_rk`` the (class-weighted, smoothed) target:
+    for class indices only the smoothing's share ``cw_k`` (0 without
+    smoothing), for dense targets all of it.  A zero ``c_rk`` adds nothing,
+    even against a -inf logit.
+    """
+    K = b.shape[0]
+    inv_k = 1.0 / K
+    mx = np.empty(R)
+    for r in range(R):
+        mx[r] = -np.inf
+    for k in range(k0, k1):
+        bk = b[k]
+        zk = Z[k * R: (k + 1) * R]
+        for r in range(R):
+            mx[r] = max(mx[r], zk[r] + bk)
+    shift = np.empty(R)
+    for r in range(R):
+        shift[r] = 0.0 if mx[r] == -np.inf else mx[r]
+    s = np.zeros(R)
+    for k in range(k0, k1):
+        bk = b[k]
+        zk = Z[k * R: (k + 1) * R]
+        for r in range(R):
+            s[r] += exp_nonpositive(zk[r] + bk - shift[r])
+    cz = np.zeros(R)
+    cs = np.zeros(R)
+    if labels.shape[0] > 0:
+        if eps > 0.0:
+            for k in range(k0, k1):
+                ck = cw[k] if cw is not None else 1.0
+                if ck != 0.0:
+                    bk = b[k]
+                    zk = Z[k * R: (k + 1) * R]
+                    for r in range(R):
+                        cz[r] += ck * (zk[r] + bk)
+                    for r in range(R):
+                        cs[r] += ck
+    else:
+        for k in range(k0, k1):
+            bk = b[k]
+            zk = Z[k * R: (k + 1) * R]
+            ck = cw[k] if cw is not None else 1.0
+            for r in range(R):
+                t = ck * ((1.0 - eps) * T[rows[r], k] + eps * inv_k)
+                cz[r] += t * (zk[r] + bk) if t != 0.0 else 0.0
+                cs[r] += t
+    for r in range(R):
+        out[0, r] = mx[r]
+        out[1, r] = s[r]
+        out[2, r] = cz[r]
+        out[3, r] = cs[r]
 
-    On return the group's entries of ``Z`` hold the weighted logit gradients
-    ``w_i (s_i p_ik - c_ik)`` (with a z-loss, ``s_i`` includes
-    ``2 zl lse_i``), their sums over the group have been added to ``gb``
-    (K,) float64, and the group's weighted loss is returned.
+
+@serial_kernel
+def combine_rows(Z, R, part, b, labels, sw, eps, rows, cw, zl, lout, rowv, ly):
+    """Loss and probability scales of a super-tile's rows from their blocks' partials.
+
+    ``part`` (nblocks, 4, >= R) float64: :func:`block_partials` of every block
+    of classes, in class order.  ``Z``, ``R``, ``b``, ``labels``, ``eps``,
+    ``rows``, ``cw`` as there; ``sw`` sample weights (empty: none), ``zl``
+    the z-loss coefficient or None, ``lout`` (m,) float64 per-sample losses
+    or None.  Writes per row r, for :func:`block_gradient`: ``rowv[0, r]``
+    the row maximum M, ``rowv[1, r] = w_i s_i / sum_k exp(z_k - M)`` (with a
+    z-loss ``s_i`` includes ``2 zl lse_i``), ``rowv[2, r] = w_i``,
+    ``rowv[3, r] = (1 - eps) c_{i, y_i}`` and ``ly[r] = y_i`` for class
+    indices.  Returns the super-tile's weighted loss
+    ``sum_r w_i (s_i lse_i - sum_k c_ik z_ik)`` (plus the z-loss), computed
+    as ``s_i log(sum_k exp(z_k - M)) - sum_k c_ik (z_ik - M)``.
+    """
+    K = b.shape[0]
+    inv_k = 1.0 / K
+    nblocks = part.shape[0]
+    use_labels = labels.shape[0] > 0
+    weighted = sw.shape[0] > 0
+    loss = 0.0
+    for r in range(R):
+        i = rows[r]
+        M = -np.inf
+        for q in range(nblocks):
+            M = max(M, part[q, 0, r])
+        ssum = 0.0
+        cz = 0.0
+        cs = 0.0
+        for q in range(nblocks):  # a block whose logits are all -inf adds 0 * exp(-inf)
+            ssum += part[q, 1, r] * math.exp(part[q, 0, r] - M)
+            cz += part[q, 2, r]
+            cs += part[q, 3, r]
+        tz = 0.0  # sum_k c_ik (z_ik - M)
+        tsum = cs
+        if use_labels:
+            y = labels[i]
+            c = (1.0 - eps) * (cw[y] if cw is not None else 1.0)
+            ly[r] = y
+            rowv[3, r] = c
+            tz = c * (Z[y * R + r] + b[y] - M) if c != 0.0 else 0.0
+            tsum = c
+            if eps > 0.0:
+                tz += eps * inv_k * (cz - cs * M)
+                tsum += eps * inv_k * cs
+        else:
+            tz = cz - cs * M
+        w = sw[i] if weighted else 1.0
+        log_s = math.log(ssum)
+        li = tsum * log_s - tz
+        if zl is not None:
+            lse = M + log_s
+            li += zl * lse * lse
+            tsum += 2.0 * zl * lse  # the scale of p_i in the gradient
+        li = w * li
+        if lout is not None:
+            lout[i] = li
+        loss += li
+        rowv[0, r] = M
+        rowv[1, r] = w * tsum / ssum
+        rowv[2, r] = w
+    return loss
+
+
+@serial_kernel
+def block_gradient(Z, R, k0, k1, b, labels, T, eps, rows, cw, rowv, ly, gb):
+    """The weighted logit gradient of classes ``k0 .. k1 - 1``, over their logits.
+
+    ``Z``, ``R``, ``b``, ``labels``, ``T``, ``eps``, ``rows``, ``cw`` as for
+    :func:`block_partials`; ``rowv`` and ``ly`` as :func:`combine_rows` left
+    them.  Writes ``Z[k R + r] = w_i (s_i p_ik - c_ik)`` for the block's
+    classes and adds each class's sum over the rows to ``gb[k]`` (K,)
+    float64.
     """
     K = b.shape[0]
     inv_k = 1.0 / K
     use_labels = labels.shape[0] > 0
-    weighted = sw.shape[0] > 0
-    # Per-sample scratch of the group, allocated here: LLVM then knows that it
-    # shares no memory with Z, and vectorises the loops below without run-time
-    # overlap checks (measured: 1.9 against 1.1 ns an entry for pass 2).
-    mx = np.empty(G)
-    ssum = np.empty(G)
-    tz = np.empty(G)  # sum_k c_ik (z_ik - mx_i)
-    tsum = np.empty(G)  # sum_k c_ik, later the scale w_i s_i / ssum_i
-    wr = np.empty(G)  # w_i
-    cy = np.empty(G)  # (1 - eps) c_{i, y_i} for class indices
-    tmp = np.empty(G)
-    ly = np.empty(G, dtype=np.int64)
-    for j in range(G):
-        i = rows[j]
-        mx[j] = -np.inf
-        ssum[j] = 0.0
-        tz[j] = 0.0
-        tsum[j] = 0.0
-        wr[j] = sw[i] if weighted else 1.0
-    # 1. row maxima
-    for k in range(K):
+    mx = rowv[0, :R].copy()
+    scale = rowv[1, :R].copy()
+    w = rowv[2, :R].copy()
+    cy = rowv[3, :R].copy()
+    y = ly[:R].copy()
+    d = np.empty(R)
+    for k in range(k0, k1):
         bk = b[k]
-        zk = Z[k * R + r0: k * R + r0 + G]
-        for j in range(G):
-            mx[j] = max(mx[j], zk[j] + bk)
-    # 2. sums of exponentials (one SIMD loop), then the target terms
-    for k in range(K):
-        bk = b[k]
-        zk = Z[k * R + r0: k * R + r0 + G]
-        for j in range(G):
-            ssum[j] += exp_nonpositive(zk[j] + bk - mx[j])
-    if use_labels:
-        cwsum = float(K)
-        if cw is not None:
-            cwsum = 0.0
-            for k in range(K):
-                cwsum += cw[k]
-        if eps > 0.0:  # the smoothing's share: eps / K sum_k cw_k (z_ik - mx_i)
-            for k in range(K):
-                ck = cw[k] if cw is not None else 1.0
-                if ck != 0.0:
-                    bk = b[k]
-                    base = k * R + r0
-                    for j in range(G):
-                        tz[j] += ck * (Z[base + j] + bk - mx[j])
-        for j in range(G):
-            y = labels[rows[j]]
-            ly[j] = y
-            c = (1.0 - eps) * (cw[y] if cw is not None else 1.0)
-            cy[j] = c
-            zy = Z[y * R + r0 + j] + b[y] - mx[j]
-            tz[j] = (c * zy if c != 0.0 else 0.0) + eps * inv_k * tz[j]
-            tsum[j] = c + eps * inv_k * cwsum
-    else:
-        for k in range(K):
-            bk = b[k]
-            base = k * R + r0
-            ck = cw[k] if cw is not None else 1.0
-            for j in range(G):
-                t = ck * ((1.0 - eps) * T[rows[j], k] + eps * inv_k)
-                tz[j] += t * (Z[base + j] + bk - mx[j]) if t != 0.0 else 0.0
-                tsum[j] += t
-    # per sample: the loss and the scale of its probabilities
-    loss = 0.0
-    for j in range(G):
-        log_s = math.log(ssum[j])
-        li = tsum[j] * log_s - tz[j]
-        if zl is not None:
-            lse = mx[j] + log_s
-            li += zl * lse * lse
-            tsum[j] += 2.0 * zl * lse  # the scale of p_i in the gradient
-        li = wr[j] * li
-        if lout is not None:
-            lout[rows[j]] = li
-        loss += li
-        tsum[j] = wr[j] * tsum[j] / ssum[j]
-    # 3. the logit gradient over the logits, and its sums over the group
-    for k in range(K):
-        bk = b[k]
-        zk = Z[k * R + r0: k * R + r0 + G]
+        zk = Z[k * R: (k + 1) * R]
         ck = cw[k] if cw is not None else 1.0
-        off = eps * inv_k * ck
         if use_labels:
-            for j in range(G):
-                t = off + (cy[j] if ly[j] == k else 0.0)
-                tmp[j] = tsum[j] * exp_nonpositive(zk[j] + bk - mx[j]) - wr[j] * t
+            off = eps * inv_k * ck
+            for r in range(R):
+                t = off + (cy[r] if y[r] == k else 0.0)
+                d[r] = scale[r] * exp_nonpositive(zk[r] + bk - mx[r]) - w[r] * t
         else:
-            for j in range(G):
-                t = ck * ((1.0 - eps) * T[rows[j], k] + eps * inv_k)
-                tmp[j] = tsum[j] * exp_nonpositive(zk[j] + bk - mx[j]) - wr[j] * t
+            for r in range(R):
+                t = ck * ((1.0 - eps) * T[rows[r], k] + eps * inv_k)
+                d[r] = scale[r] * exp_nonpositive(zk[r] + bk - mx[r]) - w[r] * t
         acc = 0.0
-        for j in range(G):
-            acc += tmp[j]
+        for r in range(R):
+            acc += d[r]
         gb[k] += acc
-        for j in range(G):
-            zk[j] = tmp[j]
-    return loss
+        for r in range(R):
+            zk[r] = d[r]

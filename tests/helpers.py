@@ -340,16 +340,16 @@ def hessian_oracle(W, X, y, V, vb, kw, dtype):
     return want, scales
 
 
-def assert_within_vocab_memory(got: dict, m: int, n: int, K: int, group: int) -> None:
+def assert_within_vocab_memory(got: dict, m: int, n: int, K: int, class_block: int) -> None:
     """A large-vocabulary call's measured peak extra bytes ``got["extra"]``
     (float32, from a child that reports its ``tile`` and ``workers``) is at
     most dX + dW plus the kernel's buffers as its docstring states them
-    (logits tile, group sums, X and dX tiles, db sums; no softmax scratch
-    without soft-capping) and 12 MB of slack for the interpreter and the
-    allocator."""
+    (logits tile, class blocks' partials, X and dX tiles, db sums; the child
+    uses no soft-capping) and 12 MB of slack for the interpreter and the
+    allocator.  ``class_block``: classes per block."""
     tile = got["tile"]
     gradients = (m * n + K * n) * 4
-    buffers = tile * K * 4 + -(-tile // group) * K * 8 + 2 * tile * n * 4 + K * 8 * 2
+    buffers = tile * K * 4 + -(-K // class_block) * 4 * tile * 8 + 2 * tile * n * 4 + K * 8 * 2
     slack = 12 * 2**20
     print(f"\nextra peak {got['extra'] / 2**20:.1f} MB; gradients {gradients / 2**20:.1f} MB, "
           f"buffers {buffers / 2**20:.1f} MB")

@@ -587,7 +587,7 @@ policy.VOCAB_SLAB_BYTES = saved
 W.grad = None
 out = []
 extra, how = peak_extra(lambda: out.append(fst.linear_cross_entropy(X, W, y).backward()))
-print(json.dumps({"extra": extra, "how": how, "tile": policy.vocab_plan(n, K, 4)["tile"],
+print(json.dumps({"extra": extra, "how": how, "tile": policy.vocab_plan(m, n, K, True)["tile"],
                   "workers": policy.chunk_count(m),
                   "grads": [X.grad.numel() * 4, W.grad.numel() * 4]}))
 """
@@ -617,4 +617,4 @@ def test_backward_adds_no_copy_of_the_gradients():
     if got["how"] != RESET:
         pytest.skip("cannot reset VmHWM here")
     assert got["grads"] == [m * n * 4, K * n * 4]
-    assert_within_vocab_memory(got, m, n, K, policy.VOCAB_ROW_GROUP)
+    assert_within_vocab_memory(got, m, n, K, policy.VOCAB_CLASS_BLOCK)
