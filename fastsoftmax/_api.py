@@ -419,8 +419,10 @@ def linear_cross_entropy(
     dX itself.  For large K (see ``fastsoftmax._dispatch.large_vocabulary``)
     both functions use the large-vocabulary kernel instead
     (:mod:`fastsoftmax._vocab`), with every option: classes split between the
-    threads, no slabs, extra memory about dW / 5 plus tiles, dW accumulated in
-    the working dtype.
+    threads, no slabs, a logits buffer of at most a fifth of the gradients'
+    own size (dW, plus dX when wanted; at least 64 rows) plus tiles (with
+    ``softcap`` also float64 scratch of threads x 16 x K entries), dW
+    accumulated in the working dtype.
 
     Raises
     ------

@@ -103,10 +103,11 @@ VOCAB_MAX_TILE = 1024
 #: the row numerics in the large-vocabulary kernel.  Fixed sizes, not one
 #: block per thread: the result then does not depend on the thread count.
 #: Row groups are what the soft-capped row numerics take at a time (the other
-#: options work by blocks of classes, fastsoftmax._vocab_rows).
+#: options work by blocks of classes, fastsoftmax._vocab_rows); their float64
+#: scratch is threads x group x K entries.
 VOCAB_CLASS_BLOCK = 512
 VOCAB_COLUMN_BLOCK = 512
-VOCAB_ROW_GROUP = 32
+VOCAB_ROW_GROUP = 16
 
 #: ``solver="auto"`` takes Newton-Cholesky when the number of parameters
 #: N = K (n + fit_intercept) is at most this, Newton-CG above.  Measured

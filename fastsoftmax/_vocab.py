@@ -42,8 +42,8 @@ so.
 Flops: 2 m n K per GEMM, 6 m n K with dX (4 m n K without), the minimum for
 these products, plus O(m K) for the softmax (two exponentials an entry).
 Between phases the threads meet at the end of a parallel region (tens of
-microseconds each, three per super-tile), which is why the dispatcher uses
-this kernel only for large K.
+microseconds each; three per super-tile with dX, two without, one more with
+soft-capping), which is why the dispatcher uses this kernel only for large K.
 
 Memory besides the outputs (dX (m, n) and dW (K, n) in the working dtype):
 the super-tile's logits ``tile K`` entries of the working dtype, one X tile
@@ -53,7 +53,8 @@ partials, the groups' intercept sums ``ceil(tile / group) K 8`` bytes and
 float64 scratch ``workers group K 8`` bytes.  The tile is bounded whatever
 m (``fastsoftmax._dispatch.VOCAB_MAX_TILE`` rows), and chosen so that the
 logits take at most a fifth of the gradients' own size
-(``fastsoftmax._dispatch.vocab_plan``).
+(``fastsoftmax._dispatch.vocab_plan``), unless that is fewer than
+``VOCAB_MIN_TILE`` (64) rows: then 64 rows (for n < 320 without dX).
 
 Accumulation.  dW is accumulated in the working dtype, in the output array
 itself: a float64 (K, n) accumulator would be twice the size of a float32

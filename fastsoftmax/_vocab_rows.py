@@ -122,8 +122,8 @@ def combine_rows(Z, R, part, b, labels, sw, eps, rows, cw, zl, lout, rowv, ly):
     or None.  Writes per row r, for :func:`block_gradient`: ``rowv[0, r]``
     the row maximum M, ``rowv[1, r] = w_i s_i / sum_k exp(z_k - M)`` (with a
     z-loss ``s_i`` includes ``2 zl lse_i``), ``rowv[2, r] = w_i``,
-    ``rowv[3, r] = (1 - eps) c_{i, y_i}`` and ``ly[r] = y_i`` for class
-    indices.  Returns the super-tile's weighted loss
+    ``rowv[3, r] = (1 - eps) cw_{y_i}`` (``1 - eps`` without class weights)
+    and ``ly[r] = y_i`` for class indices.  Returns the super-tile's weighted loss
     ``sum_r w_i (s_i lse_i - sum_k c_ik z_ik)`` (plus the z-loss), computed
     as ``s_i log(sum_k exp(z_k - M)) - sum_k c_ik (z_ik - M)``.
     """
