@@ -85,7 +85,8 @@ def block_partials(Z, R, k0, k1, b, labels, T, eps, rows, cw, out):
     cz = np.zeros(R)
     cs = np.zeros(R)
     if labels.shape[0] > 0:
-        if eps > 0.0:
+        if eps > 0.0:  # the smoothing's share: the same sum_k cw_k for every row
+            csum = 0.0
             for k in range(k0, k1):
                 ck = cw[k] if cw is not None else 1.0
                 if ck != 0.0:
@@ -93,8 +94,9 @@ def block_partials(Z, R, k0, k1, b, labels, T, eps, rows, cw, out):
                     zk = Z[k * R: (k + 1) * R]
                     for r in range(R):
                         cz[r] += ck * (zk[r] + bk)
-                    for r in range(R):
-                        cs[r] += ck
+                    csum += ck
+            for r in range(R):
+                cs[r] = csum
     else:
         for k in range(k0, k1):
             bk = b[k]
@@ -145,8 +147,7 @@ def combine_rows(Z, R, part, b, labels, sw, eps, rows, cw, zl, lout, rowv, ly):
             ssum += part[q, 1, r] * math.exp(part[q, 0, r] - M)
             cz += part[q, 2, r]
             cs += part[q, 3, r]
-        tz = 0.0  # sum_k c_ik (z_ik - M)
-        tsum = cs
+        # tz = sum_k c_ik (z_ik - M), tsum = sum_k c_ik
         if use_labels:
             y = labels[i]
             c = (1.0 - eps) * (cw[y] if cw is not None else 1.0)
@@ -159,6 +160,7 @@ def combine_rows(Z, R, part, b, labels, sw, eps, rows, cw, zl, lout, rowv, ly):
                 tsum += eps * inv_k * cs
         else:
             tz = cz - cs * M
+            tsum = cs
         w = sw[i] if weighted else 1.0
         log_s = math.log(ssum)
         li = tsum * log_s - tz
