@@ -262,6 +262,14 @@ def loss_chunks(m: int, n: int, K: int) -> int:
     return 1 if chunks == 1 or m * n * K < SERIAL_WORK else chunks
 
 
+def product_chunks(m: int, n: int, K: int) -> int:
+    """Row chunks of a dense fused Hessian-vector product with m rows, n
+    features and K classes (its GEMMs have 2K columns): one (run serially)
+    below ``SERIAL_WORK`` multiply-adds, else one per thread."""
+    chunks = chunk_count(m)
+    return 1 if chunks == 1 or 2 * m * n * K < SERIAL_WORK else chunks
+
+
 def logits_tile_rows(K: int) -> int:
     """Rows per tile of :func:`fastsoftmax.loss_and_grad_logits` for K classes."""
     return int(min(1024, max(16, LOGITS_TILE_ENTRIES // K)))

@@ -29,6 +29,7 @@ from . import _vectors
 from ._api import (Method, Reduction, finish, indexloop, sparse_fused, sparse_point_curvature,
                    sparse_slab_entries, sums)
 from ._blas import single_threaded_blas
+from ._hessian_blocks import add_class_blocks
 from ._hessian_diag import diag_sums, diag_sums_serial
 from ._hessian_full import full_hessian_sums, full_hessian_sums_serial, unpack
 from ._newton_step import reduced_step
@@ -125,12 +126,12 @@ def product_sums(p: Problem, V: np.ndarray, vb: np.ndarray, method: str,
         return G, gb
     m, n = p.X.shape
     K = p.W.shape[0]
-    chunks = policy.chunk_count(m)
+    chunks = policy.product_chunks(m, n, K)
     WV = np.concatenate((p.W, V))  # (2K, n): one GEMM gives logits and directions
     tile = policy.tile_rows(n, 2 * K, p.X.dtype.itemsize)
     micro = True if policy.tile_gemm(n, 2 * K, p.X.dtype.itemsize) else None
     with single_threaded_blas:
-        if chunks == 1 or 2 * m * n * K < policy.SERIAL_WORK:
+        if chunks == 1:
             return hessian_sums_serial(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, tile, micro)
         with parallel_region():
             return hessian_sums(p.X, WV, p.b, vb, p.labels, p.T, p.sw, p.eps, chunks, tile,
@@ -285,13 +286,13 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
 
     with ``x~_i = [x_i, 1]`` (``[x_i]`` without an intercept).  With
     ``stride`` > 1 the sum runs over every stride-th row only, times stride:
-    an estimate at 1/stride of the cost.  Vectorised
-    NumPy over tiles of ``BLOCK_TILE_ROWS`` rows (probabilities by
-    :func:`numpy_curvature` on the tile, one symmetric rank update per class
-    and tile): peak extra memory the K n'^2 float64 result plus, per tile,
-    its (rows, K) probabilities and curvatures and two (rows, n') float64
-    arrays (the rows with their column of ones, and one class's scaled
-    copy).  Costs about K n'^2 m / 2 multiply-adds (a symmetric rank update
+    an estimate at 1/stride of the cost.  Over tiles of ``BLOCK_TILE_ROWS``
+    rows: probabilities by :func:`numpy_curvature` on the tile, then one
+    symmetric product per class, the classes in parallel
+    (:func:`fastsoftmax._hessian_blocks.add_class_blocks`): peak extra
+    memory the K n'^2 float64 result plus, per tile, its (rows, K)
+    probabilities and curvatures, the rows with their column of ones
+    (rows, n') and one scaled copy (rows, n') per thread, float64.  Costs about K n'^2 m / 2 multiply-adds (a symmetric rank update
     per class: about n' / 4 Hessian-vector products).
     """
     m, n = p.X.shape
@@ -311,10 +312,9 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
         Xt[:, :n] = c.X
         if p.has_b:
             Xt[:, n] = 1.0
-        curv = _diagonal_curvatures(c.P, c.ws)
-        for k in range(K):
-            scaled = Xt * np.sqrt(curv[:, k])[:, None]
-            blocks[k] += scaled.T @ scaled  # NumPy's symmetric rank-k update
+        roots = np.sqrt(_diagonal_curvatures(c.P, c.ws))
+        with single_threaded_blas, parallel_region():
+            add_class_blocks(Xt, roots, blocks)
     blocks *= stride / p.denom
     if p.l2:
         idx = np.arange(n)

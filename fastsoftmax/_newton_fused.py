@@ -1,4 +1,5 @@
-"""Newton-Cholesky in one compiled parallel call, for the fused method on dense X.
+"""Newton-Cholesky in one compiled parallel call, and Newton-CG's steps, for the
+fused method on dense X.
 
 On small problems (the bundled iris and wine data sets: a few thousand rows,
 a few dozen parameters) a Newton step's arithmetic takes a fraction of a
@@ -31,6 +32,24 @@ Peak extra memory: ``nchunks`` gradient slabs (K n) and packed Hessian
 slabs ((K - 1) K / 2 x n~ (n~ + 1) / 2), the reduced matrix and its factor
 (2 ((K - 1) n~)^2), a few (K, n~) arrays, and the two kernels' tile buffers
 per chunk; all float64.
+
+:func:`newton_cg_step` is one step of Newton-CG
+(:func:`fastsoftmax._newton.minimize_newton_pcg`): the preconditioned
+conjugate gradients, each Hessian-vector product
+:func:`fastsoftmax._hessian_fused.hessian_chunk` on every row chunk (called
+through its address), the null directions' removal and the Armijo line
+search, in one call.  The loop around the steps stays in Python
+(:func:`fastsoftmax._newton._fused_pcg`), where the preconditioner's blocks
+are built between steps (rarely: :class:`fastsoftmax._newton.BlockInverses`)
+and the forcing term is kept.  Along a cross-validated path the fits are
+2-7 Newton steps of 1-3 products each on a few thousand rows, and the
+Python driver's work per product (the direction's validation, dispatch,
+NumPy on (K, n~) vectors) cost as much as the product: measured on the CV
+benchmark's (5000, 50, 5) set, 0.25 s for 50 fits, 82 ms of it in the
+kernels.  Peak extra memory: the loss's and the products' chunk slabs
+(nchunks K n and pchunks K n), about ten (K, n~) arrays and the kernels'
+tile buffers per chunk; all float64 but the (2K, n) stacked point and
+direction in X's dtype.
 """
 
 from __future__ import annotations
@@ -300,3 +319,232 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
         searching = True
         _move(P, S, t, trial)
     return status, it, loss, _max_abs(grad), n_evals
+
+
+# --- one Newton-CG step ------------------------------------------------------------------
+
+#: ``status`` values of :func:`newton_cg_step` (besides ``NO_DECREASE`` and ``FAILED``).
+STEPPED, NO_DESCENT = 6, 7
+
+
+@serial_kernel
+def _round_direction(d, WV, vb):
+    """The direction d (K, n~) float64 in X's dtype, as a Hessian product rounds
+    it: W's part into rows K..2K-1 of WV (2K, n), b's into vb (K,) (zeros
+    without an intercept)."""
+    K, nt = d.shape
+    n = WV.shape[1]
+    for k in range(K):
+        for l in range(n):
+            WV[K + k, l] = d[k, l]
+        vb[k] = d[k, n] if nt > n else 0.0
+
+
+@exact_kernel
+def _finish_product(slabs, bias_slabs, WV, denom, l2, Hd):
+    """The Hessian product (K, n~) from the chunks' sums (added in chunk order)
+    into Hd, as :func:`fastsoftmax._hessian.finish_product` computes it:
+    ``G / denom + l2 V`` (V the direction rounded into WV's rows K..2K-1) and
+    ``gb / denom``, rounded once to X's (WV's) dtype, as the Python drivers'
+    product is.  Without fast-math reciprocals, as :func:`_objective`."""
+    nchunks, K, n = slabs.shape
+    nt = Hd.shape[1]
+    rounded = np.empty(1, dtype=WV.dtype)
+    for k in range(K):
+        for l in range(n):
+            total = slabs[0, k, l]
+            for c in range(1, nchunks):
+                total += slabs[c, k, l]
+            if l2 != 0.0:
+                rounded[0] = total / denom + l2 * np.float64(WV[K + k, l])
+            else:
+                rounded[0] = total / denom
+            Hd[k, l] = rounded[0]
+        if nt > n:
+            total = bias_slabs[0, k]
+            for c in range(1, nchunks):
+                total += bias_slabs[c, k]
+            rounded[0] = total / denom
+            Hd[k, n] = rounded[0]
+
+
+@serial_kernel
+def _precondition(r, factors, inv_diag, n, l2, z):
+    """``z = M^{-1} r`` for r, z (K, n~) float64; returns ``sum(r * z)``.
+
+    The preconditioner of :func:`fastsoftmax._newton._preconditioner`: the class
+    means split off (solved exactly, ``mean / l2`` on W's columns when
+    l2 > 0), on the rest the per-class blocks, solved with their lower
+    Cholesky ``factors`` (K, n~, n~) (forward, then backward substitution),
+    or, when that array is empty, the inverted diagonal ``inv_diag`` (K, n~)."""
+    K, nt = r.shape
+    mean = np.zeros(nt)
+    for k in range(K):
+        for l in range(nt):
+            mean[l] += r[k, l]
+    for l in range(nt):
+        mean[l] /= K
+    y = np.empty(nt)
+    for k in range(K):
+        if factors.shape[0] > 0:
+            L = factors[k]
+            for a in range(nt):  # L y = r_k - mean
+                acc = r[k, a] - mean[a]
+                for l in range(a):
+                    acc -= L[a, l] * y[l]
+                y[a] = acc / L[a, a]
+            for a in range(nt - 1, -1, -1):  # L^T z_k = y
+                acc = y[a]
+                for l in range(a + 1, nt):
+                    acc -= L[l, a] * z[k, l]
+                z[k, a] = acc / L[a, a]
+        else:
+            for l in range(nt):
+                z[k, l] = (r[k, l] - mean[l]) * inv_diag[k, l]
+    shift = np.zeros(nt)
+    for k in range(K):
+        for l in range(nt):
+            shift[l] += z[k, l]
+    for l in range(nt):
+        shift[l] /= K
+        if l2 > 0.0 and l < n:
+            shift[l] -= mean[l] / l2
+    total = 0.0
+    for k in range(K):
+        for l in range(nt):
+            z[k, l] -= shift[l]
+            total += r[k, l] * z[k, l]
+    return total
+
+
+@serial_kernel
+def _advance(step, r, d, Hd, alpha):
+    """``step += alpha d``, ``r -= alpha Hd``; returns the new ``||r||``."""
+    for i in range(r.size):
+        step.flat[i] += alpha * d.flat[i]
+        r.flat[i] -= alpha * Hd.flat[i]
+    return np.sqrt(_dot(r, r))
+
+
+@serial_kernel
+def _new_direction(d, z, beta):
+    """``d = z + beta d``."""
+    for i in range(d.size):
+        d.flat[i] = z.flat[i] + beta * d.flat[i]
+
+
+@serial_kernel
+def _negate_into(src, dst):
+    for i in range(src.size):
+        dst.flat[i] = -src.flat[i]
+
+
+@parallel_kernel
+def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, loss, factors,
+                   inv_diag, stop, max_cg, tile, micro, product_tile, product_micro, slabs,
+                   bias_slabs, losses, product_slabs, product_bias_slabs, none):
+    """One truncated Newton step from the point P (K, n~) float64 ([W | b]),
+    whose objective is ``loss`` and gradient ``grad`` (K, n~) float64:
+    ``(status, products, loss, n_evals)``.
+
+    The step of :func:`fastsoftmax._newton._pcg_step` and the line search of
+    :func:`fastsoftmax._newton._line_search` (with the null directions
+    removed in between): preconditioned conjugate gradients on ``H s = -grad``
+    (:func:`_precondition` with the blocks' ``factors`` or ``inv_diag``) until the
+    residual's norm is at most ``stop`` or after ``max_cg`` Hessian products,
+    then Armijo backtracking from the full step.  With status ``STEPPED``, P
+    and ``grad`` hold the accepted point and its gradient, ``loss`` its
+    objective and the slabs its loss-and-gradient sums; ``NO_DESCENT`` (the
+    preconditioned gradient is rounding: no product, no evaluation) and
+    ``NO_DECREASE`` (40 halvings without decrease) leave P and ``grad`` as
+    they were; ``FAILED``: a chunk raised.  ``products`` counts the Hessian
+    products, ``n_evals`` the evaluations.
+
+    ``fused`` and ``product`` are the compiled chunk functions
+    (:func:`fastsoftmax._fused.chunk_entry`,
+    :func:`fastsoftmax._hessian_fused.chunk_entry`) with their tiles; the
+    loss-and-gradient chunks' sums go to ``slabs`` (nchunks, K, n),
+    ``bias_slabs`` (nchunks, K) and ``losses`` (nchunks,), the products' to
+    ``product_slabs`` (pchunks, K, n) and ``product_bias_slabs`` (pchunks, K),
+    each summed in chunk order.  ``none`` is None.
+    """
+    m, n = X.shape
+    K, nt = P.shape
+    nchunks = losses.shape[0]
+    pchunks = product_slabs.shape[0]
+    failed = np.zeros(max(nchunks, pchunks), dtype=np.bool_)
+    Wk = np.empty((K, n), dtype=X.dtype)
+    bk = np.empty(K, dtype=X.dtype)
+    Wa = np.empty((K, nt))
+    WV = np.empty((2 * K, n), dtype=X.dtype)
+    vb = np.empty(K, dtype=X.dtype)
+    step = np.zeros((K, nt))
+    r = np.empty((K, nt))
+    z = np.empty((K, nt))
+    d = np.empty((K, nt))
+    Hd = np.empty((K, nt))
+    trial = np.empty((K, nt))
+    trial_grad = np.empty((K, nt))
+    _round_point(P, Wk, bk, Wa)
+    for k in range(K):
+        for l in range(n):
+            WV[k, l] = Wk[k, l]
+    _negate_into(grad, r)
+    rz = _precondition(r, factors, inv_diag, n, l2, z)
+    if not rz > 0.0:  # what is left of the gradient lies along flat directions
+        return NO_DESCENT, 0, loss, 0
+    _copy(z, d)
+    products = 0
+    for _ in range(max_cg):
+        _round_direction(d, WV, vb)
+        for c in prange(pchunks):
+            _zero(product_slabs[c])
+            _zero(product_bias_slabs[c])
+            out = call_compiled(product, X, WV, bk, vb, labels, T, sw, eps,
+                                np.int64(c * m // pchunks), np.int64((c + 1) * m // pchunks),
+                                product_tile, product_micro, product_slabs[c],
+                                product_bias_slabs[c])
+            failed[c] = out[1]
+        products += 1
+        if _any(failed):
+            return FAILED, products, loss, 0
+        _finish_product(product_slabs, product_bias_slabs, WV, denom, l2, Hd)
+        curvature = _dot(d, Hd)
+        if not curvature > 0.0:  # no positive curvature left (rounding)
+            if _max_abs(step) == 0.0:
+                _copy(d, step)
+            break
+        alpha = rz / curvature
+        if _advance(step, r, d, Hd, alpha) <= stop:
+            break
+        rz_new = _precondition(r, factors, inv_diag, n, l2, z)
+        if not rz_new > 0.0:  # the residual is rounding along flat directions
+            break
+        _new_direction(d, z, rz_new / rz)
+        rz = rz_new
+    _drop_null_directions(step, n, l2)
+    slope = _dot(grad, step)
+    t = 1.0
+    n_evals = 0
+    for _ in range(40):
+        _move(P, step, t, trial)
+        _round_point(trial, Wk, bk, Wa)
+        for c in prange(nchunks):
+            _zero(slabs[c])
+            _zero(bias_slabs[c])
+            out = call_compiled(fused, X, Wk, bk, labels, T, sw, eps, np.int64(c * m // nchunks),
+                                np.int64((c + 1) * m // nchunks), tile, micro, slabs[c],
+                                bias_slabs[c], none, none, none, none, none)
+            losses[c] = out[0]
+            failed[c] = out[1]
+        n_evals += 1
+        if _any(failed):
+            return FAILED, products, loss, n_evals
+        trial_loss = _objective(slabs, bias_slabs, losses, Wk, denom, l2, trial_grad)
+        # Armijo, with a slack of a few ulps of the loss
+        if trial_loss <= loss + 1e-4 * t * slope + 8e-16 * abs(loss):
+            _copy(trial, P)
+            _copy(trial_grad, grad)
+            return STEPPED, products, trial_loss, n_evals
+        t *= 0.5
+    return NO_DECREASE, products, loss, n_evals

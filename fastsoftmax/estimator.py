@@ -242,7 +242,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if not (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "biuU"):
             check_classification_targets(y)
 
-    def _fit_encoded(self, X, y_index, classes, sample_weight, total, evaluate, blocks=None):
+    def _fit_encoded(self, X, y_index, classes, sample_weight, total, evaluate, blocks=None,
+                     end=None):
         """The fit after validation: X validated (m, n), ``y_index`` (m,) the
         class indices into ``classes`` (K,), ``sample_weight`` (m,) float64
         with the class weights applied and ``total`` its sum, ``evaluate``
@@ -251,7 +252,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         :class:`SoftmaxRegressionCV` calls it for each C of a fold's path,
         on data it validated once, with the fold's
         :class:`fastsoftmax._newton.BlockInverses` as ``blocks`` (Newton-CG's
-        preconditioner, carried along the path; None: a fit of its own)."""
+        preconditioner, carried along the path; None: a fit of its own) and
+        :class:`fastsoftmax._newton.EndSums` as ``end`` (the kernel sums at
+        the previous fit's end point)."""
         K = classes.shape[0]
         if K < 2:
             raise ValueError(
@@ -288,7 +291,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             elif solver == "lbfgs":
                 P, fun, n_iter = self._fit_lbfgs(evaluate, X, y_index, x0, options)
             else:
-                P, fun, n_iter = self._fit_newton(solver, X, y_index, x0, K, options, blocks)
+                P, fun, n_iter = self._fit_newton(solver, X, y_index, x0, K, options, blocks,
+                                                  end)
         self.classes_ = classes
         self.coef_ = np.ascontiguousarray(P[:, :n])
         self.intercept_ = P[:, n].copy() if self.fit_intercept else np.zeros(K)
@@ -352,11 +356,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 f"or scale the data.", ConvergenceWarning, stacklevel=5)
         return result.x.reshape(K, -1), result.fun, result.nit
 
-    def _fit_newton(self, solver, X, y_index, x0, K, options, blocks=None):
+    def _fit_newton(self, solver, X, y_index, x0, K, options, blocks=None, end=None):
         """A Newton solver on the scaled objective; ([W | b], objective, iterations)."""
         n = X.shape[1]
         if solver == "newton-cg":
-            driver = functools.partial(minimize_newton_pcg, blocks=blocks)
+            driver = functools.partial(minimize_newton_pcg, blocks=blocks, end=end)
         else:
             driver = minimize_newton_cholesky
         result = driver(X, y_index, W0=x0[:, :n], b0=x0[:, n] if self.fit_intercept else None,

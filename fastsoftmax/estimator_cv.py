@@ -4,7 +4,9 @@ For each fold, the model is fitted along the regularisation path ``Cs`` in the
 order given, each fit starting from the previous one's coefficients (warm
 starts: along a path of growing C each fit is a few Newton steps; Newton-CG
 also goes on with the previous fit's block preconditioner,
-:class:`fastsoftmax._newton.BlockInverses`), and scored on the fold's
+:class:`fastsoftmax._newton.BlockInverses`, and starts from the kernel
+sums at the previous fit's end point, :class:`fastsoftmax._newton.EndSums`,
+instead of a first pass over the fold), and scored on the fold's
 held-out samples.  The best C maximises the score summed
 over folds; with ``refit`` the model is then fitted on all the data with it,
 starting from the folds' mean coefficients at that C.  As scikit-learn's
@@ -25,7 +27,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from ._api import loss_and_grad
 from ._class_weight import apply_class_weight, class_weight_vector
-from ._newton import BlockInverses
+from ._newton import BlockInverses, EndSums
 from ._sparse import is_sparse
 from ._validation import is_dask_collection
 from .estimator import SoftmaxRegression
@@ -165,11 +167,12 @@ class SoftmaxRegressionCV(SoftmaxRegression):
                                  f"zero")
             model = self._model(Cs[0], class_weight)
             model.n_features_in_ = n
-            blocks = BlockInverses()  # Newton-CG's preconditioner, carried along the path
+            # Newton-CG's preconditioner and last kernel sums, carried along the path
+            blocks, end = BlockInverses(), EndSums()
             for j, C in enumerate(Cs):
                 model.C = float(C)
                 model._fit_encoded(X_train, y_train, classes, w_train, total, loss_and_grad,
-                                   blocks)
+                                   blocks, end)
                 paths[f, j] = self._flat(model)
                 if self.scoring in (None, "accuracy"):  # without validating X_test again
                     predicted = np.argmax(model._validated_logits(X_test), axis=1)

@@ -129,6 +129,49 @@ def test_fold_paths_are_the_public_fits_and_accuracy(wine):
                 rel=1e-15)
 
 
+def test_carried_end_sums_change_no_bit_of_the_paths(wine, monkeypatch):
+    """Newton-CG along each fold's path starts each fit from the previous
+    fit's last kernel sums (EndSums) instead of evaluating again: the paths,
+    iteration counts and scores are bit for bit those of fits that evaluate
+    afresh (the same kernel, chunks and tiles), and so are the objectives
+    each fit went through; the sums were taken at every C but each fold's
+    first."""
+    import fastsoftmax._newton as newton
+    import fastsoftmax.estimator as estimator
+
+    X, y = wine
+    w = np.random.default_rng(5).random(X.shape[0]) + 0.5
+    cv = StratifiedKFold(3, shuffle=True, random_state=2)
+    kw = dict(Cs=[0.01, 0.1, 1.0, 10.0], cv=cv, solver="newton-cg", tol=1e-8)
+    recalled = []
+    real = newton.EndSums.recall
+
+    def spy(self, obj, x):
+        out = real(self, obj, x)
+        recalled.append(out is not None)
+        return out
+
+    histories = []
+    solve = estimator.minimize_newton_pcg
+
+    def recorded(*args, **kwargs):
+        result = solve(*args, **kwargs)
+        histories.append((result.history, result.loss, result.grad_max))
+        return result
+
+    monkeypatch.setattr(estimator, "minimize_newton_pcg", recorded)
+    monkeypatch.setattr(newton.EndSums, "recall", spy)
+    ours = SoftmaxRegressionCV(**kw).fit(X, y, sample_weight=w)
+    assert recalled == [False, True, True, True] * 3
+    carried, histories = histories, []
+    monkeypatch.setattr(newton.EndSums, "recall", lambda self, obj, x: None)
+    fresh = SoftmaxRegressionCV(**kw).fit(X, y, sample_weight=w)
+    assert carried == histories
+    np.testing.assert_array_equal(ours.coefs_paths_, fresh.coefs_paths_)
+    np.testing.assert_array_equal(ours.n_iter_, fresh.n_iter_)
+    np.testing.assert_array_equal(ours.scores_, fresh.scores_)
+
+
 def test_a_fold_without_weight_is_refused(wine):
     """A training fold whose sample weights are all zero: a ValueError naming
     the fold (the data as a whole have weight)."""

@@ -543,3 +543,240 @@ def test_a_step_that_raises_in_the_compiled_cholesky_loop_falls_back(rng, monkey
     assert got.converged
     np.testing.assert_allclose(got.theta, want.theta, rtol=1e-8,
                                atol=1e-8 * np.abs(want.theta).max())
+
+
+# --- the compiled Newton-CG steps (fastsoftmax._newton_fused.newton_cg_step) --------------
+
+
+def python_pcg(monkeypatch, *args, **kw):
+    """minimize_newton_pcg through the Python driver (the compiled steps
+    switched off), with the same fused kernels."""
+    import fastsoftmax._newton as newton
+
+    with monkeypatch.context() as patch:
+        patch.setattr(newton, "_compiled_steps", lambda obj, method: False)
+        return minimize_newton_pcg(*args, **kw)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("preconditioner", ["blocks", "jacobi"])
+def test_compiled_cg_steps_take_the_python_loops_steps(case, fit_intercept, dtype,
+                                                        preconditioner, rng, monkeypatch,
+                                                        kernel_path):
+    """Every option, with and without intercept, both dtypes, both
+    preconditioners, one chunk and several (kernel_path): the same numbers of
+    steps, evaluations and Hessian products and the same message as the
+    Python driver, and iterates that agree to 1e-9 (float64; 1e-5 float32)
+    relative: the same algorithm on the same kernels (the blocks solved by
+    triangular solves instead of a product with their inverses, sums in
+    another order)."""
+    import fastsoftmax._dispatch as policy
+
+    if preconditioner == "jacobi":
+        monkeypatch.setattr(policy, "PCG_BLOCK_MAX_WIDTH", 0)
+    m, n, K = 150, 5, 4
+    X = (rng.standard_normal((m, n)) * np.logspace(-1, 1, n)).astype(dtype)
+    y = rng.integers(0, K, m)
+    kw = dict(CASES[case])
+    if kw.pop("targets", None) == "soft":
+        y = rng.dirichlet(np.ones(K), m)
+    if kw.get("sample_weight") == "w":
+        kw["sample_weight"] = rng.random(m) + 0.5
+    tol = 1e-8 if dtype == np.float64 else 1e-4
+    if kw.get("reduction") == "sum":  # the gradient is m times larger
+        tol *= m
+    ours = minimize_newton_pcg(X, y, n_classes=K, fit_intercept=fit_intercept, tol=tol, **kw)
+    ref = python_pcg(monkeypatch, X, y, n_classes=K, fit_intercept=fit_intercept, tol=tol, **kw)
+    assert ours.converged and ref.converged, (ours.message, ref.message)
+    assert (ours.n_iter, ours.n_evals, ours.n_hessp, ours.message) == \
+        (ref.n_iter, ref.n_evals, ref.n_hessp, ref.message)
+    assert ours.n_iter >= 2 and ours.n_hessp >= ours.n_iter  # the loop and CG did run
+    rtol = 1e-9 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(ours.theta, ref.theta, rtol=rtol,
+                               atol=rtol * np.abs(ref.theta).max())
+    np.testing.assert_allclose(ours.history, ref.history, rtol=rtol)
+    assert ours.W.dtype == dtype
+    # the reported loss and gradient are loss_and_grad's at the returned point, exactly
+    out = fs.loss_and_grad(ours.W, X, y, b=ours.b, **kw)
+    assert out[0] == ours.loss
+    grads = [out[1].ravel()] + ([out[2]] if fit_intercept else [])
+    assert ours.grad_max == np.max(np.abs(np.concatenate(grads).astype(np.float64)))
+
+
+def test_compiled_cg_steps_stop_as_the_python_loop(rng, monkeypatch):
+    """The other ways out, each with the Python driver's message, counts and
+    reported loss: max_iter reached, no descent direction at a NaN starting
+    point, and a warm start at the optimum (0 steps)."""
+    m, n, K = 200, 3, 3
+    X = rng.standard_normal((m, n))
+    y = rng.integers(0, K, m)
+    runs = {
+        "max_iter": (dict(tol=1e-14, max_iter=2), "max_iter=2 reached"),
+        "nan start": (dict(W0=np.full((K, n), np.nan)), "no descent direction left"),
+    }
+    for name, (kw, message) in runs.items():
+        ours = minimize_newton_pcg(X, y, n_classes=K, **kw)
+        ref = python_pcg(monkeypatch, X, y, n_classes=K, **kw)
+        assert not ours.converged and message in ours.message, (name, ours.message)
+        assert (ours.n_iter, ours.n_evals, ours.n_hessp, ours.message) == \
+            (ref.n_iter, ref.n_evals, ref.n_hessp, ref.message), name
+        assert ours.loss == ref.loss or np.isnan(ours.loss) and np.isnan(ref.loss), name
+    best = minimize_newton_pcg(X, y, tol=1e-10, l2=0.1)
+    again = minimize_newton_pcg(X, y, W0=best.W, b0=best.b, tol=1e-6, l2=0.1)
+    assert again.converged and again.n_iter == 0 and again.history == [again.loss]
+    assert again.n_evals == 1 and again.n_hessp == 0
+
+
+def test_compiled_cg_steps_at_rounding_level(monkeypatch):
+    """Float32 features scaled 1e-3..1e3 and tol far below rounding: the fit
+    ends unconverged at rounding level (five steps without decrease, or a
+    line search that finds none), as the Python driver's does, at an
+    objective within float32 rounding of the driver's; the reported loss is
+    loss_and_grad's at the returned point exactly, and the evaluations are
+    counted as the Python driver counts them: the first, each step's, and
+    after a failed line search (whose last evaluation was at a trial point)
+    one more at the returned point.  At rounding level the two drivers'
+    paths part (sums in other orders), so only these are compared.  Among
+    40 seeds, at least one ends in a failed line search."""
+    import fastsoftmax._newton as newton
+
+    endings = set()
+    real = newton.newton_cg_step
+    for seed in range(40):
+        r = np.random.default_rng(seed)
+        X = (r.standard_normal((100, 3)) * np.logspace(-3, 3, 3)).astype(np.float32)
+        y = r.integers(0, 3, 100)
+        kw = dict(n_classes=3, tol=1e-14, max_iter=60, l2=1e-3)
+        evals = []
+
+        def spy(*args):
+            out = real(*args)
+            evals.append(out[3])
+            return out
+
+        with monkeypatch.context() as patch:
+            patch.setattr(newton, "newton_cg_step", spy)
+            ours = minimize_newton_pcg(X, y, **kw)
+        ref = python_pcg(monkeypatch, X, y, **kw)
+        assert not ours.converged and "rounding level reached" in ours.message, seed
+        assert "rounding level reached" in ref.message, seed
+        np.testing.assert_allclose(ours.loss, ref.loss, rtol=1e-6)
+        assert ours.loss == fs.loss_and_grad(ours.W, X, y, b=ours.b, l2=1e-3)[0]
+        failed = "line search found no decrease" in ours.message
+        assert ours.n_evals == 1 + sum(evals) + failed, seed
+        endings.add(failed)
+        if endings == {False, True}:
+            break
+    assert True in endings, "no seed ends in a failed line search"
+
+
+def test_a_failed_first_line_search_evaluates_the_start_again(rng, monkeypatch):
+    """A step whose line search fails at once leaves the point at the start;
+    its last evaluation was at a trial point, so the start is evaluated again
+    for the report (as the Python driver does): evaluations 1 + the step's +
+    1, and loss_and_grad's loss at the start."""
+    import fastsoftmax._newton as newton
+    import fastsoftmax._newton_fused as compiled
+
+    X = rng.standard_normal((300, 4))
+    y = rng.integers(0, 3, 300)
+    monkeypatch.setattr(newton, "newton_cg_step",
+                        lambda *args: (compiled.NO_DECREASE, 2, float(args[11]), 40))
+    res = minimize_newton_pcg(X, y, l2=1e-2)
+    assert "line search found no decrease" in res.message and res.n_iter == 0
+    assert (res.n_evals, res.n_hessp) == (42, 2)
+    assert res.loss == fs.loss_and_grad(np.zeros((3, 4)), X, y, b=np.zeros(3), l2=1e-2)[0]
+
+
+def test_end_sums_are_taken_only_for_the_same_problem_and_point(rng):
+    """EndSums gives back (copies of) the sums kept at a point only for a
+    start at that point, on the same X, targets and sample-weight objects
+    with the same options but the penalty; anything else gets None."""
+    from fastsoftmax._newton import EndSums, _setup
+
+    m, n, K = 50, 3, 3
+    X, y, w = rng.standard_normal((m, n)), rng.integers(0, K, m), rng.random(m)
+    opts = dict(sample_weight=w, l2=0.1, label_smoothing=0.0, ignore_index=None,
+                reduction="mean", method="fused")
+
+    def objective(X=X, y=y, **changes):
+        return _setup(X, y, None, None, K, True, {**opts, **changes})[0]
+
+    end = EndSums()
+    theta = rng.standard_normal(K * (n + 1))
+    G, gb = rng.standard_normal((K, n)), rng.standard_normal(K)
+    end.remember(objective(), theta, (1.5, G, gb))
+    G[0, 0] = gb[0] = np.nan  # kept as copies
+    got = end.recall(objective(l2=0.5), theta.copy())
+    assert got[0] == 1.5 and not np.isnan(got[1][0, 0]) and not np.isnan(got[2][0])
+    got[1][0, 0] = np.nan  # handed out as copies
+    assert not np.isnan(end.recall(objective(), theta)[1][0, 0])
+    moved = theta.copy()
+    moved[3] = np.nextafter(moved[3], np.inf)
+    assert end.recall(objective(), moved) is None
+    assert end.recall(objective(X=X.copy()), theta) is None
+    assert end.recall(objective(y=y.copy()), theta) is None
+    assert end.recall(objective(sample_weight=w.copy()), theta) is None
+    assert end.recall(objective(label_smoothing=0.1), theta) is None
+    assert end.recall(objective(reduction="sum"), theta) is None
+    assert EndSums().recall(objective(), theta) is None
+
+
+def test_compiled_cg_steps_are_deterministic_and_fall_back(rng, monkeypatch):
+    """The same inputs give bit-identical results (the chunks' sums are added
+    in chunk order), one chunk or two agree to 1e-10; and when a chunk fails
+    (status FAILED, at any step) the Python driver takes over from the start
+    and gives its result, with its own counts."""
+    import fastsoftmax._dispatch as policy
+    import fastsoftmax._newton as newton
+    import fastsoftmax._newton_fused as compiled
+
+    m, n, K = 3000, 6, 4
+    X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
+    y = rng.integers(0, K, m)
+    kw = dict(sample_weight=rng.random(m), l2=1e-3, tol=1e-9)
+    monkeypatch.setattr(policy, "product_chunks", lambda m, n, K: 2)
+    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 2)
+    first = minimize_newton_pcg(X, y, **kw)
+    np.testing.assert_array_equal(minimize_newton_pcg(X, y, **kw).theta, first.theta)
+    monkeypatch.setattr(policy, "product_chunks", lambda m, n, K: 1)
+    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 1)
+    one = minimize_newton_pcg(X, y, **kw)
+    np.testing.assert_allclose(one.theta, first.theta, rtol=1e-10,
+                               atol=1e-10 * np.abs(first.theta).max())
+    ref = python_pcg(monkeypatch, X, y, **kw)
+    real = compiled.newton_cg_step
+    for fail_at in (0, 2):
+        calls = []
+
+        def failing(*args):
+            calls.append(1)
+            if len(calls) > fail_at:
+                return compiled.FAILED, 1, 0.0, 0
+            return real(*args)
+
+        monkeypatch.setattr(newton, "newton_cg_step", failing)
+        fallback = minimize_newton_pcg(X, y, **kw)
+        assert len(calls) == fail_at + 1 and fallback.converged
+        assert (fallback.n_iter, fallback.n_evals, fallback.n_hessp) == \
+            (ref.n_iter, ref.n_evals, ref.n_hessp)
+        np.testing.assert_allclose(fallback.theta, ref.theta, rtol=1e-12,
+                                   atol=1e-12 * np.abs(ref.theta).max())
+
+
+def test_compiled_cg_steps_load_from_the_cache_in_a_new_process():
+    """The step kernel, the Hessian-product chunk it calls by address and the
+    class blocks' kernel are cached: a second process loads them (one hit
+    each, no miss)."""
+    from helpers import assert_cached_in_new_process
+
+    calls = ("from fastsoftmax._newton import minimize_newton_pcg\n"
+             "X = np.random.default_rng(0).standard_normal((3000, 5)); y = np.arange(3000) % 3\n"
+             "minimize_newton_pcg(X, y, l2=1e-3)\n")
+    assert_cached_in_new_process(calls, {
+        "newton_cg_step": "fastsoftmax._newton_fused",
+        "hessian_chunk": "fastsoftmax._hessian_fused",
+        "add_class_blocks": "fastsoftmax._hessian_blocks",
+    })
