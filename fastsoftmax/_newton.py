@@ -68,6 +68,9 @@ from ._validation import is_dask_collection, prepare
 #: Relative diagonal shift that makes singular Newton systems solvable.
 JITTER = 1e-10
 
+#: Why Newton-CG stops when the preconditioned gradient is rounding.
+_NO_DESCENT = "no descent direction left (rounding level reached)"
+
 
 
 def auto_solver(n_params: int, width: int, X) -> str:
@@ -349,7 +352,7 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
         _fused.STALLED: f"the objective did not decrease in {policy.NEWTON_MAX_STALLED_STEPS} "
                         f"steps (rounding level reached)",
         _fused.NOT_FACTORED: "the Hessian could not be factored",
-        _fused.NO_DECREASE: "the line search found no decrease (rounding level reached)",
+        _fused.NO_DECREASE: _Stopping.NO_DECREASE,
     }[status]
     theta = flat_from_rows(P, n)
     obj.n_evals = int(n_evals)
@@ -390,46 +393,68 @@ def _cholesky(H):
     return None
 
 
+class _Stopping:
+    """The Newton drivers' stopping rule, checked at each step's point.
+
+    Stop, converged, when the largest absolute gradient entry is at most
+    ``tol``; unconverged after ``max_iter`` steps, or after
+    ``NEWTON_MAX_STALLED_STEPS`` steps in a row that did not lower the
+    objective (the line search accepts steps within rounding of the
+    objective; a tol below the working dtype's rounding, float32 X with tol
+    1e-10, would otherwise run to max_iter).  ``history`` keeps the
+    objective at each point, ``message`` why the loop ended (a driver sets
+    it when a step or line search fails)."""
+
+    NO_DECREASE = "the line search found no decrease (rounding level reached)"
+
+    def __init__(self, tol: float, max_iter: int):
+        self.tol, self.max_iter = tol, max_iter
+        self.history: list = []
+        self.stalled = 0  # steps in a row that did not lower the objective
+        self.converged = False
+        self.message = f"max_iter={max_iter} reached"
+
+    def done(self, it: int, loss: float, grad: np.ndarray) -> bool:
+        """Whether the loop ends at step ``it``'s point (objective, gradient)."""
+        history = self.history
+        history.append(float(loss))
+        if np.max(np.abs(grad)) <= self.tol:
+            self.converged, self.message = True, "converged"
+            return True
+        if it == self.max_iter:
+            return True
+        self.stalled = self.stalled + 1 if it and history[-1] >= history[-2] else 0
+        if self.stalled >= policy.NEWTON_MAX_STALLED_STEPS:
+            self.message = (f"the objective did not decrease in {self.stalled} steps "
+                            f"(rounding level reached)")
+            return True
+        return False
+
+
 def _newton_loop(obj, x, newton_step, tol, max_iter, start):
-    """The Newton drivers' outer loop: stop test, step, Armijo line search.
+    """The Newton drivers' outer loop: stop test (:class:`_Stopping`), step,
+    Armijo line search.
 
     ``newton_step(obj, x, grad, hessp)`` returns the search direction, or a
-    message (str) saying why there is none, which ends the loop.  It also
-    ends, unconverged, after ``NEWTON_MAX_STALLED_STEPS`` steps in a row that
-    did not lower the objective (rounding level reached before tol).
+    message (str) saying why there is none, which ends the loop.
     """
-    history = []
-    message = f"max_iter={max_iter} reached"
-    converged = False
+    stop = _Stopping(tol, max_iter)
     it = 0
-    stalled = 0  # steps in a row that did not lower the objective
     for it in range(max_iter + 1):
         loss, grad, hessp = obj.at(x)
-        history.append(float(loss))
-        if np.max(np.abs(grad)) <= tol:
-            converged, message = True, "converged"
-            break
-        if it == max_iter:
-            break
-        stalled = stalled + 1 if it and history[-1] >= history[-2] else 0
-        if stalled >= policy.NEWTON_MAX_STALLED_STEPS:
-            # the line search accepts steps within rounding of the objective;
-            # a tol below the working dtype's rounding (float32 X, tol 1e-10)
-            # would otherwise run to max_iter
-            message = (f"the objective did not decrease in {stalled} steps (rounding level "
-                       f"reached)")
+        if stop.done(it, loss, grad):
             break
         step = newton_step(obj, x, grad, hessp)
         if isinstance(step, str):
-            message = step
+            stop.message = step
             break
         step = _drop_null_directions(obj, step)
         x_new = _line_search(obj, x, loss, grad, step)
         if x_new is None:
-            message = "the line search found no decrease (rounding level reached)"
+            stop.message = _Stopping.NO_DECREASE
             break
         x = x_new
-    return _result(obj, x, converged, it, start, message, history)
+    return _result(obj, x, stop.converged, it, start, stop.message, stop.history)
 
 
 def _drop_null_directions(obj, step):
@@ -551,24 +576,12 @@ def _fused_pcg(obj, x, tol, max_iter, start, max_cg, blocks, end=None):
     product_slabs, product_bias_slabs = np.empty((pchunks, K, n)), np.empty((pchunks, K))
     no_blocks, no_diagonal = np.empty((0, 0, 0)), np.empty((0, 0))
     forcing = _ForcingTerm()
-    history = []
-    message = f"max_iter={max_iter} reached"
-    converged = False
+    stop = _Stopping(tol, max_iter)
     sums_at_point = False  # whether the slabs hold the kernel sums at P
     searched_in_vain = False
     it = 0
-    stalled = 0
     for it in range(max_iter + 1):
-        history.append(float(loss))
-        if np.max(np.abs(G)) <= tol:
-            converged, message = True, "converged"
-            break
-        if it == max_iter:
-            break
-        stalled = stalled + 1 if it and history[-1] >= history[-2] else 0
-        if stalled >= policy.NEWTON_MAX_STALLED_STEPS:
-            message = (f"the objective did not decrease in {stalled} steps (rounding level "
-                       f"reached)")
+        if stop.done(it, loss, G):
             break
         Wp, bp = obj.split(flat_from_rows(P, n))
         hessp = HessianProduct(dataclasses.replace(p, W=Wp, b=p.b if bp is None else bp),
@@ -594,10 +607,10 @@ def _fused_pcg(obj, x, tol, max_iter, start, max_cg, blocks, end=None):
         if status == _fused.FAILED:
             return None
         if status == _fused.NO_DESCENT:
-            message = "no descent direction left (rounding level reached)"
+            stop.message = _NO_DESCENT
             break
         if status == _fused.NO_DECREASE:
-            message = "the line search found no decrease (rounding level reached)"
+            stop.message = _Stopping.NO_DECREASE
             sums_at_point, searched_in_vain = False, True
             break
         sums_at_point = True
@@ -609,7 +622,7 @@ def _fused_pcg(obj, x, tol, max_iter, start, max_cg, blocks, end=None):
             end.remember(obj, theta, totals)
     elif searched_in_vain:  # the last evaluation was at a trial point: _result evaluates at P
         obj.forget()
-    return _result(obj, theta, converged, it, start, message, history)
+    return _result(obj, theta, stop.converged, it, start, stop.message, stop.history)
 
 
 class EndSums:
@@ -810,7 +823,7 @@ def _cg(obj, hessp, grad, precondition, max_cg, stop):
     z, rz = precondition(r)
     d = z.copy()
     if not rz > 0.0:  # what is left of the gradient lies along flat directions
-        return "no descent direction left (rounding level reached)"
+        return _NO_DESCENT
     for _ in range(max_cg):
         Hd = obj.apply(hessp, d)
         curvature = float(d @ Hd)
@@ -901,11 +914,7 @@ def _block_inverses(blocks):
     they factor with the first shift: measured, K = 10, n' = 65, 0.3 ms
     against 2.4 ms for K ``cho_factor`` and ``cho_solve`` calls, which
     ``SoftmaxRegressionCV`` paid at every C of a path on digits."""
-    K, width = blocks.shape[:2]
-    diagonal = np.arange(width)
-    top = np.maximum(blocks[:, diagonal, diagonal].max(axis=1), np.finfo(float).tiny)
-    shifted = blocks.copy()
-    shifted[:, diagonal, diagonal] += (JITTER * top)[:, None]
+    shifted = _jittered(blocks)
     try:
         with single_threaded_all_blas:
             L = np.linalg.cholesky(shifted)
@@ -919,17 +928,25 @@ def _block_inverses(blocks):
     return 0.5 * (inv + inv.transpose(0, 2, 1))
 
 
+def _jittered(blocks):
+    """A copy of the (K, n', n') blocks with ``JITTER`` times each block's
+    largest diagonal entry added to its diagonal (the first shift of
+    :func:`_cholesky`)."""
+    width = blocks.shape[1]
+    diagonal = np.arange(width)
+    top = np.maximum(blocks[:, diagonal, diagonal].max(axis=1), np.finfo(float).tiny)
+    shifted = blocks.copy()
+    shifted[:, diagonal, diagonal] += (JITTER * top)[:, None]
+    return shifted
+
+
 def _block_factors(blocks):
     """The lower Cholesky factors (K, n', n') of the K symmetric blocks, each
     shifted as :func:`_block_inverses` shifts it (by ``JITTER`` times its
     largest diagonal entry, and block by block by :func:`_cholesky`'s larger
     shifts when that does not factor); None when one never factors or a
     factor is not finite."""
-    K, width = blocks.shape[:2]
-    diagonal = np.arange(width)
-    top = np.maximum(blocks[:, diagonal, diagonal].max(axis=1), np.finfo(float).tiny)
-    shifted = blocks.copy()
-    shifted[:, diagonal, diagonal] += (JITTER * top)[:, None]
+    shifted = _jittered(blocks)
     try:
         with single_threaded_all_blas:
             L = np.linalg.cholesky(shifted)

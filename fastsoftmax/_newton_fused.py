@@ -58,8 +58,8 @@ import numpy as np
 from numba import prange, types
 
 from ._compiled import CompiledFunction, call_compiled
-from ._jit import exact_kernel, parallel_kernel, serial_kernel
-from ._newton_step import reduced_step
+from ._jit import exact_kernel, inline_helper, parallel_kernel, serial_kernel
+from ._newton_step import class_means, reduced_step
 
 #: reduced_step's entry point (its arguments' types are always the same).
 _step_entry: list = []
@@ -81,6 +81,23 @@ def step_entry() -> CompiledFunction:
 CONVERGED, MAX_ITER, STALLED, NOT_FACTORED, NO_DECREASE, FAILED = range(6)
 
 
+@inline_helper
+def _loss_chunk(fused, X, Wk, bk, labels, T, sw, eps, c, nchunks, tile, micro, slabs,
+                bias_slabs, losses, none):
+    """Chunk c of ``nchunks`` of a loss-and-gradient evaluation at (Wk, bk):
+    the compiled fused chunk (through its address) into the chunk's own
+    slabs and ``losses[c]``; returns whether it raised.  The body of the
+    loops' ``prange`` over chunks (inlined there)."""
+    m = X.shape[0]
+    _zero(slabs[c])
+    _zero(bias_slabs[c])
+    out = call_compiled(fused, X, Wk, bk, labels, T, sw, eps, np.int64(c * m // nchunks),
+                        np.int64((c + 1) * m // nchunks), tile, micro, slabs[c], bias_slabs[c],
+                        none, none, none, none, none)
+    losses[c] = out[0]
+    return out[1]
+
+
 @serial_kernel
 def _round_point(P, Wk, bk, Wa):
     """The point P (K, n~) float64 in X's dtype, as the Python drivers round
@@ -95,6 +112,15 @@ def _round_point(P, Wk, bk, Wa):
         bk[k] = P[k, n] if nt > n else 0.0
         if nt > n:
             Wa[k, n] = np.float64(bk[k])
+
+
+@serial_kernel
+def _in_chunk_order(bias_slabs, k):
+    """The chunks' sums ``bias_slabs[:, k]`` (nchunks, K) added in chunk order."""
+    total = bias_slabs[0, k]
+    for c in range(1, bias_slabs.shape[0]):
+        total += bias_slabs[c, k]
+    return total
 
 
 @exact_kernel
@@ -124,10 +150,7 @@ def _objective(slabs, bias_slabs, losses, Wk, denom, l2, grad):
             grad[k, l] = rounded[0]
             squares += w * w
         if nt > n:
-            total = bias_slabs[0, k]
-            for c in range(1, nchunks):
-                total += bias_slabs[c, k]
-            rounded[0] = total / denom
+            rounded[0] = _in_chunk_order(bias_slabs, k) / denom
             grad[k, n] = rounded[0]
     return loss + 0.5 * l2 * squares if l2 != 0.0 else loss
 
@@ -255,13 +278,8 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
         # the objective and gradient at the trial point
         _round_point(trial, Wk, bk, Wa)
         for c in prange(nchunks):
-            _zero(slabs[c])
-            _zero(bias_slabs[c])
-            out = call_compiled(fused, X, Wk, bk, labels, T, sw, eps, np.int64(c * m // nchunks),
-                                np.int64((c + 1) * m // nchunks), tile, micro, slabs[c],
-                                bias_slabs[c], none, none, none, none, none)
-            losses[c] = out[0]
-            failed[c] = out[1]
+            failed[c] = _loss_chunk(fused, X, Wk, bk, labels, T, sw, eps, c, nchunks, tile, micro,
+                                    slabs, bias_slabs, losses, none)
         n_evals += 1
         if _any(failed):
             status = FAILED
@@ -361,10 +379,7 @@ def _finish_product(slabs, bias_slabs, WV, denom, l2, Hd):
                 rounded[0] = total / denom
             Hd[k, l] = rounded[0]
         if nt > n:
-            total = bias_slabs[0, k]
-            for c in range(1, nchunks):
-                total += bias_slabs[c, k]
-            rounded[0] = total / denom
+            rounded[0] = _in_chunk_order(bias_slabs, k) / denom
             Hd[k, n] = rounded[0]
 
 
@@ -378,12 +393,7 @@ def _precondition(r, factors, inv_diag, n, l2, z):
     Cholesky ``factors`` (K, n~, n~) (forward, then backward substitution),
     or, when that array is empty, the inverted diagonal ``inv_diag`` (K, n~)."""
     K, nt = r.shape
-    mean = np.zeros(nt)
-    for k in range(K):
-        for l in range(nt):
-            mean[l] += r[k, l]
-    for l in range(nt):
-        mean[l] /= K
+    mean = class_means(r)
     y = np.empty(nt)
     for k in range(K):
         if factors.shape[0] > 0:
@@ -401,13 +411,9 @@ def _precondition(r, factors, inv_diag, n, l2, z):
         else:
             for l in range(nt):
                 z[k, l] = (r[k, l] - mean[l]) * inv_diag[k, l]
-    shift = np.zeros(nt)
-    for k in range(K):
-        for l in range(nt):
-            shift[l] += z[k, l]
-    for l in range(nt):
-        shift[l] /= K
-        if l2 > 0.0 and l < n:
+    shift = class_means(z)
+    if l2 > 0.0:
+        for l in range(n):
             shift[l] -= mean[l] / l2
     total = 0.0
     for k in range(K):
@@ -530,13 +536,8 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
         _move(P, step, t, trial)
         _round_point(trial, Wk, bk, Wa)
         for c in prange(nchunks):
-            _zero(slabs[c])
-            _zero(bias_slabs[c])
-            out = call_compiled(fused, X, Wk, bk, labels, T, sw, eps, np.int64(c * m // nchunks),
-                                np.int64((c + 1) * m // nchunks), tile, micro, slabs[c],
-                                bias_slabs[c], none, none, none, none, none)
-            losses[c] = out[0]
-            failed[c] = out[1]
+            failed[c] = _loss_chunk(fused, X, Wk, bk, labels, T, sw, eps, c, nchunks, tile, micro,
+                                    slabs, bias_slabs, losses, none)
         n_evals += 1
         if _any(failed):
             return FAILED, products, loss, n_evals

@@ -47,6 +47,20 @@ COLLINEAR = 1e-12
 
 
 @serial_kernel
+def class_means(a):
+    """The mean over classes (rows) of a (K, n~) float64, (n~,) float64, summed
+    in class order."""
+    K, nt = a.shape
+    mean = np.zeros(nt)
+    for k in range(K):
+        for l in range(nt):
+            mean[l] += a[k, l]
+    for l in range(nt):
+        mean[l] /= K
+    return mean
+
+
+@serial_kernel
 def _factor(A, jitter):
     """The lower Cholesky factor of A when A is positive definite and no
     column is collinear with the earlier ones (:data:`COLLINEAR`); else of A
@@ -116,12 +130,7 @@ def reduced_step(M, g, n, denom, l2, jitter, S):
                 coupling = l2 * ((1.0 if j == jp else 0.0) - 1.0 / K)
                 for l in range(n):
                     A[j * nt + l, jp * nt + l] += coupling
-    mean = np.zeros(nt)
-    for k in range(K):
-        for l in range(nt):
-            mean[l] += g[k, l]
-    for l in range(nt):
-        mean[l] /= K
+    mean = class_means(g)
     a = np.empty(C * nt)
     for j in range(C):
         for l in range(nt):

@@ -134,6 +134,72 @@ def test_block_inverses_batched_as_one_by_one(rng):
     assert _block_inverses(hopeless) is None
 
 
+def test_block_factors_are_the_shifted_blocks_cholesky_factors(rng):
+    """_block_factors: lower triangular L with L L^T equal to the blocks
+    shifted by JITTER times their largest diagonal entry (to rounding); a
+    block indefinite by rounding is factored with _cholesky's larger shifts
+    (L L^T within a 1e-6 relative shift of it), one that never factors
+    gives None."""
+    from fastsoftmax._newton import JITTER, _block_factors
+
+    A = rng.standard_normal((4, 7, 7)) * np.logspace(-2, 2, 7)
+    blocks = A @ A.transpose(0, 2, 1) + 1e-3 * np.eye(7)
+    L = _block_factors(blocks)
+    np.testing.assert_array_equal(L, np.tril(L))
+    top = blocks[:, np.arange(7), np.arange(7)].max(axis=1)
+    want = blocks + (JITTER * top)[:, None, None] * np.eye(7)
+    np.testing.assert_allclose(L @ L.transpose(0, 2, 1), want, rtol=0,
+                               atol=1e-13 * np.abs(want).max())
+    v = rng.standard_normal(7)
+    rounding = blocks.copy()
+    rounding[1] = np.outer(v, v) - 1e-9 * np.outer(v, v).max() * np.eye(7)  # indefinite, barely
+    L = _block_factors(rounding)
+    np.testing.assert_array_equal(L, np.tril(L))
+    np.testing.assert_allclose(L @ L.transpose(0, 2, 1), rounding, rtol=0,
+                               atol=1e-6 * np.abs(rounding).max())
+    hopeless = blocks.copy()
+    hopeless[3] = -np.eye(7)
+    assert _block_factors(hopeless) is None
+
+
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("l2", [0.0, 1e-2])
+def test_compiled_preconditioner_matches_the_python_one(preconditioner_kind, fit_intercept, l2,
+                                                         rng):
+    """The compiled steps' preconditioner (_newton_fused._precondition, the
+    blocks solved by their Cholesky factors, or the inverted diagonal) gives
+    the Python driver's M^{-1} r (the blocks' inverses, or Jacobi, on the
+    flat layout) and r . M^{-1} r, to 1e-10 relative."""
+    from fastsoftmax._hessian import rows_from_flat
+    from fastsoftmax._newton import BlockInverses, _preconditioner, _setup
+    from fastsoftmax._newton_fused import _precondition
+
+    m, n, K = 400, 5, 4
+    nt = n + fit_intercept
+    X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
+    y = rng.integers(0, K, m)
+    options = dict(sample_weight=rng.random(m), l2=l2, label_smoothing=0.0, ignore_index=None,
+                   reduction="mean", method="fused")
+    obj, _ = _setup(X, y, None, None, K, fit_intercept, options)
+    x = rng.standard_normal(K * n + K * fit_intercept) * 0.3
+    hessp = obj.at(x)[2]
+    path = BlockInverses()
+    inverses, factors = path.get(obj, hessp), path.lower_factors(obj, hessp)
+    assert (factors is not None) == (inverses is not None) == (preconditioner_kind == "blocks")
+    if factors is None:
+        diag = hessp.diagonal()
+        inv_diag, factors = rows_from_flat(1.0 / diag, K, n, nt), np.empty((0, 0, 0))
+    else:
+        inv_diag = np.empty((0, 0))
+    r = rng.standard_normal(x.size)
+    want, want_rz = _preconditioner(obj, hessp, inverses)(r)
+    z = np.empty((K, nt))
+    rz = _precondition(rows_from_flat(r, K, n, nt), factors, inv_diag, n, l2, z)
+    np.testing.assert_allclose(z, rows_from_flat(want, K, n, nt), rtol=1e-10,
+                               atol=1e-10 * np.abs(want).max())
+    assert rz == pytest.approx(want_rz, rel=1e-10)
+
+
 def test_block_inverses_follow_the_penalty_without_rebuilding(rng):
     """Passed on to a fit with another l2 (the next C of a path), the block
     preconditioner shifts its blocks' W diagonal by the difference and
@@ -367,17 +433,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("fit_intercept", [False, True])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_compiled_cholesky_loop_takes_the_python_loops_steps(case, fit_intercept, dtype, rng,
-                                                              monkeypatch, kernel_path):
-    """Every option, with and without intercept, both dtypes, one chunk and
-    several (kernel_path): the same number of steps, evaluations and
-    message as the Python driver, and iterates that agree to 1e-9
-    (float64; 1e-5 float32) relative: the same algorithm on the same
-    kernels, whose sums only differ in the order of a few additions."""
-    m, n, K = 120, 4, 3
+def case_problem(case, dtype, rng, m, n, K):
+    """``(X, y, options, tol)`` of one of CASES: X (m, n) of ``dtype`` with
+    feature scales 10^-1..10^1, K classes (labels, or soft targets), and a
+    tol the dtype can reach (m times larger for reduction="sum")."""
     X = (rng.standard_normal((m, n)) * np.logspace(-1, 1, n)).astype(dtype)
     y = rng.integers(0, K, m)
     kw = dict(CASES[case])
@@ -388,6 +447,21 @@ def test_compiled_cholesky_loop_takes_the_python_loops_steps(case, fit_intercept
     tol = 1e-8 if dtype == np.float64 else 1e-4
     if kw.get("reduction") == "sum":  # the gradient is m times larger
         tol *= m
+    return X, y, kw, tol
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_cholesky_loop_takes_the_python_loops_steps(case, fit_intercept, dtype, rng,
+                                                              monkeypatch, kernel_path):
+    """Every option, with and without intercept, both dtypes, one chunk and
+    several (kernel_path): the same number of steps, evaluations and
+    message as the Python driver, and iterates that agree to 1e-9
+    (float64; 1e-5 float32) relative: the same algorithm on the same
+    kernels, whose sums only differ in the order of a few additions."""
+    X, y, kw, tol = case_problem(case, dtype, rng, 120, 4, 3)
+    K = 3
     ours = minimize_newton_cholesky(X, y, n_classes=K, fit_intercept=fit_intercept, tol=tol,
                                     **kw)
     ref = python_loop(monkeypatch, X, y, n_classes=K, fit_intercept=fit_intercept, tol=tol,
@@ -576,17 +650,8 @@ def test_compiled_cg_steps_take_the_python_loops_steps(case, fit_intercept, dtyp
 
     if preconditioner == "jacobi":
         monkeypatch.setattr(policy, "PCG_BLOCK_MAX_WIDTH", 0)
-    m, n, K = 150, 5, 4
-    X = (rng.standard_normal((m, n)) * np.logspace(-1, 1, n)).astype(dtype)
-    y = rng.integers(0, K, m)
-    kw = dict(CASES[case])
-    if kw.pop("targets", None) == "soft":
-        y = rng.dirichlet(np.ones(K), m)
-    if kw.get("sample_weight") == "w":
-        kw["sample_weight"] = rng.random(m) + 0.5
-    tol = 1e-8 if dtype == np.float64 else 1e-4
-    if kw.get("reduction") == "sum":  # the gradient is m times larger
-        tol *= m
+    X, y, kw, tol = case_problem(case, dtype, rng, 150, 5, 4)
+    K = 4
     ours = minimize_newton_pcg(X, y, n_classes=K, fit_intercept=fit_intercept, tol=tol, **kw)
     ref = python_pcg(monkeypatch, X, y, n_classes=K, fit_intercept=fit_intercept, tol=tol, **kw)
     assert ours.converged and ref.converged, (ours.message, ref.message)
