@@ -292,7 +292,8 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
     (:func:`fastsoftmax._hessian_blocks.add_class_blocks`): peak extra
     memory the K n'^2 float64 result plus, per tile, its (rows, K)
     probabilities and curvatures, the rows with their column of ones
-    (rows, n') and one scaled copy (rows, n') per thread, float64.  Costs about K n'^2 m / 2 multiply-adds (a symmetric rank update
+    (rows, n') and one scaled copy (rows, n') and product (n', n') per
+    thread, float64.  Costs about K n'^2 m / 2 multiply-adds (a symmetric rank update
     per class: about n' / 4 Hessian-vector products).
     """
     m, n = p.X.shape
@@ -314,7 +315,7 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
             Xt[:, n] = 1.0
         roots = np.sqrt(_diagonal_curvatures(c.P, c.ws))
         with single_threaded_blas, parallel_region():
-            add_class_blocks(Xt, roots, blocks)
+            add_class_blocks(Xt, roots, blocks, policy.chunk_count(K))
     blocks *= stride / p.denom
     if p.l2:
         idx = np.arange(n)

@@ -42,6 +42,7 @@ drivers remove the steps' components along those directions
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import time
@@ -523,9 +524,12 @@ def minimize_newton_pcg(
     obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)
     blocks = BlockInverses() if blocks is None else blocks
     if _compiled_steps(obj, method) and max_iter >= 0:
+        before = copy.copy(blocks)  # its arrays are replaced, never modified in place
         result = _fused_pcg(obj, x, tol, max_iter, start, max_cg, blocks, end)
         if result is not None:
             return result
+        # a chunk raised: the Python driver from the start, with the blocks as they were
+        blocks.__dict__.update(before.__dict__)
         obj, x = _setup(X, y, W0, b0, n_classes, fit_intercept, options)  # counts afresh
     step = functools.partial(_pcg_step, max_cg=max_cg, blocks=blocks, forcing=_ForcingTerm())
     return _newton_loop(obj, x, step, tol, max_iter, start)
@@ -577,8 +581,7 @@ def _fused_pcg(obj, x, tol, max_iter, start, max_cg, blocks, end=None):
     no_blocks, no_diagonal = np.empty((0, 0, 0)), np.empty((0, 0))
     forcing = _ForcingTerm()
     stop = _Stopping(tol, max_iter)
-    sums_at_point = False  # whether the slabs hold the kernel sums at P
-    searched_in_vain = False
+    sums = _fused.UNCHANGED  # what the slabs hold (UNCHANGED: no sums yet; the cache has x)
     it = 0
     for it in range(max_iter + 1):
         if stop.done(it, loss, G):
@@ -594,7 +597,7 @@ def _fused_pcg(obj, x, tol, max_iter, start, max_cg, blocks, end=None):
             inv_diag = rows_from_flat(1.0 / np.maximum(diag, floor), K, n, nt)
         gnorm = float(np.linalg.norm(G))
         with single_threaded_blas, parallel_region():
-            status, products, loss, n_evals = newton_cg_step(
+            status, products, loss, n_evals, where = newton_cg_step(
                 fused, product, p.X, p.labels, p.T, p.sw, float(p.eps), float(p.denom),
                 float(p.l2), P, G, float(loss), no_blocks if factors is None else factors,
                 inv_diag, forcing.next(gnorm) * gnorm, int(max_cg),
@@ -606,23 +609,27 @@ def _fused_pcg(obj, x, tol, max_iter, start, max_cg, blocks, end=None):
         blocks.update(products)
         if status == _fused.FAILED:
             return None
+        if where != _fused.UNCHANGED:
+            sums = where
         if status == _fused.NO_DESCENT:
             stop.message = _NO_DESCENT
             break
         if status == _fused.NO_DECREASE:
             stop.message = _Stopping.NO_DECREASE
-            sums_at_point, searched_in_vain = False, True
             break
-        sums_at_point = True
     theta = flat_from_rows(P, n)
-    if sums_at_point:  # the loop's last evaluation was at P, as loss_and_grad's would be
+    if sums == _fused.AT_POINT:  # the last evaluation was at P, as loss_and_grad's would be
         totals = fused_chunk_totals(slabs, bias_slabs, losses)
         obj.seed(theta, totals)
         if end is not None:
             end.remember(obj, theta, totals)
-    elif searched_in_vain:  # the last evaluation was at a trial point: _result evaluates at P
+    elif sums == _fused.ELSEWHERE:  # last evaluated at a trial point: _result evaluates at P
         obj.forget()
-    return _result(obj, theta, stop.converged, it, start, stop.message, stop.history)
+    result = _result(obj, theta, stop.converged, it, start, stop.message, stop.history)
+    # the point's objective as reported (finished in Python; the step's own may
+    # add the penalty's squares in another order)
+    result.history[-1] = result.loss
+    return result
 
 
 class EndSums:
@@ -638,37 +645,56 @@ class EndSums:
     and tiles).  :func:`_fused_pcg` keeps them after a fit whose last
     evaluation was at its end point and takes them when a fit starts at
     that point (the same float64 coordinates) on the same problem: the same
-    X, targets and sample-weight objects and the same options but ``l2``.
-    Measured, idle, on the CV benchmark's (5000, 50, 5) set: a first
-    evaluation cost about 0.3 ms of a 3.4 ms fit."""
+    X, targets and sample-weight objects (compared by identity: do not
+    modify them in place between fits), the same options but ``l2``, K,
+    intercept and chunk count.  The finished loss is a fresh evaluation's bit
+    for bit, except that where the kernel's one-chunk path would finish its
+    own float64 sums in place (K > 1024 classes) the penalty's squares may
+    be added in another order.  Measured, idle, on the CV benchmark's
+    (5000, 50, 5) set: a first evaluation cost about 0.3 ms of a 3.4 ms fit."""
 
     def __init__(self):
         self._point = None  # theta (float64) of the sums
-        self._problem = None  # (X, y, options without l2) they belong to
+        self._problem = None  # what they belong to: see _key
         self._totals = None
 
     @staticmethod
-    def _same_problem(obj, problem) -> bool:
-        X, y, options = problem
-        if obj.X is not X or obj.y is not y or options.keys() != obj.options.keys():
-            return False
-        return all(value is options[key] or (key != "sample_weight" and value == options[key])
-                   for key, value in obj.options.items() if key != "l2")
+    def _key(obj) -> tuple:
+        """The problem's X, targets and options but l2 (the objects), its K
+        and intercept, and the loss kernel's chunk count (which the thread
+        count sets, and the sums' order with it)."""
+        options = {key: value for key, value in obj.options.items() if key != "l2"}
+        m = obj.X.shape[0]
+        return (obj.X, obj.y, options, obj.K, obj.fit_intercept,
+                policy.loss_chunks(m, obj.n, obj.K))
+
+    @staticmethod
+    def _same(a, b) -> bool:
+        if a is b:
+            return True
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(EndSums._same(a[k], b[k]) for k in a)
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            return False  # arrays: the same object only
+        return type(a) is type(b) and a == b
 
     def remember(self, obj, theta, totals) -> None:
         """Keep ``totals`` (loss_sum, G (K, n), gb (K,)) of obj's problem at theta (copies)."""
         loss_sum, G, gb = totals
         self._point = np.array(theta, dtype=np.float64)
-        self._problem = (obj.X, obj.y, dict(obj.options))
+        self._problem = self._key(obj)
         self._totals = (float(loss_sum), np.array(G), np.array(gb))
 
     def recall(self, obj, x):
-        """The kept sums (copies) if they are obj's problem's at x, else None."""
-        if self._point is None or not self._same_problem(obj, self._problem) \
-                or not np.array_equal(self._point, x):
+        """The kept sums if they are obj's problem's at x, else None: copies,
+        handed out as views, as the parallel kernel's chunk sums are (so that
+        ``finish`` treats them alike)."""
+        if self._point is None or self._point.shape != np.shape(x) \
+                or not np.array_equal(self._point, x) \
+                or not all(self._same(a, b) for a, b in zip(self._key(obj), self._problem)):
             return None
         loss_sum, G, gb = self._totals
-        return loss_sum, G.copy(), gb.copy()
+        return loss_sum, G.copy()[...], gb.copy()[...]
 
 
 class BlockInverses:
@@ -708,8 +734,8 @@ class BlockInverses:
         self.stale = True
 
     def _penalised(self, obj, hessp):
-        """The blocks (K, n', n') holding the fit's penalty, built first if
-        stale; None when they do not apply (wide or sparse X)."""
+        """A copy of the blocks (K, n', n') holding the fit's penalty, built
+        first if stale; None when they do not apply (wide or sparse X)."""
         width = obj.n + obj.fit_intercept
         if width > policy.PCG_BLOCK_MAX_WIDTH or is_sparse(obj.X):
             return None
@@ -719,9 +745,8 @@ class BlockInverses:
             stride = max(1, obj.X.shape[0] // policy.PCG_BLOCK_SAMPLE_ROWS)
             self.blocks, self.l2 = hessp.class_blocks(stride), l2
             self.inverted_l2 = self.factored_l2 = None
-        blocks = self.blocks
+        blocks = self.blocks.copy()  # the factorisations may shift a copy's diagonal
         if l2 != self.l2:
-            blocks = blocks.copy()
             diagonal = np.arange(obj.n)  # the penalty is on W's entries only
             blocks[:, diagonal, diagonal] += l2 - self.l2
         return blocks

@@ -114,7 +114,7 @@ def _round_point(P, Wk, bk, Wa):
             Wa[k, n] = np.float64(bk[k])
 
 
-@serial_kernel
+@exact_kernel
 def _in_chunk_order(bias_slabs, k):
     """The chunks' sums ``bias_slabs[:, k]`` (nchunks, K) added in chunk order."""
     total = bias_slabs[0, k]
@@ -169,8 +169,10 @@ def _sum_slabs(slabs):
 
 @serial_kernel
 def _zero(a):
+    """Zeros (False) into ``a`` in place: in a parallel kernel ``np.zeros``
+    would be a parallel region of its own."""
     for i in range(a.size):
-        a.flat[i] = 0.0
+        a.flat[i] = 0
 
 
 @serial_kernel
@@ -255,7 +257,8 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
     C = K - 1
     nchunks = losses.shape[0]
     hslabs = np.empty((hessian_chunks, C * (C + 1) // 2, nt * (nt + 1) // 2))
-    failed = np.zeros(max(nchunks, hessian_chunks), dtype=np.bool_)
+    failed = np.empty(max(nchunks, hessian_chunks), dtype=np.bool_)
+    _zero(failed)
     Wk = np.empty((K, n), dtype=X.dtype)
     bk = np.empty(K, dtype=X.dtype)
     Wa = np.empty((K, nt))
@@ -342,7 +345,11 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
 # --- one Newton-CG step ------------------------------------------------------------------
 
 #: ``status`` values of :func:`newton_cg_step` (besides ``NO_DECREASE`` and ``FAILED``).
-STEPPED, NO_DESCENT = 6, 7
+STEPPED, NO_DESCENT, STAYED = 6, 7, 8
+#: Where :func:`newton_cg_step` leaves the loss-and-gradient slabs: as they
+#: were (no evaluation), holding the sums at the returned point P, or at a
+#: trial point elsewhere.
+UNCHANGED, AT_POINT, ELSEWHERE = 0, 1, 2
 
 
 @serial_kernel
@@ -361,7 +368,8 @@ def _round_direction(d, WV, vb):
 @exact_kernel
 def _finish_product(slabs, bias_slabs, WV, denom, l2, Hd):
     """The Hessian product (K, n~) from the chunks' sums (added in chunk order)
-    into Hd, as :func:`fastsoftmax._hessian.finish_product` computes it:
+    into Hd, as :func:`fastsoftmax._hessian.finish_product` computes it (to
+    rounding: ``l2 V`` may be added by a fused multiply-add):
     ``G / denom + l2 V`` (V the direction rounded into WV's rows K..2K-1) and
     ``gb / denom``, rounded once to X's (WV's) dtype, as the Python drivers'
     product is.  Without fast-math reciprocals, as :func:`_objective`."""
@@ -440,6 +448,15 @@ def _new_direction(d, z, beta):
 
 
 @serial_kernel
+def _equal(a, b):
+    """Whether a and b hold the same values (NaN never equal)."""
+    for i in range(a.size):
+        if not a.flat[i] == b.flat[i]:
+            return False
+    return True
+
+
+@serial_kernel
 def _negate_into(src, dst):
     for i in range(src.size):
         dst.flat[i] = -src.flat[i]
@@ -451,7 +468,7 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
                    bias_slabs, losses, product_slabs, product_bias_slabs, none):
     """One truncated Newton step from the point P (K, n~) float64 ([W | b]),
     whose objective is ``loss`` and gradient ``grad`` (K, n~) float64:
-    ``(status, products, loss, n_evals)``.
+    ``(status, products, loss, n_evals, where)``.
 
     The step of :func:`fastsoftmax._newton._pcg_step` and the line search of
     :func:`fastsoftmax._newton._line_search` (with the null directions
@@ -463,8 +480,13 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
     objective and the slabs its loss-and-gradient sums; ``NO_DESCENT`` (the
     preconditioned gradient is rounding: no product, no evaluation) and
     ``NO_DECREASE`` (40 halvings without decrease) leave P and ``grad`` as
-    they were; ``FAILED``: a chunk raised.  ``products`` counts the Hessian
-    products, ``n_evals`` the evaluations.
+    they were; ``STAYED``: the accepted trial point is P itself (a step below
+    rounding); ``FAILED``: a chunk raised.  ``products`` counts the Hessian
+    products, ``n_evals`` the evaluations, and ``where`` says what the slabs
+    hold (``UNCHANGED``, ``AT_POINT``, ``ELSEWHERE``).  A trial point equal
+    to P is evaluated, and counted, only when an earlier trial moved the
+    slabs elsewhere, and its objective is P's: the Python driver's
+    evaluations are cached by point, and the counts are the same.
 
     ``fused`` and ``product`` are the compiled chunk functions
     (:func:`fastsoftmax._fused.chunk_entry`,
@@ -478,13 +500,15 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
     K, nt = P.shape
     nchunks = losses.shape[0]
     pchunks = product_slabs.shape[0]
-    failed = np.zeros(max(nchunks, pchunks), dtype=np.bool_)
+    failed = np.empty(max(nchunks, pchunks), dtype=np.bool_)
+    _zero(failed)
     Wk = np.empty((K, n), dtype=X.dtype)
     bk = np.empty(K, dtype=X.dtype)
     Wa = np.empty((K, nt))
     WV = np.empty((2 * K, n), dtype=X.dtype)
     vb = np.empty(K, dtype=X.dtype)
-    step = np.zeros((K, nt))
+    step = np.empty((K, nt))
+    _zero(step)
     r = np.empty((K, nt))
     z = np.empty((K, nt))
     d = np.empty((K, nt))
@@ -498,7 +522,7 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
     _negate_into(grad, r)
     rz = _precondition(r, factors, inv_diag, n, l2, z)
     if not rz > 0.0:  # what is left of the gradient lies along flat directions
-        return NO_DESCENT, 0, loss, 0
+        return NO_DESCENT, 0, loss, 0, UNCHANGED
     _copy(z, d)
     products = 0
     for _ in range(max_cg):
@@ -513,7 +537,7 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
             failed[c] = out[1]
         products += 1
         if _any(failed):
-            return FAILED, products, loss, 0
+            return FAILED, products, loss, 0, UNCHANGED
         _finish_product(product_slabs, product_bias_slabs, WV, denom, l2, Hd)
         curvature = _dot(d, Hd)
         if not curvature > 0.0:  # no positive curvature left (rounding)
@@ -532,20 +556,32 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
     slope = _dot(grad, step)
     t = 1.0
     n_evals = 0
+    where = UNCHANGED
     for _ in range(40):
         _move(P, step, t, trial)
-        _round_point(trial, Wk, bk, Wa)
-        for c in prange(nchunks):
-            failed[c] = _loss_chunk(fused, X, Wk, bk, labels, T, sw, eps, c, nchunks, tile, micro,
-                                    slabs, bias_slabs, losses, none)
-        n_evals += 1
-        if _any(failed):
-            return FAILED, products, loss, n_evals
-        trial_loss = _objective(slabs, bias_slabs, losses, Wk, denom, l2, trial_grad)
+        at_point = _equal(trial, P)  # a step below rounding
+        if at_point and where != ELSEWHERE:
+            trial_loss = loss  # P's, known (the Python driver's cache holds P)
+        else:
+            _round_point(trial, Wk, bk, Wa)
+            for c in prange(nchunks):
+                failed[c] = _loss_chunk(fused, X, Wk, bk, labels, T, sw, eps, c, nchunks, tile,
+                                        micro, slabs, bias_slabs, losses, none)
+            n_evals += 1
+            if _any(failed):
+                return FAILED, products, loss, n_evals, ELSEWHERE
+            if at_point:  # P again, as the Python driver evaluates it: the same objective
+                trial_loss = loss
+                where = AT_POINT
+            else:
+                trial_loss = _objective(slabs, bias_slabs, losses, Wk, denom, l2, trial_grad)
+                where = ELSEWHERE
         # Armijo, with a slack of a few ulps of the loss
         if trial_loss <= loss + 1e-4 * t * slope + 8e-16 * abs(loss):
+            if at_point:
+                return STAYED, products, loss, n_evals, where
             _copy(trial, P)
             _copy(trial_grad, grad)
-            return STEPPED, products, trial_loss, n_evals
+            return STEPPED, products, trial_loss, n_evals, AT_POINT
         t *= 0.5
-    return NO_DECREASE, products, loss, n_evals
+    return NO_DECREASE, products, loss, n_evals, where

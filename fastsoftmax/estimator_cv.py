@@ -4,9 +4,10 @@ For each fold, the model is fitted along the regularisation path ``Cs`` in the
 order given, each fit starting from the previous one's coefficients (warm
 starts: along a path of growing C each fit is a few Newton steps; Newton-CG
 also goes on with the previous fit's block preconditioner,
-:class:`fastsoftmax._newton.BlockInverses`, and starts from the kernel
-sums at the previous fit's end point, :class:`fastsoftmax._newton.EndSums`,
-instead of a first pass over the fold), and scored on the fold's
+:class:`fastsoftmax._newton.BlockInverses`, and, with its compiled steps,
+starts from the kernel sums at the previous fit's end point when it last
+evaluated there, :class:`fastsoftmax._newton.EndSums`, instead of a first
+pass over the fold), and scored on the fold's
 held-out samples.  The best C maximises the score summed
 over folds; with ``refit`` the model is then fitted on all the data with it,
 starting from the folds' mean coefficients at that C.  As scikit-learn's

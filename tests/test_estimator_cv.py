@@ -129,20 +129,23 @@ def test_fold_paths_are_the_public_fits_and_accuracy(wine):
                 rel=1e-15)
 
 
-def test_carried_end_sums_change_no_bit_of_the_paths(wine, monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_carried_end_sums_change_no_bit_of_the_paths(wine, dtype, monkeypatch, kernel_path):
     """Newton-CG along each fold's path starts each fit from the previous
     fit's last kernel sums (EndSums) instead of evaluating again: the paths,
     iteration counts and scores are bit for bit those of fits that evaluate
     afresh (the same kernel, chunks and tiles), and so are the objectives
     each fit went through; the sums were taken at every C but each fold's
-    first."""
+    first.  Both dtypes, one chunk and several (kernel_path)."""
     import fastsoftmax._newton as newton
     import fastsoftmax.estimator as estimator
 
     X, y = wine
+    X = X.astype(dtype)
     w = np.random.default_rng(5).random(X.shape[0]) + 0.5
     cv = StratifiedKFold(3, shuffle=True, random_state=2)
-    kw = dict(Cs=[0.01, 0.1, 1.0, 10.0], cv=cv, solver="newton-cg", tol=1e-8)
+    kw = dict(Cs=[0.01, 0.1, 1.0, 10.0], cv=cv, solver="newton-cg",
+              tol=1e-8 if dtype == np.float64 else 1e-4)
     recalled = []
     real = newton.EndSums.recall
 

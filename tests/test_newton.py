@@ -701,11 +701,12 @@ def test_compiled_cg_steps_at_rounding_level(monkeypatch):
     objective within float32 rounding of the driver's; the reported loss is
     loss_and_grad's at the returned point exactly, and the evaluations are
     counted as the Python driver counts them: the first, each step's, and
-    after a failed line search (whose last evaluation was at a trial point)
+    after a failed line search whose last evaluation was at a trial point
     one more at the returned point.  At rounding level the two drivers'
     paths part (sums in other orders), so only these are compared.  Among
     40 seeds, at least one ends in a failed line search."""
     import fastsoftmax._newton as newton
+    import fastsoftmax._newton_fused as compiled
 
     endings = set()
     real = newton.newton_cg_step
@@ -714,11 +715,12 @@ def test_compiled_cg_steps_at_rounding_level(monkeypatch):
         X = (r.standard_normal((100, 3)) * np.logspace(-3, 3, 3)).astype(np.float32)
         y = r.integers(0, 3, 100)
         kw = dict(n_classes=3, tol=1e-14, max_iter=60, l2=1e-3)
-        evals = []
+        evals, wheres = [], []
 
         def spy(*args):
             out = real(*args)
             evals.append(out[3])
+            wheres.append(out[4])
             return out
 
         with monkeypatch.context() as patch:
@@ -730,11 +732,58 @@ def test_compiled_cg_steps_at_rounding_level(monkeypatch):
         np.testing.assert_allclose(ours.loss, ref.loss, rtol=1e-6)
         assert ours.loss == fs.loss_and_grad(ours.W, X, y, b=ours.b, l2=1e-3)[0]
         failed = "line search found no decrease" in ours.message
-        assert ours.n_evals == 1 + sum(evals) + failed, seed
+        last = [w for w in wheres if w != compiled.UNCHANGED][-1:]
+        assert ours.n_evals == 1 + sum(evals) + (last == [compiled.ELSEWHERE]), seed
         endings.add(failed)
         if endings == {False, True}:
             break
     assert True in endings, "no seed ends in a failed line search"
+
+
+def test_steps_below_rounding_are_counted_as_the_python_loop(rng, monkeypatch):
+    """With max_cg = 0 every step is zero: the trial point is the point
+    itself, which neither driver evaluates again (the Python driver's
+    evaluations are cached by point), and both stop after
+    NEWTON_MAX_STALLED_STEPS steps without decrease, with the same counts,
+    message and loss."""
+    X = rng.standard_normal((300, 4))
+    y = rng.integers(0, 3, 300)
+    kw = dict(l2=1e-2, max_cg=0, tol=1e-10)
+    ours = minimize_newton_pcg(X, y, **kw)
+    ref = python_pcg(monkeypatch, X, y, **kw)
+    assert "did not decrease" in ours.message
+    assert (ours.n_iter, ours.n_evals, ours.n_hessp, ours.message, ours.loss) == \
+        (ref.n_iter, ref.n_evals, ref.n_hessp, ref.message, ref.loss)
+    assert ours.n_evals == 1 and ours.history == ref.history
+
+
+def test_fallback_factorisations_leave_the_kept_blocks_as_built(rng):
+    """Blocks that need _cholesky's larger shifts (indefinite by rounding):
+    the inverses and the factors are computed from shifted copies, and the
+    blocks kept for the next fits of a path stay as built; the inverses are
+    those of the factors' L L^T."""
+    from fastsoftmax._newton import BlockInverses, _setup
+
+    m, n, K = 200, 5, 3
+    X = rng.standard_normal((m, n))
+    y = rng.integers(0, K, m)
+    options = dict(sample_weight=None, l2=0.0, label_smoothing=0.0, ignore_index=None,
+                   reduction="mean", method="fused")
+    obj, x = _setup(X, y, None, None, K, True, options)
+    v = rng.standard_normal(n + 1)
+    A = rng.standard_normal((K, n + 1, n + 1))
+    built = A @ A.transpose(0, 2, 1) + np.eye(n + 1)
+    built[1] = np.outer(v, v) - 1e-9 * np.outer(v, v).max() * np.eye(n + 1)  # barely indefinite
+    path = BlockInverses()
+    path.blocks, path.l2, path.stale = built.copy(), 0.0, False
+    hessp = obj.at(x)[2]
+    inverses = path.get(obj, hessp)
+    factors = path.lower_factors(obj, hessp)
+    np.testing.assert_array_equal(path.blocks, built)
+    assert inverses is not None and factors is not None
+    LLt = factors @ factors.transpose(0, 2, 1)
+    for k in (0, 2):  # well-conditioned blocks: inverse times L L^T is the identity
+        np.testing.assert_allclose(inverses[k] @ LLt[k], np.eye(n + 1), atol=1e-8)
 
 
 def test_a_failed_first_line_search_evaluates_the_start_again(rng, monkeypatch):
@@ -748,7 +797,8 @@ def test_a_failed_first_line_search_evaluates_the_start_again(rng, monkeypatch):
     X = rng.standard_normal((300, 4))
     y = rng.integers(0, 3, 300)
     monkeypatch.setattr(newton, "newton_cg_step",
-                        lambda *args: (compiled.NO_DECREASE, 2, float(args[11]), 40))
+                        lambda *args: (compiled.NO_DECREASE, 2, float(args[11]), 40,
+                                       compiled.ELSEWHERE))
     res = minimize_newton_pcg(X, y, l2=1e-2)
     assert "line search found no decrease" in res.message and res.n_iter == 0
     assert (res.n_evals, res.n_hessp) == (42, 2)
@@ -787,6 +837,9 @@ def test_end_sums_are_taken_only_for_the_same_problem_and_point(rng):
     assert end.recall(objective(label_smoothing=0.1), theta) is None
     assert end.recall(objective(reduction="sum"), theta) is None
     assert EndSums().recall(objective(), theta) is None
+    # the same number of parameters, another problem: K = 4 without intercept
+    other = _setup(X, y, None, None, 4, False, opts)[0]
+    assert other.K * other.n == theta.size and end.recall(other, theta) is None
 
 
 def test_compiled_cg_steps_are_deterministic_and_fall_back(rng, monkeypatch):
@@ -819,7 +872,7 @@ def test_compiled_cg_steps_are_deterministic_and_fall_back(rng, monkeypatch):
         def failing(*args):
             calls.append(1)
             if len(calls) > fail_at:
-                return compiled.FAILED, 1, 0.0, 0
+                return compiled.FAILED, 1, 0.0, 0, compiled.ELSEWHERE
             return real(*args)
 
         monkeypatch.setattr(newton, "newton_cg_step", failing)
