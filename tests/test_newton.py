@@ -162,6 +162,21 @@ def test_block_factors_are_the_shifted_blocks_cholesky_factors(rng):
     assert _block_factors(hopeless) is None
 
 
+def weighted_point(rng, m, n, K, l2, fit_intercept):
+    """``(obj, x, hessp)``: the solvers' objective on (m, n) features scaled
+    10^-1..10^1 with random labels and sample weights, penalty l2, a random
+    point x near zero and its HessianProduct."""
+    from fastsoftmax._newton import _setup
+
+    X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
+    y = rng.integers(0, K, m)
+    options = dict(sample_weight=rng.random(m), l2=l2, label_smoothing=0.0, ignore_index=None,
+                   reduction="mean", method="fused")
+    obj, _ = _setup(X, y, None, None, K, fit_intercept, options)
+    x = rng.standard_normal(K * n + K * fit_intercept) * 0.3
+    return obj, x, obj.at(x)[2]
+
+
 @pytest.mark.parametrize("fit_intercept", [False, True])
 @pytest.mark.parametrize("l2", [0.0, 1e-2])
 def test_compiled_preconditioner_matches_the_python_one(preconditioner_kind, fit_intercept, l2,
@@ -171,18 +186,12 @@ def test_compiled_preconditioner_matches_the_python_one(preconditioner_kind, fit
     the Python driver's M^{-1} r (the blocks' inverses, or Jacobi, on the
     flat layout) and r . M^{-1} r, to 1e-10 relative."""
     from fastsoftmax._hessian import rows_from_flat
-    from fastsoftmax._newton import BlockInverses, _preconditioner, _setup
+    from fastsoftmax._newton import BlockInverses, _preconditioner
     from fastsoftmax._newton_fused import _precondition
 
-    m, n, K = 400, 5, 4
+    n, K = 5, 4
     nt = n + fit_intercept
-    X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
-    y = rng.integers(0, K, m)
-    options = dict(sample_weight=rng.random(m), l2=l2, label_smoothing=0.0, ignore_index=None,
-                   reduction="mean", method="fused")
-    obj, _ = _setup(X, y, None, None, K, fit_intercept, options)
-    x = rng.standard_normal(K * n + K * fit_intercept) * 0.3
-    hessp = obj.at(x)[2]
+    obj, x, hessp = weighted_point(rng, 400, n, K, l2, fit_intercept)
     path = BlockInverses()
     inverses, factors = path.get(obj, hessp), path.lower_factors(obj, hessp)
     assert (factors is not None) == (inverses is not None) == (preconditioner_kind == "blocks")
@@ -253,16 +262,10 @@ def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
     for r with no class mean, M^{-1} (one vector added to every row of W) =
     that / l2 (the Hessian there, exactly: checked with hessp), and 0 for a
     common shift of b and, when l2 = 0, of W (flat directions)."""
-    from fastsoftmax._newton import BlockInverses, _preconditioner, _setup
+    from fastsoftmax._newton import BlockInverses, _preconditioner
 
-    m, n, K = 500, 6, 4
-    X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
-    y = rng.integers(0, K, m)
-    options = dict(sample_weight=rng.random(m), l2=l2, label_smoothing=0.0, ignore_index=None,
-                   reduction="mean", method="fused")
-    obj, _ = _setup(X, y, None, None, K, fit_intercept, options)
-    x = rng.standard_normal(K * n + K * fit_intercept) * 0.3
-    hessp = obj.at(x)[2]
+    n, K = 6, 4
+    obj, x, hessp = weighted_point(rng, 500, n, K, l2, fit_intercept)
     inverses = BlockInverses().get(obj, hessp)
     assert (inverses is not None) == (preconditioner_kind == "blocks")
     precondition = _preconditioner(obj, hessp, inverses)
@@ -527,11 +530,30 @@ def test_compiled_cholesky_loop_stops_as_the_python_loop(rng, monkeypatch):
     assert again.converged and again.n_iter == 0 and again.history == [again.loss]
 
 
+def one_chunk_after_two(solve, second_kernel, X, y, kw, monkeypatch):
+    """``solve(X, y, **kw)`` with two row chunks for the loss and for
+    ``second_kernel`` (the _dispatch function that sets the other kernel's
+    chunk count), twice, bit-identical (the chunks' sums are added in chunk
+    order); then with one chunk each, equal to 1e-10 relative.  Returns the
+    one-chunk result."""
+    import fastsoftmax._dispatch as policy
+
+    monkeypatch.setattr(policy, second_kernel, lambda *shape: 2)
+    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 2)
+    first = solve(X, y, **kw)
+    np.testing.assert_array_equal(solve(X, y, **kw).theta, first.theta)
+    monkeypatch.setattr(policy, second_kernel, lambda *shape: 1)
+    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 1)
+    one = solve(X, y, **kw)
+    np.testing.assert_allclose(one.theta, first.theta, rtol=1e-10,
+                               atol=1e-10 * np.abs(first.theta).max())
+    return one
+
+
 def test_compiled_cholesky_loop_is_deterministic_and_falls_back(rng, monkeypatch):
     """The same inputs give bit-identical results (the chunks' sums are added
     in chunk order), one chunk or two agree to 1e-10; and when a chunk fails
     (status FAILED) the Python driver takes over and gives its result."""
-    import fastsoftmax._dispatch as policy
     import fastsoftmax._newton as newton
     import fastsoftmax._newton_fused as compiled
 
@@ -539,15 +561,7 @@ def test_compiled_cholesky_loop_is_deterministic_and_falls_back(rng, monkeypatch
     X = rng.standard_normal((m, n))
     y = rng.integers(0, K, m)
     kw = dict(sample_weight=rng.random(m), l2=1e-3, tol=1e-9)
-    monkeypatch.setattr(policy, "hessian_chunks", lambda m, classes, nt: 2)
-    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 2)
-    first = minimize_newton_cholesky(X, y, **kw)
-    np.testing.assert_array_equal(minimize_newton_cholesky(X, y, **kw).theta, first.theta)
-    monkeypatch.setattr(policy, "hessian_chunks", lambda m, classes, nt: 1)
-    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 1)
-    one = minimize_newton_cholesky(X, y, **kw)
-    np.testing.assert_allclose(one.theta, first.theta, rtol=1e-10,
-                               atol=1e-10 * np.abs(first.theta).max())
+    one = one_chunk_after_two(minimize_newton_cholesky, "hessian_chunks", X, y, kw, monkeypatch)
     calls = []
 
     def failing(*args):
@@ -847,7 +861,6 @@ def test_compiled_cg_steps_are_deterministic_and_fall_back(rng, monkeypatch):
     in chunk order), one chunk or two agree to 1e-10; and when a chunk fails
     (status FAILED, at any step) the Python driver takes over from the start
     and gives its result, with its own counts."""
-    import fastsoftmax._dispatch as policy
     import fastsoftmax._newton as newton
     import fastsoftmax._newton_fused as compiled
 
@@ -855,15 +868,7 @@ def test_compiled_cg_steps_are_deterministic_and_fall_back(rng, monkeypatch):
     X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
     y = rng.integers(0, K, m)
     kw = dict(sample_weight=rng.random(m), l2=1e-3, tol=1e-9)
-    monkeypatch.setattr(policy, "product_chunks", lambda m, n, K: 2)
-    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 2)
-    first = minimize_newton_pcg(X, y, **kw)
-    np.testing.assert_array_equal(minimize_newton_pcg(X, y, **kw).theta, first.theta)
-    monkeypatch.setattr(policy, "product_chunks", lambda m, n, K: 1)
-    monkeypatch.setattr(policy, "loss_chunks", lambda m, n, K: 1)
-    one = minimize_newton_pcg(X, y, **kw)
-    np.testing.assert_allclose(one.theta, first.theta, rtol=1e-10,
-                               atol=1e-10 * np.abs(first.theta).max())
+    one_chunk_after_two(minimize_newton_pcg, "product_chunks", X, y, kw, monkeypatch)
     ref = python_pcg(monkeypatch, X, y, **kw)
     real = compiled.newton_cg_step
     for fail_at in (0, 2):
