@@ -25,6 +25,15 @@ def allocate(nchunks, K, n):
 
 
 @serial_kernel
+def zero(a):
+    """Zeros (False for a bool array) into ``a`` in place, for the parallel
+    kernels that reuse or allocate their accumulators (``np.zeros`` there
+    would be a parallel region of its own)."""
+    for i in range(a.size):
+        a.flat[i] = 0
+
+
+@serial_kernel
 def combine(slabs, bias_slabs, losses):
     """``(sum of losses, G (K, n), gb (K,))``, summed in chunk order into chunk 0's slabs."""
     G = slabs[0]

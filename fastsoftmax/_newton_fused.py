@@ -57,6 +57,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, types
 
+from ._accumulate import zero
 from ._compiled import CompiledFunction, call_compiled
 from ._jit import exact_kernel, inline_helper, parallel_kernel, serial_kernel
 from ._newton_step import class_means, reduced_step
@@ -89,8 +90,8 @@ def _loss_chunk(fused, X, Wk, bk, labels, T, sw, eps, c, nchunks, tile, micro, s
     slabs and ``losses[c]``; returns whether it raised.  The body of the
     loops' ``prange`` over chunks (inlined there)."""
     m = X.shape[0]
-    _zero(slabs[c])
-    _zero(bias_slabs[c])
+    zero(slabs[c])
+    zero(bias_slabs[c])
     out = call_compiled(fused, X, Wk, bk, labels, T, sw, eps, np.int64(c * m // nchunks),
                         np.int64((c + 1) * m // nchunks), tile, micro, slabs[c], bias_slabs[c],
                         none, none, none, none, none)
@@ -165,14 +166,6 @@ def _sum_slabs(slabs):
             for e in range(Q):
                 M[q, e] += slabs[c, q, e]
     return M
-
-
-@serial_kernel
-def _zero(a):
-    """Zeros (False) into ``a`` in place: in a parallel kernel ``np.zeros``
-    would be a parallel region of its own."""
-    for i in range(a.size):
-        a.flat[i] = 0
 
 
 @serial_kernel
@@ -258,7 +251,7 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
     nchunks = losses.shape[0]
     hslabs = np.empty((hessian_chunks, C * (C + 1) // 2, nt * (nt + 1) // 2))
     failed = np.empty(max(nchunks, hessian_chunks), dtype=np.bool_)
-    _zero(failed)
+    zero(failed)
     Wk = np.empty((K, n), dtype=X.dtype)
     bk = np.empty(K, dtype=X.dtype)
     Wa = np.empty((K, nt))
@@ -316,7 +309,7 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
             status = STALLED
             break
         for c in prange(hessian_chunks):
-            _zero(hslabs[c])
+            zero(hslabs[c])
             out = call_compiled(hessian, X, Wa, labels, T, sw, eps,
                                 np.int64(c * m // hessian_chunks),
                                 np.int64((c + 1) * m // hessian_chunks), hessian_tile,
@@ -501,14 +494,14 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
     nchunks = losses.shape[0]
     pchunks = product_slabs.shape[0]
     failed = np.empty(max(nchunks, pchunks), dtype=np.bool_)
-    _zero(failed)
+    zero(failed)
     Wk = np.empty((K, n), dtype=X.dtype)
     bk = np.empty(K, dtype=X.dtype)
     Wa = np.empty((K, nt))
     WV = np.empty((2 * K, n), dtype=X.dtype)
     vb = np.empty(K, dtype=X.dtype)
     step = np.empty((K, nt))
-    _zero(step)
+    zero(step)
     r = np.empty((K, nt))
     z = np.empty((K, nt))
     d = np.empty((K, nt))
@@ -528,8 +521,8 @@ def newton_cg_step(fused, product, X, labels, T, sw, eps, denom, l2, P, grad, lo
     for _ in range(max_cg):
         _round_direction(d, WV, vb)
         for c in prange(pchunks):
-            _zero(product_slabs[c])
-            _zero(product_bias_slabs[c])
+            zero(product_slabs[c])
+            zero(product_bias_slabs[c])
             out = call_compiled(product, X, WV, bk, vb, labels, T, sw, eps,
                                 np.int64(c * m // pchunks), np.int64((c + 1) * m // pchunks),
                                 product_tile, product_micro, product_slabs[c],

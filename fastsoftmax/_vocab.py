@@ -85,6 +85,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from ._accumulate import zero
 from ._gemm import gemm, gemm_address
 from ._jit import parallel_kernel
 from ._rowmath import tile_loss_and_coef
@@ -116,7 +117,8 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
     glosses = np.empty(max_groups)
     E = np.empty((workers if capped else 0, K * group))
     aux = np.empty((workers if capped else 0, 4, group))
-    gb = np.zeros(K)
+    gb = np.empty(K)
+    zero(gb)  # not np.zeros: a parallel region of its own here
     loss = 0.0
     for t0 in range(0, m, tile):
         t1 = min(t0 + tile, m)
