@@ -164,6 +164,14 @@ HESSIAN_PRODUCT_BYTES = 2 * 2**20
 #: 9.5 ms; (20000, 30, 6) 15 pairs 17.0 against 20.3 ms, 21 pairs 23.0
 #: against 21.2 ms; (1797, 64, 10) 45 pairs 17.0 against 14.1 ms.
 HESSIAN_DIRECT_MAX_PAIRS = 15
+#: Rows per tile of the full-Hessian kernel's direct sums: its sums run over
+#: the tile's rows, with n~ + 1 of them (8 n~ R bytes) read again for every
+#: pair, which stay in the L1 cache at 128 rows.  Measured on one thread
+#: (2-core Sapphire Rapids VM, random float64 data, reduced system) against
+#: the tile of ``TILE_BYTES``: (1780, 13, 3) 165 -> 81 us, (5000, 50, 5)
+#: 5.9 -> 4.4 ms, (20000, 20, 3) 2.5 -> 1.4 ms, (20000, 30, 6) 15.5 ->
+#: 9.4 ms; 64 and 256 rows were as fast or slower on all of them.
+HESSIAN_DIRECT_TILE = 128
 #: The compiled Newton-Cholesky loop records the objective of at most this
 #: many steps (its ``history``; the loop itself runs to ``max_iter``).
 NEWTON_HISTORY = 10_000
@@ -238,11 +246,15 @@ def hessian_plan(nt: int, K: int, classes: int) -> tuple[int, int, bool]:
     that a tile's products (tile x features x nt float64) stay within
     ``HESSIAN_PRODUCT_BYTES`` (at least one); and whether its sums over the
     pairs of ``classes`` classes are summed directly (at most
-    ``HESSIAN_DIRECT_MAX_PAIRS`` pairs)."""
+    ``HESSIAN_DIRECT_MAX_PAIRS`` pairs), on tiles of ``HESSIAN_DIRECT_TILE``
+    rows."""
+    direct = classes * (classes + 1) // 2 <= HESSIAN_DIRECT_MAX_PAIRS
     per_row = K * (K + 1) // 2 + nt + 2 * K + 3
     tile = int(min(1024, max(64, TILE_BYTES // (8 * per_row))))
+    if direct:
+        tile = HESSIAN_DIRECT_TILE
     features = int(max(1, min(nt, HESSIAN_PRODUCT_BYTES // (8 * tile * nt))))
-    return tile, features, classes * (classes + 1) // 2 <= HESSIAN_DIRECT_MAX_PAIRS
+    return tile, features, direct
 
 
 def hessian_chunks(m: int, classes: int, nt: int) -> int:
