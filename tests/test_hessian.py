@@ -580,6 +580,30 @@ def test_full_hessian_both_sum_paths_match_oracle(direct, K, dtype, case, tile, 
                  oracle_in_flat_layout(scale, K, n, has_b))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, has_b", [(2, False), (6, True), (9, False)])
+def test_full_hessian_direct_sums_on_default_tiles(dtype, n, has_b, rng):
+    """The direct sums on the default plan (tiles of
+    ``HESSIAN_DIRECT_TILE`` rows, four entries per pass over the rows and
+    the rest one by one): 300 rows (several full tiles and a partial one in
+    each chunk), n~ of 2 (no block of four), 7 and 9 (blocks of four and
+    remainders), four classes (10 pairs: direct), against the float64
+    oracle (1e-10 with its entrywise scale)."""
+    import fastsoftmax._dispatch as policy
+
+    K, m = 4, 300
+    nt = n + has_b
+    assert policy.hessian_plan(nt, K, K)[::2] == (policy.HESSIAN_DIRECT_TILE, True)
+    W, X, y = make_problem(rng, m, n, K, dtype, "labels")
+    kw = dict(sample_weight=rng.random(m) + 0.1, l2=0.03)
+    if has_b:
+        kw["b"] = rng.standard_normal(K).astype(dtype)
+    H = fs.hessian(W, X, y, **kw)
+    want, scale = naive_hessian(*f64(W, X), y, return_scale=True, **kw)
+    assert_close(H, oracle_in_flat_layout(want, K, n, has_b), np.float64, "H",
+                 oracle_in_flat_layout(scale, K, n, has_b))
+
+
 def test_kernels_load_from_cache_in_new_process():
     calls = (
         "import numba\n"
