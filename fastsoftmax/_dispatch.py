@@ -162,13 +162,21 @@ HESSIAN_PRODUCT_BYTES = 2 * 2**20
 #: against 0.41 ms (of the products) or 0.25 ms (one GEMM per pair, the
 #: earlier choice for up to three pairs); (5000, 50, 5) 10 pairs 6.7 against
 #: 9.5 ms; (20000, 30, 6) 15 pairs 17.0 against 20.3 ms, 21 pairs 23.0
-#: against 21.2 ms; (1797, 64, 10) 45 pairs 17.0 against 14.1 ms.
+#: against 21.2 ms; (1797, 64, 10) 45 pairs 17.0 against 14.1 ms.  With the
+#: direct sums' smaller tiles and blocks of four (``HESSIAN_DIRECT_TILE``,
+#: 2-core Sapphire Rapids VM): 15 pairs ((20000, 30, 6)) 9.8 against
+#: 13.1 ms, 21 pairs ((20000, 30, 7)) 14.1 against 15.2 ms, 28 pairs
+#: ((5000, 50, 8)) 12.1 against 8.9 ms, 45 pairs ((1797, 64, 10)) 12.0
+#: against 6.8 ms: the limit stays at 15.
 HESSIAN_DIRECT_MAX_PAIRS = 15
 #: Rows per tile of the full-Hessian kernel's direct sums: its sums run over
-#: the tile's rows, with n~ + 1 of them (8 n~ R bytes) read again for every
-#: pair, which stay in the L1 cache at 128 rows.  Measured on one thread
-#: (2-core Sapphire Rapids VM, random float64 data, reduced system) against
-#: the tile of ``TILE_BYTES``: (1780, 13, 3) 165 -> 81 us, (5000, 50, 5)
+#: the tile's rows, and the n~ + 1 rows it reads again for every pair
+#: (8 (n~ + 1) R bytes) fit a 48 KiB L1 cache at 128 rows for n~ up to
+#: about 45 (and stay nearer than at 1024 rows beyond).  Measured on one thread
+#: (2-core Sapphire Rapids VM, random float64 data, reduced system), both
+#: with the blocks of four, against the tile of ``TILE_BYTES`` (the blocks
+#: of four alone gained 15-25% on the wider shapes, nothing on
+#: (1780, 13, 3)): (1780, 13, 3) 165 -> 81 us, (5000, 50, 5)
 #: 5.9 -> 4.4 ms, (20000, 20, 3) 2.5 -> 1.4 ms, (20000, 30, 6) 15.5 ->
 #: 9.4 ms; 64 and 256 rows were as fast or slower on all of them.
 HESSIAN_DIRECT_TILE = 128
@@ -246,8 +254,8 @@ def hessian_plan(nt: int, K: int, classes: int) -> tuple[int, int, bool]:
     that a tile's products (tile x features x nt float64) stay within
     ``HESSIAN_PRODUCT_BYTES`` (at least one); and whether its sums over the
     pairs of ``classes`` classes are summed directly (at most
-    ``HESSIAN_DIRECT_MAX_PAIRS`` pairs), on tiles of ``HESSIAN_DIRECT_TILE``
-    rows."""
+    ``HESSIAN_DIRECT_MAX_PAIRS`` pairs); the direct sums take tiles of
+    ``HESSIAN_DIRECT_TILE`` rows instead of the tile above."""
     direct = classes * (classes + 1) // 2 <= HESSIAN_DIRECT_MAX_PAIRS
     per_row = K * (K + 1) // 2 + nt + 2 * K + 3
     tile = int(min(1024, max(64, TILE_BYTES // (8 * per_row))))

@@ -48,10 +48,10 @@ most three pairs, the products of features above) against the direct sums:
 the products of features stay ahead ((1797, 64, 10) 14.1 against 17.0 ms).
 The direct sums run on tiles of ``HESSIAN_DIRECT_TILE`` (128) rows, so
 that the n~ + 1 rows of the tile they read again for every pair stay in the
-L1 cache, and form four entries (l, l'), ..., (l, l' + 3) per pass over
+L1 cache (for n~ up to about 45), and form four entries (l, l'), ..., (l, l' + 3) per pass over
 the rows.  Measured on one thread (2-core Sapphire Rapids VM, random
 float64 data, reduced system), tiles of up to 1024 rows and one entry per
-pass against both: (1780, 13, 3) 165 -> 81 us, (5000, 50, 5) 7.6 ->
+pass against both: (1780, 13, 3) 159-165 -> 81 us, (5000, 50, 5) 7.6 ->
 4.4 ms, (20000, 20, 3) 2.8 -> 1.4 ms, (10000, 40, 4) 5.5 -> 3.4 ms,
 (20000, 30, 6) 18.8 -> 9.4 ms; with 21 pairs the direct sums then beat the
 GEMM only narrowly (14.1 against 15.2 ms) and lose from 28 pairs on, so

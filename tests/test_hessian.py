@@ -582,15 +582,18 @@ def test_full_hessian_both_sum_paths_match_oracle(direct, K, dtype, case, tile, 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, has_b", [(2, False), (6, True), (9, False)])
-def test_full_hessian_direct_sums_on_default_tiles(dtype, n, has_b, rng):
+@pytest.mark.parametrize("ignore", [False, True])
+def test_full_hessian_direct_sums_on_default_tiles(dtype, n, has_b, ignore, rng, monkeypatch):
     """The direct sums on the default plan (tiles of
     ``HESSIAN_DIRECT_TILE`` rows, four entries per pass over the rows and
-    the rest one by one): 300 rows (several full tiles and a partial one in
-    each chunk), n~ of 2 (no block of four), 7 and 9 (blocks of four and
-    remainders), four classes (10 pairs: direct), against the float64
-    oracle (1e-10 with its entrywise scale)."""
+    the rest one by one), in one chunk whatever the thread count: 300 rows
+    (two full tiles and a partial one; with ignore_index, tiles that keep
+    fewer rows than they span), n~ of 2 (no block of four), 7 and 9 (blocks
+    of four and remainders), four classes (10 pairs: direct), against the
+    float64 oracle (1e-10 with its entrywise scale)."""
     import fastsoftmax._dispatch as policy
 
+    monkeypatch.setattr(policy, "SERIAL_WORK", 2**62)
     K, m = 4, 300
     nt = n + has_b
     assert policy.hessian_plan(nt, K, K)[::2] == (policy.HESSIAN_DIRECT_TILE, True)
@@ -598,6 +601,9 @@ def test_full_hessian_direct_sums_on_default_tiles(dtype, n, has_b, rng):
     kw = dict(sample_weight=rng.random(m) + 0.1, l2=0.03)
     if has_b:
         kw["b"] = rng.standard_normal(K).astype(dtype)
+    if ignore:
+        y = ignore_labels(y, rng)
+        kw["ignore_index"] = -100
     H = fs.hessian(W, X, y, **kw)
     want, scale = naive_hessian(*f64(W, X), y, return_scale=True, **kw)
     assert_close(H, oracle_in_flat_layout(want, K, n, has_b), np.float64, "H",
