@@ -377,9 +377,11 @@ def _cholesky_step(obj, x, grad, hessp):
 
 
 def _cholesky(H):
-    """``cho_factor`` of the symmetric H (modified in place) after adding
-    ``JITTER * max(diag H)`` to its diagonal, and 100 times more (up to 8
-    times) while rounding leaves it indefinite; None if it never factors."""
+    """``cho_factor`` of the symmetric H after adding ``JITTER * max(diag H)``
+    to its diagonal, and 100 times more (up to 8 times) while rounding
+    leaves it indefinite; None if it never factors.  H is left as it was
+    (the shifts go into a copy)."""
+    H = np.array(H, dtype=np.float64)
     shift = JITTER * max(float(np.max(np.diag(H))), np.finfo(float).tiny)
     for _ in range(8):
         H[np.diag_indices_from(H)] += shift
@@ -747,12 +749,13 @@ class BlockInverses:
         return True
 
     def _penalised(self, n, l2):
-        """A copy of the blocks holding the penalty l2 on W's n columns (the
-        factorisations may shift a copy's diagonal; the blocks stay as built)."""
+        """The blocks holding the penalty l2 on W's n columns: the blocks as
+        built, or a copy with the penalty changed (they stay as built)."""
+        if l2 == self.l2:
+            return self.blocks
         blocks = self.blocks.copy()
-        if l2 != self.l2:
-            diagonal = np.arange(n)  # the penalty is on W's entries only
-            blocks[:, diagonal, diagonal] += l2 - self.l2
+        diagonal = np.arange(n)  # the penalty is on W's entries only
+        blocks[:, diagonal, diagonal] += l2 - self.l2
         return blocks
 
     def get(self, obj, hessp):
@@ -935,7 +938,7 @@ def _jacobi(inv_diag, K, n, l2):
 
 
 def _block_inverses(blocks):
-    """The (K, n', n') inverses of the K symmetric blocks (modified), each
+    """The (K, n', n') inverses of the K symmetric blocks, each
     shifted by ``JITTER`` times its largest diagonal entry as
     :func:`_cholesky` shifts it, exactly symmetric; None when one does not
     factor even with :func:`_cholesky`'s larger shifts.  All K at once

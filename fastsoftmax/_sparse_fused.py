@@ -66,6 +66,7 @@ import numpy as np
 from numba import prange, typeof, types
 from numba.extending import overload
 
+from ._accumulate import zero
 from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import OVERLOAD_OPTIONS, parallel_kernel, serial_kernel
 from ._prefetch import prefetch_row
@@ -338,15 +339,6 @@ def _chunk_sums(nchunks, K):
 
 
 @serial_kernel
-def _zeroed(a, start, stop):
-    """``a[start:stop]``, set to zero."""
-    out = a[start:stop]
-    for i in range(out.shape[0]):
-        out[i] = 0.0
-    return out
-
-
-@serial_kernel
 def slab_space(work, size):
     """``work[:size]`` when the caller's float64 workspace is large enough,
     else a new array of ``size`` (its contents are overwritten either way)."""
@@ -407,7 +399,8 @@ def sparse_fused_sums(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, ep
     slabs = slab_space(work, offsets[nchunks] * K)  # zeroed by the chunks, each its own, in parallel
     bias, losses, failed, gb = _chunk_sums(nchunks, K)
     for c in prange(nchunks):
-        slab = _zeroed(slabs, offsets[c] * K, offsets[c + 1] * K).reshape((counts[c], K))
+        slab = slabs[offsets[c] * K: offsets[c + 1] * K].reshape((counts[c], K))
+        zero(slab)
         out = call_compiled(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, eps,
                             bounds[c], bounds[c + 1], tile, ahead, chunk_map(maps, c), slab,
                             bias[c], curv)
