@@ -109,6 +109,18 @@ VOCAB_CLASS_BLOCK = 512
 VOCAB_COLUMN_BLOCK = 512
 VOCAB_ROW_GROUP = 16
 
+#: Tiles of the bfloat16 heads on PyTorch's products (fastsoftmax._torch_head):
+#: at most TORCH_HEAD_ROWS rows by TORCH_HEAD_CLASSES classes of logits, the
+#: numerics between the products by pieces of TORCH_HEAD_PIECE classes (a
+#: piece's logits, PIECE x ROWS bfloat16, stay in a core's L2 between its
+#: passes).  PyTorch's AMX matmuls lose speed on smaller blocks (measured
+#: on a 2-core Sapphire Rapids VM: 1.4 TFLOP/s for 4096 x 1024 x 1024
+#: products, 0.3-1.0 with 256-512 classes).
+TORCH_HEAD_ROWS = 4096
+TORCH_HEAD_CLASSES = 1024
+TORCH_HEAD_PIECE = 128
+TORCH_HEAD_DX_ROWS = 1024
+
 #: ``solver="auto"`` takes Newton-Cholesky when the number of parameters
 #: N = K (n + fit_intercept) is at most this, Newton-CG above.  Measured
 #: (bench/newton_compare.py, noisy shared machine): building the Hessian
@@ -309,6 +321,14 @@ def compiled_vectors(entries: int) -> bool:
     """Whether a pass over a parameter-sized array of ``entries`` entries runs
     compiled and parallel (:mod:`fastsoftmax._vectors`) rather than in NumPy."""
     return entries >= COMPILED_VECTOR_MIN_ENTRIES
+
+
+def torch_head_plan(m: int, n: int, K: int) -> tuple[int, int, int, int]:
+    """``(rows, classes, piece, dx_rows)`` of a bfloat16 head on PyTorch's
+    products (:func:`fastsoftmax._torch_head.head_sums`) for (m, n) X and K
+    classes."""
+    return (int(min(m, TORCH_HEAD_ROWS)), int(min(K, TORCH_HEAD_CLASSES)),
+            int(min(K, TORCH_HEAD_PIECE)), int(min(m, TORCH_HEAD_DX_ROWS)))
 
 
 def large_vocabulary(n: int, K: int, chunks: int) -> bool:

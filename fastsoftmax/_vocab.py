@@ -48,7 +48,7 @@ soft-capping), which is why the dispatcher uses this kernel only for large K.
 Memory besides the outputs (dX (m, n) and dW (K, n) in the working dtype):
 the super-tile's logits ``tile K`` entries of the working dtype, one X tile
 (and one dX tile) ``tile n`` entries and the class blocks' partials
-``ceil(K / class_block) 4 tile 8`` bytes; with soft-capping instead of the
+``ceil(K / class_block) 5 tile 8`` bytes; with soft-capping instead of the
 partials, the groups' intercept sums ``ceil(tile / group) K 8`` bytes and
 float64 scratch ``workers group K 8`` bytes.  The tile is bounded whatever
 m (``fastsoftmax._dispatch.VOCAB_MAX_TILE`` rows), and chosen so that the
@@ -90,7 +90,7 @@ from ._gemm import gemm, gemm_address
 from ._jit import parallel_kernel
 from ._rowmath import tile_loss_and_coef
 from ._tiles import kept_tile
-from ._vocab_rows import block_gradient, block_partials, combine_rows
+from ._vocab_rows import PARTIALS, block_gradient, block_partials, combine_rows
 
 
 @parallel_kernel
@@ -109,7 +109,7 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
     # the class blocks' partial sums and the rows' scales (block numerics), or
     # the row groups' sums and float64 scratch (soft-capping's row numerics)
     capped = cap is not None
-    part = np.empty((0 if capped else nblocks, 4, tile))
+    part = np.empty((0 if capped else nblocks, PARTIALS, tile))
     rowv = np.empty((4, 0 if capped else tile))
     ly = np.empty(0 if capped else tile, dtype=np.int64)
     max_groups = (tile + group - 1) // group if capped else 0
@@ -133,10 +133,10 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
             k1 = min(K, k0 + class_block)
             gemm(addr, False, True, k1 - k0, R, n, 1.0, W[k0:], n, Xt, n, 0.0, Z[k0 * R:], R)
             if cap is None:
-                block_partials(Z, R, k0, k1, b, labels, T, eps, rows, cw, part[q])
+                block_partials(Z[k0 * R:], R, k0, k1, b, labels, T, eps, rows, cw, part[q])
         # 2. loss and the rows' scales (or, soft-capped, D in place by groups of rows)
         if cap is None:
-            loss += combine_rows(Z, R, part, b, labels, sw, eps, rows, cw, zl, lout, rowv, ly)
+            loss += combine_rows(part, R, b, labels, sw, eps, rows, cw, zl, lout, rowv, ly)
         else:
             ngroups = (R + group - 1) // group
             for w in prange(workers):
@@ -156,7 +156,8 @@ def _vocab_kernel(X, W, b, labels, T, sw, eps, addr, tile, class_block, column_b
             k0 = q * class_block
             k1 = min(K, k0 + class_block)
             if cap is None:
-                block_gradient(Z, R, k0, k1, b, labels, T, eps, rows, cw, rowv, ly, gb)
+                block_gradient(Z[k0 * R:], R, k0, k1, b, labels, T, eps, rows, cw, rowv, ly,
+                               gb)
             else:
                 for g in range((R + group - 1) // group):
                     for k in range(k0, k1):

@@ -44,6 +44,9 @@ from torch.autograd.function import once_differentiable
 
 from . import linear_cross_entropy as numpy_linear_cross_entropy
 from ._torch_arrays import as_numpy, as_tensor, check_tensor, compute_dtype
+from ._torch_head import fast_bfloat16_products, head_sums
+from ._validation import (LOSS_REDUCTIONS, Targets, check_extra_options, check_options,
+                          check_targets)
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
@@ -64,6 +67,9 @@ class Spec:
     #: ignored samples only); "zero-weight" for a mean over kept samples whose
     #: classes all have weight zero (PyTorch's 0/0: NaN gradients but for ignored rows)
     degenerate: str = ""
+    #: the validated targets when PyTorch's bfloat16 products compute the call
+    #: (:mod:`fastsoftmax._torch_head`), else None (the NumPy entry point does)
+    head: Targets | None = None
 
 
 def linear_cross_entropy(
@@ -232,7 +238,24 @@ def prepare(input, linear_weight, target, linear_bias, weight, reduction, ignore
     degenerate = "empty" if m == 0 else ""
     if reduction == "mean" and not probabilities and m:
         degenerate = zero_total_weight(y, kw.get("class_weight"), kw["ignore_index"], C)
-    return Spec(reduction, compute, input.dtype, unbatched, y, kw, degenerate)
+    head = None
+    if input.dtype == torch.bfloat16 and softcap is None and not degenerate \
+            and fast_bfloat16_products():
+        head = head_targets(y, m, C, kw)
+    return Spec(reduction, compute, input.dtype, unbatched, y, kw, degenerate, head)
+
+
+def head_targets(y: np.ndarray, m: int, C: int, kw: dict) -> Targets:
+    """The targets validated as :func:`fastsoftmax.linear_cross_entropy` validates
+    them (same checks, same messages), for :func:`fastsoftmax._torch_head.head_sums`."""
+    eps = check_options(kw.get("label_smoothing", 0.0), kw.get("ignore_index"),
+                        kw.get("reduction", "mean"), LOSS_REDUCTIONS)
+    zl, cap = check_extra_options(kw.get("z_loss", 0.0), None)
+    return check_targets(y, m, C, np.dtype(np.float32), sample_weight=None, eps=eps,
+                         ignore_index=kw.get("ignore_index"),
+                         reduction=kw.get("reduction", "mean"), samples="input",
+                         classes="linear_weight (one row per class)",
+                         class_weight=kw.get("class_weight"), zl=zl, cap=cap)
 
 
 def zero_total_weight(labels: np.ndarray, class_weight, ignore_index, C: int) -> str:
@@ -261,9 +284,20 @@ def compute(spec: Spec, input, linear_weight, linear_bias, needs) -> tuple:
     """``(loss, [dX, dW, db])`` of the layer: the loss as the kernel returns it
     and the gradients as tensors in ``spec.compute`` (None where ``needs``, the
     three inputs' ``needs_input_grad``, says no), the unreduced-sum gradients
-    under ``reduction="none"``."""
+    under ``reduction="none"``; on PyTorch's bfloat16 products
+    (``spec.head``) dX and dW in bfloat16."""
     cd = spec.compute
     C, n = linear_weight.shape
+    if spec.head is not None:  # bfloat16 on PyTorch's products, gradients in bfloat16
+        X = input.detach().reshape(-1, n)
+        losses = np.zeros(X.shape[0]) if spec.reduction == "none" else None
+        b64 = np.zeros(C) if linear_bias is None else as_numpy(linear_bias, torch.float64)
+        loss, dX, dW, db = head_sums(X, linear_weight.detach(), b64, spec.head,
+                                     want_dx=needs[0], want_dw=needs[1],
+                                     want_db=linear_bias is not None and needs[2],
+                                     losses=losses)
+        return (loss if losses is None else losses), \
+            [dX, dW, None if db is None else as_tensor(db, cd)]
     X, W, b = layer_arrays(spec, input, linear_weight, linear_bias)
     kw = dict(spec.kw)
     if b is not None:

@@ -1,0 +1,147 @@
+"""bfloat16 heads on PyTorch's matrix products: loss, dX, dW and db of a linear
+layer followed by cross-entropy, for :mod:`fastsoftmax.torch`.
+
+On CPUs with bfloat16 matrix units (Intel AMX) PyTorch's bfloat16 matmuls
+run several times faster than any float32 GEMM, so for bfloat16 tensors
+this module lets PyTorch do the three products of the head and fastsoftmax
+everything between them (:mod:`fastsoftmax._vocab_blocks`, the numerics of
+the large-vocabulary kernel, which read and write the bfloat16 logits in
+place and compute in float64).  No (m, K) array and no (K, n) float32
+accumulator: the logits are computed by tiles, a block of ``classes``
+classes by a tile of ``rows`` rows, class-major, twice:
+
+1. partials, row tiles outer, class blocks inner: ``Z = W[block] X_t^T``,
+   the block's partial softmax sums folded into the tile's (in class
+   order); after the last block, the rows' losses and scales
+   (:func:`fastsoftmax._vocab_rows.combine_rows`), kept for all m rows
+   (40 bytes a row);
+2. gradients, class blocks outer, row tiles inner: ``Z`` again (the same
+   products, so the same bits), the logit gradients ``D`` written over it
+   in bfloat16 (PyTorch's own backward rounds them so too), their sums into
+   the intercept gradient, then ``dW[block] = D X`` (summed over the rows
+   by one product when one tile holds all of them, else in a float32
+   (classes, n) accumulator) and ``dX_t += D^T W[block]`` into a float32
+   (m, n) accumulator, rounded to bfloat16 at the end.
+
+The division by the mean's denominator is folded into the rows' scales, so
+D is the gradient of the loss itself, as in PyTorch.  Cost: four products
+of 2 m n K flops instead of three (the logits twice), on units that are
+several times faster than float32 ones.  Extra memory besides the outputs
+(dX (m, n), dW (K, n) in bfloat16): the float32 dX accumulator, 4 m n
+bytes; one logits tile, 2 ``rows classes`` bytes; one product tile, 2
+``rows n`` bytes; the partials, 40 ``rows classes / piece`` bytes; the
+rows' scales, 40 m bytes; with several row tiles the dW block's float32
+accumulator and product, 6 ``classes n`` bytes.
+
+Accuracy: each product is computed by PyTorch in bfloat16 with float32
+accumulation and rounded once to bfloat16 (the logits, dW) or added to a
+float32 accumulator (dX, per class block), as PyTorch's own bfloat16
+backward does with one product; everything else is float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import _dispatch as policy
+from ._threading import parallel_region
+from ._validation import Targets
+from ._vocab_blocks import tile_gradient, tile_partials
+from ._vocab_rows import PARTIALS, combine_rows
+
+
+def fast_bfloat16_products() -> bool:
+    """Whether PyTorch's bfloat16 matmuls run on matrix units here (Intel AMX):
+    elsewhere they are a slow fallback and bfloat16 heads are computed in float32."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+def bits(t: torch.Tensor) -> np.ndarray:
+    """A uint16 NumPy view of a contiguous bfloat16 tensor's memory (no copy)."""
+    return t.view(torch.int16).numpy().view(np.uint16).reshape(-1)
+
+
+def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
+              want_dx: bool, want_dw: bool, want_db: bool, losses: np.ndarray | None = None):
+    """Loss and gradients of a bfloat16 head, normalised by ``t.denom``.
+
+    ``X`` (m, n) and ``W`` (K, n) bfloat16 tensors (any strides), ``b`` (K,)
+    float64 (zeros without a bias), ``t`` the validated targets (class
+    indices with -1 for ignored samples, or (m, K) probabilities; no
+    soft-capping).  ``losses``, when given, (m,) float64 zeros that receive
+    the per-sample losses (``reduction="none"``).  Returns ``(loss, dX, dW,
+    db)``: the loss a float (the sum of ``losses`` when given, divided by
+    the denominator), dX (m, n) and dW (K, n) bfloat16 tensors and db (K,)
+    float64, each None when not wanted (with none wanted, only the first
+    pass runs).  See the module docstring.
+    """
+    m, n = X.shape
+    K = W.shape[0]
+    rows, classes, piece, dx_rows = policy.torch_head_plan(m, n, K)
+    single = rows >= m
+    labels, T, sw, cw = t.labels, t.T, t.sw, t.cw
+    logits = torch.empty(classes * min(rows, m), dtype=torch.bfloat16)
+    Zbits = bits(logits)
+    part = np.empty(((classes + piece - 1) // piece, PARTIALS, min(rows, m)))
+    run = np.empty((PARTIALS, min(rows, m)))
+    rowv = np.empty((4, m))
+    ly = np.zeros(m, dtype=np.int64)
+    loss = 0.0
+
+    def tile_logits(k0, k1, r0, r1):
+        """The class-major logits of classes k0..k1-1 and rows r0..r1-1 (bfloat16 bits)."""
+        R = r1 - r0
+        Z = logits[: (k1 - k0) * R].view(k1 - k0, R)
+        torch.mm(W[k0:k1], X[r0:r1].T, out=Z)
+        return Z
+
+    with parallel_region():
+        for r0 in range(0, m, rows):  # 1. partials, losses and the rows' scales
+            r1 = min(m, r0 + rows)
+            R = r1 - r0
+            idx = np.arange(r0, r1, dtype=np.int64)
+            run[0, :R] = -np.inf
+            run[1:, :R] = 0.0
+            for k0 in range(0, K, classes):
+                k1 = min(K, k0 + classes)
+                tile_logits(k0, k1, r0, r1)
+                tile_partials(Zbits, R, k0, k1, piece, b, labels, T, t.eps, idx, cw, part, run)
+            loss += combine_rows(run[None, :, :R], R, b, labels, sw, t.eps, idx, cw, t.zl,
+                                 losses, rowv[:, r0:r1], ly[r0:r1])
+        rowv[1:3] /= t.denom  # D is then the gradient of the normalised loss
+        if losses is not None and t.denom != 1.0:
+            losses /= t.denom
+
+        gb = np.zeros(K)
+        dW = torch.empty((K, n), dtype=torch.bfloat16) if want_dw else None
+        acc = torch.zeros((m, n), dtype=torch.float32) if want_dx else None
+        dW_acc = None if single or not want_dw else torch.empty((classes, n))
+        for k0 in range(0, K if want_dx or want_dw or want_db else 0, classes):
+            # 2. logit gradients, dW and dX
+            k1 = min(K, k0 + classes)
+            if dW_acc is not None:
+                dW_acc.zero_()
+            for r0 in range(0, m, rows):
+                r1 = min(m, r0 + rows)
+                R = r1 - r0
+                idx = np.arange(r0, r1, dtype=np.int64)
+                D = tile_logits(k0, k1, r0, r1)
+                tile_gradient(Zbits, R, k0, k1, piece, b, labels, T, t.eps, idx, cw,
+                              rowv[:, r0:r1], ly[r0:r1], gb)
+                if want_dw:
+                    if single:
+                        torch.mm(D, X, out=dW[k0:k1])
+                    else:
+                        dW_acc[: k1 - k0] += torch.mm(D, X[r0:r1])
+                for s0 in range(r0 if want_dx else r1, r1, dx_rows):  # in slices: a small product
+                    s1 = min(r1, s0 + dx_rows)
+                    acc[s0:s1] += torch.mm(D[:, s0 - r0:s1 - r0].T, W[k0:k1])
+            if dW_acc is not None:
+                dW[k0:k1] = dW_acc[: k1 - k0]
+    del logits, Zbits
+    dX = None
+    if want_dx:
+        dX = acc.to(torch.bfloat16)
+    return loss / t.denom, dX, dW, (gb if want_db else None)

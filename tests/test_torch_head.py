@@ -1,0 +1,260 @@
+"""bfloat16 heads on PyTorch's products (fastsoftmax._torch_head), and the
+bfloat16 bits the compiled kernels read and write (fastsoftmax._bf16).
+
+On CPUs with bfloat16 matrix units fastsoftmax.torch computes bfloat16
+tensors with PyTorch's bfloat16 matmuls: the logits and the logit gradients
+are rounded to bfloat16, as in PyTorch's own bfloat16 path.  These tests
+force that path whatever the CPU (PyTorch's bfloat16 matmuls are slow but
+correct without the units; the shapes are small), with small tiles so that
+several row tiles, class blocks and pieces meet, and with the default ones.
+
+Oracle: the same rounding written with torch operations (sharing no code
+with the kernels): logits ``X W^T`` in float32 rounded to bfloat16, the bias
+added in float64, the loss and its logit gradient by PyTorch's
+``F.cross_entropy`` in float64 (plus the z-loss written out), the logit
+gradient rounded to bfloat16 and the two products in float32, rounded to
+bfloat16.  Tolerances: the loss within 1e-6 relative (both compute it in
+float64 from the same bfloat16 logits); each gradient within bfloat16's
+``rtol`` 1.6e-2 plus ``2**-6`` times its largest entry (the products' float32
+sums run in another order, which may move a logit or a product by one
+bfloat16 step, and dX is rounded per block of classes).  The bias gradient,
+summed in float64 from the unrounded logit gradients, within 1e-3 of its
+largest entry.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import fastsoftmax.torch as fst  # noqa: E402
+from fastsoftmax import _dispatch  # noqa: E402
+from fastsoftmax._bf16 import load, store  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def bfloat16_products(monkeypatch):
+    """PyTorch's bfloat16 products for bfloat16 tensors, whatever this CPU has."""
+    monkeypatch.setattr(fst, "fast_bfloat16_products", lambda: True)
+
+
+@pytest.fixture(params=["small-tiles", "default-tiles"])
+def tiles(request, monkeypatch):
+    if request.param == "small-tiles":  # 3 row tiles, 3 class blocks of 3 pieces (+ remainders)
+        monkeypatch.setattr(_dispatch, "TORCH_HEAD_ROWS", 16)
+        monkeypatch.setattr(_dispatch, "TORCH_HEAD_CLASSES", 24)
+        monkeypatch.setattr(_dispatch, "TORCH_HEAD_PIECE", 8)
+    return request.param
+
+
+# --- the bits --------------------------------------------------------------------------------
+
+
+@numba.njit
+def _stored(values, out):
+    for i in range(values.shape[0]):
+        store(out, i, values[i])
+
+
+@numba.njit
+def _loaded(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = load(bits[i])
+
+
+def as_bits(t: torch.Tensor) -> np.ndarray:
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def test_bfloat16_bits_round_and_read_as_pytorch():
+    """store rounds float32 values to bfloat16 as PyTorch's conversion does
+    (nearest, ties to even; overflow to infinity; NaN kept), load reads them back."""
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(20000, generator=g) * torch.exp2(torch.randint(-130, 128, (20000,),
+                                                                 generator=g).float())
+    ties = torch.tensor([1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, -(1.0 + 2.0 ** -8),
+                         2.0 ** -133, 3.3895e38, -3.3895e38, 3.4e38], dtype=torch.float32)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45])
+    values = torch.cat([f, ties, special]).float()
+    out = np.zeros(values.numel(), dtype=np.uint16)
+    _stored(values.numpy().astype(np.float64), out)
+    want = values.to(torch.bfloat16)
+    nan = torch.isnan(values).numpy()
+    np.testing.assert_array_equal(out[~nan], as_bits(want)[~nan])
+    got = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+    assert torch.isnan(got[torch.from_numpy(nan)]).all()
+    back = np.empty(out.size, dtype=np.float32)
+    _loaded(out, back)
+    np.testing.assert_array_equal(back[~nan], want.float().numpy()[~nan])
+    float_back = np.empty(3)
+    _loaded(np.array([1.5, -2.0, np.inf]), float_back)  # floats: the value itself
+    np.testing.assert_array_equal(float_back, [1.5, -2.0, np.inf])
+
+
+# --- the head against the emulated rounding -----------------------------------------------------
+
+#: name -> keywords of fastsoftmax.torch.linear_cross_entropy ("bias", "target": see problem())
+CASES = {
+    "plain": {},
+    "bias": {"bias": True},
+    "sum": {"bias": True, "reduction": "sum"},
+    "none": {"bias": True, "reduction": "none", "target": "labels-ignored"},
+    "ignored": {"bias": True, "target": "labels-ignored"},
+    "smoothing": {"label_smoothing": 0.2, "target": "labels-ignored"},
+    "smoothing-1": {"bias": True, "label_smoothing": 1.0},
+    "probs": {"bias": True, "target": "probs"},
+    "probs-smoothing-sum": {"target": "probs", "label_smoothing": 0.1, "reduction": "sum"},
+    "weight": {"bias": True, "weight": True, "target": "labels-ignored"},
+    "weight-smoothing-sum": {"weight": True, "label_smoothing": 0.3, "reduction": "sum"},
+    "z_loss": {"bias": True, "z_loss": 0.03, "target": "labels-ignored"},
+    "everything": {"bias": True, "weight": True, "z_loss": 0.01, "label_smoothing": 0.1,
+                   "target": "labels-ignored"},
+}
+
+
+def problem(case: str, m=41, n=12, K=70, seed=0):
+    """(X, W, y, b, keywords): bfloat16 leaves that require grad, b None without a bias."""
+    spec = CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(m, n, generator=g).bfloat16().requires_grad_()
+    W = (0.8 * torch.randn(K, n, generator=g)).bfloat16().requires_grad_()
+    b = (0.5 * torch.randn(K, generator=g)).bfloat16().requires_grad_() if spec.get("bias") \
+        else None
+    kw = {k: v for k, v in spec.items() if k not in ("bias", "target", "weight")}
+    if spec.get("weight"):
+        kw["weight"] = (0.2 + torch.rand(K, generator=g)).bfloat16()
+    target = spec.get("target", "labels")
+    if target == "probs":
+        y = torch.softmax(torch.randn(m, K, generator=g), -1).bfloat16()
+    else:
+        y = torch.randint(0, K, (m,), generator=g)
+        if target == "labels-ignored":
+            y[torch.rand(m, generator=g) < 0.3] = -100
+            y[0] = 3
+    return X, W, y, b, kw
+
+
+def emulated(X, W, y, b, kw):
+    """(loss, dX, dW, db) of the head with PyTorch's bfloat16 rounding, in torch
+    operations (see the module docstring); gradients of the losses' sum for "none"."""
+    z = (X.detach().float() @ W.detach().float().T).bfloat16().double()
+    if b is not None:
+        z = z + b.detach().double()
+    z.requires_grad_()
+    reduction = kw.get("reduction", "mean")
+    weight = kw.get("weight")
+    probs = y.is_floating_point()
+    ce = F.cross_entropy(z, y.double() if probs else y,
+                         weight=None if weight is None else weight.double(),
+                         label_smoothing=kw.get("label_smoothing", 0.0), reduction="none",
+                         **({} if probs else {"ignore_index": -100}))
+    kept = torch.ones(len(y), dtype=torch.float64) if probs else (y != -100).double()
+    per_sample = ce + kw.get("z_loss", 0.0) * torch.logsumexp(z, -1) ** 2 * kept
+    if reduction == "none":
+        loss = per_sample
+    elif reduction == "sum":
+        loss = per_sample.sum()
+    else:
+        if weight is not None and not probs:
+            denom = (weight.double()[y.clamp(min=0)] * kept).sum()
+            # PyTorch's weighted mean divides the z-loss too; fastsoftmax's z-loss is
+            # normalised by the kept samples: the two terms apart
+            loss = ce.sum() / denom + kw.get("z_loss", 0.0) * (
+                torch.logsumexp(z, -1) ** 2 * kept).sum() / kept.sum()
+        else:
+            loss = per_sample.sum() / kept.sum()
+    (dz,) = torch.autograd.grad(loss.sum(), z)
+    dzb = dz.float().bfloat16().float()
+    dX = (dzb @ W.detach().float()).bfloat16()
+    dW = (dzb.T @ X.detach().float()).bfloat16()
+    db = None if b is None else dz.sum(0)
+    return loss.detach(), dX, dW, db
+
+
+def close(got, want, name):
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape, name
+    scale = float(want.float().abs().max())
+    torch.testing.assert_close(got.float(), want.float(), rtol=1.6e-2, atol=2.0 ** -6 * scale,
+                               msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_head_matches_emulated_rounding(case, tiles):
+    X, W, y, b, kw = problem(case)
+    spec = fst.prepare(X, W, y, b, kw.get("weight"), kw.get("reduction", "mean"), None,
+                       kw.get("label_smoothing", 0.0), kw.get("z_loss", 0.0), None)
+    assert spec.head is not None  # the path under test
+    loss = fst.linear_cross_entropy(X, W, y, linear_bias=b, **kw)
+    leaves = [t for t in (X, W, b) if t is not None]
+    got = torch.autograd.grad(loss.sum(), leaves)
+    want_loss, *want = emulated(X, W, y, b, kw)
+    assert loss.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.double(), want_loss.bfloat16().double(), rtol=0, atol=0)
+    close(got[0], want[0], "d input")
+    close(got[1], want[1], "d linear_weight")
+    if b is not None:
+        assert got[2].dtype == torch.bfloat16
+        scale = float(want[2].abs().max())
+        torch.testing.assert_close(got[2].double(), want[2], rtol=1.6e-2, atol=1e-3 * scale)
+
+
+def test_head_loss_before_rounding(monkeypatch):
+    """The float64 loss the head computes, before its rounding to bfloat16, within
+    1e-6 of the emulated one (same bfloat16 logits)."""
+    X, W, y, b, kw = problem("everything")
+    spec = fst.prepare(X, W, y, b, kw["weight"], "mean", None, 0.1, 0.01, None)
+    loss, _ = fst.compute(spec, X, W, b, (False, False, False))
+    want = emulated(X, W, y, b, kw)[0]
+    assert abs(loss - float(want)) <= 1e-6 * abs(float(want))
+
+
+def test_only_the_wanted_gradients(tiles):
+    """Leaves that do not require grad get none, and the others are unchanged."""
+    X, W, y, b, kw = problem("bias")
+    full = torch.autograd.grad(fst.linear_cross_entropy(X, W, y, linear_bias=b), (X, W, b))
+    Xc = X.detach()
+    part = torch.autograd.grad(fst.linear_cross_entropy(Xc, W, y, linear_bias=b), (W, b))
+    assert torch.equal(part[0], full[1]) and torch.equal(part[1], full[2])
+    with torch.no_grad():
+        loss = fst.linear_cross_entropy(X, W, y, linear_bias=b)
+    assert loss == fst.linear_cross_entropy(X, W, y, linear_bias=b).detach()
+
+
+def test_same_bits_on_any_thread_count():
+    X, W, y, b, kw = problem("everything", m=300, K=900)
+    runs = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(threads)
+        try:
+            loss = fst.linear_cross_entropy(X, W, y, linear_bias=b, **kw)
+            runs.append([loss, *torch.autograd.grad(loss, (X, W, b))])
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for one, many in zip(*runs):
+        assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize("kw", [{"softcap": 2.0}, {}])
+def test_which_path(kw, monkeypatch):
+    """Soft-capping, other dtypes and CPUs without the units take the float32 path."""
+    X, W, y, b, _ = problem("plain")
+    spec = fst.prepare(X, W, y, None, None, "mean", None, 0.0, 0.0, kw.get("softcap"))
+    assert (spec.head is None) == ("softcap" in kw)
+    spec = fst.prepare(X.float(), W.float(), y, None, None, "mean", None, 0.0, 0.0, None)
+    assert spec.head is None
+    monkeypatch.setattr(fst, "fast_bfloat16_products", lambda: False)
+    spec = fst.prepare(X, W, y, None, None, "mean", None, 0.0, 0.0, None)
+    assert spec.head is None
+
+
+def test_invalid_targets_named_as_in_float32():
+    """The head validates its targets with the NumPy entry point's checks."""
+    X, W, y, b, _ = problem("plain")
+    bad = y.clone()
+    bad[5] = 70
+    with pytest.raises(ValueError, match="70"):
+        fst.linear_cross_entropy(X, W, bad)
