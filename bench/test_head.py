@@ -32,11 +32,13 @@ bfloat16 (the gradients' tolerance scaled by their largest entry).
 Recorded in ``extra_info`` (``--benchmark-json``) and printed with ``-s``,
 per call: the median time; ``of_floor``, the floor over the median, the floor
 being 6·m·n·K flops (three matrix products: logits, dW, dX) at this
-machine's SGEMM rate, measured once per session (the faster of NumPy's and
-torch's float32 GEMM at (1024, 1024) x (1024, 8192), best of 3; the same
-floor for bfloat16, which has no faster units on most CPUs; a fraction above
-100% means the probe ran in a slower spell of a shared machine than the
-call, and that the numbers are not to be trusted); ``vs_faster_torch``,
+machine's GEMM rate in the call's dtype, measured once per session at
+(1024, 1024) x (1024, 8192), best of 3: for float32 the faster of NumPy's
+and torch's float32 GEMM, for bfloat16 torch's bfloat16 GEMM (several times
+the float32 rate on CPUs with bfloat16 matrix units, a slow fallback on
+others); a fraction above 100% means the probe ran in a slower spell of a
+shared machine than the call, and that the numbers are not to be trusted);
+``vs_faster_torch``,
 the faster torch path's median over this one (fastsoftmax.torch runs last
 in its group, so it always has both); and the peak extra memory of one call
 measured in a fresh process (``fastsoftmax.tools.memory.peak_extra``; the
@@ -184,16 +186,18 @@ def forward_backward(fn, X, W, y, b):
 
 
 @pytest.fixture(scope="module")
-def sgemm_gflop_s():
-    """This machine's float32 GEMM rate (GFLOP/s): the faster of NumPy and torch,
-    best of 3 at (1024, 1024) x (1024, 8192) (tiny under FASTSOFTMAX_BENCH_TINY)."""
+def gemm_gflop_s():
+    """This machine's GEMM rates (GFLOP/s): float32 in NumPy ("numpy") and torch
+    ("torch"), bfloat16 in torch ("torch-bfloat16"), best of 3 at (1024, 1024) x
+    (1024, 8192) (tiny under FASTSOFTMAX_BENCH_TINY)."""
     m, n, K = (64, 64, 64) if TINY else (1024, 1024, 8192)
     rng = np.random.default_rng(0)
     A = rng.standard_normal((m, n), dtype=np.float32)
     B = rng.standard_normal((n, K), dtype=np.float32)
+    tA, tB = torch.from_numpy(A), torch.from_numpy(B)
     rates = {}
-    for lib, mm, args in (("numpy", np.dot, (A, B)),
-                          ("torch", torch.mm, (torch.from_numpy(A), torch.from_numpy(B)))):
+    for lib, mm, args in (("numpy", np.dot, (A, B)), ("torch", torch.mm, (tA, tB)),
+                          ("torch-bfloat16", torch.mm, (tA.bfloat16(), tB.bfloat16()))):
         mm(*args)
         best = np.inf
         for _ in range(3):
@@ -201,8 +205,8 @@ def sgemm_gflop_s():
             mm(*args)
             best = min(best, time.perf_counter() - t0)
         rates[lib] = 2.0 * m * n * K / best / 1e9
-    print(f"\nSGEMM: numpy {rates['numpy']:.0f}, torch {rates['torch']:.0f} GFLOP/s "
-          f"({numba.get_num_threads()} threads)")
+    print(f"\nGEMM: float32 numpy {rates['numpy']:.0f}, torch {rates['torch']:.0f}; bfloat16 "
+          f"torch {rates['torch-bfloat16']:.0f} GFLOP/s ({numba.get_num_threads()} threads)")
     return rates
 
 
@@ -266,7 +270,7 @@ CASES = [(shape, dtype, impl) for shape in SHAPES for dtype in DTYPES for impl i
 
 
 @pytest.mark.parametrize("shape, dtype, impl", CASES, ids=["-".join(c) for c in CASES])
-def test_head(benchmark, sgemm_gflop_s, shape, dtype, impl):
+def test_head(benchmark, gemm_gflop_s, shape, dtype, impl):
     m, n, K = SHAPES[shape]
     X, W, y, b = leaves(shape, dtype)
     fn = IMPLS[impl]
@@ -281,11 +285,12 @@ def test_head(benchmark, sgemm_gflop_s, shape, dtype, impl):
     rounds = 1 if shape in HEAD_SHAPES else 3
     benchmark.group = f"{shape} ({m}x{n}x{K}) {dtype}, loss + backward"
     benchmark.pedantic(forward_backward, args=(fn, X, W, y, b), rounds=rounds, iterations=1)
-    rate = max(sgemm_gflop_s.values())
+    rate = (gemm_gflop_s["torch-bfloat16"] if dtype == "bfloat16"
+            else max(gemm_gflop_s["numpy"], gemm_gflop_s["torch"]))
     floor_s = 6.0 * m * n * K / (rate * 1e9)
     info = dict(shape=shape, m=m, n=n, K=K, dtype=dtype, impl=impl,
                 torch_threads=torch.get_num_threads(), numba_threads=numba.get_num_threads(),
-                sgemm_gflop_s=sgemm_gflop_s, floor_6mnK_s=floor_s)
+                gemm_gflop_s=gemm_gflop_s, floor_6mnK_s=floor_s)
     median = benchmark.stats.stats.median if benchmark.stats is not None else None
     if median is not None:
         group = MEDIANS.setdefault((shape, dtype), {})

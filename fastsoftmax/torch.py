@@ -14,9 +14,14 @@ The forward pass calls the NumPy entry point on views of the tensors' memory
 (no copy; non-contiguous tensors are read through their strides) and keeps
 the gradients that autograd will ask for (``ctx.needs_input_grad``); the
 backward pass multiplies them by the incoming gradient and returns them in
-the tensors' dtype.  bfloat16 and float16 tensors are computed in float32
-(one float32 copy of each operand; sums accumulate in float64 as for any
-float32 input) and their gradients are rounded once, in backward.
+the tensors' dtype.  float16 tensors are computed in float32 (one float32
+copy of each operand; sums accumulate in float64 as for any float32 input)
+and their gradients are rounded once, in backward.  bfloat16 tensors too,
+unless the CPU has bfloat16 matrix units (Intel AMX): then PyTorch's
+bfloat16 matmuls compute the products, by tiles, and fastsoftmax the
+softmax between them (:mod:`fastsoftmax._torch_head`): logits and logit
+gradients are rounded to bfloat16, as in PyTorch's own bfloat16 path, and
+the gradients are made in bfloat16 (soft-capping keeps the float32 path).
 
 Costs to know about:
 
@@ -95,8 +100,9 @@ def linear_cross_entropy(
     Parameters
     ----------
     input : Tensor, shape (N, in_features) or (in_features,)
-        The layer's input, float32, float64, bfloat16 or float16 (the last
-        two computed in float32).  As in PyTorch, only these two shapes: for
+        The layer's input, float32, float64, bfloat16 or float16 (float16
+        computed in float32, bfloat16 too unless the CPU has bfloat16 matrix
+        units: see the module docstring).  As in PyTorch, only these two shapes: for
         a (B, T, in_features) batch pass ``input.flatten(0, -2)`` and
         ``target.flatten()``.
     linear_weight : Tensor, shape (C, in_features)

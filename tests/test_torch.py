@@ -9,8 +9,10 @@ defaults for the dtype compared (PyTorch's own: float64 rtol 1e-7 atol 1e-7,
 float32 rtol 1.3e-6 atol 1e-5, float16 rtol 1e-3 atol 1e-5, bfloat16 rtol
 1.6e-2 atol 1e-5).  bfloat16 and float16 results are compared with PyTorch
 run in float32 on the same values (exactly representable), rounded to the
-dtype: that is what fastsoftmax computes (PyTorch's own bfloat16 path rounds
-its logits to bfloat16 and is less accurate than that).
+dtype: that is what fastsoftmax computes in float32 (PyTorch's own bfloat16
+path rounds its logits to bfloat16 and is less accurate than that).  This
+module pins that path for bfloat16; the path of CPUs with bfloat16 matrix
+units, on PyTorch's bfloat16 products, is tested in tests/test_torch_head.py.
 
 Options that ``fastsoftmax.linear_cross_entropy`` gains with the options
 work of issue 10 (per-class weights, reduction="none", label smoothing 1.0,

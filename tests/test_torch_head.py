@@ -27,6 +27,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -117,7 +119,8 @@ CASES = {
 
 
 def problem(case: str, m=41, n=12, K=70, seed=0):
-    """(X, W, y, b, keywords): bfloat16 leaves that require grad, b None without a bias."""
+    """(X, W, y, b, keywords): bfloat16 leaves that require grad, b None without a
+    bias; with ignored labels, sample 0 is kept."""
     spec = CASES[case]
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(m, n, generator=g).bfloat16().requires_grad_()
@@ -134,7 +137,7 @@ def problem(case: str, m=41, n=12, K=70, seed=0):
         y = torch.randint(0, K, (m,), generator=g)
         if target == "labels-ignored":
             y[torch.rand(m, generator=g) < 0.3] = -100
-            y[0] = 3
+            y[0] = 3 % K
     return X, W, y, b, kw
 
 
@@ -258,3 +261,23 @@ def test_invalid_targets_named_as_in_float32():
     bad[5] = 70
     with pytest.raises(ValueError, match="70"):
         fst.linear_cross_entropy(X, W, bad)
+
+
+@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 40), n=st.integers(1, 9), K=st.integers(2, 60),
+       rows=st.integers(1, 50), classes=st.integers(1, 70), piece=st.integers(1, 20),
+       case=st.sampled_from(["bias", "none", "smoothing", "probs", "everything"]),
+       seed=st.integers(0, 2**16))
+def test_head_over_shapes_and_tiles(monkeypatch, m, n, K, rows, classes, piece, case, seed):
+    """Any shape and any tiles (one row, one class, tiles larger than the problem)."""
+    for name, value in (("ROWS", rows), ("CLASSES", classes), ("PIECE", piece),
+                        ("DX_ROWS", max(1, rows // 2))):
+        monkeypatch.setattr(_dispatch, f"TORCH_HEAD_{name}", value)
+    X, W, y, b, kw = problem(case, m=m, n=n, K=K, seed=seed)
+    loss = fst.linear_cross_entropy(X, W, y, linear_bias=b, **kw)
+    leaves = [t for t in (X, W, b) if t is not None]
+    got = torch.autograd.grad(loss.sum(), leaves)
+    want_loss, *want = emulated(X, W, y, b, kw)
+    torch.testing.assert_close(loss.double(), want_loss.bfloat16().double(), rtol=0, atol=0)
+    close(got[0], want[0], "d input")
+    close(got[1], want[1], "d linear_weight")
