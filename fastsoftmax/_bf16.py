@@ -34,7 +34,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from ._jit import OVERLOAD_OPTIONS
-from ._rowmath import exp_nonpositive, exp_nonpositive32
+from ._rowmath import bits_from_float32, exp_nonpositive, exp_nonpositive32
 
 
 @intrinsic
@@ -46,17 +46,6 @@ def _float32_from_bf16_bits(typingctx, bits):
         wide = builder.zext(args[0], ir.IntType(32))
         return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)),
                                ir.FloatType())
-
-    return sig, codegen
-
-
-@intrinsic
-def _bits_from_float32(typingctx, value):
-    """The 32 bits of a float32, as a uint32."""
-    sig = types.uint32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
 
     return sig, codegen
 
@@ -86,7 +75,7 @@ def _store_impl(z, i, value):
         return store_float
     if z.dtype == types.uint16:
         def store_bf16(z, i, value):
-            u = np.int64(_bits_from_float32(np.float32(value)))
+            u = bits_from_float32(np.float32(value))
             if (u & 0x7FFFFFFF) > 0x7F800000:  # NaN: keep sign and quiet it
                 z[i] = np.uint16((u >> 16) | 0x40)
             else:  # round to nearest, ties to even (a carry rounds up to infinity)

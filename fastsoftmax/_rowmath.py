@@ -119,7 +119,7 @@ _ZERO_32 = np.float32(0.0)
 
 
 @intrinsic
-def _float32_from_bits(typingctx, bits):
+def float32_from_bits(typingctx, bits):
     """Reinterpret the low 32 bits of an int64 as a float32."""
     sig = types.float32(types.int64)
 
@@ -130,7 +130,7 @@ def _float32_from_bits(typingctx, bits):
 
 
 @intrinsic
-def _bits_from_float32(typingctx, value):
+def bits_from_float32(typingctx, value):
     """The 32 bits of a float32, as a non-negative int64."""
     sig = types.int64(types.float32)
 
@@ -151,7 +151,7 @@ def exp_nonpositive32(x):
     p = c[7]
     for k in range(6, -1, -1):
         p = p * r + c[k]
-    result = p * _float32_from_bits((_bits_from_float32(shifted) - _SHIFTER_BITS_32 + 127) << 23)
+    result = p * float32_from_bits((bits_from_float32(shifted) - _SHIFTER_BITS_32 + 127) << 23)
     if x < _EXP_MIN_32:
         result = _ZERO_32
     if x != x:

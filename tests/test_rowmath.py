@@ -13,16 +13,21 @@ import pytest
 from fastsoftmax._rowmath import exp_nonpositive, exp_nonpositive32
 
 
-@numba.njit(cache=False)
-def _exp_loop(x, out):
-    for i in range(x.shape[0]):
-        out[i] = exp_nonpositive(x[i])
+def looped(exp):
+    """A compiled loop applying ``exp`` to an array, and a caller of it."""
+    @numba.njit(cache=False)
+    def loop(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp(x[i])
+
+    def call(x):
+        out = np.empty_like(x)
+        loop(x, out)
+        return out
+    return loop, call
 
 
-def compiled_exp(x):
-    out = np.empty_like(x)
-    _exp_loop(x, out)
-    return out
+_exp_loop, compiled_exp = looped(exp_nonpositive)
 
 
 @pytest.mark.parametrize("low", [-708.0, -50.0, -1.0, -1e-3, -1e-12])
@@ -68,16 +73,7 @@ def test_loop_compiles_to_simd_code():
 # --- the float32 exponential of bfloat16 logits (exp_nonpositive32) ---------------------------
 
 
-@numba.njit(cache=False)
-def _exp32_loop(x, out):
-    for i in range(x.shape[0]):
-        out[i] = exp_nonpositive32(x[i])
-
-
-def compiled_exp32(x):
-    out = np.empty_like(x)
-    _exp32_loop(x, out)
-    return out
+_exp32_loop, compiled_exp32 = looped(exp_nonpositive32)
 
 
 def float32_ulps(got, x):
