@@ -6,8 +6,10 @@ rows), and computes them one block of classes at a time, each block by one
 thread; each function here gets the logits of its own classes ``k0 .. k1 -
 1``, ``Z[(k - k0) R + r]``.  They may be float32 or float64, or bfloat16
 held as their bits (uint16, :mod:`fastsoftmax._bf16`: PyTorch's bfloat16
-logits in :mod:`fastsoftmax._torch_head`); the arithmetic is float64
-whatever they are.  The softmax needs every class of a row, so it is split
+logits in :mod:`fastsoftmax._torch_head`); the arithmetic is float64,
+but for bfloat16 logits, whose maxima, exponentials and logit gradients are
+computed in float32 (:mod:`fastsoftmax._bf16`'s working precision); the
+rows' sums, losses and scales are float64 whatever the logits.  The softmax needs every class of a row, so it is split
 in three:
 
 1. :func:`block_partials`, right after the block's logits GEMM, while the
@@ -72,7 +74,7 @@ def block_partials(Z, R, k0, k1, b, labels, T, eps, rows, cw, out):
     ``out[3, r] = sum_k c_rk`` over the block's classes with ``c_rk`` the
     (class-weighted, smoothed) target: for class indices only the
     smoothing's share ``cw_k`` (0 without smoothing), for dense targets all
-    of it; and ``out[4, r]``, the label's logit ``z_y`` without ``b_y`` when
+    of it; and ``out[4, r]``, the label's logit ``z_y`` (with ``b_y``) when
     the row's label is in the block, else 0.  A zero ``c_rk`` adds nothing,
     even against a -inf logit.
     """
@@ -103,7 +105,7 @@ def block_partials(Z, R, k0, k1, b, labels, T, eps, rows, cw, out):
         for r in range(R):
             y = labels[rows[r]]
             if k0 <= y < k1:
-                zy[r] = load(Z[(y - k0) * R + r])
+                zy[r] = load(Z[(y - k0) * R + r]) + b[y]  # in b's dtype, as the logits
         if eps > 0.0:  # the smoothing's share: the same sum_k cw_k for every row
             csum = 0.0
             for k in range(k0, k1):
@@ -209,7 +211,7 @@ def combine_rows(part, R, b, labels, sw, eps, rows, cw, zl, lout, rowv, ly):
                 continue
             c = (1.0 - eps) * (cw[y] if cw is not None else 1.0)
             rowv[3, r] = c
-            tz = c * (zy + b[y] - M) if c != 0.0 else 0.0
+            tz = c * (zy - M) if c != 0.0 else 0.0
             tsum = c
             if eps > 0.0:
                 tz += eps * inv_k * (cz - cs * M)
@@ -268,7 +270,8 @@ def block_gradient(Z, R, k0, k1, b, labels, T, eps, rows, cw, rowv, ly, gb):
             off = work(Z, eps * inv_k * ck)
             for r in range(R):
                 t = off + (cy[r] if y[r] == k else none)
-                d[r] = scale[r] * exp_like(Z, load(zk[r]) + bk - mx[r]) - w[r] * t
+                v = scale[r] * exp_like(Z, load(zk[r]) + bk - mx[r]) - w[r] * t
+                d[r] = v if y[r] >= 0 else none  # an ignored row: 0, even for a NaN logit
         else:
             for r in range(R):
                 t = work(Z, ck * ((1.0 - eps) * T[rows[r], k] + eps * inv_k))

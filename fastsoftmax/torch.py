@@ -21,7 +21,9 @@ unless the CPU has bfloat16 matrix units (Intel AMX): then PyTorch's
 bfloat16 matmuls compute the products, by tiles, and fastsoftmax the
 softmax between them (:mod:`fastsoftmax._torch_head`): logits and logit
 gradients are rounded to bfloat16, as in PyTorch's own bfloat16 path, and
-the gradients are made in bfloat16 (soft-capping keeps the float32 path).
+dX and dW are made in bfloat16 (soft-capping keeps the float32 path).  There,
+``reduction="none"`` with an incoming gradient whose entries differ
+recomputes dW and db on the float32 path (float32 copies of X and W).
 
 Costs to know about:
 
@@ -245,7 +247,7 @@ def prepare(input, linear_weight, target, linear_bias, weight, reduction, ignore
     if reduction == "mean" and not probabilities and m:
         degenerate = zero_total_weight(y, kw.get("class_weight"), kw["ignore_index"], C)
     head = None
-    if input.dtype == torch.bfloat16 and softcap is None and not degenerate \
+    if input.dtype == torch.bfloat16 and softcap is None and not degenerate and C > 0 \
             and fast_bfloat16_products():
         head = head_targets(y, m, C, kw)
     return Spec(reduction, compute, input.dtype, unbatched, y, kw, degenerate, head)
@@ -259,8 +261,7 @@ def head_targets(y: np.ndarray, m: int, C: int, kw: dict) -> Targets:
     zl, cap = check_extra_options(kw.get("z_loss", 0.0), None)
     return check_targets(y, m, C, np.dtype(np.float32), sample_weight=None, eps=eps,
                          ignore_index=kw.get("ignore_index"),
-                         reduction=kw.get("reduction", "mean"), samples="input",
-                         classes="linear_weight (one row per class)",
+                         reduction=kw.get("reduction", "mean"), samples="X",
                          class_weight=kw.get("class_weight"), zl=zl, cap=cap)
 
 
