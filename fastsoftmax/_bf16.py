@@ -3,8 +3,8 @@
 NumPy and numba have no bfloat16 type; a bfloat16 is the top half of a
 float32's bits, so a kernel can read and write bfloat16 arrays (PyTorch's,
 seen through ``tensor.view(torch.int16).numpy().view(np.uint16)``) as uint16
-arrays.  Two helpers let one kernel serve float arrays and such arrays
-alike, with no cost for floats (numba specialises them away):
+arrays.  Helpers let one kernel serve float arrays and such arrays alike,
+with no cost for floats (numba specialises them away):
 
 - :func:`load` ``(v)``: the value of one stored entry: ``v`` itself for a
   float, the bfloat16 whose bits ``v`` holds for a uint16 (exact);
@@ -82,7 +82,6 @@ def _store_impl(z, i, value):
                 z[i] = np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
         return store_bf16
     return None
-
 
 
 def work(z, x):

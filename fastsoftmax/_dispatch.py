@@ -323,10 +323,11 @@ def compiled_vectors(entries: int) -> bool:
     return entries >= COMPILED_VECTOR_MIN_ENTRIES
 
 
-def torch_head_plan(m: int, n: int, K: int) -> tuple[int, int, int, int]:
+def torch_head_plan(m: int, K: int) -> tuple[int, int, int, int]:
     """``(rows, classes, piece, dx_rows)`` of a bfloat16 head on PyTorch's
-    products (:func:`fastsoftmax._torch_head.head_sums`) for (m, n) X and K
-    classes."""
+    products (:func:`fastsoftmax._torch_head.head_sums`) for m samples and K
+    classes (fixed sizes, bounded by the problem's; the features do not
+    enter)."""
     return (int(min(m, TORCH_HEAD_ROWS)), int(min(K, TORCH_HEAD_CLASSES)),
             int(min(K, TORCH_HEAD_PIECE)), int(min(m, TORCH_HEAD_DX_ROWS)))
 

@@ -92,13 +92,13 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
     """
     m, n = X.shape
     K = W.shape[0]
-    rows, classes, piece, dx_rows = policy.torch_head_plan(m, n, K)
+    rows, classes, piece, dx_rows = policy.torch_head_plan(m, K)  # rows <= m
     single = rows >= m
     labels, T, sw, cw = t.labels, t.T, t.sw, t.cw
-    logits = torch.empty(classes * min(rows, m), dtype=torch.bfloat16)
+    logits = torch.empty(classes * rows, dtype=torch.bfloat16)
     Zbits = bits(logits)
-    part = np.empty(((classes + piece - 1) // piece, PARTIALS, min(rows, m)))
-    run = np.empty((PARTIALS, min(rows, m)))
+    part = np.empty(((classes + piece - 1) // piece, PARTIALS, rows))
+    run = np.empty((PARTIALS, rows))
     rowv = np.empty((4, m))
     ly = np.zeros(m, dtype=np.int64)
     loss = 0.0

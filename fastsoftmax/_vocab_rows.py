@@ -9,8 +9,8 @@ held as their bits (uint16, :mod:`fastsoftmax._bf16`: PyTorch's bfloat16
 logits in :mod:`fastsoftmax._torch_head`); the arithmetic is float64,
 but for bfloat16 logits, whose maxima, exponentials and logit gradients are
 computed in float32 (:mod:`fastsoftmax._bf16`'s working precision); the
-rows' sums, losses and scales are float64 whatever the logits.  The softmax needs every class of a row, so it is split
-in three:
+rows' sums, losses and scales are float64 whatever the logits.  The softmax
+needs every class of a row, so it is split in three:
 
 1. :func:`block_partials`, right after the block's logits GEMM, while the
    block (a few hundred KB) is still in cache: per row, the block's maximum

@@ -21,8 +21,8 @@ unless the CPU has bfloat16 matrix units (Intel AMX): then PyTorch's
 bfloat16 matmuls compute the products, by tiles, and fastsoftmax the
 softmax between them (:mod:`fastsoftmax._torch_head`): logits and logit
 gradients are rounded to bfloat16, as in PyTorch's own bfloat16 path, and
-dX and dW are made in bfloat16 (soft-capping keeps the float32 path).  There,
-``reduction="none"`` with an incoming gradient whose entries differ
+dX and dW are made in bfloat16 (soft-capping keeps the float32 path).
+There, ``reduction="none"`` with an incoming gradient whose entries differ
 recomputes dW and db on the float32 path (float32 copies of X and W).
 
 Costs to know about:
@@ -104,9 +104,9 @@ def linear_cross_entropy(
     input : Tensor, shape (N, in_features) or (in_features,)
         The layer's input, float32, float64, bfloat16 or float16 (float16
         computed in float32, bfloat16 too unless the CPU has bfloat16 matrix
-        units: see the module docstring).  As in PyTorch, only these two shapes: for
-        a (B, T, in_features) batch pass ``input.flatten(0, -2)`` and
-        ``target.flatten()``.
+        units: see the module docstring).  As in PyTorch, only these two
+        shapes: for a (B, T, in_features) batch pass ``input.flatten(0, -2)``
+        and ``target.flatten()``.
     linear_weight : Tensor, shape (C, in_features)
         Weights of the C classes, in input's dtype.
     target : Tensor, shape (N,) or () of class indices, or (N, C) or (C,) of class probabilities
