@@ -56,6 +56,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ._api import loss_and_grad
 from ._class_weight import apply_class_weight, class_weight_vector
+from ._fit_input import validate_fit_data
 from ._blas import single_threaded_all_blas
 from ._hessian import rows_from_flat
 from ._newton import auto_solver, minimize_newton_cholesky, minimize_newton_pcg
@@ -214,8 +215,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
         else:
-            X, y = validate_data(self, X, y, accept_sparse="csr",
-                                 dtype=[np.float64, np.float32], order="C")
+            X, y = validate_fit_data(self, X, y)
             if is_sparse(X):
                 self._check_solver_takes("sparse X", newton_cg=True)
             self._check_targets(y)
@@ -226,9 +226,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                     raise ValueError(
                         f"sample_weight must hold one weight per sample: {X.shape[0]} for the "
                         f"{X.shape[0]} samples of X, got {weights.shape[0]}")
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-            sample_weight = apply_class_weight(self.class_weight, classes, y_index, sample_weight)
-            total = float(sample_weight.sum())
+            if sample_weight is None and self.class_weight is None:
+                total = float(X.shape[0])  # unweighted: the kernels' unit weights
+            else:
+                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+                sample_weight = apply_class_weight(self.class_weight, classes, y_index,
+                                                   sample_weight)
+                total = float(sample_weight.sum())
             evaluate = loss_and_grad
         return self._fit_encoded(X, y_index, classes, sample_weight, total, evaluate)
 
@@ -246,7 +250,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                      end=None):
         """The fit after validation: X validated (m, n), ``y_index`` (m,) the
         class indices into ``classes`` (K,), ``sample_weight`` (m,) float64
-        with the class weights applied and ``total`` its sum, ``evaluate``
+        with the class weights applied and ``total`` its sum (None and m:
+        unweighted, which the kernels compute without weights), ``evaluate``
         the loss-and-gradient function (in memory or Dask).  Sets the fitted
         attributes but ``n_features_in_`` (and feature names); returns self.
         :class:`SoftmaxRegressionCV` calls it for each C of a fold's path,

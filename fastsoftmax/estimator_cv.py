@@ -24,10 +24,11 @@ from sklearn.base import _fit_context
 from sklearn.metrics import check_scoring, get_scorer_names
 from sklearn.model_selection import check_cv
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, validate_data
+from sklearn.utils.validation import _check_sample_weight
 
 from ._api import loss_and_grad
 from ._class_weight import apply_class_weight, class_weight_vector
+from ._fit_input import validate_fit_data
 from ._newton import BlockInverses, EndSums
 from ._sparse import is_sparse
 from ._validation import is_dask_collection
@@ -129,8 +130,7 @@ class SoftmaxRegressionCV(SoftmaxRegression):
         if is_dask_collection(X):
             raise TypeError("SoftmaxRegressionCV takes NumPy or SciPy sparse X, not Dask "
                             "collections: fit SoftmaxRegression on Dask data instead")
-        X, y = validate_data(self, X, y, accept_sparse="csr",
-                             dtype=[np.float64, np.float32], order="C")
+        X, y = validate_fit_data(self, X, y)
         if is_sparse(X):  # before any fold is fitted
             self._check_solver_takes("sparse X", newton_cg=True)
         self._check_targets(y)

@@ -1,0 +1,144 @@
+"""The estimators' cheap validation of plain fit input (fastsoftmax._fit_input).
+
+The oracle is scikit-learn's full ``validate_data`` (the checks the cheap
+path skips), called directly on a fresh estimator: for plain input it must
+return the very same arrays; for every other input the estimators must do
+exactly what it does (same arrays, or the same error).  Which inputs are
+plain is known here from how each one is built, not from the function under
+test.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.utils.validation import validate_data  # noqa: E402
+
+from fastsoftmax._fit_input import plain_arrays, validate_fit_data  # noqa: E402
+from fastsoftmax.estimator import SoftmaxRegression  # noqa: E402
+from fastsoftmax.estimator_cv import SoftmaxRegressionCV  # noqa: E402
+
+RNG = np.random.default_rng(5)
+X64 = RNG.normal(size=(40, 3))
+Y = np.arange(40) % 3
+
+
+def full_validation(X, y):
+    """scikit-learn's own checks, as the estimators asked for them before the cheap path."""
+    return validate_data(SoftmaxRegression(), X, y, accept_sparse="csr",
+                         dtype=[np.float64, np.float32], order="C")
+
+
+PLAIN = {
+    "float64": (X64, Y),
+    "float32": (X64.astype(np.float32), Y),
+    "int8 labels": (X64, Y.astype(np.int8)),
+    "uint16 labels": (X64, Y.astype(np.uint16)),
+    "bool labels": (X64, Y == 1),
+    "one sample": (X64[:1].copy(), Y[:1].copy()),
+    "one feature": (X64[:, :1].copy(), Y),
+    "read-only": (np.frombuffer(X64.tobytes()).reshape(40, 3), Y),
+}
+
+
+@pytest.mark.parametrize("name", list(PLAIN))
+def test_plain_input_is_what_full_validation_returns_unchanged(name):
+    X, y = PLAIN[name]
+    assert plain_arrays(X, y)
+    Xf, yf = full_validation(X, y)
+    assert Xf is X and np.shares_memory(yf, y) and np.array_equal(yf, y)  # the oracle's view
+    estimator = SoftmaxRegression()
+    estimator.feature_names_in_ = np.array(["a", "b", "c"], dtype=object)  # from a former fit
+    Xv, yv = validate_fit_data(estimator, X, y)
+    assert Xv is X and yv is y
+    assert estimator.n_features_in_ == X.shape[1]
+    assert not hasattr(estimator, "feature_names_in_")
+
+
+def _big_endian(X):
+    return X.astype(X.dtype.newbyteorder(">"))
+
+
+NOT_PLAIN = {
+    "list X": (X64.tolist(), Y),
+    "list y": (X64, Y.tolist()),
+    "Fortran X": (np.asfortranarray(X64), Y),
+    "strided X": (X64[:, ::2], Y),
+    "float16 X": (X64.astype(np.float16), Y),
+    "int X": ((X64 * 10).astype(np.int64), Y),
+    "big-endian X": (_big_endian(X64), Y),
+    "matrix X": (X64.view(np.matrix), Y),
+    "NaN in X": (np.where(np.arange(120).reshape(40, 3) == 7, np.nan, X64), Y),
+    "inf in X": (np.where(np.arange(120).reshape(40, 3) == 7, -np.inf, X64), Y),
+    "sum overflows": (np.full((40, 3), 1e307), Y),
+    "1-D X": (X64[:, 0].copy(), Y),
+    "3-D X": (X64.reshape(40, 3, 1), Y),
+    "no samples": (X64[:0], Y[:0]),
+    "no features": (X64[:, :0], Y),
+    "float y": (X64, Y.astype(np.float64)),
+    "string y": (X64, np.array(["a", "b", "c"])[Y]),
+    "object y": (X64, Y.astype(object)),
+    "column y": (X64, Y[:, None]),
+    "strided y": (X64, np.repeat(Y, 2)[::2]),
+    "short y": (X64, Y[:-1]),
+}
+
+
+def _outcome(validate, X, y):
+    """(arrays, None, warnings) or (None, (exception type, message), warnings) of one validation."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result, error = validate(X, y), None
+        except Exception as raised:  # the outcome under comparison
+            result, error = None, (type(raised), str(raised))
+    return result, error, [(w.category, str(w.message)) for w in caught]
+
+
+@pytest.mark.parametrize("name", list(NOT_PLAIN))
+def test_other_input_gets_the_full_validation(name):
+    X, y = NOT_PLAIN[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # an overflowing sum is not the user's
+        assert not plain_arrays(X, y)
+    expected, expected_error, expected_warnings = _outcome(full_validation, X, y)
+    got, error, got_warnings = _outcome(
+        lambda X, y: validate_fit_data(SoftmaxRegression(), X, y), X, y)
+    assert error == expected_error and got_warnings == expected_warnings
+    if expected is not None:
+        for a, b in zip(got, expected):
+            assert type(a) is type(b) and a.dtype == b.dtype and a.flags.c_contiguous
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("estimator", [
+    SoftmaxRegression(tol=1e-10), SoftmaxRegression(solver="lbfgs", tol=1e-10),
+    SoftmaxRegressionCV(Cs=[0.1, 1.0], cv=2, tol=1e-10)], ids=["auto", "lbfgs", "cv"])
+def test_plain_input_fits_the_model_of_validated_input(estimator):
+    """The same data as plain arrays and as lists (which the full checks
+    convert): the same model, bit for bit."""
+    X = RNG.normal(size=(200, 4)) * [1.0, 10.0, 0.1, 3.0]
+    y = RNG.integers(0, 3, size=200)
+    plain = sklearn.base.clone(estimator).fit(X, y)
+    converted = sklearn.base.clone(estimator).fit(X.tolist(), y.tolist())
+    np.testing.assert_array_equal(plain.coef_, converted.coef_)
+    np.testing.assert_array_equal(plain.intercept_, converted.intercept_)
+
+
+@pytest.mark.parametrize("solver", ["newton-cholesky", "newton-cg", "lbfgs"])
+def test_no_weights_fit_as_unit_weights(solver):
+    """Without sample or class weights the kernels run unweighted: the same
+    objective as unit weights, so the same model to the solvers' tolerance."""
+    X = RNG.normal(size=(300, 5)) * [1.0, 10.0, 0.1, 3.0, 1.0]
+    y = RNG.integers(0, 4, size=300)
+    model = SoftmaxRegression(solver=solver, tol=1e-10, max_iter=10_000)
+    unweighted = sklearn.base.clone(model).fit(X, y)
+    unit = sklearn.base.clone(model).fit(X, y, sample_weight=np.ones(300))
+    np.testing.assert_allclose(unweighted.coef_, unit.coef_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(unweighted.intercept_, unit.intercept_, rtol=1e-7, atol=1e-9)
+    assert unweighted.objective_ == pytest.approx(unit.objective_, rel=1e-12)
