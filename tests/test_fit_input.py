@@ -90,7 +90,8 @@ NOT_PLAIN = {
 
 
 def _outcome(validate, X, y):
-    """(arrays, None, warnings) or (None, (exception type, message), warnings) of one validation."""
+    """One validation's (arrays, None, warnings), or (None, (exception type,
+    message), warnings) when it raised."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
