@@ -332,6 +332,19 @@ def torch_head_plan(m: int, K: int) -> tuple[int, int, int, int]:
             int(min(K, TORCH_HEAD_PIECE)), int(min(m, TORCH_HEAD_DX_ROWS)))
 
 
+def bfloat16_head(classes: int, softcapped: bool, degenerate: bool,
+                  matrix_units: bool) -> bool:
+    """Whether :mod:`fastsoftmax.torch` computes a bfloat16 head of ``classes``
+    classes on PyTorch's bfloat16 products (:mod:`fastsoftmax._torch_head`)
+    rather than in float32: where those products run on matrix units
+    (``matrix_units``, :func:`fastsoftmax._torch_head.fast_bfloat16_products`;
+    elsewhere PyTorch's bfloat16 matmuls are slower than float32 ones),
+    without soft-capping (its capped logits need the float32 path's row
+    numerics), with at least one class and a well-defined mean
+    (``degenerate``: no kept sample, or their weights sum to zero)."""
+    return matrix_units and classes > 0 and not softcapped and not degenerate
+
+
 def large_vocabulary(n: int, K: int, chunks: int) -> bool:
     """Whether a dense fused call with n features and K classes uses the large-vocabulary kernel."""
     return K >= VOCAB_MIN_CLASSES and chunks * K * n * 8 > VOCAB_SLAB_BYTES

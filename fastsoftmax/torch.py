@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from . import _dispatch as policy
 from . import linear_cross_entropy as numpy_linear_cross_entropy
 from ._torch_arrays import as_numpy, as_tensor, check_tensor, compute_dtype
 from ._torch_head import fast_bfloat16_products, head_sums
@@ -247,8 +248,8 @@ def prepare(input, linear_weight, target, linear_bias, weight, reduction, ignore
     if reduction == "mean" and not probabilities and m:
         degenerate = zero_total_weight(y, kw.get("class_weight"), kw["ignore_index"], C)
     head = None
-    if input.dtype == torch.bfloat16 and softcap is None and not degenerate and C > 0 \
-            and fast_bfloat16_products():
+    if input.dtype == torch.bfloat16 and policy.bfloat16_head(
+            C, softcap is not None, bool(degenerate), fast_bfloat16_products()):
         head = head_targets(y, m, C, kw)
     return Spec(reduction, compute, input.dtype, unbatched, y, kw, degenerate, head)
 

@@ -257,12 +257,16 @@ def test_same_bits_on_any_thread_count():
 
 @pytest.mark.parametrize("kw", [{"softcap": 2.0}, {}])
 def test_which_path(kw, monkeypatch):
-    """Soft-capping, other dtypes and CPUs without the units take the float32 path."""
+    """Soft-capping, other dtypes, an undefined mean and CPUs without the units
+    take the float32 path."""
     X, W, y, b, _ = problem("plain")
     spec = fst.prepare(X, W, y, None, None, "mean", None, 0.0, 0.0, kw.get("softcap"))
     assert (spec.head is None) == ("softcap" in kw)
     spec = fst.prepare(X.float(), W.float(), y, None, None, "mean", None, 0.0, 0.0, None)
     assert spec.head is None
+    ignored = torch.full_like(y, -100)  # no kept sample: a NaN mean, no products needed
+    spec = fst.prepare(X, W, ignored, None, None, "mean", None, 0.0, 0.0, None)
+    assert spec.head is None and spec.degenerate == "empty"
     monkeypatch.setattr(fst, "fast_bfloat16_products", lambda: False)
     spec = fst.prepare(X, W, y, None, None, "mean", None, 0.0, 0.0, None)
     assert spec.head is None
