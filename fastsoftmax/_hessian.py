@@ -338,16 +338,15 @@ def _sparse_hessian_diagonal(p: Problem, cache: ProductCache) -> np.ndarray:
     Hessian products), then ``(X * X)^T c`` with scipy.sparse (duplicate
     entries summed before squaring).  Extra memory: the (m, K + 1)
     probabilities (kept in ``cache``), the (m, K) curvatures and X's squared
-    non-zeros."""
+    non-zeros (made once, kept with X: :attr:`fastsoftmax._sparse.CSR.squared`)."""
     if cache.curv is None:
         cache.curv = sparse_point_curvature(p)
     K = p.W.shape[0]
-    stored, Xs = cache.curv, p.X.to_scipy()
+    stored, squared = cache.curv, p.X.squared  # X's squares kept with X for the next point
     if p.n_ignored:  # dropped rows may hold inf or NaN: 0 * inf must not enter
         keep = p.labels >= 0
-        stored, Xs = stored[keep], Xs[keep]
+        stored, squared = stored[keep], squared[keep]
     curv = _diagonal_curvatures(stored[:, :K], stored[:, K])
-    squared = Xs.multiply(Xs)  # duplicate entries summed first, as SciPy does
     dW = np.asarray(squared.T @ curv).T / p.denom + p.l2
     if not p.has_b:
         return dW.ravel()
@@ -455,7 +454,8 @@ class HessianProduct:
         conjugate gradients.  One fused pass over X (like one gradient); for
         CSR X from the probabilities the products keep (computed here if no
         product came first), then scipy.sparse, with the (m, K) curvatures
-        and a copy of X's squared non-zeros as extra memory.
+        and X's squared non-zeros as extra memory (made on the first call and
+        kept with the validated X, for the next points of a solver).
         """
         # the probabilities are kept only where the products use them
         return hessian_diagonal(self._problem,

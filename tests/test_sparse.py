@@ -638,6 +638,22 @@ def test_diagonal_ignores_non_finite_values_of_dropped_rows(kernel_path):
         np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
 
 
+def test_squares_are_made_once_per_validated_matrix():
+    """The Hessian diagonal's squared non-zeros are made on first use and kept
+    with the validated X (every Newton step of a fit shares them): unsorted
+    columns and duplicate entries summed before squaring, as in X.toarray()."""
+    from fastsoftmax._sparse import check_csr
+
+    X = scipy.sparse.csr_matrix((np.array([1.0, -2.0, 3.0, 0.5, 0.25]),
+                                 np.array([2, 0, 2, 1, 1]), np.array([0, 3, 3, 5])),
+                                shape=(3, 4))
+    csr = check_csr("X", X)
+    squared = csr.squared
+    assert squared is csr.squared
+    np.testing.assert_array_equal(squared.toarray(), X.toarray() ** 2)
+    assert X.has_canonical_format is False and X.nnz == 5  # the caller's X untouched
+
+
 def test_non_finite_weight_of_an_unused_column_stays_out_of_the_gradient(kernel_path):
     """A column that no row of X touches contributes nothing, even with an
     infinite weight, when l2 is 0 (0 * inf must not turn its gradient into NaN),
