@@ -55,9 +55,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from ._api import loss_and_grad
+from ._blas import single_threaded_all_blas
 from ._class_weight import apply_class_weight, class_weight_vector
 from ._fit_input import validate_fit_data
-from ._blas import single_threaded_all_blas
 from ._hessian import rows_from_flat
 from ._newton import auto_solver, minimize_newton_cholesky, minimize_newton_pcg
 from ._primitives import log_softmax, softmax
