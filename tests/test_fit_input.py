@@ -2,8 +2,10 @@
 
 The oracle is scikit-learn's full ``validate_data`` (the checks the cheap
 path skips), called directly on a fresh estimator: for plain input it must
-return the very same arrays; for every other input the estimators must do
-exactly what it does (same arrays, or the same error).  Which inputs are
+return the very same arrays; for every other input ``validate_fit_data``
+must do exactly what it does (same arrays, or the same error and
+warnings), which holds by construction, so there the test's weight is in
+``plain_arrays`` saying no.  Which inputs are
 plain is known here from how each one is built, not from the function under
 test.
 """
