@@ -14,6 +14,8 @@ through the order of floating-point sums.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 
 #: Bytes of X per tile of the fused kernel: the tile stays in the L2 cache
@@ -120,6 +122,17 @@ TORCH_HEAD_ROWS = 4096
 TORCH_HEAD_CLASSES = 1024
 TORCH_HEAD_PIECE = 128
 TORCH_HEAD_DX_ROWS = 1024
+#: The dX product D^T W reads the class-major logit gradients D transposed.
+#: PyTorch's bfloat16 matmul (oneDNN) runs such products at full rate up to
+#: 1024 features and at 0.6-0.8 of it from 1280 (W's columns); there a
+#: row-major copy of D (fastsoftmax._transpose) makes the product a plain
+#: one.  Measured on the same VM, 1024 classes by slices of 1024 rows,
+#: copies included: 1.23-1.25x faster for 1280-1536 features, 1.39-1.50x
+#: for 2048, 1.56-1.83x for 4096; 0.62-0.81x (slower) for 512-1024.
+#: The copies go by tiles of TORCH_HEAD_TRANSPOSE_BLOCK x same blocks of 4
+#: x 4 entries: 0.47 ms for 1024 x 2048 entries, 0.55-0.60 with 32 or 64.
+TORCH_HEAD_ROW_MAJOR_FEATURES = 1280
+TORCH_HEAD_TRANSPOSE_BLOCK = 16
 
 #: ``solver="auto"`` takes Newton-Cholesky when the number of parameters
 #: N = K (n + fit_intercept) is at most this, Newton-CG above.  Measured
@@ -323,13 +336,26 @@ def compiled_vectors(entries: int) -> bool:
     return entries >= COMPILED_VECTOR_MIN_ENTRIES
 
 
-def torch_head_plan(m: int, K: int) -> tuple[int, int, int, int]:
-    """``(rows, classes, piece, dx_rows)`` of a bfloat16 head on PyTorch's
-    products (:func:`fastsoftmax._torch_head.head_sums`) for m samples and K
-    classes (fixed sizes, bounded by the problem's; the features do not
-    enter)."""
-    return (int(min(m, TORCH_HEAD_ROWS)), int(min(K, TORCH_HEAD_CLASSES)),
-            int(min(K, TORCH_HEAD_PIECE)), int(min(m, TORCH_HEAD_DX_ROWS)))
+class HeadPlan(NamedTuple):
+    """Tiles of a bfloat16 head on PyTorch's products (:func:`torch_head_plan`)."""
+
+    rows: int  #: rows per tile of logits
+    classes: int  #: classes per block of logits
+    piece: int  #: classes per piece of the numerics between the products
+    dx_rows: int  #: rows per slice of the dX product
+    row_major_dx: bool  #: whether the dX product reads a row-major copy of D
+    transpose_block: int  #: tile edge of that copy (fastsoftmax._transpose)
+
+
+def torch_head_plan(m: int, n: int, K: int) -> HeadPlan:
+    """The tiles of a bfloat16 head on PyTorch's products
+    (:func:`fastsoftmax._torch_head.head_sums`) for m samples, n features and
+    K classes: fixed sizes, bounded by the problem's, and a row-major copy of
+    the logit gradients for the dX product from
+    ``TORCH_HEAD_ROW_MAJOR_FEATURES`` features."""
+    return HeadPlan(int(min(m, TORCH_HEAD_ROWS)), int(min(K, TORCH_HEAD_CLASSES)),
+                    int(min(K, TORCH_HEAD_PIECE)), int(min(m, TORCH_HEAD_DX_ROWS)),
+                    n >= TORCH_HEAD_ROW_MAJOR_FEATURES, int(TORCH_HEAD_TRANSPOSE_BLOCK))
 
 
 def bfloat16_head(classes: int, softcapped: bool, degenerate: bool,

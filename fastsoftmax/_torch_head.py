@@ -9,31 +9,42 @@ the large-vocabulary kernel, which read and write the bfloat16 logits in
 place: maxima, exponentials and logit gradients in float32, the rows' sums,
 losses and scales in float64).  No (m, K) array and no (K, n) float32
 accumulator: the logits are computed by tiles, a block of ``classes``
-classes by a tile of ``rows`` rows, class-major, twice:
+classes by a tile of ``rows`` rows, class-major, in two passes:
 
 1. partials, row tiles outer, class blocks inner: ``Z = W[block] X_t^T``,
    the block's partial softmax sums folded into the tile's (in class
    order); after the last block, the rows' losses and scales
    (:func:`fastsoftmax._vocab_rows.combine_rows`), kept for all m rows
    (40 bytes a row);
-2. gradients, class blocks outer, row tiles inner: ``Z`` again (the same
-   products, so the same bits), the logit gradients ``D`` written over it
-   in bfloat16 (PyTorch's own backward rounds them so too), their sums into
-   the intercept gradient, then ``dW[block] = D X`` (summed over the rows
-   by one product when one tile holds all of them, else in a float32
-   (classes, n) accumulator) and ``dX_t += D^T W[block]`` into a float32
-   (m, n) accumulator, rounded to bfloat16 at the end.
+2. gradients, class blocks outer, row tiles inner: ``Z`` again, the logit
+   gradients ``D`` written over it in bfloat16 (PyTorch's own backward
+   rounds them so too), their sums into the intercept gradient, then
+   ``dW[block] = D X`` (summed over the rows by one product when one tile
+   holds all of them, else in a float32 (classes, n) accumulator) and
+   ``dX_t += D^T W[block]`` into a float32 (m, n) accumulator, rounded to
+   bfloat16 at the end.
+
+The second pass needs the first pass's logits again.  When one tile holds
+every row, dW is wanted and m <= n, they are kept where dW goes: block
+``k0 .. k1``'s (m, k1 - k0) logits fit in its own (k1 - k0, n) rows of dW,
+and the second pass takes the blocks last first, so each dW block
+overwrites only logits it has already used (their copy into the tile
+buffer is what ``D`` is written over).  Three products of 2 m n K flops
+then, as in PyTorch; otherwise the logits are computed again (the same
+products, so the same bits): four.  From ``TORCH_HEAD_ROW_MAJOR_FEATURES``
+features the dX product reads a row-major copy of each slice of D
+(:mod:`fastsoftmax._transpose`), where PyTorch's products of a transposed
+operand are slow.
 
 The division by the mean's denominator is folded into the rows' scales, so
-D is the gradient of the loss itself, as in PyTorch.  Cost: four products
-of 2 m n K flops instead of three (the logits twice), on units that are
-several times faster than float32 ones.  Extra memory besides the outputs
-(dX (m, n), dW (K, n) in bfloat16): the float32 dX accumulator, 4 m n
-bytes; one logits tile, 2 ``rows classes`` bytes; one product tile, 2
-``rows n`` bytes; the partials, 40 ``rows classes / piece`` bytes; the
+D is the gradient of the loss itself, as in PyTorch.  Extra memory besides
+the outputs (dX (m, n), dW (K, n) in bfloat16): the float32 dX
+accumulator, 4 m n bytes; one logits tile, 2 ``rows classes`` bytes; one
+product tile, 2 ``dx_rows n`` bytes (the dX product is made by slices of
+``dx_rows`` rows) and with the row-major copies their slice, 2 ``dx_rows
+classes`` bytes; the partials, 40 ``rows classes / piece`` bytes; the
 rows' scales, 40 m bytes; with several row tiles the dW block's float32
-accumulator and product, 6 ``classes n`` bytes.  (The dX product is
-made by slices of ``dx_rows`` rows: 2 ``dx_rows n`` bytes.)
+accumulator and product, 6 ``classes n`` bytes.
 
 Accuracy: each product is computed by PyTorch in bfloat16 with float32
 accumulation and rounded to bfloat16: the logits once; dW once when one row
@@ -56,6 +67,7 @@ import torch
 
 from . import _dispatch as policy
 from ._threading import parallel_region
+from ._transpose import transpose_bits
 from ._validation import Targets
 from ._vocab_blocks import tile_gradient, tile_partials
 from ._vocab_rows import PARTIALS, combine_rows
@@ -92,8 +104,11 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
     """
     m, n = X.shape
     K = W.shape[0]
-    rows, classes, piece, dx_rows = policy.torch_head_plan(m, K)  # rows <= m
+    plan = policy.torch_head_plan(m, n, K)
+    rows, classes, piece, dx_rows = plan.rows, plan.classes, plan.piece, plan.dx_rows  # <= m
     single = rows >= m
+    # the first pass's logits kept in dW's memory (see the module docstring)
+    kept = want_dw and single and m <= n
     labels, T, sw, cw = t.labels, t.T, t.sw, t.cw
     logits = torch.empty(classes * rows, dtype=torch.bfloat16)
     Zbits = bits(logits)
@@ -102,11 +117,13 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
     rowv = np.empty((4, m))
     ly = np.zeros(m, dtype=np.int64)
     loss = 0.0
+    dW = torch.empty((K, n), dtype=torch.bfloat16) if want_dw else None
+    store = dW.view(-1) if kept else None  # block k0..k1's logits at store[k0 m: k1 m]
 
     def tile_logits(k0, k1, r0, r1):
-        """The class-major logits of classes k0..k1-1 and rows r0..r1-1 (bfloat16 bits)."""
+        """The class-major logits of classes k0..k1-1 and rows r0..r1-1 (bfloat16)."""
         R = r1 - r0
-        Z = logits[: (k1 - k0) * R].view(k1 - k0, R)
+        Z = (store[k0 * R: k1 * R] if kept else logits[: (k1 - k0) * R]).view(k1 - k0, R)
         torch.mm(W[k0:k1], X[r0:r1].T, out=Z)
         return Z
 
@@ -119,8 +136,8 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
             run[1:, :R] = 0.0
             for k0 in range(0, K, classes):
                 k1 = min(K, k0 + classes)
-                tile_logits(k0, k1, r0, r1)
-                tile_partials(Zbits, R, k0, k1, piece, b, labels, T, t.eps, idx, cw, part, run)
+                Z = bits(tile_logits(k0, k1, r0, r1))
+                tile_partials(Z, R, k0, k1, piece, b, labels, T, t.eps, idx, cw, part, run)
             loss += combine_rows(run[None, :, :R], R, b, labels, sw, t.eps, idx, cw, t.zl,
                                  losses, rowv[:, r0:r1], ly[r0:r1])
         rowv[1:3] /= t.denom  # D is then the gradient of the normalised loss
@@ -128,32 +145,46 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
             losses /= t.denom
 
         gb = np.zeros(K)
-        dW = torch.empty((K, n), dtype=torch.bfloat16) if want_dw else None
         acc = torch.zeros((m, n), dtype=torch.float32) if want_dx else None
+        Dt = torch.empty(dx_rows * classes, dtype=torch.bfloat16) \
+            if want_dx and plan.row_major_dx else None
         dW_acc = None if single or not want_dw else torch.empty((classes, n),
                                                                 dtype=torch.float32)
-        for k0 in range(0, K if want_dx or want_dw or want_db else 0, classes):
-            # 2. logit gradients, dW and dX
+        starts = range(0, K if want_dx or want_dw or want_db else 0, classes)
+        for k0 in reversed(starts) if kept else starts:
+            # 2. logit gradients, dW and dX (with kept logits, the last block first:
+            # block k0's dW then overwrites only logits already used)
             k1 = min(K, k0 + classes)
+            C = k1 - k0
             if dW_acc is not None:
                 dW_acc.zero_()
             for r0 in range(0, m, rows):
                 r1 = min(m, r0 + rows)
                 R = r1 - r0
                 idx = np.arange(r0, r1, dtype=np.int64)
-                D = tile_logits(k0, k1, r0, r1)
+                D = logits[: C * R].view(C, R)
+                if kept:
+                    D.copy_(store[k0 * R: k1 * R].view(C, R))
+                else:
+                    tile_logits(k0, k1, r0, r1)
                 tile_gradient(Zbits, R, k0, k1, piece, b, labels, T, t.eps, idx, cw,
                               rowv[:, r0:r1], ly[r0:r1], gb)
                 if want_dw:
                     if single:
                         torch.mm(D, X, out=dW[k0:k1])
                     else:
-                        dW_acc[: k1 - k0] += torch.mm(D, X[r0:r1])
-                for s0 in range(r0 if want_dx else r1, r1, dx_rows):  # in slices: a small product
+                        dW_acc[:C] += torch.mm(D, X[r0:r1])
+                for s0 in range(r0 if want_dx else r1, r1, dx_rows):  # dX by slices of rows
                     s1 = min(r1, s0 + dx_rows)
-                    acc[s0:s1] += torch.mm(D[:, s0 - r0:s1 - r0].T, W[k0:k1])
+                    if Dt is None:
+                        Ds = D[:, s0 - r0:s1 - r0].T
+                    else:  # D's slice copied row-major
+                        Ds = Dt[: (s1 - s0) * C].view(s1 - s0, C)
+                        transpose_bits(Zbits[s0 - r0:], bits(Dt), C, s1 - s0, R, C,
+                                       plan.transpose_block)
+                    acc[s0:s1] += torch.mm(Ds, W[k0:k1])
             if dW_acc is not None:
-                dW[k0:k1] = dW_acc[: k1 - k0]
+                dW[k0:k1] = dW_acc[:C]
     del logits, Zbits
     dX = None
     if want_dx:

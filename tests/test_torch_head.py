@@ -37,6 +37,7 @@ F = torch.nn.functional
 import fastsoftmax.torch as fst  # noqa: E402
 from fastsoftmax import _dispatch  # noqa: E402
 from fastsoftmax._bf16 import load, store  # noqa: E402
+from fastsoftmax._transpose import transpose_bits  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -45,12 +46,16 @@ def bfloat16_products(monkeypatch):
     monkeypatch.setattr(fst, "fast_bfloat16_products", lambda: True)
 
 
-@pytest.fixture(params=["small-tiles", "default-tiles"])
+@pytest.fixture(params=["small-tiles", "small-tiles-row-major", "default-tiles"])
 def tiles(request, monkeypatch):
-    if request.param == "small-tiles":  # 3 row tiles, 3 class blocks of 3 pieces (+ remainders)
+    if request.param.startswith("small-tiles"):
+        # 3 row tiles, 3 class blocks of 3 pieces (+ remainders)
         monkeypatch.setattr(_dispatch, "TORCH_HEAD_ROWS", 16)
         monkeypatch.setattr(_dispatch, "TORCH_HEAD_CLASSES", 24)
         monkeypatch.setattr(_dispatch, "TORCH_HEAD_PIECE", 8)
+        monkeypatch.setattr(_dispatch, "TORCH_HEAD_DX_ROWS", 12)
+    if request.param.endswith("row-major"):  # dX from row-major copies of D, whatever n
+        monkeypatch.setattr(_dispatch, "TORCH_HEAD_ROW_MAJOR_FEATURES", 1)
     return request.param
 
 
@@ -96,6 +101,30 @@ def test_bfloat16_bits_round_and_read_as_pytorch():
     float_back = np.empty(3)
     _loaded(np.array([1.5, -2.0, np.inf]), float_back)  # floats: the value itself
     np.testing.assert_array_equal(float_back, [1.5, -2.0, np.inf])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(0, 70), cols=st.integers(0, 70), extra=st.tuples(
+    st.sampled_from([0, 1, 4, 5]), st.sampled_from([0, 3, 4, 8])),
+    offsets=st.tuples(st.sampled_from([0, 1, 4]), st.sampled_from([0, 2, 4])),
+    block=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_transpose_bits_as_numpy(rows, cols, extra, offsets, block, seed):
+    """transpose_bits writes src's (rows, cols) entries (row stride cols +
+    extra[0]) transposed into dst (row stride rows + extra[1]), from slices
+    starting at the offsets: the 4 x 4 word path where all is a multiple of
+    four, the entry loop elsewhere; nothing else in dst changes.  Oracle:
+    NumPy's transpose of a strided view."""
+    ss, ds = cols + extra[0], rows + extra[1]
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 2**16, offsets[0] + rows * ss + 8, dtype=np.uint16)
+    dst = rng.integers(0, 2**16, offsets[1] + cols * ds + 8, dtype=np.uint16)
+    want = dst.copy()
+    if rows and cols:
+        view = np.lib.stride_tricks.as_strided(want[offsets[1]:], (cols, rows), (2 * ds, 2))
+        view[...] = np.lib.stride_tricks.as_strided(src[offsets[0]:], (rows, cols),
+                                                    (2 * ss, 2)).T
+    transpose_bits(src[offsets[0]:], dst[offsets[1]:], rows, cols, ss, ds, block)
+    np.testing.assert_array_equal(dst, want)
 
 
 # --- the head against the emulated rounding -----------------------------------------------------
@@ -219,6 +248,32 @@ def test_head_matches_emulated_rounding(case, tiles):
         torch.testing.assert_close(got[2].double(), want[2], rtol=1.6e-2, atol=1e-3 * scale)
 
 
+@pytest.mark.parametrize("case", ["bias", "none", "probs", "everything"])
+def test_head_keeps_the_logits_where_dw_goes(case, tiles, monkeypatch):
+    """With m <= n and one row tile the first pass's logits wait in dW's
+    memory: a class block's products are then its logits, its dW and its dX
+    slices (the logits not again), the blocks go last first, and the results
+    are as emulated.  Taking the blocks first first would overwrite logits
+    not yet used: the comparison catches it (with small tiles, 3 blocks)."""
+    m, n, K = 14, 20, 70
+    X, W, y, b, kw = problem(case, m=m, n=n, K=K)
+    products = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: products.append(1) or mm(*a, **k))
+    loss = fst.linear_cross_entropy(X, W, y, linear_bias=b, **kw)
+    leaves = [t for t in (X, W, b) if t is not None]
+    got = torch.autograd.grad(loss.sum(), leaves)
+    monkeypatch.setattr(torch, "mm", mm)
+    classes = min(K, _dispatch.TORCH_HEAD_CLASSES)
+    blocks = -(-K // classes)
+    slices = -(-m // min(m, _dispatch.TORCH_HEAD_DX_ROWS))
+    assert len(products) == blocks * (2 + slices)
+    want_loss, *want = emulated(X, W, y, b, kw)
+    torch.testing.assert_close(loss.double(), want_loss.double(), rtol=2.0 ** -8, atol=0)
+    close(got[0], want[0], "d input")
+    close(got[1], want[1], "d linear_weight")
+
+
 def test_head_loss_before_rounding():
     """The float64 loss the head computes, before its rounding to bfloat16, within
     1e-6 of the emulated one (same bfloat16 logits)."""
@@ -302,14 +357,18 @@ def test_ignored_rows_get_no_gradient_even_from_infinite_logits():
 
 
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(m=st.integers(1, 40), n=st.integers(1, 9), K=st.integers(2, 60),
+@given(m=st.integers(1, 40), n=st.integers(1, 48), K=st.integers(2, 60),
        rows=st.integers(1, 50), classes=st.integers(1, 70), piece=st.integers(1, 20),
        case=st.sampled_from(["bias", "none", "smoothing", "probs", "everything"]),
-       seed=st.integers(0, 2**16))
-def test_head_over_shapes_and_tiles(monkeypatch, m, n, K, rows, classes, piece, case, seed):
-    """Any shape and any tiles (one row, one class, tiles larger than the problem)."""
+       row_major=st.booleans(), seed=st.integers(0, 2**16))
+def test_head_over_shapes_and_tiles(monkeypatch, m, n, K, rows, classes, piece, case,
+                                    row_major, seed):
+    """Any shape and any tiles (one row, one class, tiles larger than the problem),
+    logits kept in dW's memory (m <= n, one row tile) or computed again, dX from
+    row-major copies of D or not."""
     for name, value in (("ROWS", rows), ("CLASSES", classes), ("PIECE", piece),
-                        ("DX_ROWS", max(1, rows // 2))):
+                        ("DX_ROWS", max(1, rows // 2)),
+                        ("ROW_MAJOR_FEATURES", 1 if row_major else 10**9)):
         monkeypatch.setattr(_dispatch, f"TORCH_HEAD_{name}", value)
     X, W, y, b, kw = problem(case, m=m, n=n, K=K, seed=seed)
     loss = fst.linear_cross_entropy(X, W, y, linear_bias=b, **kw)
