@@ -146,45 +146,61 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
 
         gb = np.zeros(K)
         acc = torch.zeros((m, n), dtype=torch.float32) if want_dx else None
-        Dt = torch.empty(dx_rows * classes, dtype=torch.bfloat16) \
+        # with row-major copies of D, one tile's rows by a group of classes (one
+        # block, or several when one tile holds every row) between dX products
+        group = plan.dx_classes if single else classes
+        Dt = torch.empty(rows * group, dtype=torch.bfloat16) \
             if want_dx and plan.row_major_dx else None
         dW_acc = None if single or not want_dw else torch.empty((classes, n),
                                                                 dtype=torch.float32)
-        starts = range(0, K if want_dx or want_dw or want_db else 0, classes)
-        for k0 in reversed(starts) if kept else starts:
+
+        def dx_products(Ds, r0, r1, g0, g1):
+            """``acc[r0:r1] += Ds W[g0:g1]`` by slices of rows, ``Ds`` (r1 - r0, g1 - g0)."""
+            for s0 in range(r0, r1, dx_rows):
+                s1 = min(r1, s0 + dx_rows)
+                acc[s0:s1] += torch.mm(Ds[s0 - r0:s1 - r0], W[g0:g1])
+
+        groups = range(0, K if want_dx or want_dw or want_db else 0, group)
+        for g0 in reversed(groups) if kept else groups:
             # 2. logit gradients, dW and dX (with kept logits, the last block first:
             # block k0's dW then overwrites only logits already used)
-            k1 = min(K, k0 + classes)
-            C = k1 - k0
-            if dW_acc is not None:
-                dW_acc.zero_()
-            for r0 in range(0, m, rows):
-                r1 = min(m, r0 + rows)
-                R = r1 - r0
-                idx = np.arange(r0, r1, dtype=np.int64)
-                D = logits[: C * R].view(C, R)
-                if kept:
-                    D.copy_(store[k0 * R: k1 * R].view(C, R))
-                else:
-                    tile_logits(k0, k1, r0, r1)
-                tile_gradient(Zbits, R, k0, k1, piece, b, labels, T, t.eps, idx, cw,
-                              rowv[:, r0:r1], ly[r0:r1], gb)
-                if want_dw:
-                    if single:
-                        torch.mm(D, X, out=dW[k0:k1])
+            g1 = min(K, g0 + group)
+            G = g1 - g0
+            blocks = range(g0, g1, classes)
+            for k0 in reversed(blocks) if kept else blocks:
+                k1 = min(K, k0 + classes)
+                C = k1 - k0
+                if dW_acc is not None:
+                    dW_acc.zero_()
+                for r0 in range(0, m, rows):
+                    r1 = min(m, r0 + rows)
+                    R = r1 - r0
+                    idx = np.arange(r0, r1, dtype=np.int64)
+                    D = logits[: C * R].view(C, R)
+                    if kept:
+                        D.copy_(store[k0 * R: k1 * R].view(C, R))
                     else:
-                        dW_acc[:C] += torch.mm(D, X[r0:r1])
-                for s0 in range(r0 if want_dx else r1, r1, dx_rows):  # dX by slices of rows
-                    s1 = min(r1, s0 + dx_rows)
+                        tile_logits(k0, k1, r0, r1)
+                    tile_gradient(Zbits, R, k0, k1, piece, b, labels, T, t.eps, idx, cw,
+                                  rowv[:, r0:r1], ly[r0:r1], gb)
+                    if want_dw:
+                        if single:
+                            torch.mm(D, X, out=dW[k0:k1])
+                        else:
+                            dW_acc[:C] += torch.mm(D, X[r0:r1])
+                    if not want_dx:
+                        continue
                     if Dt is None:
-                        Ds = D[:, s0 - r0:s1 - r0].T
-                    else:  # D's slice copied row-major
-                        Ds = Dt[: (s1 - s0) * C].view(s1 - s0, C)
-                        transpose_bits(Zbits[s0 - r0:], bits(Dt), C, s1 - s0, R, C,
+                        dx_products(D.T, r0, r1, k0, k1)
+                    else:  # D copied row-major into the group's columns k0 - g0 ..
+                        transpose_bits(Zbits, bits(Dt)[k0 - g0:], C, R, R, G,
                                        plan.transpose_block)
-                    acc[s0:s1] += torch.mm(Ds, W[k0:k1])
-            if dW_acc is not None:
-                dW[k0:k1] = dW_acc[:C]
+                        if len(blocks) == 1:
+                            dx_products(Dt[: R * G].view(R, G), r0, r1, g0, g1)
+                if dW_acc is not None:
+                    dW[k0:k1] = dW_acc[:C]
+            if Dt is not None and len(blocks) > 1:  # (then one tile holds every row)
+                dx_products(Dt[: m * G].view(m, G), 0, m, g0, g1)
     del logits, Zbits
     dX = None
     if want_dx:

@@ -54,6 +54,7 @@ def tiles(request, monkeypatch):
         monkeypatch.setattr(_dispatch, "TORCH_HEAD_CLASSES", 24)
         monkeypatch.setattr(_dispatch, "TORCH_HEAD_PIECE", 8)
         monkeypatch.setattr(_dispatch, "TORCH_HEAD_DX_ROWS", 12)
+        monkeypatch.setattr(_dispatch, "TORCH_HEAD_DX_CLASSES", 48)  # 2 blocks a dX product
     if request.param.endswith("row-major"):  # dX from row-major copies of D, whatever n
         monkeypatch.setattr(_dispatch, "TORCH_HEAD_ROW_MAJOR_FEATURES", 1)
     return request.param
@@ -176,7 +177,8 @@ def emulated(X, W, y, b, kw):
     """(loss, dX, dW, db) of the head with PyTorch's bfloat16 rounding, in torch
     operations (see the module docstring); gradients of the losses' sum for "none".
     The products are rounded where the head rounds them: dX per block of
-    ``TORCH_HEAD_CLASSES`` classes, dW per tile of ``TORCH_HEAD_ROWS`` rows
+    ``TORCH_HEAD_CLASSES`` classes (of ``TORCH_HEAD_DX_CLASSES`` rounded down
+    to whole blocks with row-major copies and one row tile), dW per tile of ``TORCH_HEAD_ROWS`` rows
     (when there are several), before their float32 sums, and the sums again."""
     z = (X.detach().float() @ W.detach().float().T).bfloat16().double()
     if b is not None:
@@ -210,6 +212,9 @@ def emulated(X, W, y, b, kw):
     m, K = dzb.shape
     rows = min(m, _dispatch.TORCH_HEAD_ROWS)  # the head's tiles, whose products it rounds
     classes = min(K, _dispatch.TORCH_HEAD_CLASSES)
+    if rows >= m and Xf.shape[1] >= _dispatch.TORCH_HEAD_ROW_MAJOR_FEATURES:
+        # dX from row-major copies of the logit gradients, whole blocks at a time
+        classes *= max(1, _dispatch.TORCH_HEAD_DX_CLASSES // classes)
     dX = sum((dzb[:, k:k + classes] @ Wf[k:k + classes]).bfloat16().float()
              for k in range(0, K, classes)).bfloat16()
     if rows >= m:
@@ -251,9 +256,10 @@ def test_head_matches_emulated_rounding(case, tiles):
 @pytest.mark.parametrize("case", ["bias", "none", "probs", "everything"])
 def test_head_keeps_the_logits_where_dw_goes(case, tiles, monkeypatch):
     """With m <= n and one row tile the first pass's logits wait in dW's
-    memory: a class block's products are then its logits, its dW and its dX
-    slices (the logits not again), the blocks go last first, and the results
-    are as emulated.  Taking the blocks first first would overwrite logits
+    memory: a class block's products are then its logits and its dW (the
+    logits not again), with the dX products by slices of rows for each
+    block or group of blocks; the blocks go last first, and the results are
+    as emulated.  Taking the blocks first first would overwrite logits
     not yet used: the comparison catches it (with small tiles, 3 blocks)."""
     m, n, K = 14, 20, 70
     X, W, y, b, kw = problem(case, m=m, n=n, K=K)
@@ -267,7 +273,10 @@ def test_head_keeps_the_logits_where_dw_goes(case, tiles, monkeypatch):
     classes = min(K, _dispatch.TORCH_HEAD_CLASSES)
     blocks = -(-K // classes)
     slices = -(-m // min(m, _dispatch.TORCH_HEAD_DX_ROWS))
-    assert len(products) == blocks * (2 + slices)
+    groups = blocks  # the dX products' blocks of classes
+    if n >= _dispatch.TORCH_HEAD_ROW_MAJOR_FEATURES:  # whole blocks at a time
+        groups = -(-K // (classes * max(1, _dispatch.TORCH_HEAD_DX_CLASSES // classes)))
+    assert len(products) == 2 * blocks + groups * slices
     want_loss, *want = emulated(X, W, y, b, kw)
     torch.testing.assert_close(loss.double(), want_loss.double(), rtol=2.0 ** -8, atol=0)
     close(got[0], want[0], "d input")
