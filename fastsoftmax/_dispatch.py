@@ -138,6 +138,11 @@ TORCH_HEAD_ROW_MAJOR_FEATURES = 1280
 #: 2048) entries, a quarter as often as per block (the copies then hold m x
 #: TORCH_HEAD_DX_CLASSES entries, at most 32 MB).
 TORCH_HEAD_DX_CLASSES = 4096
+#: Whether dW's pages are written once on all threads before the products
+#: that fill it (fastsoftmax._touch): 2.26-2.35 s against 2.41-2.53 s at
+#: (2048, 2048, 128256), 0.74-0.85 either way at (4096, 1024, 32000)
+#: (bench/head_ab.py, same VM).
+TORCH_HEAD_TOUCH_PAGES = True
 TORCH_HEAD_TRANSPOSE_BLOCK = 16
 
 #: ``solver="auto"`` takes Newton-Cholesky when the number of parameters

@@ -25,6 +25,8 @@ largest entry.
 
 from __future__ import annotations
 
+import mmap
+
 import numba
 import numpy as np
 import pytest
@@ -37,6 +39,7 @@ F = torch.nn.functional
 import fastsoftmax.torch as fst  # noqa: E402
 from fastsoftmax import _dispatch  # noqa: E402
 from fastsoftmax._bf16 import load, store  # noqa: E402
+from fastsoftmax._touch import touch_pages  # noqa: E402
 from fastsoftmax._transpose import transpose_bits  # noqa: E402
 
 
@@ -126,6 +129,18 @@ def test_transpose_bits_as_numpy(rows, cols, extra, offsets, block, seed):
                                                     (2 * ss, 2)).T
     transpose_bits(src[offsets[0]:], dst[offsets[1]:], rows, cols, ss, ds, block)
     np.testing.assert_array_equal(dst, want)
+
+
+@pytest.mark.parametrize("size", [1, 2047, 2048, 2049, 10000])
+def test_touch_pages_writes_one_zero_a_page(size):
+    """touch_pages zeroes the entries at multiples of a page's length (in
+    entries) and leaves every other entry as it was."""
+    a = np.arange(1, size + 1, dtype=np.uint16)
+    touch_pages(a)
+    step = mmap.PAGESIZE // 2
+    want = np.arange(1, size + 1, dtype=np.uint16)
+    want[::step] = 0
+    np.testing.assert_array_equal(a, want)
 
 
 # --- the head against the emulated rounding -----------------------------------------------------
