@@ -39,9 +39,8 @@ operand are slow.
 The division by the mean's denominator is folded into the rows' scales, so
 D is the gradient of the loss itself, as in PyTorch.  Extra memory besides
 the outputs (dX (m, n), dW (K, n) in bfloat16): the float32 dX
-accumulator, 4 m n bytes; one logits tile, 2 ``rows classes`` bytes (none
-when dX is wanted and the tile fits in its memory, which the accumulator
-fills only at the end); one product tile, 2 ``dx_rows n`` bytes (the dX product is made by slices of
+accumulator, 4 m n bytes; one logits tile, 2 ``rows classes`` bytes; one
+product tile, 2 ``dx_rows n`` bytes (the dX product is made by slices of
 ``dx_rows`` rows) and with the row-major copies their slice, 2 ``dx_rows
 classes`` bytes; the partials, 40 ``rows classes / piece`` bytes; the
 rows' scales, 40 m bytes; with several row tiles the dW block's float32
@@ -112,10 +111,7 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
     # the first pass's logits kept in dW's memory (see the module docstring)
     kept = want_dw and single and m <= n
     labels, T, sw, cw = t.labels, t.T, t.sw, t.cw
-    dX = torch.empty((m, n), dtype=torch.bfloat16) if want_dx else None
-    # the tile of logits in dX's memory, which the float32 sums fill only at the end
-    logits = dX.view(-1)[: classes * rows] if want_dx and classes * rows <= m * n else \
-        torch.empty(classes * rows, dtype=torch.bfloat16)
+    logits = torch.empty(classes * rows, dtype=torch.bfloat16)
     Zbits = bits(logits)
     part = np.empty(((classes + piece - 1) // piece, PARTIALS, rows))
     run = np.empty((PARTIALS, rows))
@@ -209,6 +205,7 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
             if Dt is not None and len(blocks) > 1:  # (then one tile holds every row)
                 dx_products(Dt[: m * G].view(m, G), 0, m, g0, g1)
     del logits, Zbits
+    dX = None
     if want_dx:
-        dX.copy_(acc)  # rounded to bfloat16
+        dX = acc.to(torch.bfloat16)
     return loss / t.denom, dX, dW, (gb if want_db else None)
