@@ -298,6 +298,25 @@ def test_head_keeps_the_logits_where_dw_goes(case, tiles, monkeypatch):
     close(got[1], want[1], "d linear_weight")
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_logit_gradient_through_an_identity_input(case, tiles):
+    """With X = [I 0] (one-hot rows, m < n) the logits are W's columns
+    exactly and dW = D^T X holds each logit gradient D_ik on its own, summed
+    with zeros only: the emulated D, rounded to bfloat16, within one bfloat16
+    step (2^-7 relative; the head's float32 exponentials, 1e-7, can move a
+    rounding) and exactly 0 where it is 0.  The products of the other tests
+    mix K terms an entry, whose roundings hide errors of a few percent in
+    single entries (dropping the smoothing of dense targets, for one)."""
+    m, n = 24, 32
+    X, W, y, b, kw = problem(case, m=m, n=n)
+    X = torch.eye(m, n).bfloat16().requires_grad_()
+    loss = fst.linear_cross_entropy(X, W, y, linear_bias=b, **kw)
+    (dW,) = torch.autograd.grad(loss.sum(), (W,))
+    want = emulated(X, W, y, b, kw)[2]
+    assert torch.count_nonzero(want[:, :m]) > m  # not only zeros
+    torch.testing.assert_close(dW.float(), want.float(), rtol=2.0 ** -7, atol=0)
+
+
 def test_head_loss_before_rounding():
     """The float64 loss the head computes, before its rounding to bfloat16, within
     1e-6 of the emulated one (same bfloat16 logits)."""
