@@ -242,7 +242,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         labels y (m,), skipped where it cannot fail: 1-D labels of a bool,
         integer or string dtype are always binary or multiclass targets.  It
         takes 0.27 ms (several passes of ``np.unique``), a tenth of a small
-        Newton fit (raw iris tiled 10x: 2.5 ms)."""
+        Newton fit when this was written (raw iris tiled 10x: 2.5 ms; 1.5-2.0
+        ms since, measured on the same 2-core VM)."""
         if not (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "biuU"):
             check_classification_targets(y)
 
