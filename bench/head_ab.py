@@ -21,11 +21,9 @@ import time
 
 import numba
 import numpy as np
-import torch
+from head_phases import head_call  # this directory is on the path when run as a script
 
-import fastsoftmax._torch_head as head
 from fastsoftmax import _dispatch
-from fastsoftmax._validation import check_targets
 
 
 def main() -> None:
@@ -41,19 +39,8 @@ def main() -> None:
         parser.error(f"no constant {args.name} in fastsoftmax._dispatch")
     kind = type(getattr(_dispatch, args.name))
     values = [kind(int(v)) for v in args.values.split(",")]
-    torch.set_num_threads(numba.get_num_threads())
     m, n, K = args.m, args.n, args.K
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(m, n, generator=g).bfloat16()
-    W = (torch.randn(K, n, generator=g) / n**0.5).bfloat16()
-    y = torch.randint(0, K, (m,), generator=g).numpy()
-    targets = check_targets(y, m, K, np.dtype(np.float32), sample_weight=None, eps=0.0,
-                            ignore_index=-100, reduction="mean", samples="X")
-    b = np.zeros(K)
-
-    def call():
-        return head.head_sums(X, W, b, targets, want_dx=True, want_dw=True, want_db=True)
-
+    call = head_call(m, n, K)
     times: dict = {v: [] for v in values}
     for v in values:  # warm-up
         setattr(_dispatch, args.name, v)

@@ -39,7 +39,9 @@ def timed(name, fn):
     return call
 
 
-def main(m: int, n: int, K: int) -> None:
+def head_call(m: int, n: int, K: int):
+    """A call of ``head_sums`` on a random bfloat16 head (mean loss, labels,
+    every gradient), PyTorch's threads set to numba's."""
     torch.set_num_threads(numba.get_num_threads())
     g = torch.Generator().manual_seed(0)
     X = torch.randn(m, n, generator=g).bfloat16()
@@ -48,6 +50,11 @@ def main(m: int, n: int, K: int) -> None:
     targets = check_targets(y, m, K, np.dtype(np.float32), sample_weight=None, eps=0.0,
                             ignore_index=-100, reduction="mean", samples="X")
     b = np.zeros(K)
+    return lambda: head.head_sums(X, W, b, targets, want_dx=True, want_dw=True, want_db=True)
+
+
+def main(m: int, n: int, K: int) -> None:
+    call = head_call(m, n, K)
     mm = timed("products", torch.mm)
 
     def counted(a, b, **kw):
@@ -57,9 +64,6 @@ def main(m: int, n: int, K: int) -> None:
     torch.mm = counted
     head.tile_partials = timed("partial sums", head.tile_partials)
     head.tile_gradient = timed("logit gradients", head.tile_gradient)
-
-    def call():
-        return head.head_sums(X, W, b, targets, want_dx=True, want_dw=True, want_db=True)
 
     call()
     print(f"(m, n, K) = ({m}, {n}, {K}) bfloat16, {numba.get_num_threads()} threads; "

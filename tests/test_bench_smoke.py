@@ -39,3 +39,18 @@ def test_bench_runs_on_tiny_shapes():
     for line in out.stdout.splitlines():
         if line.startswith("SKIPPED"):
             assert "not installed" in line or "no resettable high-water mark" in line, line
+
+
+@pytest.mark.parametrize("script", [
+    ["head_phases.py", "8", "12", "20"],
+    ["head_ab.py", "8", "1280", "20", "TORCH_HEAD_TOUCH_PAGES", "0,1", "--rounds", "1"],
+])
+def test_head_scripts_run_on_tiny_shapes(script):
+    """The bfloat16 head's profiling scripts (not pytest files) run to their
+    last line on a tiny head (PyTorch's bfloat16 products without matrix
+    units are slow but correct)."""
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, f"bench/{script[0]}", *script[1:]], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "(m, n, K) = (8, " in out.stdout
