@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -39,7 +40,7 @@ def timed(name, fn):
     return call
 
 
-def head_call(m: int, n: int, K: int):
+def head_call(m: int, n: int, K: int) -> Callable[[], tuple]:
     """A call of ``head_sums`` on a random bfloat16 head (mean loss, labels,
     every gradient), PyTorch's threads set to numba's."""
     torch.set_num_threads(numba.get_num_threads())

@@ -123,20 +123,23 @@ TORCH_HEAD_CLASSES = 1024
 TORCH_HEAD_PIECE = 128
 TORCH_HEAD_DX_ROWS = 1024
 #: The dX product D^T W reads the class-major logit gradients D transposed.
-#: PyTorch's bfloat16 matmul (oneDNN) runs such products at full rate up to
-#: 1024 features and at 0.6-0.8 of it from 1280 (W's columns); there a
-#: row-major copy of D (fastsoftmax._transpose) makes the product a plain
-#: one.  Measured on the same VM, 1024 classes by slices of 1024 rows,
-#: copies included: 1.23-1.25x faster for 1280-1536 features, 1.39-1.50x
-#: for 2048, 1.56-1.83x for 4096; 0.62-0.81x (slower) for 512-1024.
-#: The copies go by tiles of TORCH_HEAD_TRANSPOSE_BLOCK x same blocks of 4
-#: x 4 entries: 0.47 ms for 1024 x 2048 entries, 0.55-0.60 with 32 or 64.
+#: PyTorch's bfloat16 matmul (oneDNN) runs such a product at the plain
+#: product's rate up to 1024 features (W's columns) and at about half of it
+#: from 2048 (2048 rows x 1024 classes x 2048 features: 6.3-6.8 ms against
+#: 3.3 ms); there a row-major copy of D (fastsoftmax._transpose) makes the
+#: product a plain one.  Measured on the same VM, 1024 classes by slices of
+#: 1024 rows, copies included: 1.23-1.25x faster for 1280-1536 features,
+#: 1.39-1.50x for 2048, 1.56-1.83x for 4096; 0.62-0.81x (slower) for 512-1024.
 TORCH_HEAD_ROW_MAJOR_FEATURES = 1280
+#: The copies go by tiles of TORCH_HEAD_TRANSPOSE_BLOCK x same blocks of 4 x
+#: 4 entries: 0.47 ms for 1024 x 2048 entries, 0.55-0.60 with 32 or 64.
+TORCH_HEAD_TRANSPOSE_BLOCK = 16
 #: With those copies and one row tile, the dX product takes
 #: TORCH_HEAD_DX_CLASSES classes (whole blocks) at a time: each product's
 #: (rows, n) result is added into the float32 accumulator, 1.1 ms for (1024,
 #: 2048) entries, a quarter as often as per block (the copies then hold m x
-#: TORCH_HEAD_DX_CLASSES entries, at most 32 MB).
+#: min(K, TORCH_HEAD_DX_CLASSES) entries, at most 32 MB).  2.39 against 2.45
+#: s at (2048, 2048, 128256) (bench/head_ab.py, same VM).
 TORCH_HEAD_DX_CLASSES = 4096
 #: Whether dW's pages are written once on all threads before the products
 #: that fill it (fastsoftmax._touch): 2.26-2.35 s against 2.41-2.53 s at
@@ -348,28 +351,38 @@ def compiled_vectors(entries: int) -> bool:
 
 
 class HeadPlan(NamedTuple):
-    """Tiles of a bfloat16 head on PyTorch's products (:func:`torch_head_plan`)."""
+    """How :func:`fastsoftmax._torch_head.head_sums` computes a bfloat16 head
+    on PyTorch's products (:func:`torch_head_plan`)."""
 
     rows: int  #: rows per tile of logits
     classes: int  #: classes per block of logits
     piece: int  #: classes per piece of the numerics between the products
     dx_rows: int  #: rows per slice of the dX product
+    keep_logits: bool  #: the first pass's logits kept in dW's memory (not computed again)
     row_major_dx: bool  #: whether the dX product reads a row-major copy of D
-    dx_classes: int  #: classes per dX product with that copy and one row tile
-    transpose_block: int  #: tile edge of that copy (fastsoftmax._transpose)
+    dx_classes: int  #: classes per dX product (whole blocks, or all K)
+    transpose_block: int  #: tile edge of the row-major copies (fastsoftmax._transpose)
+    touch_pages: bool  #: dW's pages written once before the products fill it
 
 
-def torch_head_plan(m: int, n: int, K: int) -> HeadPlan:
-    """The tiles of a bfloat16 head on PyTorch's products
-    (:func:`fastsoftmax._torch_head.head_sums`) for m samples, n features and
-    K classes: fixed sizes, bounded by the problem's, and a row-major copy of
-    the logit gradients for the dX product from
-    ``TORCH_HEAD_ROW_MAJOR_FEATURES`` features."""
+def torch_head_plan(m: int, n: int, K: int, want_dw: bool) -> HeadPlan:
+    """The plan of a bfloat16 head on PyTorch's products
+    (:func:`fastsoftmax._torch_head.head_sums`) for m samples, n features, K
+    classes, with or without dW: fixed tile sizes, bounded by the
+    problem's; the logits kept in dW's memory when one row tile holds every
+    row and m <= n (a block's logits then fit in its own rows of dW); from
+    ``TORCH_HEAD_ROW_MAJOR_FEATURES`` features a row-major copy of the logit
+    gradients for the dX product, with one row tile for
+    ``TORCH_HEAD_DX_CLASSES`` classes at a time."""
+    rows = int(min(m, TORCH_HEAD_ROWS))
     classes = int(min(K, TORCH_HEAD_CLASSES))
-    return HeadPlan(int(min(m, TORCH_HEAD_ROWS)), classes, int(min(K, TORCH_HEAD_PIECE)),
-                    int(min(m, TORCH_HEAD_DX_ROWS)), n >= TORCH_HEAD_ROW_MAJOR_FEATURES,
-                    max(1, TORCH_HEAD_DX_CLASSES // classes) * classes,
-                    int(TORCH_HEAD_TRANSPOSE_BLOCK))
+    single = rows >= m
+    row_major = n >= TORCH_HEAD_ROW_MAJOR_FEATURES
+    group = max(1, TORCH_HEAD_DX_CLASSES // classes) * classes if row_major and single \
+        else classes
+    return HeadPlan(rows, classes, int(min(K, TORCH_HEAD_PIECE)), int(min(m, TORCH_HEAD_DX_ROWS)),
+                    bool(want_dw and single and m <= n), row_major, int(min(K, group)),
+                    int(TORCH_HEAD_TRANSPOSE_BLOCK), bool(want_dw and TORCH_HEAD_TOUCH_PAGES))
 
 
 def bfloat16_head(classes: int, softcapped: bool, degenerate: bool,

@@ -41,8 +41,9 @@ D is the gradient of the loss itself, as in PyTorch.  Extra memory besides
 the outputs (dX (m, n), dW (K, n) in bfloat16): the float32 dX
 accumulator, 4 m n bytes; one logits tile, 2 ``rows classes`` bytes; one
 product tile, 2 ``dx_rows n`` bytes (the dX product is made by slices of
-``dx_rows`` rows) and with the row-major copies their slice, 2 ``dx_rows
-classes`` bytes; the partials, 40 ``rows classes / piece`` bytes; the
+``dx_rows`` rows); with the row-major copies, 2 ``rows dx_classes`` bytes
+(``dx_classes`` classes by m rows with one row tile, at most
+``TORCH_HEAD_DX_CLASSES``, else one block); the partials, 40 ``rows classes / piece`` bytes; the
 rows' scales, 40 m bytes; with several row tiles the dW block's float32
 accumulator and product, 6 ``classes n`` bytes.
 
@@ -50,8 +51,9 @@ Accuracy: each product is computed by PyTorch in bfloat16 with float32
 accumulation and rounded to bfloat16: the logits once; dW once when one row
 tile holds every row (up to ``fastsoftmax._dispatch.TORCH_HEAD_ROWS``),
 else each row tile's product before their float32 sum, and that sum once
-more; dX each class block's product before their float32 sum, and that sum
-once more.  PyTorch's own bfloat16 backward rounds one product for each.
+more; dX each product of a group of classes (a block, or with the
+row-major copies and one row tile ``dx_classes`` classes) before their
+float32 sum, and that sum once more.  PyTorch's own bfloat16 backward rounds one product for each.
 Where a gradient's entry is a sum of terms that cancel, these roundings of
 the partial products (2^-9 of each) can be large against the entry itself;
 measured against float64 on random heads, the error is PyTorch's ((512,
@@ -105,11 +107,10 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
     """
     m, n = X.shape
     K = W.shape[0]
-    plan = policy.torch_head_plan(m, n, K)
+    plan = policy.torch_head_plan(m, n, K, want_dw)
     rows, classes, piece, dx_rows = plan.rows, plan.classes, plan.piece, plan.dx_rows  # <= m
     single = rows >= m
-    # the first pass's logits kept in dW's memory (see the module docstring)
-    kept = want_dw and single and m <= n
+    kept = plan.keep_logits  # the first pass's logits in dW's memory (module docstring)
     labels, T, sw, cw = t.labels, t.T, t.sw, t.cw
     logits = torch.empty(classes * rows, dtype=torch.bfloat16)
     Zbits = bits(logits)
@@ -120,8 +121,6 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
     loss = 0.0
     dW = torch.empty((K, n), dtype=torch.bfloat16) if want_dw else None
     store = dW.view(-1) if kept else None  # block k0..k1's logits at store[k0 m: k1 m]
-    if want_dw and policy.TORCH_HEAD_TOUCH_PAGES:
-        touch_pages(bits(dW))  # its page faults, before the products that write it
 
     def tile_logits(k0, k1, r0, r1):
         """The class-major logits of classes k0..k1-1 and rows r0..r1-1 (bfloat16)."""
@@ -131,6 +130,8 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
         return Z
 
     with parallel_region():
+        if plan.touch_pages:
+            touch_pages(bits(dW))  # its page faults, before the products that write it
         for r0 in range(0, m, rows):  # 1. partials, losses and the rows' scales
             r1 = min(m, r0 + rows)
             R = r1 - r0
@@ -149,9 +150,9 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
 
         gb = np.zeros(K)
         acc = torch.zeros((m, n), dtype=torch.float32) if want_dx else None
-        # with row-major copies of D, one tile's rows by a group of classes (one
-        # block, or several when one tile holds every row) between dX products
-        group = plan.dx_classes if single else classes
+        # a group of classes a dX product: one block, or with row-major copies of
+        # D and one row tile several (their copies side by side in Dt)
+        group = plan.dx_classes
         Dt = torch.empty(rows * group, dtype=torch.bfloat16) \
             if want_dx and plan.row_major_dx else None
         dW_acc = None if single or not want_dw else torch.empty((classes, n),

@@ -20,12 +20,21 @@ from ._jit import parallel_kernel
 
 
 @parallel_kernel
-def _touch(a, step):
-    for i in prange((a.shape[0] + step - 1) // step):
-        a[i * step] = 0
+def _touch(a, first, step):
+    """``a[0] = 0`` and ``a[first + j step] = 0`` for every such index of the
+    1-D ``a`` (any dtype), in parallel."""
+    a[0] = 0
+    for j in prange((a.shape[0] - first + step - 1) // step):
+        a[first + j * step] = 0
 
 
 def touch_pages(a: np.ndarray) -> None:
-    """Write 0 into one entry of every memory page of the 1-D contiguous ``a``
-    (whose values are to be overwritten anyway)."""
-    _touch(a, max(1, mmap.PAGESIZE // a.itemsize))
+    """Write 0 into one entry of every memory page that the 1-D contiguous
+    ``a`` (whose values are to be overwritten anyway) spans: its first entry
+    and the first entry of each page after it."""
+    if a.shape[0] == 0:
+        return
+    page = mmap.PAGESIZE
+    step = max(1, page // a.itemsize)
+    first = (-a.ctypes.data % page) // a.itemsize  # the first entry on a page boundary
+    _touch(a, min(first, a.shape[0]), step)

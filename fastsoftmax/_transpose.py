@@ -2,9 +2,11 @@
 
 :mod:`fastsoftmax._torch_head` writes each tile's logit gradients D class-major,
 (classes, rows), the layout of its dW product ``D X``.  Its dX product
-``D^T W`` then reads D transposed, and PyTorch's bfloat16 matmul runs at about
-half its rate on a transposed left operand (measured on a 2-core Sapphire
-Rapids VM: 6.3-7.6 ms against 3.3 ms for (2048, 1024) x (1024, 2048)).  A
+``D^T W`` then reads D transposed.  PyTorch's bfloat16 matmul runs such a
+product at the plain product's rate up to 1024 features (W's columns), more
+slowly from 1280 and at about half the rate from 2048 (measured on a 2-core
+Sapphire Rapids VM: 6.3-6.8 ms against 3.3 ms for (2048, 1024) x (1024,
+2048); see ``fastsoftmax._dispatch.TORCH_HEAD_ROW_MAJOR_FEATURES``).  There a
 row-major copy of D makes it a plain product; the copy costs 0.47 ms for
 those 1024 x 2048 entries (PyTorch's own ``copy_`` of the transposed view:
 1.5 ms).
@@ -92,6 +94,10 @@ def transpose_bits(src: np.ndarray, dst: np.ndarray, rows: int, cols: int,
     """
     if rows == 0 or cols == 0:
         return
+    if (src.shape[0] < (rows - 1) * src_stride + cols
+            or dst.shape[0] < (cols - 1) * dst_stride + rows):
+        raise ValueError(f"transpose_bits: ({rows}, {cols}) entries with strides {src_stride}, "
+                         f"{dst_stride} do not fit in {src.shape[0]} and {dst.shape[0]} entries")
     if (rows % 4 == 0 and cols % 4 == 0 and src_stride % 4 == 0 and dst_stride % 4 == 0
             and src.ctypes.data % 8 == 0 and dst.ctypes.data % 8 == 0):
         ns = ((rows - 1) * src_stride + cols + 3) // 4 * 4

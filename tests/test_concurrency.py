@@ -86,3 +86,47 @@ def test_threads_on_every_layer(layer, tmp_path):
     assert_results_close((float(ref_loss), ref_dW), want, np.float64, scales)
     np.testing.assert_allclose(ref_softmax.reshape(X.shape), scipy.special.softmax(X, axis=1),
                                rtol=1e-12, atol=0)
+
+
+def test_bfloat16_head_threads_on_workqueue():
+    """The bfloat16 head on PyTorch's products (fastsoftmax._torch_head) calls
+    its compiled kernels (page touching, transposes, the numerics) only inside
+    the package's parallel region: two Python threads at once on numba's
+    workqueue layer, which aborts the process on concurrent use, neither
+    abort nor differ from a call made before them, bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = (
+        "import numpy as np, numba, torch\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from fastsoftmax._torch_head import head_sums\n"
+        "from fastsoftmax._validation import check_targets\n"
+        "m, n, K = 8, 1280, 100  # n: the dX product from row-major copies\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "X = torch.randn(m, n, generator=g).bfloat16()\n"
+        "W = torch.randn(K, n, generator=g).bfloat16()\n"
+        "y = torch.randint(0, K, (m,), generator=g).numpy()\n"
+        "t = check_targets(y, m, K, np.dtype(np.float32), sample_weight=None, eps=0.1,\n"
+        "                  ignore_index=-100, reduction='mean', samples='X')\n"
+        "b = np.zeros(K)\n"
+        "call = lambda: head_sums(X, W, b, t, want_dx=True, want_dw=True, want_db=True)\n"
+        "ref = call()\n"
+        "def job(_):\n"
+        "    for _ in range(10):\n"
+        "        r = call()\n"
+        "        if not (r[0] == ref[0] and torch.equal(r[1], ref[1])\n"
+        "                and torch.equal(r[2], ref[2]) and np.array_equal(r[3], ref[3])):\n"
+        "            return False\n"
+        "    return True\n"
+        "with ThreadPoolExecutor(2) as pool:\n"
+        "    ok = all(pool.map(job, range(2)))\n"
+        "print(numba.threading_layer(), ok)\n"
+    )
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["workqueue", "True"], out.stdout + out.stderr[-2000:]

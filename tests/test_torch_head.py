@@ -40,6 +40,7 @@ import fastsoftmax.torch as fst  # noqa: E402
 from fastsoftmax import _dispatch  # noqa: E402
 from fastsoftmax._bf16 import load, store  # noqa: E402
 from fastsoftmax._touch import touch_pages  # noqa: E402
+from fastsoftmax import _transpose  # noqa: E402
 from fastsoftmax._transpose import transpose_bits  # noqa: E402
 
 
@@ -108,16 +109,23 @@ def test_bfloat16_bits_round_and_read_as_pytorch():
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.integers(0, 70), cols=st.integers(0, 70), extra=st.tuples(
-    st.sampled_from([0, 1, 4, 5]), st.sampled_from([0, 3, 4, 8])),
-    offsets=st.tuples(st.sampled_from([0, 1, 4]), st.sampled_from([0, 2, 4])),
-    block=st.integers(1, 5), seed=st.integers(0, 2**16))
-def test_transpose_bits_as_numpy(rows, cols, extra, offsets, block, seed):
+@given(words=st.booleans(), rows=st.integers(0, 70), cols=st.integers(0, 70),
+       extra=st.tuples(st.integers(0, 9), st.integers(0, 9)),
+       offsets=st.tuples(st.integers(0, 5), st.integers(0, 5)),
+       block=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_transpose_bits_as_numpy(words, rows, cols, extra, offsets, block, seed):
     """transpose_bits writes src's (rows, cols) entries (row stride cols +
     extra[0]) transposed into dst (row stride rows + extra[1]), from slices
-    starting at the offsets: the 4 x 4 word path where all is a multiple of
-    four, the entry loop elsewhere; nothing else in dst changes.  Oracle:
-    NumPy's transpose of a strided view."""
+    starting at the offsets, and changes nothing else in dst.  With
+    ``words`` every size, stride and offset is rounded to a multiple of 4
+    (8-byte aligned slices of NumPy's 16-byte aligned arrays) and the 4 x 4
+    word path must be the one taken; otherwise the entry loop is taken
+    unless the draw happens to be so aligned.  Oracle: NumPy's transpose of
+    a strided view."""
+    if words:
+        rows, cols = 4 * (rows // 4), 4 * (cols // 4)
+        extra = (4 * (extra[0] // 4), 4 * (extra[1] // 4))
+        offsets = (4 * (offsets[0] // 4), 4 * (offsets[1] // 4))
     ss, ds = cols + extra[0], rows + extra[1]
     rng = np.random.default_rng(seed)
     src = rng.integers(0, 2**16, offsets[0] + rows * ss + 8, dtype=np.uint16)
@@ -127,20 +135,47 @@ def test_transpose_bits_as_numpy(rows, cols, extra, offsets, block, seed):
         view = np.lib.stride_tricks.as_strided(want[offsets[1]:], (cols, rows), (2 * ds, 2))
         view[...] = np.lib.stride_tricks.as_strided(src[offsets[0]:], (rows, cols),
                                                     (2 * ss, 2)).T
-    transpose_bits(src[offsets[0]:], dst[offsets[1]:], rows, cols, ss, ds, block)
+    paths = []
+    kernels = {name: getattr(_transpose, name) for name in ("_transpose_words",
+                                                            "_transpose_entries")}
+    try:  # each kernel records its call (by hand: hypothesis runs one fixture for all draws)
+        for name, kernel in kernels.items():
+            setattr(_transpose, name, lambda *a, k=kernel, name=name: paths.append(name) or k(*a))
+        transpose_bits(src[offsets[0]:], dst[offsets[1]:], rows, cols, ss, ds, block)
+    finally:
+        for name, kernel in kernels.items():
+            setattr(_transpose, name, kernel)
     np.testing.assert_array_equal(dst, want)
+    if words and rows and cols:
+        assert paths == ["_transpose_words"]
+    elif rows and cols:
+        assert len(paths) == 1
+
+
+def test_transpose_bits_refuses_short_buffers():
+    src = np.zeros(4 * 8, dtype=np.uint16)
+    with pytest.raises(ValueError, match="do not fit"):
+        transpose_bits(src, np.zeros(4 * 8 - 1, dtype=np.uint16), 4, 8, 8, 4, 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        transpose_bits(src[1:], np.zeros(4 * 8, dtype=np.uint16), 4, 8, 8, 4, 2)
 
 
 @pytest.mark.parametrize("size", [1, 2047, 2048, 2049, 10000])
-def test_touch_pages_writes_one_zero_a_page(size):
-    """touch_pages zeroes the entries at multiples of a page's length (in
-    entries) and leaves every other entry as it was."""
-    a = np.arange(1, size + 1, dtype=np.uint16)
+@pytest.mark.parametrize("start", [0, 1, 3])
+def test_touch_pages_writes_one_zero_a_page(size, start):
+    """touch_pages zeroes exactly one entry on each memory page the array
+    spans (here also arrays that start inside a page) and leaves every other
+    entry as it was.  Oracle: the pages of the entries' addresses."""
+    base = np.arange(1, size + start + 1, dtype=np.uint16)
+    a = base[start:]
     touch_pages(a)
-    step = mmap.PAGESIZE // 2
-    want = np.arange(1, size + 1, dtype=np.uint16)
-    want[::step] = 0
-    np.testing.assert_array_equal(a, want)
+    addresses = a.ctypes.data + 2 * np.arange(size)
+    pages = addresses // mmap.PAGESIZE
+    zero = a == 0
+    assert np.array_equal(np.unique(pages[zero]), np.unique(pages))  # every page once
+    assert zero.sum() == np.unique(pages).size
+    np.testing.assert_array_equal(a[~zero], np.arange(1, size + 1, dtype=np.uint16)[~zero]
+                                  + start)
 
 
 # --- the head against the emulated rounding -----------------------------------------------------
@@ -403,14 +438,14 @@ def test_ignored_rows_get_no_gradient_even_from_infinite_logits():
 @given(m=st.integers(1, 40), n=st.integers(1, 48), K=st.integers(2, 60),
        rows=st.integers(1, 50), classes=st.integers(1, 70), piece=st.integers(1, 20),
        case=st.sampled_from(["bias", "none", "smoothing", "probs", "everything"]),
-       row_major=st.booleans(), seed=st.integers(0, 2**16))
+       row_major=st.booleans(), dx_classes=st.integers(1, 100), seed=st.integers(0, 2**16))
 def test_head_over_shapes_and_tiles(monkeypatch, m, n, K, rows, classes, piece, case,
-                                    row_major, seed):
+                                    row_major, dx_classes, seed):
     """Any shape and any tiles (one row, one class, tiles larger than the problem),
     logits kept in dW's memory (m <= n, one row tile) or computed again, dX from
-    row-major copies of D or not."""
+    row-major copies of D or not, one or several blocks a dX product."""
     for name, value in (("ROWS", rows), ("CLASSES", classes), ("PIECE", piece),
-                        ("DX_ROWS", max(1, rows // 2)),
+                        ("DX_ROWS", max(1, rows // 2)), ("DX_CLASSES", dx_classes),
                         ("ROW_MAJOR_FEATURES", 1 if row_major else 10**9)):
         monkeypatch.setattr(_dispatch, f"TORCH_HEAD_{name}", value)
     X, W, y, b, kw = problem(case, m=m, n=n, K=K, seed=seed)
