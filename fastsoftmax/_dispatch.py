@@ -146,7 +146,6 @@ TORCH_HEAD_DX_CLASSES = 4096
 #: (2048, 2048, 128256), 0.74-0.85 either way at (4096, 1024, 32000)
 #: (bench/head_ab.py, same VM).
 TORCH_HEAD_TOUCH_PAGES = True
-TORCH_HEAD_TRANSPOSE_BLOCK = 16
 
 #: ``solver="auto"`` takes Newton-Cholesky when the number of parameters
 #: N = K (n + fit_intercept) is at most this, Newton-CG above.  Measured

@@ -32,9 +32,10 @@ overwrites only logits it has already used (their copy into the tile
 buffer is what ``D`` is written over).  Three products of 2 m n K flops
 then, as in PyTorch; otherwise the logits are computed again (the same
 products, so the same bits): four.  From ``TORCH_HEAD_ROW_MAJOR_FEATURES``
-features the dX product reads a row-major copy of each slice of D
+features the dX product reads a row-major copy of D
 (:mod:`fastsoftmax._transpose`), where PyTorch's products of a transposed
-operand are slow.
+operand are slow; with one row tile the copies of several blocks, side by
+side, make one product (``dx_classes`` classes, the plan's).
 
 The division by the mean's denominator is folded into the rows' scales, so
 D is the gradient of the loss itself, as in PyTorch.  Extra memory besides
@@ -43,9 +44,10 @@ accumulator, 4 m n bytes; one logits tile, 2 ``rows classes`` bytes; one
 product tile, 2 ``dx_rows n`` bytes (the dX product is made by slices of
 ``dx_rows`` rows); with the row-major copies, 2 ``rows dx_classes`` bytes
 (``dx_classes`` classes by m rows with one row tile, at most
-``TORCH_HEAD_DX_CLASSES``, else one block); the partials, 40 ``rows classes / piece`` bytes; the
-rows' scales, 40 m bytes; with several row tiles the dW block's float32
-accumulator and product, 6 ``classes n`` bytes.
+``TORCH_HEAD_DX_CLASSES``, else one block); the partials, 40 ``rows
+classes / piece`` bytes; the rows' scales, 40 m bytes; with several row
+tiles the dW block's float32 accumulator and product, 6 ``classes n``
+bytes.
 
 Accuracy: each product is computed by PyTorch in bfloat16 with float32
 accumulation and rounded to bfloat16: the logits once; dW once when one row
@@ -53,8 +55,8 @@ tile holds every row (up to ``fastsoftmax._dispatch.TORCH_HEAD_ROWS``),
 else each row tile's product before their float32 sum, and that sum once
 more; dX each product of a group of classes (a block, or with the
 row-major copies and one row tile ``dx_classes`` classes) before their
-float32 sum, and that sum once more.  PyTorch's own bfloat16 backward rounds one product for each.
-Where a gradient's entry is a sum of terms that cancel, these roundings of
+float32 sum, and that sum once more.  PyTorch's own bfloat16 backward
+rounds one product for each.  Where a gradient's entry is a sum of terms that cancel, these roundings of
 the partial products (2^-9 of each) can be large against the entry itself;
 measured against float64 on random heads, the error is PyTorch's ((512,
 256, 16384): 3.6e-3 against 3.5e-3 relative; (8200, 128, 2048), two row
