@@ -63,6 +63,21 @@ def test_plain_input_is_what_full_validation_returns_unchanged(name):
     assert not hasattr(estimator, "feature_names_in_")
 
 
+@pytest.mark.parametrize("name", ["NaN in X", "inf in X", "sum overflows"])
+def test_assume_finite_skips_the_sum(name):
+    """Under ``sklearn.config_context(assume_finite=True)`` scikit-learn's
+    checks let non-finite X through unchanged, so the cheap path takes it
+    without summing X (a NaN would otherwise make it not plain)."""
+    X, y = NOT_PLAIN[name]
+    with sklearn.config_context(assume_finite=True):
+        assert plain_arrays(X, y)
+        Xf, _ = full_validation(X, y)
+        assert Xf is X
+        Xv, yv = validate_fit_data(SoftmaxRegression(), X, y)
+        assert Xv is X and yv is y
+    assert not plain_arrays(X, y)
+
+
 def _big_endian(X):
     return X.astype(X.dtype.newbyteorder(">"))
 
