@@ -146,6 +146,7 @@ class SoftmaxRegressionCV(SoftmaxRegression):
             totals = np.bincount(y_index, weights=sw, minlength=classes.shape[0])
             class_weight = dict(zip(classes.tolist(),
                                     class_weight_vector("balanced", classes, totals)))
+        unweighted = sample_weight is None and class_weight is None
         folds = list(check_cv(self.cv, y, classifier=True).split(X, y))
         scorer = check_scoring(self, scoring=self.scoring)
         K, n = classes.shape[0], X.shape[1]
@@ -161,8 +162,11 @@ class SoftmaxRegressionCV(SoftmaxRegression):
                     f"fold needs samples of all {K} classes (use stratified folds)")
             # the fold is validated with X: each C's fit starts at the solver
             X_train, X_test = X[train], X[test]
-            w_train = apply_class_weight(class_weight, classes, y_train, sw[train])
-            total = float(w_train.sum())
+            if unweighted:  # the kernels' unit weights, without a vector of ones
+                w_train, total = None, float(train.shape[0])
+            else:
+                w_train = apply_class_weight(class_weight, classes, y_train, sw[train])
+                total = float(w_train.sum())
             if not total > 0:
                 raise ValueError(f"the sample weights of fold {f}'s training samples sum to "
                                  f"zero")
@@ -192,7 +196,7 @@ class SoftmaxRegressionCV(SoftmaxRegression):
             model.classes_ = classes
             model.coef_ = np.ascontiguousarray(start[:, :n])
             model.intercept_ = start[:, n] if self.fit_intercept else np.zeros(K)
-            model.fit(X, y, sample_weight=sw)
+            model.fit(X, y, sample_weight=None if unweighted else sw)
             coef = self._flat(model)
             self.solver_ = model.solver_
             self.objective_ = model.objective_

@@ -178,3 +178,32 @@ def test_no_weights_fit_as_unit_weights(solver, method):
         assert unweighted.objective_ == unit.objective_
     else:  # two L-BFGS paths to a gradient below 1e-10: objectives equal to about its square
         assert unweighted.objective_ == pytest.approx(unit.objective_, rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["fused", "indexloop"])
+def test_cv_without_weights_fits_as_unit_weights(method, monkeypatch):
+    """SoftmaxRegressionCV without sample or class weights fits its folds and
+    the refit unweighted (no weight vector reaches a fit): the very path,
+    scores, choice and model of unit weights (the compiled methods sum both
+    the same way)."""
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(240, 4)) * [1.0, 5.0, 0.2, 1.0]
+    y = rng.integers(0, 3, size=240)
+    model = SoftmaxRegressionCV(Cs=[0.1, 1.0, 10.0], cv=3, method=method, tol=1e-8)
+    weights = []
+    fit_encoded = SoftmaxRegression._fit_encoded
+    monkeypatch.setattr(SoftmaxRegression, "_fit_encoded",
+                        lambda self, X, y, classes, sw, *a: weights.append(sw)
+                        or fit_encoded(self, X, y, classes, sw, *a))
+    unweighted = sklearn.base.clone(model).fit(X, y)
+    assert len(weights) == 3 * 3 + 1 and all(w is None for w in weights)
+    unit = sklearn.base.clone(model).fit(X, y, sample_weight=np.ones(240))
+    assert unweighted.C_ == unit.C_
+    for name in ("coef_", "intercept_", "coefs_paths_", "scores_", "n_iter_"):
+        a, b = getattr(unweighted, name), getattr(unit, name)
+        if isinstance(a, dict):
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+        else:
+            np.testing.assert_array_equal(a, b)
