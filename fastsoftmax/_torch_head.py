@@ -44,8 +44,9 @@ accumulator, 4 m n bytes; one logits tile, 2 ``rows classes`` bytes; one
 product tile, 2 ``dx_rows n`` bytes (the dX product is made by slices of
 ``dx_rows`` rows); with the row-major copies, 2 ``rows dx_classes`` bytes
 (``dx_classes`` classes by m rows with one row tile, at most
-``TORCH_HEAD_DX_CLASSES``, else one block); the partials, 40 ``rows
-classes / piece`` bytes; the rows' scales, 40 m bytes; with several row
+``TORCH_HEAD_DX_CLASSES``, else one block; these tiles are given back
+before dX's memory is taken); the partials, 40 ``rows classes / piece``
+bytes; the rows' scales, 40 m bytes; with several row
 tiles the dW block's float32 accumulator and product, 6 ``classes n``
 bytes.
 
@@ -131,6 +132,7 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
         torch.mm(W[k0:k1], X[r0:r1].T, out=Z)
         return Z
 
+    Z = D = None  # the current tile: views of the logits' memory
     with parallel_region():
         if plan.touch_pages:
             touch_pages(bits(dW))  # its page faults, before the products that write it
@@ -207,8 +209,9 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
                     dW[k0:k1] = dW_acc[:C]
             if Dt is not None and len(blocks) > 1:  # (then one tile holds every row)
                 dx_products(Dt[: m * G].view(m, G), 0, m, g0, g1)
-    del logits, Zbits
+    del logits, Zbits, Z, D, Dt  # the tiles' memory given back before dX is made
     dX = None
     if want_dx:
-        dX = acc.to(torch.bfloat16)
+        dX = torch.empty((m, n), dtype=torch.bfloat16)
+        dX.copy_(acc)  # rounded to nearest, ties to even
     return loss / t.denom, dX, dW, (gb if want_db else None)
