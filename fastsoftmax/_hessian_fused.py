@@ -93,7 +93,9 @@ def tile_hessian_coef(Zr, D, E, aux, b, vb, labels, T, sw, eps, rows, gb):
     for k in range(K):
         for r in range(R):
             e = S[k, r]
-            U[k, r] = mx[r] * e * (U[k, r] - pu[r]) if e != 0.0 else 0.0
+            # a class of probability 0 adds 0, or NaN when the row is not finite
+            # (a +inf logit: its scale and <p_i, u_i> are NaN), as in the other methods
+            U[k, r] = mx[r] * e * (U[k, r] - pu[r]) if e != 0.0 else 0.0 * (mx[r] * pu[r])
     for k in range(K):
         acc = 0.0
         for r in range(R):

@@ -4,7 +4,9 @@ It is written to be a fair baseline: one matrix product for the logits, the
 row maximum subtracted in place, one pass of exponentials, one matrix product
 for the gradient.  It holds several (m, K) arrays of the working dtype, so its
 peak extra memory is about ``3 * m * K * itemsize`` bytes (plus a copy of the
-kept rows of X when ``ignore_index`` drops samples).
+kept rows of X when ``ignore_index`` drops samples, and for float32 data the
+(m, K) float64 coefficients: they are formed in float64, as the compiled
+kernels form them).
 """
 
 from __future__ import annotations
@@ -81,29 +83,34 @@ def logits_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: np
     s = E.sum(axis=1, dtype=np.float64)
     log_s = np.log(s)
     rows = np.arange(m)
+    # The coefficients w_i (s_i p_i - t_i) are formed in float64, as the
+    # compiled kernels form them: in float32, p_iy rounds to 1 when the other
+    # classes' share is below 6e-8, and p_iy - 1 to 0 (in place for float64)
+    wide = E.dtype != np.float64
     if use_labels:
         # t = (1 - eps) onehot + eps / K, which sums to one
         row_loss = log_s - (1.0 - eps) * Z[rows, labels]
         if eps:
             row_loss -= (eps / K) * Z.sum(axis=1)
-        E /= s[:, None]  # E now holds p
-        E[rows, labels] -= 1.0 - eps
+        C = E / s[:, None] if wide else np.divide(E, s[:, None], out=E)  # p
+        C[rows, labels] -= 1.0 - eps
         if eps:
-            E -= eps / K
+            C -= eps / K
     else:
         Tm = T if not eps else (1.0 - eps) * T + eps / K
         tsum = Tm.sum(axis=1)
         # zero targets add nothing, even against a -inf logit (a masked class)
         row_loss = tsum * log_s - np.where(Tm != 0, Tm * Z, 0).sum(axis=1)
-        E *= (tsum / s)[:, None]
-        E -= Tm
+        scale = (tsum / s)[:, None]
+        C = E * scale if wide else np.multiply(E, scale, out=E)
+        C -= Tm
     if sw.shape[0]:
-        E *= sw.astype(E.dtype, copy=False)[:, None]
+        C *= sw.astype(C.dtype, copy=False)[:, None]
         loss = float(np.dot(sw, row_loss.astype(np.float64)))
     else:
         loss = float(np.sum(row_loss, dtype=np.float64))
-    gb = E.sum(axis=0, dtype=np.float64)
-    return loss, E, gb
+    gb = C.sum(axis=0, dtype=np.float64)
+    return loss, C.astype(Z.dtype, copy=False), gb
 
 
 def options_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: np.ndarray,

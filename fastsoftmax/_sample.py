@@ -187,8 +187,11 @@ def sample_softmax(z, p, t, labels, T, i, eps, inv_k):
 def add_sample_loss(loss, w, t, z, zmax, log_s):
     """``loss - w sum_k t_ik log p_ik``, with log p_ik = (z_ik - zmax) - log_s.
 
-    A zero target adds nothing, even for a -inf logit.
+    A zero target adds nothing, even for a -inf logit; a row whose log-sum-exp
+    is not finite (a NaN or +inf logit, or every logit -inf) adds NaN even
+    when all its targets are zero, as the other methods do.
     """
+    loss += 0.0 * (zmax + log_s)  # 0, or NaN for a non-finite row
     for k in range(z.shape[0]):
         if t[k] != 0.0:
             loss -= w * t[k] * ((z[k] - zmax) - log_s)

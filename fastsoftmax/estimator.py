@@ -98,7 +98,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     tol : float, default 1e-4
         Every solver stops when the largest absolute entry of the gradient of
         the scaled objective (the objective divided by ``C sum_i w_i``, see
-        the module's docstring) is at most ``tol``.
+        the module's docstring) is at most ``tol``; a solver that stops before
+        (its line search, or L-BFGS's relative decrease of the objective, at
+        rounding level) warns with ``ConvergenceWarning``.
     warm_start : bool, default False
         Start from the previous fit's coefficients when the classes and
         features match.
@@ -354,12 +356,22 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             objective, x0.ravel(), method="L-BFGS-B", jac=True, callback=callback,
             options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
                      "ftol": 64 * np.finfo(float).eps})
+        grad_max = float(np.max(np.abs(result.jac))) if result.jac.size else 0.0
         if result.status != 0:  # as scikit-learn: any stop short of convergence warns
             reason = (f"it reached max_iter={self.max_iter} iterations"
                       if result.status == 1 else f"of: {result.message}")
             warnings.warn(
                 f"L-BFGS stopped without converging because {reason}; increase max_iter "
                 f"or scale the data.", ConvergenceWarning, stacklevel=5)
+        elif grad_max > self.tol:
+            # SciPy also stops, with status 0, when the objective's relative decrease
+            # falls to rounding level (ftol); scikit-learn is silent there, but tol
+            # is unmet, as when a Newton solver's line search finds no decrease
+            warnings.warn(
+                f"L-BFGS stopped without converging because the objective's relative "
+                f"decrease reached rounding level (largest gradient entry {grad_max:.3g} "
+                f"> tol={self.tol}); raise tol, scale the data or use a Newton solver.",
+                ConvergenceWarning, stacklevel=5)
         return result.x.reshape(K, -1), result.fun, result.nit
 
     def _fit_newton(self, solver, X, y_index, x0, K, options, blocks=None, end=None):

@@ -116,6 +116,27 @@ def test_float32_gradient_below_the_smallest_normal(kernel_path):
         assert_results_close(got, want, np.float32, scales)
 
 
+@pytest.mark.parametrize("targets", ["labels", "one-hot rows"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_float32_true_class_of_probability_near_one(targets, sparse):
+    """One float32 sample whose true class has probability 1 - 2e-9.  In
+    float32 that probability is 1 and p - 1 is 0, but the gradient entry,
+    -exp(-20) / (1 + exp(-20)), is an ordinary float32 number: every method
+    returns it to float32 rounding (found by a review: the NumPy method formed
+    p - t in float32 and returned 0)."""
+    import scipy.sparse
+
+    X = np.array([[1.0]], np.float32)
+    W = np.array([[20.0], [0.0]], np.float32)
+    y = np.array([0]) if targets == "labels" else np.array([[1.0, 0.0]], np.float32)
+    exact = -np.exp(-20.0) / (1.0 + np.exp(-20.0))  # p_0 - 1, in closed form
+    Xin = scipy.sparse.csr_matrix(X) if sparse else X
+    for method in METHODS:
+        loss, dW = fs.loss_and_grad(W, Xin, y, method=method)
+        np.testing.assert_allclose(dW[:, 0], [exact, -exact], rtol=1e-6, err_msg=method)
+        np.testing.assert_allclose(loss, np.log1p(np.exp(-20.0)), rtol=1e-6, err_msg=method)
+
+
 @given(problems())
 # kernel_path only sets module constants, the same for every example
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -270,3 +270,25 @@ def test_newton_cg_stops_when_float32_rounding_is_reached(wine, sparse):
     with pytest.warns(ConvergenceWarning, match="did not decrease"):
         model.fit(sp.csr_matrix(X32) if sparse else X32, y)
     assert model.n_iter_[0] < 200
+
+
+def test_lbfgs_warns_when_it_stops_on_rounding_above_tol():
+    """SciPy's L-BFGS-B also ends with status 0 when the objective's relative
+    decrease falls to rounding level (ftol), with the gradient above gtol:
+    the fit then warns, as the docs say every stop short of tol does.  The
+    gradient at the result is computed here with loss_and_grad, apart from
+    the solver; a tol the same fit meets gives no warning."""
+    rng = np.random.default_rng(213)
+    X = rng.standard_normal((200, 10))
+    y = rng.integers(0, 3, 200)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = SoftmaxRegression(C=1.0, tol=1e-10, solver="lbfgs", max_iter=1000).fit(X, y)
+    _, dW, db = fs.loss_and_grad(model.coef_, X, y, b=model.intercept_, l2=1.0 / 200)
+    largest = max(np.abs(dW).max(), np.abs(db).max())
+    assert largest > 1e-10 and model.n_iter_[0] < 1000  # stopped early, above tol
+    assert [w for w in record if issubclass(w.category, ConvergenceWarning)
+            and "rounding level" in str(w.message)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        SoftmaxRegression(C=1.0, tol=largest * 10, solver="lbfgs", max_iter=1000).fit(X, y)

@@ -437,6 +437,25 @@ def test_nan_in_direction_propagates(rng):
         assert np.isnan(fs.hessian_product(W, X, y, V, method=method)).any()
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_infinite_weight_gives_nan_products_in_every_method(sparse, rng):
+    """+inf in W gives +inf logits in the rows where its feature is positive;
+    those rows' probabilities and curvature are NaN, and every entry of HV
+    sums over them (X has no zeros): all NaN in every method (found by a
+    review: the dense fused product left the other classes' rows 0)."""
+    import scipy.sparse
+
+    X = rng.standard_normal((6, 4)) + 0.1
+    W = rng.standard_normal((3, 4))
+    y = np.array([1, 2, 1, 2, 1, 1])
+    W[0, 0] = np.inf
+    assert (X[:, 0] > 0).any() and np.all(X != 0)
+    Xin = scipy.sparse.csr_matrix(X) if sparse else X
+    for method in METHODS:
+        hp = fs.loss_grad_hessp(W, Xin, y, method=method)[-1]
+        assert np.isnan(hp(np.ones((3, 4)))).all(), method
+
+
 # --- property-based -----------------------------------------------------------
 
 @st.composite

@@ -132,6 +132,24 @@ def test_nan_and_inf_propagate(method, bad, rng, kernel_path):
     assert math.isnan(loss) and np.isnan(dW).any()
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_row_with_zero_targets_gives_nan_loss(method, rng, kernel_path):
+    """A NaN in a sample whose dense target row is all zero: the loss is NaN in
+    every method, as its gradient is (found by a review: the index loop
+    skipped every zero target and returned a finite loss)."""
+    X = rng.standard_normal((3, 2))
+    X[1, 0] = np.nan
+    W = rng.standard_normal((2, 2))
+    T = rng.random((3, 2))
+    T[1] = 0.0
+    loss, dW = fs.loss_and_grad(W, X, T, method=method)
+    assert math.isnan(loss) and np.isnan(dW).all()
+    X[1, 0] = 0.5  # the same row finite: a finite loss, the row adding nothing
+    loss, dW = fs.loss_and_grad(W, X, T, method=method)
+    want = fs.loss_and_grad(W, X[[0, 2]], T[[0, 2]], reduction="sum", method=method)
+    assert loss == pytest.approx(want[0] / 3, rel=1e-13)
+
+
 @pytest.mark.parametrize("method", ["fused", "indexloop"])
 def test_bitwise_deterministic(method, rng):
     W, X, y, b = problem(rng, m=5000, n=33, K=9)
