@@ -7,7 +7,11 @@ other module calls ``numba.njit`` or chooses compile flags:
   process loads it instead of recompiling.  Nothing in a cached function may
   read dynamic globals (``numba.get_num_threads()`` is the classic example);
   the thread-dependent chunk count is therefore computed in Python and passed
-  in as an argument.  The environment variable ``FASTSOFTMAX_CACHE=0`` (read
+  in as an argument.  A cached kernel is compiled again only when its own
+  source file changes: after editing a helper it calls from another module,
+  delete the ``*.nbi``/``*.nbc`` files (or set ``FASTSOFTMAX_CACHE=0``), or
+  the old machine code runs (and a test of the edit passes or fails on it).
+  The environment variable ``FASTSOFTMAX_CACHE=0`` (read
   once, at import) turns the on-disk cache off for every kernel: nothing is
   read from it or written to it, and every process compiles afresh (useful
   on read-only installs, or to rule the cache out when debugging).

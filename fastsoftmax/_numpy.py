@@ -110,7 +110,10 @@ def logits_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: np
     else:
         loss = float(np.sum(row_loss, dtype=np.float64))
     gb = C.sum(axis=0, dtype=np.float64)
-    return loss, C.astype(Z.dtype, copy=False), gb
+    if C is not E:  # rounded back into E's memory: no fourth (m, K) array
+        np.copyto(E, C)
+        del C
+    return loss, E, gb
 
 
 def options_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: np.ndarray,
