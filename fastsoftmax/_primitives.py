@@ -315,7 +315,9 @@ def logsumexp(
         float32 for float32 or float16 Z, float64 otherwise.  When ``out`` is
         given it is returned (a 0-d array for a 1-D Z).
 
-    Accurate for every finite row, without overflow or underflow.  Non-finite
+    Accurate for every finite row, without overflow or underflow, to a few
+    ulp of max(1, |row maximum|) absolutely: a result near 0 (``[0, -40]``,
+    exactly 4.2e-18) comes back as 0.  Non-finite
     entries: a row containing NaN gives NaN; ``-inf`` entries of a row with a
     finite maximum add nothing; a row containing ``+inf``, or made only of
     ``-inf``, gives NaN (not ``+inf`` or ``-inf`` as the limit would: the

@@ -350,13 +350,16 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
         total = float(m - n_ignored)
     else:
         sw = check_weights("sample_weight", sample_weight, m, "sample", f"{m} samples of {samples}")
-        total = float(np.sum(sw[labels >= 0])) if n_ignored else float(np.sum(sw))
+        with np.errstate(over="ignore"):  # an overflowing total is reported by denominator
+            total = float(np.sum(sw[labels >= 0])) if n_ignored else float(np.sum(sw))
 
     cw = check_class_weight(class_weight, K, classes)
     loss_weight = total
     if cw is not None and labels.shape[0]:
         per_sample = cw[np.maximum(labels, 0)] * (labels >= 0)
-        loss_weight = float(np.dot(per_sample, sw)) if sw.shape[0] else float(np.sum(per_sample))
+        with np.errstate(over="ignore"):
+            loss_weight = float(np.dot(per_sample, sw)) if sw.shape[0] \
+                else float(np.sum(per_sample))
         if reduction == "mean" and total > 0.0 and not loss_weight > 0.0:
             raise ValueError(
                 "the total weight of the kept samples is zero (class_weight is zero for every "
@@ -371,7 +374,9 @@ def check_targets(y, m: int, K: int, dtype: np.dtype, *, sample_weight, eps: flo
 def denominator(kept_weight: float, reduction: str, every_sample_ignored: bool = False) -> float:
     """What the sums are divided by: ``kept_weight`` under "mean", 1 under "sum" and "none".
 
-    ValueError under "mean" when the kept weight is zero (or not positive).
+    ValueError under "mean" when the kept weight is zero (or not positive), or
+    when it overflows to infinity (finite weights whose sum does not fit a
+    float64: dividing by it would give a NaN loss and a zero gradient).
     """
     if reduction != "mean":
         return 1.0
@@ -381,6 +386,10 @@ def denominator(kept_weight: float, reduction: str, every_sample_ignored: bool =
             + (" (every sample is ignored)" if every_sample_ignored else "")
             + ", so reduction='mean' is undefined"
         )
+    if kept_weight == np.inf:
+        raise ValueError("the total sample weight overflows float64 (the weights are finite "
+                         "but their sum is not), so reduction='mean' is undefined; scale the "
+                         "weights down")
     return kept_weight
 
 

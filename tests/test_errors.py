@@ -90,6 +90,30 @@ def test_sum_reduction_allows_zero_total_weight():
     assert loss == 0.0 and not dW.any()
 
 
+def test_mean_over_weights_whose_sum_overflows_raises():
+    """Finite weights whose total is inf: under "mean" the loss would be NaN
+    and the gradient 0 (found by a review); a clear ValueError instead, for
+    sample and class weights, in every entry point that divides by it.  The
+    same weights scaled to fit give the unweighted result."""
+    Z = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    y = np.array([0, 1])
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.sum([1e308, 1e308]))  # the case: each finite, the sum not
+    with pytest.raises(ValueError, match="overflows"):
+        fs.loss_and_grad_logits(Z, y, sample_weight=[1e308, 1e308])
+    with pytest.raises(ValueError, match="overflows"):
+        fs.loss_and_grad_logits(Z, y, class_weight=[1e308, 1e308, 1.0])
+    with pytest.raises(ValueError, match="overflows"):
+        fs.loss_and_grad(W0, X0, Y0, sample_weight=np.full(m, 1e308))
+    fine = fs.loss_and_grad_logits(Z, y, sample_weight=[1e300, 1e300])
+    plain = fs.loss_and_grad_logits(Z, y)
+    assert fine[0] == pytest.approx(plain[0], rel=1e-14)
+    np.testing.assert_allclose(fine[1], plain[1], rtol=1e-14)
+    # "sum" divides by nothing: the overflow is the arithmetic's own
+    assert np.isinf(fs.loss_and_grad_logits(Z, y, sample_weight=[1e308, 1e308],
+                                            reduction="sum")[0])
+
+
 def test_ignore_index_in_range_of_classes():
     """ignore_index may be a valid class; those samples are then dropped."""
     got = fs.loss_and_grad(W0, X0, Y0, ignore_index=3)
