@@ -387,9 +387,9 @@ def denominator(kept_weight: float, reduction: str, every_sample_ignored: bool =
             + ", so reduction='mean' is undefined"
         )
     if kept_weight == np.inf:
-        raise ValueError("the total sample weight overflows float64 (the weights are finite "
-                         "but their sum is not), so reduction='mean' is undefined; scale the "
-                         "weights down")
+        raise ValueError("the total weight of the kept samples overflows float64 (the "
+                         "weights are finite but their sum is not), so reduction='mean' is "
+                         "undefined; scale the weights down")
     return kept_weight
 
 
