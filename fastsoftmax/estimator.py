@@ -356,14 +356,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             objective, x0.ravel(), method="L-BFGS-B", jac=True, callback=callback,
             options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
                      "ftol": 64 * np.finfo(float).eps})
-        grad_max = float(np.max(np.abs(result.jac))) if result.jac.size else 0.0
         if result.status != 0:  # as scikit-learn: any stop short of convergence warns
             reason = (f"it reached max_iter={self.max_iter} iterations"
                       if result.status == 1 else f"of: {result.message}")
             warnings.warn(
                 f"L-BFGS stopped without converging because {reason}; increase max_iter "
                 f"or scale the data.", ConvergenceWarning, stacklevel=5)
-        elif grad_max > self.tol:
+        elif (grad_max := float(np.max(np.abs(result.jac)))) > self.tol:
             # SciPy also stops, with status 0, when the objective's relative decrease
             # falls to rounding level (ftol); scikit-learn is silent there, but tol
             # is unmet, as when a Newton solver's line search finds no decrease
