@@ -14,7 +14,8 @@ and stop when the largest absolute entry of the gradient is at most ``tol``
   evaluation and no m x K array is stored.
 * :func:`minimize_newton_pcg`: truncated Newton with conjugate gradients on
   the same products, preconditioned by the Hessian's per-class blocks
-  (reused across steps; its diagonal for wide or sparse X) after splitting
+  (reused across steps; its diagonal for wide X, mixed with the penalty's
+  curvature for sparse X) after splitting
   off the class means, where the Hessian is known exactly
   (:func:`_preconditioner`), and a backtracking line search; for the fused
   method on dense X each step is one compiled call
@@ -506,8 +507,9 @@ def minimize_newton_pcg(
     Each iteration preconditions with the Hessian's per-class blocks
     estimated from a sample of rows (built at the first step, rebuilt after
     expensive steps: :class:`BlockInverses`), or with its diagonal (one
-    pass over X) for wide or sparse X or when a block cannot be factored
-    (:func:`_preconditioner`), and solves ``H s = -g`` by
+    pass over X; on sparse X mixed with the penalty's curvature,
+    :func:`_inverse_diagonal`) for wide or sparse X or when a block cannot
+    be factored (:func:`_preconditioner`), and solves ``H s = -g`` by
     conjugate gradients, to a relative residual set by the Eisenstat-Walker
     forcing term (:class:`_ForcingTerm`; superlinear convergence) or
     ``max_cg`` steps,
@@ -594,9 +596,7 @@ def _fused_pcg(obj, x, tol, max_iter, start, max_cg, blocks, end=None):
         factors = blocks.lower_factors(obj, hessp)
         inv_diag = no_diagonal
         if factors is None:  # Jacobi, as _preconditioner
-            diag = hessp.diagonal()
-            floor = max(float(np.max(diag)), np.finfo(float).tiny) * 1e-12
-            inv_diag = rows_from_flat(1.0 / np.maximum(diag, floor), K, n, nt)
+            inv_diag = rows_from_flat(_inverse_diagonal(hessp, float(p.l2), False), K, n, nt)
         gnorm = float(np.linalg.norm(G))
         with single_threaded_blas, parallel_region():
             status, products, loss, n_evals, where = newton_cg_step(
@@ -886,7 +886,8 @@ def _preconditioner(obj, hessp, inverses=None):
     inverts an approximation of H restricted to it: the Hessian's per-class
     diagonal blocks (:meth:`HessianProduct.class_blocks`) through their
     ``inverses`` ((K, n', n'), from :class:`BlockInverses`), or
-    without them its diagonal (Jacobi).  Without the split, a block or
+    without them its diagonal (Jacobi; on sparse X mixed with the penalty's
+    curvature, :func:`_inverse_diagonal`).  Without the split, a block or
     diagonal preconditioner mixes the two parts, and CG then spends most of
     its steps on directions of curvature ``l2``.  The blocks capture the
     features' scales and correlations: measured on the benchmark's data
@@ -898,9 +899,7 @@ def _preconditioner(obj, hessp, inverses=None):
     width = n + obj.fit_intercept
     l2 = float(obj.options.get("l2", 0.0))
     if inverses is None:
-        diag = hessp.diagonal()
-        floor = max(float(np.max(diag)), np.finfo(float).tiny) * 1e-12
-        return _jacobi(1.0 / np.maximum(diag, floor), K, n, l2)
+        return _jacobi(_inverse_diagonal(hessp, l2, is_sparse(obj.X)), K, n, l2)
 
     def precondition(r):
         R = rows_from_flat(r, K, n, width)
@@ -914,6 +913,21 @@ def _preconditioner(obj, hessp, inverses=None):
         return z, float(r @ z)
 
     return precondition
+
+
+def _inverse_diagonal(hessp, l2, sparse):
+    """The inverse of the diagonal preconditioner's entries, (N,) float64, flat
+    layout: ``1 / (mix d + (1 - mix) l2)`` for the Hessian's diagonal ``d``
+    (:meth:`HessianProduct.diagonal`) and ``mix =
+    fastsoftmax._dispatch.pcg_diagonal_mix(sparse)`` (1 for dense X: exactly
+    ``1 / d``), each entry at least 1e-12 of the largest."""
+    mix = policy.pcg_diagonal_mix(sparse)
+    mixed = hessp.diagonal()
+    if mix != 1.0:
+        mixed *= mix
+        mixed += (1.0 - mix) * l2
+    floor = max(float(np.max(mixed)), np.finfo(float).tiny) * 1e-12
+    return 1.0 / np.maximum(mixed, floor)
 
 
 def _jacobi(inv_diag, K, n, l2):

@@ -209,6 +209,43 @@ def test_compiled_preconditioner_matches_the_python_one(preconditioner_kind, fit
     assert rz == pytest.approx(want_rz, rel=1e-10)
 
 
+
+@pytest.mark.parametrize("fit_intercept", [False, True])
+def test_sparse_diagonal_preconditioner_mixes_in_the_penalty(fit_intercept, rng):
+    """On CSR X the diagonal preconditioner is ``mix d + (1 - mix) l2``
+    (``PCG_SPARSE_DIAGONAL_MIX``), written out here from the Hessian's
+    diagonal, off the class means (which get ``1 / l2``); the same X dense
+    keeps the plain diagonal (the test above)."""
+    import scipy.sparse
+
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._newton import _preconditioner, _setup
+
+    m, n, K, l2 = 400, 30, 4, 0.02
+    X = scipy.sparse.random(m, n, density=0.1, format="csr", random_state=3) * 5.0
+    y = rng.integers(0, K, m)
+    options = dict(sample_weight=rng.random(m), l2=l2, label_smoothing=0.0,
+                   ignore_index=None, reduction="mean", method="fused")
+    obj, _ = _setup(X, y, None, None, K, fit_intercept, options)
+    x = rng.standard_normal(K * n + K * fit_intercept) * 0.3
+    hessp = obj.at(x)[2]
+    mix = policy.PCG_SPARSE_DIAGONAL_MIX
+    assert 0.0 < mix < 1.0
+    d = hessp.diagonal()
+    inv = 1.0 / (mix * d + (1.0 - mix) * l2)
+    assert np.abs(inv * d - 1.0).max() > 0.1  # differs from the plain diagonal here
+    r = rng.standard_normal(x.size)
+    Rw, Iw = r[: K * n].reshape(K, n), inv[: K * n].reshape(K, n)
+    mean = Rw.mean(axis=0)
+    Zw = (Rw - mean) * Iw
+    want = [(Zw - Zw.mean(axis=0) + mean / l2).ravel()]
+    if fit_intercept:
+        zb = (r[K * n:] - r[K * n:].mean()) * inv[K * n:]
+        want.append(zb - zb.mean())
+    z, rz = _preconditioner(obj, hessp)(r)
+    np.testing.assert_allclose(z, np.concatenate(want), rtol=1e-12, atol=1e-14)
+    assert rz == pytest.approx(float(r @ z), rel=1e-12)
+
 def test_block_inverses_follow_the_penalty_without_rebuilding(rng):
     """Passed on to a fit with another l2 (the next C of a path), the block
     preconditioner shifts its blocks' W diagonal by the difference and
