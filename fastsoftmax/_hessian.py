@@ -347,10 +347,14 @@ def _sparse_hessian_diagonal(p: Problem, cache: ProductCache) -> np.ndarray:
         keep = p.labels >= 0
         stored, squared = stored[keep], squared[keep]
     curv = _diagonal_curvatures(stored[:, :K], stored[:, K])
-    dW = np.asarray(squared.T @ curv).T / p.denom + p.l2
-    if not p.has_b:
-        return dW.ravel()
-    return np.concatenate([dW.ravel(), curv.sum(axis=0) / p.denom])
+    n = p.X.shape[1]
+    out = np.empty(K * n + K * p.has_b)  # written once, in place (no copies of N entries)
+    dW = out[: K * n].reshape(K, n)
+    np.divide(np.asarray(squared.T @ curv).T, p.denom, out=dW)
+    dW += p.l2
+    if p.has_b:
+        out[K * n:] = curv.sum(axis=0) / p.denom
+    return out
 
 
 class HessianProduct:

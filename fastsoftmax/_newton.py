@@ -175,7 +175,8 @@ class _Objective:
         return W, b
 
     def at(self, x):
-        if self._x is None or not np.array_equal(x, self._x, equal_nan=True):
+        if self._x is None or not _vectors.same_entries(np.asarray(x, dtype=np.float64),
+                                                        self._x):
             self._evaluate(x)
             self.n_evals += 1
         return self._out
@@ -927,7 +928,8 @@ def _inverse_diagonal(hessp, l2, sparse):
         mixed *= mix
         mixed += (1.0 - mix) * l2
     floor = max(float(np.max(mixed)), np.finfo(float).tiny) * 1e-12
-    return 1.0 / np.maximum(mixed, floor)
+    np.maximum(mixed, floor, out=mixed)  # in place: N entries, tens of MB on text data
+    return np.divide(1.0, mixed, out=mixed)
 
 
 def _jacobi(inv_diag, K, n, l2):

@@ -146,6 +146,33 @@ def direction_pass(d, z, beta, block):
             d[i] = z[i] + beta * d[i]
 
 
+@serial_kernel
+def same_pass(a, b):
+    """Whether the (N,) float64 arrays ``a`` and ``b`` hold the same values
+    (NaN equal to NaN), stopping at the first difference: one pass when they
+    are equal, next to nothing when they differ early."""
+    for i in range(a.shape[0]):
+        x = a[i]
+        y = b[i]
+        if x != y and not (x != x and y != y):
+            return False
+    return True
+
+
+def same_entries(a, b) -> bool:
+    """``np.array_equal(a, b, equal_nan=True)`` for (N,) float64 arrays:
+    :func:`same_pass` from ``COMPILED_VECTOR_MIN_ENTRIES`` entries on.
+    NumPy's forms a NaN mask of each and compares the rest through a
+    boolean index: 13 ms a call on 2.6 M entries (20-newsgroups-shaped
+    Newton-CG checks its cached point so at every step), against about
+    2 ms for this pass when they are equal."""
+    if a.shape != b.shape:
+        return False
+    if policy.compiled_vectors(a.shape[0]):
+        return bool(same_pass(a, b))
+    return bool(np.array_equal(a, b, equal_nan=True))
+
+
 def finish_into(G, denom: float, l2: float, V, out, squares: bool = False) -> float:
     """``out[...] = G / denom + l2 V`` (G (K, n) sums, float64 or of out's
     dtype; V (K, n) of any real dtype; out (K, n) of the working dtype, which

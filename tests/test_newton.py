@@ -415,6 +415,38 @@ def test_cg_vector_passes_match_numpy(N, block, rng):
     np.testing.assert_allclose(d, d_ref, rtol=1e-15, atol=1e-15)
 
 
+
+@pytest.mark.parametrize("N", [1, 7, 5000])
+def test_same_entries_is_array_equal_with_nans(N, rng, monkeypatch):
+    """The compiled cache check of Newton-CG's objective (_vectors.same_pass,
+    early exit) and its NumPy branch, against np.array_equal(equal_nan=True)
+    written out entry by entry: equal arrays, one entry changed at the start,
+    middle or end, NaN against NaN and against a number, 0.0 against -0.0,
+    infinities, other shapes."""
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax import _vectors
+
+    def oracle(a, b):
+        return a.shape == b.shape and all(
+            x == y or (np.isnan(x) and np.isnan(y)) for x, y in zip(a.tolist(), b.tolist()))
+
+    a = rng.standard_normal(N)
+    cases = [(a, a.copy())]
+    for where in sorted({0, N // 2, N - 1}):
+        for value in (np.nan, np.inf, -np.inf, a[where] + 1e-300, 1.0):
+            b = a.copy()
+            b[where] = value
+            cases.append((a, b))
+            c = b.copy()  # both NaN (or both the same) at that entry
+            cases.append((c, b.copy()))
+    z = np.zeros(N)
+    cases += [(z, -z), (a, a[: N - 1]), (a, np.concatenate([a, a]))]
+    for threshold in (1, 10**9):  # compiled, then NumPy
+        monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES", threshold)
+        for x, y in cases:
+            assert _vectors.same_entries(x, y) == oracle(x, y)
+            assert _vectors.same_entries(y, x) == oracle(y, x)
+
 def test_forcing_term_follows_eisenstat_walker():
     """CG's relative residual target per Newton step: 0.5 at the first step and
     whenever the gradient grew, (ratio of gradient norms)^phi otherwise, but
@@ -444,11 +476,12 @@ def test_compiled_vector_passes_load_from_the_cache_in_a_new_process():
              "_vectors.advance_pass(a.copy(), a.copy(), a, a, 0.5, 1024)\n"
              "_vectors.direction_pass(a.copy(), a, 0.5, 1024)\n"
              "_vectors.jacobi_pass(r, r, 0.1, np.empty_like(r), 1024)\n"
+             "_vectors.same_pass(a, a)\n"
              "W = np.ones((3, 25000)); X = np.ones((10, 25000))\n"
              "fs.loss_and_grad(W, X, np.arange(10) % 3, l2=0.1)\n")
     assert_cached_in_new_process(calls, {name: "fastsoftmax._vectors" for name in
                                          ("advance_pass", "direction_pass", "jacobi_pass",
-                                          "finish_pass")})
+                                          "finish_pass", "same_pass")})
 
 
 # --- the compiled Newton-Cholesky loop (fastsoftmax._newton_fused) ---------------------
