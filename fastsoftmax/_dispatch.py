@@ -374,6 +374,7 @@ class HeadPlan(NamedTuple):
     on PyTorch's products (:func:`torch_head_plan`)."""
 
     rows: int  #: rows per tile of logits
+    single: bool  #: one tile holds every row
     classes: int  #: classes per block of logits
     piece: int  #: classes per piece of the numerics between the products
     dx_rows: int  #: rows per slice of the dX product
@@ -399,8 +400,9 @@ def torch_head_plan(m: int, n: int, K: int, want_dw: bool) -> HeadPlan:
     row_major = n >= TORCH_HEAD_ROW_MAJOR_FEATURES
     group = max(1, TORCH_HEAD_DX_CLASSES // classes) * classes if row_major and single \
         else classes
-    return HeadPlan(rows, classes, int(min(K, TORCH_HEAD_PIECE)), int(min(m, TORCH_HEAD_DX_ROWS)),
-                    bool(want_dw and single and m <= n), row_major, int(min(K, group)),
+    return HeadPlan(rows, bool(single), classes, int(min(K, TORCH_HEAD_PIECE)),
+                    int(min(m, TORCH_HEAD_DX_ROWS)), bool(want_dw and single and m <= n),
+                    row_major, int(min(K, group)),
                     int(TORCH_HEAD_TRANSPOSE_BLOCK), bool(want_dw and TORCH_HEAD_TOUCH_PAGES))
 
 

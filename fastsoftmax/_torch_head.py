@@ -112,7 +112,7 @@ def head_sums(X: torch.Tensor, W: torch.Tensor, b: np.ndarray, t: Targets, *,
     K = W.shape[0]
     plan = policy.torch_head_plan(m, n, K, want_dw)
     rows, classes, piece, dx_rows = plan.rows, plan.classes, plan.piece, plan.dx_rows  # <= m
-    single = rows >= m
+    single = plan.single
     kept = plan.keep_logits  # the first pass's logits in dW's memory (module docstring)
     labels, T, sw, cw = t.labels, t.T, t.sw, t.cw
     logits = torch.empty(classes * rows, dtype=torch.bfloat16)
