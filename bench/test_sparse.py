@@ -20,9 +20,11 @@ solver) and LogisticRegression's lbfgs and newton-cg (the applicable
 multinomial solvers that are not stochastic) to a tight tolerance and
 reports the objectives; ``test_fit_to_objective`` measures what the issue
 asks for, the time each of SoftmaxRegression and newton-cg takes to reach
-the best objective to 1e-6 relative (a ladder of tols per solver).  Peak extra memory is measured in a fresh process
-(Linux only: the peak resident size ``VmHWM`` is reset before the call) and reported next to the size of X's own arrays.  Numbers go
-to ``extra_info``; run with ``--benchmark-only`` (see bench/conftest.py).
+the best objective to 1e-6 relative (a ladder of tols per solver).  Peak
+extra memory is measured in a fresh process (Linux only: the peak resident
+size ``VmHWM`` is reset before the call) and reported next to the size of
+X's own arrays.  Numbers go to ``extra_info``; run with
+``--benchmark-only`` (see bench/conftest.py).
 """
 
 from __future__ import annotations
@@ -181,9 +183,8 @@ def test_fit(benchmark, shape, who):
                                 objective=objective(model, X, y, C))
 
 
-
 #: The tols of test_fit_to_objective's ladders, loosest first.
-LADDER_TOLS = sized((1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7, 1e-8), (1e-3, 1e-5))
+LADDER_TOLS = sized((1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7, 1e-8), (1e-3, 1e-8))
 
 
 @pytest.mark.parametrize("shape", ["20news", "docstrings"])
@@ -194,7 +195,9 @@ def test_fit_to_objective(benchmark, shape):
     tol of ``LADDER_TOLS``, in one process, one fit each; a solver's time is
     that of its loosest tol whose objective is within 1e-6 relative of the
     best objective of all fits (the iterates do not depend on tol, so a
-    tighter tol only runs further).  Printed with -s, and in extra_info."""
+    tighter tol only runs further).  Printed with -s, and in extra_info.
+    Checked: SoftmaxRegression reaches that objective (at the latest at the
+    ladder's last tol, 1e-8)."""
     from sklearn.linear_model import LogisticRegression
 
     from fastsoftmax.estimator import SoftmaxRegression
@@ -221,12 +224,13 @@ def test_fit_to_objective(benchmark, shape):
     for who, rows in runs.items():
         hit = next(((tol, t) for tol, t, f in rows if f <= best * (1 + 1e-6)), None)
         reached[who] = hit
-        print(f"\n{shape} {who}: " + ("not reached" if hit is None else
-                                       f"{hit[1]:.3f} s at tol {hit[0]:g}") + "; ladder "
-              + ", ".join(f"{tol:g}: {t:.3f} s {(f - best) / best:.1e}" for tol, t, f in rows))
+        when = "not reached" if hit is None else f"{hit[1]:.3f} s at tol {hit[0]:g}"
+        ladder = ", ".join(f"{tol:g}: {t:.3f} s {(f - best) / best:.1e}" for tol, t, f in rows)
+        print(f"\n{shape} {who}: {when}; ladder {ladder}")
     benchmark.group = f"sparse fit to 1e-6 of the best objective {shape} C=10"
     benchmark.extra_info.update(best=best, reached=reached, ladders=runs)
-    assert np.isfinite(best)
+    assert reached["SoftmaxRegression"] is not None, runs["SoftmaxRegression"]
+
 
 MEMORY_CHILD = r"""
 import json, sys

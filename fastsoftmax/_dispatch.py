@@ -193,7 +193,8 @@ PCG_BLOCK_MAX_WIDTH = 128
 #: 100: 2.28 / 2.61, 3.95 / 5.07, 9.8 / 11.2 s; (4000, 60000) K = 10, C = 10,
 #: 100: 0.59 / 0.80, 0.82 / 1.52 s; (50000, 47236) K = 50, C = 10: 15.4 /
 #: 11.5 s (slower there; to tol 1e-9 26.8 / 33.2 s).  Mixes 0.1 and 0.01
-#: were slower than 0.03 on more of these.  Dense X keeps the plain
+#: (and 0.003, tried on the docstrings) were slower than 0.03 on more of
+#: these.  Dense X keeps the plain
 #: diagonal: on (20000, 300) features scaled 10^-2..10^2 the mix took 0.21
 #: against 0.16 s (its small-scale features have curvatures near l2),
 #: on standardised (60000, 784) the same time.
@@ -208,6 +209,12 @@ PCG_BLOCK_AFTER_CG_STEPS = 10
 #: objective: tol is then below what the working dtype can resolve (float32
 #: X with tol=1e-10 ran to max_iter=10000, 350 s, before this rule).
 NEWTON_MAX_STALLED_STEPS = 5
+#: A step that lowers the objective by less than this fraction of it (16
+#: float64 ulps) counts as not lowering it for ``NEWTON_MAX_STALLED_STEPS``:
+#: at the rounding level the objective moves by a few ulps either way, and a
+#: decrease of 2 ulps had restarted the count (float32 CSR X at tol 1e-10:
+#: 227 Newton steps before the stop, instead of 24).
+NEWTON_STALL_SLACK = 16 * 2.0 ** -52
 #: Bytes of the full-Hessian kernel's products of features per tile (a block
 #: of columns of its packed sums at a time): bounded for wide X, where the
 #: n~ (n~ + 1) / 2 products of a row alone can take megabytes.

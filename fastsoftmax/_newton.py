@@ -343,7 +343,7 @@ def _fused_cholesky(obj, x, tol, max_iter, start):
         status, it, _, _, n_evals = newton_cholesky_loop(
             fused, hessian, _fused.step_entry(), p.X, p.labels, p.T, p.sw, float(p.eps),
             float(p.denom), float(p.l2), P, float(tol), int(max_iter),
-            int(policy.NEWTON_MAX_STALLED_STEPS), JITTER,
+            int(policy.NEWTON_MAX_STALLED_STEPS), float(policy.NEWTON_STALL_SLACK), JITTER,
             policy.tile_rows(n, K, p.X.dtype.itemsize), micro, hessian_tile, hessian_features,
             direct, slabs, bias_slabs, losses, policy.hessian_chunks(m, K - 1, nt), history,
             None)
@@ -404,9 +404,10 @@ class _Stopping:
     Stop, converged, when the largest absolute gradient entry is at most
     ``tol``; unconverged after ``max_iter`` steps, or after
     ``NEWTON_MAX_STALLED_STEPS`` steps in a row that did not lower the
-    objective (the line search accepts steps within rounding of the
-    objective; a tol below the working dtype's rounding, float32 X with tol
-    1e-10, would otherwise run to max_iter).  ``history`` keeps the
+    objective by more than ``NEWTON_STALL_SLACK`` of it (the line search
+    accepts steps within rounding of the objective; a tol below the working
+    dtype's rounding, float32 X with tol 1e-10, would otherwise run to
+    max_iter).  ``history`` keeps the
     objective at each point, ``message`` why the loop ended (a driver sets
     it when a step or line search fails)."""
 
@@ -428,7 +429,9 @@ class _Stopping:
             return True
         if it == self.max_iter:
             return True
-        self.stalled = self.stalled + 1 if it and history[-1] >= history[-2] else 0
+        lowered = it == 0 or \
+            history[-1] < history[-2] - policy.NEWTON_STALL_SLACK * abs(history[-2])
+        self.stalled = 0 if lowered else self.stalled + 1
         if self.stalled >= policy.NEWTON_MAX_STALLED_STEPS:
             self.message = (f"the objective did not decrease in {self.stalled} steps "
                             f"(rounding level reached)")

@@ -225,8 +225,9 @@ def _copy(src, dst):
 
 @parallel_kernel
 def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2, P, tol, max_iter,
-                         max_stalled, jitter, tile, micro, hessian_tile, hessian_features,
-                         direct, slabs, bias_slabs, losses, hessian_chunks, history, none):
+                         max_stalled, stall_slack, jitter, tile, micro, hessian_tile,
+                         hessian_features, direct, slabs, bias_slabs, losses, hessian_chunks,
+                         history, none):
     """Newton-Cholesky from the point P (K, n~) float64 ([W | b], updated in
     place): ``(status, n_iter, loss, grad_max, n_evals)``.
 
@@ -242,8 +243,11 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
     (nchunks,) float64 receive each chunk's loss-and-gradient sums (on
     return those of the last evaluation; nchunks as in
     :func:`fastsoftmax.loss_and_grad`), ``hessian_chunks`` is the Hessian's
-    row chunk count.  ``history`` receives the objective at each step's point, as far as it
-    reaches.  ``none`` is None (the fused chunk's unused options).
+    row chunk count; ``max_stalled`` steps in a row that lower the objective
+    by at most ``stall_slack`` of it end the loop (STALLED), as in
+    :class:`fastsoftmax._newton._Stopping`.  ``history`` receives the
+    objective at each step's point, as far as it reaches.  ``none`` is None
+    (the fused chunk's unused options).
     """
     m, n = X.shape
     K, nt = P.shape
@@ -304,7 +308,8 @@ def newton_cholesky_loop(fused, hessian, step, X, labels, T, sw, eps, denom, l2,
             break
         if it == max_iter:
             break
-        stalled = stalled + 1 if it > 0 and loss >= previous else 0
+        lowered = loss < previous - stall_slack * abs(previous)
+        stalled = stalled + 1 if it > 0 and not lowered else 0
         if stalled >= max_stalled:
             status = STALLED
             break

@@ -209,7 +209,6 @@ def test_compiled_preconditioner_matches_the_python_one(preconditioner_kind, fit
     assert rz == pytest.approx(want_rz, rel=1e-10)
 
 
-
 @pytest.mark.parametrize("fit_intercept", [False, True])
 def test_sparse_diagonal_preconditioner_mixes_in_the_penalty(fit_intercept, rng):
     """On CSR X the diagonal preconditioner is ``mix d + (1 - mix) l2``
@@ -245,6 +244,7 @@ def test_sparse_diagonal_preconditioner_mixes_in_the_penalty(fit_intercept, rng)
     z, rz = _preconditioner(obj, hessp)(r)
     np.testing.assert_allclose(z, np.concatenate(want), rtol=1e-12, atol=1e-14)
     assert rz == pytest.approx(float(r @ z), rel=1e-12)
+
 
 def test_block_inverses_follow_the_penalty_without_rebuilding(rng):
     """Passed on to a fit with another l2 (the next C of a path), the block
@@ -415,7 +415,6 @@ def test_cg_vector_passes_match_numpy(N, block, rng):
     np.testing.assert_allclose(d, d_ref, rtol=1e-15, atol=1e-15)
 
 
-
 @pytest.mark.parametrize("N", [1, 7, 5000])
 def test_same_entries_is_array_equal_with_nans(N, rng, monkeypatch):
     """The compiled cache check of Newton-CG's objective (_vectors.same_pass,
@@ -433,7 +432,7 @@ def test_same_entries_is_array_equal_with_nans(N, rng, monkeypatch):
     a = rng.standard_normal(N)
     cases = [(a, a.copy())]
     for where in sorted({0, N // 2, N - 1}):
-        for value in (np.nan, np.inf, -np.inf, a[where] + 1e-300, 1.0):
+        for value in (np.nan, np.inf, -np.inf, np.nextafter(a[where], np.inf), 1.0):
             b = a.copy()
             b[where] = value
             cases.append((a, b))
@@ -446,6 +445,7 @@ def test_same_entries_is_array_equal_with_nans(N, rng, monkeypatch):
         for x, y in cases:
             assert _vectors.same_entries(x, y) == oracle(x, y)
             assert _vectors.same_entries(y, x) == oracle(y, x)
+
 
 def test_forcing_term_follows_eisenstat_walker():
     """CG's relative residual target per Newton step: 0.5 at the first step and
@@ -552,6 +552,25 @@ def test_compiled_cholesky_loop_takes_the_python_loops_steps(case, fit_intercept
     assert out[0] == ours.loss
     grads = [out[1].ravel()] + ([out[2]] if fit_intercept else [])
     assert ours.grad_max == np.max(np.abs(np.concatenate(grads).astype(np.float64)))
+
+
+def test_compiled_cholesky_loop_takes_the_stall_slack(rng, monkeypatch):
+    """The compiled Newton-Cholesky loop counts a step as stalled by
+    NEWTON_STALL_SLACK, as the Python driver does: with a slack of 1e-3 and
+    two such steps allowed, the late steps of a converging fit (decreases
+    below 0.1% of the objective) end both after the same steps, with the
+    same message."""
+    import fastsoftmax._dispatch as policy
+
+    monkeypatch.setattr(policy, "NEWTON_STALL_SLACK", 1e-3)
+    monkeypatch.setattr(policy, "NEWTON_MAX_STALLED_STEPS", 2)
+    X = rng.standard_normal((300, 4))
+    y = rng.integers(0, 3, 300)
+    kw = dict(tol=1e-14, max_iter=100, l2=1e-3)
+    ours = minimize_newton_cholesky(X, y, **kw)
+    ref = python_loop(monkeypatch, X, y, **kw)
+    assert "did not decrease" in ours.message and ours.n_iter < 100
+    assert (ours.n_iter, ours.n_evals, ours.message) == (ref.n_iter, ref.n_evals, ref.message)
 
 
 def test_compiled_cholesky_loop_stops_as_the_python_loop(rng, monkeypatch):
@@ -822,6 +841,32 @@ def test_compiled_cg_steps_at_rounding_level(monkeypatch):
         if endings == {False, True}:
             break
     assert True in endings, "no seed ends in a failed line search"
+
+
+def test_decreases_of_a_few_ulps_count_as_stalled():
+    """_Stopping: steps that lower the objective by 2 ulps (rounding noise
+    at the optimum) count as steps without decrease, and the loop ends after
+    NEWTON_MAX_STALLED_STEPS of them; decreases of 1e-12 of the objective
+    (real progress, however slow) restart the count."""
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._newton import _Stopping
+
+    grad = np.array([1.0])  # above tol throughout
+    stop = _Stopping(tol=1e-10, max_iter=1000)
+    loss, it = 0.7, 0
+    assert not stop.done(it, loss, grad)
+    for _ in range(3):  # slow but real progress: never stalled
+        it, loss = it + 1, loss * (1.0 - 1e-12)
+        assert not stop.done(it, loss, grad)
+    steps = 0
+    while True:  # 2 ulps lower each step
+        it, steps = it + 1, steps + 1
+        loss = np.nextafter(np.nextafter(loss, 0.0), 0.0)
+        if stop.done(it, loss, grad):
+            break
+        assert steps < 50
+    assert steps == policy.NEWTON_MAX_STALLED_STEPS
+    assert "did not decrease" in stop.message and not stop.converged
 
 
 def test_steps_below_rounding_are_counted_as_the_python_loop(rng, monkeypatch):
