@@ -225,8 +225,8 @@ def test_fit_to_objective(benchmark, shape):
         hit = next(((tol, t) for tol, t, f in rows if f <= best * (1 + 1e-6)), None)
         reached[who] = hit
         when = "not reached" if hit is None else f"{hit[1]:.3f} s at tol {hit[0]:g}"
-        ladder = ", ".join(f"{tol:g}: {t:.3f} s {(f - best) / best:.1e}" for tol, t, f in rows)
-        print(f"\n{shape} {who}: {when}; ladder {ladder}")
+        steps = ", ".join(f"{tol:g}: {t:.3f} s {(f - best) / best:.1e}" for tol, t, f in rows)
+        print(f"\n{shape} {who}: {when}; ladder {steps}")
     benchmark.group = f"sparse fit to 1e-6 of the best objective {shape} C=10"
     benchmark.extra_info.update(best=best, reached=reached, ladders=runs)
     assert reached["SoftmaxRegression"] is not None, runs["SoftmaxRegression"]

@@ -178,6 +178,7 @@ AUTO_LBFGS_MAX_SCALE_SPREAD = 10.0
 #: rows kept Newton-CG at 10 iterations and cut the fit from 0.92 to 0.52 s;
 #: 1024 rows needed 13 iterations and more products.
 PCG_BLOCK_MAX_WIDTH = 128
+PCG_BLOCK_SAMPLE_ROWS = 4096
 #: On CSR X, Newton-CG's diagonal preconditioner is not the Hessian's
 #: diagonal d itself but ``PCG_SPARSE_DIAGONAL_MIX d + (1 -
 #: PCG_SPARSE_DIAGONAL_MIX) l2``, a mix of it with the penalty's curvature,
@@ -194,12 +195,11 @@ PCG_BLOCK_MAX_WIDTH = 128
 #: 100: 0.59 / 0.80, 0.82 / 1.52 s; (50000, 47236) K = 50, C = 10: 15.4 /
 #: 11.5 s (slower there; to tol 1e-9 26.8 / 33.2 s).  Mixes 0.1 and 0.01
 #: (and 0.003, tried on the docstrings) were slower than 0.03 on more of
-#: these.  Dense X keeps the plain
-#: diagonal: on (20000, 300) features scaled 10^-2..10^2 the mix took 0.21
-#: against 0.16 s (its small-scale features have curvatures near l2),
-#: on standardised (60000, 784) the same time.
+#: these.  Dense X keeps the plain diagonal: on (20000, 300) features
+#: scaled 10^-2..10^2 the mix took 0.21 against 0.16 s (its small-scale
+#: features have curvatures near l2), on standardised (60000, 784) the same
+#: time.
 PCG_SPARSE_DIAGONAL_MIX = 0.03
-PCG_BLOCK_SAMPLE_ROWS = 4096
 #: Newton-CG builds its blocks at the first Newton step and again after a
 #: step whose conjugate gradients took more than this many Hessian products;
 #: otherwise it reuses the last ones (``fastsoftmax._newton.BlockInverses``).

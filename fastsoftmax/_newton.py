@@ -15,10 +15,9 @@ and stop when the largest absolute entry of the gradient is at most ``tol``
 * :func:`minimize_newton_pcg`: truncated Newton with conjugate gradients on
   the same products, preconditioned by the Hessian's per-class blocks
   (reused across steps; its diagonal for wide X, mixed with the penalty's
-  curvature for sparse X) after splitting
-  off the class means, where the Hessian is known exactly
-  (:func:`_preconditioner`), and a backtracking line search; for the fused
-  method on dense X each step is one compiled call
+  curvature for sparse X) after splitting off the class means, where the
+  Hessian is known exactly (:func:`_preconditioner`), and a backtracking
+  line search; for the fused method on dense X each step is one compiled call
   (:func:`fastsoftmax._newton_fused.newton_cg_step`, driven by
   :func:`_fused_pcg`).
 * :func:`minimize_newton_cholesky`: Newton steps solved by Cholesky from
@@ -407,9 +406,9 @@ class _Stopping:
     objective by more than ``NEWTON_STALL_SLACK`` of it (the line search
     accepts steps within rounding of the objective; a tol below the working
     dtype's rounding, float32 X with tol 1e-10, would otherwise run to
-    max_iter).  ``history`` keeps the
-    objective at each point, ``message`` why the loop ended (a driver sets
-    it when a step or line search fails)."""
+    max_iter).  ``history`` keeps the objective at each point, ``message``
+    why the loop ended (a driver sets it when a step or line search
+    fails)."""
 
     NO_DECREASE = "the line search found no decrease (rounding level reached)"
 

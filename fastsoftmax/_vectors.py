@@ -6,16 +6,17 @@ and a step took about 30 ms of such passes around a 46 ms Hessian product
 (measured on 20-newsgroups-shaped data: 11314 x 130107, K = 20).  These
 kernels fuse them: one pass to finish a gradient or a Hessian product from its sums,
 one for the updates of the step and the residual, one for the Jacobi
-preconditioner with its class-mean split, one for the new direction; and :func:`same_pass`, a serial early-exit
-comparison of two parameter vectors (the solvers' check of a cached point).
+preconditioner with its class-mean split, one for the new direction; and
+:func:`same_pass`, a serial early-exit comparison of two parameter vectors
+(the solvers' check of a cached point).
 Each pass has a Python entry point below its kernel that decides, by
 :func:`fastsoftmax._dispatch.compiled_vectors`, between the compiled pass
 (from ``COMPILED_VECTOR_MIN_ENTRIES`` entries on) and the same arithmetic in
 NumPy (below, where waking the worker threads would cost more than the
 pass); the callers do not choose.
 
-Every parallel kernel works over blocks of ``block`` entries (columns for the (K, n)
-arrays), in parallel; a reduction is summed within each block and the
+Every parallel kernel works over blocks of ``block`` entries (columns for
+the (K, n) arrays), in parallel; a reduction is summed within each block and the
 blocks' sums are added in block order, so results do not depend on the
 thread count.  A loop that stores never also reduces to a scalar (see
 :mod:`fastsoftmax._rowmath`: the summation order would then depend on
