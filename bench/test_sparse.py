@@ -160,24 +160,28 @@ def objective(model, X, y, C):
     return 0.5 * float(np.sum(model.coef_ ** 2)) + C * loss
 
 
-@pytest.mark.parametrize("shape", ["20news", "docstrings"])
-@pytest.mark.parametrize("who", ["SoftmaxRegression", "LogisticRegression-lbfgs",
-                                 "LogisticRegression-newton-cg"])
-def test_fit(benchmark, shape, who):
+def fit_maker(who, C, max_iter):
+    """``tol -> estimator``: SoftmaxRegression (its default solver) or
+    LogisticRegression with the solver named after the dash of ``who``."""
     from sklearn.linear_model import LogisticRegression
 
     from fastsoftmax.estimator import SoftmaxRegression
 
+    if who == "SoftmaxRegression":
+        return lambda tol: SoftmaxRegression(C=C, tol=tol, max_iter=max_iter)
+    return lambda tol: LogisticRegression(C=C, tol=tol, max_iter=max_iter,
+                                          solver=who.split("-", 1)[1])
+
+
+@pytest.mark.parametrize("shape", ["20news", "docstrings"])
+@pytest.mark.parametrize("who", ["SoftmaxRegression", "LogisticRegression-lbfgs",
+                                 "LogisticRegression-newton-cg"])
+def test_fit(benchmark, shape, who):
     X, y, K = data(shape)
     C = 10.0
-    iters = sized(2000, 50)
-    if who == "SoftmaxRegression":
-        make = functools.partial(SoftmaxRegression, C=C, tol=1e-8, max_iter=iters)
-    else:
-        make = functools.partial(LogisticRegression, C=C, tol=1e-8, max_iter=iters,
-                                 solver=who.split("-", 1)[1])
+    make = fit_maker(who, C, sized(2000, 50))
     t0 = time.perf_counter()
-    model = benchmark.pedantic(lambda: make().fit(X, y), rounds=1, iterations=1)
+    model = benchmark.pedantic(lambda: make(1e-8).fit(X, y), rounds=1, iterations=1)
     benchmark.group = f"sparse fit {shape} {X.shape} nnz={X.nnz} K={K}, C=10, tol=1e-8"
     benchmark.extra_info.update(seconds=time.perf_counter() - t0,
                                 objective=objective(model, X, y, C))
@@ -198,15 +202,10 @@ def test_fit_to_objective(benchmark, shape):
     tighter tol only runs further).  Printed with -s, and in extra_info.
     Checked: SoftmaxRegression reaches that objective (at the latest at the
     ladder's last tol, 1e-8)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from fastsoftmax.estimator import SoftmaxRegression
-
     X, y, K = data(shape)
     C = 10.0
-    makers = {"SoftmaxRegression": lambda tol: SoftmaxRegression(C=C, tol=tol, max_iter=2000),
-              "LogisticRegression-newton-cg": lambda tol: LogisticRegression(
-                  C=C, tol=tol, max_iter=2000, solver="newton-cg")}
+    makers = {who: fit_maker(who, C, 2000)
+              for who in ("SoftmaxRegression", "LogisticRegression-newton-cg")}
     makers["SoftmaxRegression"](1e-2).fit(X[::20], y[::20])  # compile or load the kernels
     runs = {who: [] for who in makers}
 

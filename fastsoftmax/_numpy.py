@@ -112,7 +112,6 @@ def logits_loss_and_coef(Z: np.ndarray, b: np.ndarray, labels: np.ndarray, T: np
     gb = C.sum(axis=0, dtype=np.float64)
     if C is not E:  # rounded back into E's memory: no fourth (m, K) array
         np.copyto(E, C)
-        del C
     return loss, E, gb
 
 

@@ -162,13 +162,14 @@ def test_block_factors_are_the_shifted_blocks_cholesky_factors(rng):
     assert _block_factors(hopeless) is None
 
 
-def weighted_point(rng, m, n, K, l2, fit_intercept):
+def weighted_point(rng, m, n, K, l2, fit_intercept, X=None):
     """``(obj, x, hessp)``: the solvers' objective on (m, n) features scaled
-    10^-1..10^1 with random labels and sample weights, penalty l2, a random
-    point x near zero and its HessianProduct."""
+    10^-1..10^1 (or on the given (m, n) ``X``) with random labels and sample
+    weights, penalty l2, a random point x near zero and its HessianProduct."""
     from fastsoftmax._newton import _setup
 
-    X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
+    if X is None:
+        X = rng.standard_normal((m, n)) * np.logspace(-1, 1, n)
     y = rng.integers(0, K, m)
     options = dict(sample_weight=rng.random(m), l2=l2, label_smoothing=0.0, ignore_index=None,
                    reduction="mean", method="fused")
@@ -218,16 +219,11 @@ def test_sparse_diagonal_preconditioner_mixes_in_the_penalty(fit_intercept, rng)
     import scipy.sparse
 
     import fastsoftmax._dispatch as policy
-    from fastsoftmax._newton import _preconditioner, _setup
+    from fastsoftmax._newton import _preconditioner
 
     m, n, K, l2 = 400, 30, 4, 0.02
     X = scipy.sparse.random(m, n, density=0.1, format="csr", random_state=3) * 5.0
-    y = rng.integers(0, K, m)
-    options = dict(sample_weight=rng.random(m), l2=l2, label_smoothing=0.0,
-                   ignore_index=None, reduction="mean", method="fused")
-    obj, _ = _setup(X, y, None, None, K, fit_intercept, options)
-    x = rng.standard_normal(K * n + K * fit_intercept) * 0.3
-    hessp = obj.at(x)[2]
+    obj, x, hessp = weighted_point(rng, m, n, K, l2, fit_intercept, X)
     mix = policy.PCG_SPARSE_DIAGONAL_MIX
     assert 0.0 < mix < 1.0
     d = hessp.diagonal()
