@@ -16,7 +16,7 @@ from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
 from ._sparse import CSR
 from ._sparse_fused import chunk_entry as sparse_chunk_entry
-from ._sparse_fused import (curvature_chunk, curvature_entry, sparse_curvature,
+from ._sparse_fused import (curvature_chunk, curvature_entry, diagonal_chunk, sparse_curvature,
                             sparse_fused_sums, sparse_fused_sums_serial)
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_kernel
@@ -74,7 +74,7 @@ def sparse_sums(p: Problem, method: str) -> tuple[float, np.ndarray, np.ndarray]
         return sparse_numpy_sums(X, p.W, p.b, p.labels, p.T, p.sw, p.eps, p.n_ignored)
     if method == "indexloop":
         return indexloop(p)
-    return sparse_fused(p, np.ascontiguousarray(p.W.T), None)
+    return sparse_fused(p, _vectors.transposed(p.W), None)
 
 
 def indexloop(p: Problem, V: np.ndarray | None = None, vb: np.ndarray | None = None,
@@ -110,7 +110,8 @@ def _sparse_plan(p: Problem, columns: int) -> tuple[bool, int, bool]:
 
 
 def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
-                 work: np.ndarray = _NO_WORK, curv: np.ndarray | None = None):
+                 work: np.ndarray = _NO_WORK, curv: np.ndarray | None = None,
+                 G: np.ndarray | None = None):
     """The fused sparse kernel on the problem's CSR X: ``(loss, G, gb)``.
 
     ``At`` is W transposed, (n, K), for the loss and gradient (``vb`` and
@@ -121,8 +122,15 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
     ``work``: a float64 workspace for the gradient slabs, used when large
     enough (see :func:`sparse_slab_entries`), for callers that repeat calls
     on one X; it must not be in use by another call at the same time.
+    ``G``: None (the gradient sums come in a new (K, n) float64 array), or
+    an (n, K) float64 C-contiguous array that receives them transposed,
+    in At's layout (for Newton-CG in that layout).
     """
     X = p.X
+    n, K = At.shape
+    feature_major = G is not None
+    if G is None:
+        G = np.empty((K, n))  # every entry set by the kernel
     args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, float(p.eps))
     serial, chunks, dense = _sparse_plan(p, At.shape[1])
     tile = policy.logits_tile_rows(At.shape[1])
@@ -133,14 +141,53 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
         chunk = sparse_chunk_entry(*args[:9], maps, curv)
         with parallel_region():
             loss, G, gb, failed = sparse_fused_sums(chunk, *args, chunks, tile, ahead, block, maps,
-                                                    work, curv)
+                                                    work, curv, G, feature_major)
         if not failed.any():
             return loss, G, gb
         # a chunk raised in the parallel region: all rows again on this thread, as one
         # chunk, where the exception surfaces (or, if it does not recur, the full sums,
         # equal to a parallel call's to rounding: one chunk sums in another order)
     return sparse_fused_sums_serial(*args, tile, ahead, block, None if maps is None else maps[:1],
-                                    work, curv)
+                                    work, curv, G, feature_major)
+
+
+def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,
+                         work: np.ndarray = _NO_WORK) -> np.ndarray:
+    """The unnormalised sums of the Hessian's diagonal on the problem's CSR X
+    at the point of ``curv`` (:func:`sparse_point_curvature`): ``G`` (n, K)
+    float64 receives ``sum_i c_ik x_ij^2`` with ``c_ik = w_i s_i p_ik (1 -
+    p_ik)`` (X's squares with duplicate entries summed first,
+    :attr:`fastsoftmax._sparse.CSR.squared`); returns ``sum_i c_ik`` (K,)
+    float64 (the intercepts').  Rows that ignore_index drops add nothing.
+    In parallel by the fused kernel's driver with
+    :func:`fastsoftmax._sparse_fused.diagonal_chunk` (its slabs in ``work``
+    when large enough, as :func:`sparse_fused`); serial (:func:`_sparse_plan`)
+    by scipy.sparse, with the (m, K) curvatures as extra memory."""
+    X = p.X
+    K = p.b.shape[0]
+    m, n = X.shape
+    squared = X.squared
+    serial, chunks, dense = _sparse_plan(p, K)
+    if not serial:
+        args = (squared.data, squared.indices, squared.indptr,
+                np.empty((n, K), p.dtype),  # not read: the argument of a product's variant
+                p.b, np.zeros(K, p.dtype), p.labels, p.T, p.sw, float(p.eps))
+        maps = None if dense else np.empty((chunks, n), dtype=np.int64)
+        chunk = sparse_chunk_entry(*args[:9], maps, curv, function=diagonal_chunk)
+        with parallel_region():
+            _, G, gb, failed = sparse_fused_sums(
+                chunk, *args, chunks, policy.logits_tile_rows(K), policy.SPARSE_PREFETCH_AHEAD,
+                policy.SPARSE_COMBINE_COLUMNS, maps, work, curv, G, True)
+        if not failed.any():
+            return gb
+        # a chunk raised (no memory for its slabs): SciPy's product, where errors surface
+    stored = curv
+    if p.n_ignored:  # dropped rows may hold inf or NaN: 0 * inf must not enter
+        keep = p.labels >= 0
+        stored, squared = stored[keep], squared[keep]
+    c = stored[:, :K] * (1.0 - stored[:, :K]) * stored[:, K:]
+    G[...] = squared.T @ c
+    return c.sum(axis=0)
 
 
 def sparse_point_curvature(p: Problem) -> np.ndarray:
@@ -152,7 +199,7 @@ def sparse_point_curvature(p: Problem) -> np.ndarray:
     X = p.X
     K = p.b.shape[0]
     curv = np.zeros((X.shape[0], K + 1))
-    Wt = np.ascontiguousarray(p.W.T)
+    Wt = _vectors.transposed(p.W)
     args = (X.data, X.indices, X.indptr, Wt, p.b, p.labels, p.T, p.sw, float(p.eps))
     serial, chunks, _ = _sparse_plan(p, K)
     tile = policy.logits_tile_rows(K)

@@ -260,6 +260,10 @@ COMPILED_VECTOR_MIN_ENTRIES = 2**16
 #: Entries (columns of the (K, n) arrays) per block of those passes; each
 #: block's sums are added in block order (thread-count independent).
 COMPILED_VECTOR_BLOCK = 1024
+#: Side of the square tiles of the compiled transposition of parameter-sized
+#: (K, n) / (n, K) float64 arrays (:func:`fastsoftmax._vectors.transpose_into`):
+#: a 32 x 32 tile (8 KiB) is read and written within the L1 cache.
+TRANSPOSE_TILE = 32
 #: Rows per tile when ``HessianProduct.class_blocks`` builds the Hessian's
 #: per-class blocks in NumPy (a tile's probabilities and two float64 copies
 #: of its rows are the extra memory: 2 x 4096 x (n + 1) float64).

@@ -26,8 +26,8 @@ from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
 from . import _vectors
-from ._api import (Method, Reduction, finish, indexloop, sparse_fused, sparse_point_curvature,
-                   sparse_slab_entries, sums)
+from ._api import (Method, Reduction, finish, indexloop, sparse_diagonal_sums, sparse_fused,
+                   sparse_point_curvature, sparse_slab_entries, sums)
 from ._blas import single_threaded_blas
 from ._hessian_blocks import add_class_blocks
 from ._hessian_diag import diag_sums, diag_sums_serial
@@ -331,30 +331,87 @@ def _diagonal_curvatures(P: np.ndarray, ws: np.ndarray) -> np.ndarray:
     return P * (1.0 - P) * ws[:, None]
 
 
-def _sparse_hessian_diagonal(p: Problem, cache: ProductCache) -> np.ndarray:
-    """:func:`hessian_diagonal` for CSR X: the curvatures
-    ``c_ik = w_i s_i p_ik (1 - p_ik)`` from the point's stored probabilities
-    (:func:`fastsoftmax._api.sparse_point_curvature`, shared with the
-    Hessian products), then ``(X * X)^T c`` with scipy.sparse (duplicate
-    entries summed before squaring).  Extra memory: the (m, K + 1)
-    probabilities (kept in ``cache``), the (m, K) curvatures and X's squared
-    non-zeros (made once, kept with X: :attr:`fastsoftmax._sparse.CSR.squared`)."""
+def _sparse_hessian_diagonal(p: Problem, cache: ProductCache,
+                             feature_major: bool = False) -> np.ndarray:
+    """:func:`hessian_diagonal` for CSR X: the sums of
+    :func:`fastsoftmax._api.sparse_diagonal_sums` from the point's stored
+    probabilities (:func:`fastsoftmax._api.sparse_point_curvature`, shared
+    with the Hessian products; their slab workspace too), divided by the
+    reduction's denominator, plus l2 on W.  ``feature_major``: the W part
+    laid out as W^T.ravel() (the layout of :func:`feature_major_product`;
+    no transposition of the (n, K) sums).  Extra memory: the (m, K + 1)
+    probabilities (kept in ``cache``), an (n, K) float64 array of sums
+    unless ``feature_major``, and X's squared non-zeros (made once, kept
+    with X: :attr:`fastsoftmax._sparse.CSR.squared`)."""
     if cache.curv is None:
         cache.curv = sparse_point_curvature(p)
     K = p.W.shape[0]
-    stored, squared = cache.curv, p.X.squared  # X's squares kept with X for the next point
-    if p.n_ignored:  # dropped rows may hold inf or NaN: 0 * inf must not enter
-        keep = p.labels >= 0
-        stored, squared = stored[keep], squared[keep]
-    curv = _diagonal_curvatures(stored[:, :K], stored[:, K])
     n = p.X.shape[1]
     out = np.empty(K * n + K * p.has_b)  # written once, in place (no copies of N entries)
-    dW = out[: K * n].reshape(K, n)
-    np.divide(np.asarray(squared.T @ curv).T, p.denom, out=dW)
-    dW += p.l2
+    sums = out[: K * n].reshape(n, K) if feature_major else np.empty((n, K))
+    pair = cache.borrow((n, K), p.dtype, sparse_slab_entries(p, K))
+    try:
+        gb = sparse_diagonal_sums(p, cache.curv, sums, pair[1])
+    finally:
+        cache.give_back(pair)
+    if feature_major:
+        out[: K * n] /= p.denom
+    else:
+        np.divide(sums.T, p.denom, out=out[: K * n].reshape(K, n))
+    out[: K * n] += p.l2
     if p.has_b:
-        out[K * n:] = curv.sum(axis=0) / p.denom
+        out[K * n:] = gb / p.denom
     return out
+
+
+def feature_major_diagonal(hessp: "HessianProduct") -> np.ndarray:
+    """``hessp.diagonal()`` with the W part in the feature-major layout of
+    :func:`feature_major_product`, (N,) float64; CSR X and the fused method
+    only (what :func:`feature_major_product` takes)."""
+    _feature_major_only(hessp)
+    return _sparse_hessian_diagonal(hessp._problem, hessp._cache, feature_major=True)
+
+
+def _feature_major_only(hessp: "HessianProduct") -> None:
+    if not (isinstance(hessp._problem.X, CSR) and hessp.method == "fused"):
+        raise TypeError("feature-major products take CSR X and the fused method")
+
+
+def feature_major_product(hessp: "HessianProduct", d: np.ndarray, out: np.ndarray) -> float:
+    """``hessp`` applied to a direction in the feature-major layout, for
+    Newton-CG on CSR X: returns ``<d, H d>`` (float64).
+
+    ``d`` and ``out`` are (N,) float64 laid out as ``[V^T.ravel(), vb]``
+    (V^T (n, K), the layout the sparse kernel gathers from and accumulates
+    into; ``vb`` only with an intercept).  ``out`` receives the product in
+    the same layout: the sums transposed into it by the kernel itself, then
+    finished in place with the curvature (:func:`fastsoftmax._vectors.finish_dot`).
+    Compared with ``hessp(flat)``: no transposed copy of the direction, no new
+    arrays of N entries, the curvature in the same pass, contiguous passes.
+    The direction is rounded to the working dtype for the kernel (as
+    ``hessp`` does); the product stays float64 (``hessp`` rounds it to the
+    working dtype).  CSR X and the fused method only."""
+    _feature_major_only(hessp)
+    p, cache = hessp._problem, hessp._cache
+    K, n = p.W.shape
+    Vt = d[: K * n].reshape(n, K)
+    if p.dtype != np.float64:
+        Vt = Vt.astype(p.dtype)
+    vb = kernel_array(d[K * n:], p.dtype) if p.has_b else np.zeros(K, p.dtype)
+    if cache.curv is None:
+        cache.curv = sparse_point_curvature(p)
+    HVt = out[: K * n].reshape(n, K)
+    pair = cache.borrow((n, K), p.dtype, sparse_slab_entries(p, K))
+    try:
+        _, _, gb = sparse_fused(p, Vt, vb, pair[1], cache.curv, G=HVt)
+    finally:
+        cache.give_back(pair)
+    curvature = _vectors.finish_dot(out[: K * n], p.denom, p.l2, Vt.reshape(-1),
+                                    out[: K * n])
+    if p.has_b:
+        np.divide(gb, p.denom, out=out[K * n:])
+        curvature += float(vb.astype(np.float64) @ out[K * n:])
+    return curvature
 
 
 class HessianProduct:

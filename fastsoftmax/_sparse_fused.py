@@ -25,7 +25,8 @@ gives every chunk a map from the columns its rows touch to consecutive slab
 rows (in column order), and the chunk accumulates into an (n_c, K) slab of
 just those columns.  Either way the slabs are then added into G column by
 column, in chunk order (deterministic: the result depends on the inputs,
-``tile``, ``nchunks`` and the slab layout only).
+``tile``, ``nchunks`` and the slab layout only); G is the caller's, (K, n)
+or, for Newton-CG's feature-major vectors, (n, K) (the slabs' own layout).
 
 The slabs go into the caller's workspace when it is large enough (a
 Hessian product reuses one across its calls), else into new memory.
@@ -39,7 +40,11 @@ directions ``V x_i`` from the non-zeros, the softmax Jacobian applied to them
 from the stored probabilities (:func:`tile_cached_coef`), and the scatter.
 Measured on 20-newsgroups-shaped data (idle, 2 threads): a product took
 48 ms recomputing the probabilities from ``[W; V]^T`` (n, 2K) every time,
-and 34 ms with them stored (one thread: 77 and 58 ms).  ``curv`` is the one m x K array of this module: the
+and 34 ms with them stored (one thread: 77 and 58 ms).  The Hessian's
+diagonal at the point goes through the same driver with
+:func:`diagonal_chunk` (the stored probabilities' curvatures scattered
+with X's squares, no gather): the whole diagonal took 32 ms on that data
+with SciPy's single-threaded product, 22 ms so (medians of 9 calls).  ``curv`` is the one m x K array of this module: the
 caller keeps it for as long as it makes products at the point.
 
 Peak extra memory, besides the (K, n) float64 result G: ``n K itemsize``
@@ -295,25 +300,36 @@ def sparse_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, st
 
 
 @serial_kernel
-def add_slabs(G, colmaps, slabs, offsets, j0, j1):
-    """G[:, j] = the sum of the slab rows of column j of the chunks, added in chunk
-    order, for j in j0:j1 (G may be uninitialised there).
+def add_slabs(G, colmaps, slabs, offsets, j0, j1, feature_major):
+    """Column j of the gradient = the sum of the slab rows of column j of the
+    chunks, added in chunk order, for j in j0:j1 (G may be uninitialised
+    there): ``G[:, j]`` of a (K, n) G, or with ``feature_major`` ``G[j, :]``
+    of an (n, K) G (the slabs' own layout: contiguous reads and writes).
 
     Chunk c's slab is ``slabs[offsets[c] K: offsets[c + 1] K]``, its row for
     column j ``colmaps[c, j]`` (-1: none); with ``colmaps`` None, the slabs
     are dense (n, K) and the row is j."""
-    K = G.shape[0]
-    for k in range(K):
+    K = G.shape[1] if feature_major else G.shape[0]
+    if feature_major:
         for j in range(j0, j1):
-            G[k, j] = 0.0
+            for k in range(K):
+                G[j, k] = 0.0
+    else:
+        for k in range(K):
+            for j in range(j0, j1):
+                G[k, j] = 0.0
     for c in range(offsets.shape[0] - 1):  # chunk order for every entry
         base = offsets[c]
         for j in range(j0, j1):
             loc = j if colmaps is None else colmaps[c, j]
             if loc >= 0:
                 row = (base + loc) * K
-                for k in range(K):
-                    G[k, j] += slabs[row + k]
+                if feature_major:
+                    for k in range(K):
+                        G[j, k] += slabs[row + k]
+                else:
+                    for k in range(K):
+                        G[k, j] += slabs[row + k]
 
 
 # Allocation and zeroing in serial helpers: in a parallel kernel numba turns
@@ -360,9 +376,11 @@ def _chunk_map_impl(maps, c):
 
 @parallel_kernel
 def sparse_fused_sums(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, eps, nchunks, tile,
-                      ahead, block, maps, work, curv):
-    """Unnormalised ``(loss_sum, G (K, n), gb (K,), failed (nchunks,))`` of CSR X,
-    in ``nchunks`` parallel chunks.
+                      ahead, block, maps, work, curv, G, feature_major):
+    """Unnormalised ``(loss_sum, G, gb (K,), failed (nchunks,))`` of CSR X,
+    in ``nchunks`` parallel chunks, the gradient sums written into the
+    caller's float64 ``G``: (K, n), or (n, K) with ``feature_major`` (see
+    :func:`add_slabs`).
 
     ``chunk`` is :func:`sparse_chunk` compiled for these arguments
     (:func:`chunk_entry`), called through its address (see
@@ -406,10 +424,9 @@ def sparse_fused_sums(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, ep
                             bias[c], curv)
         losses[c] = out[0]
         failed[c] = out[1]
-    G = np.empty((K, n))  # every entry set by add_slabs, in parallel
     nblocks = (n + block - 1) // block
     for q in prange(nblocks):  # blocks of ``block`` columns of G, each summed in chunk order
-        add_slabs(G, maps, slabs, offsets, q * block, min(n, (q + 1) * block))
+        add_slabs(G, maps, slabs, offsets, q * block, min(n, (q + 1) * block), feature_major)
     loss = 0.0
     for c in range(nchunks):
         loss += losses[c]
@@ -418,16 +435,55 @@ def sparse_fused_sums(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, ep
     return loss, G, gb, failed
 
 
-#: sparse_chunk's entry points, by what the numba types of its arguments depend on.
+@serial_kernel
+def diagonal_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, stop, tile,
+                   ahead, colmap, slab, gb, curv):
+    """The Hessian's diagonal sums of rows start:stop: every stored entry
+    (j, x) of row i, ``data`` holding X's squared entries (duplicates summed
+    first), adds ``c_ik x`` to slab row colmap[j] (or j) for each class k,
+    where ``c_ik = w_i s_i p_ik (1 - p_ik)`` from the point's ``curv``
+    (m, K + 1) (:func:`sparse_curvature`); the tile's sums of c are added to
+    ``gb`` (the intercepts' diagonal).  Returns 0.  It takes the arguments of
+    :func:`sparse_chunk`'s Hessian-product variant, so that the same
+    compiled :func:`sparse_fused_sums` runs it (its slabs and their
+    combination); ``At``, ``vb``, ``T``, ``sw`` and ``eps`` are not read
+    (``b`` gives K)."""
+    K = b.shape[0]
+    D = np.empty(K * tile)
+    rows = np.empty(tile, dtype=np.int64)
+    acc = np.empty(K)
+    for t0 in range(start, stop, tile):
+        R = kept_rows(labels, t0, min(t0 + tile, stop), rows)
+        if R == 0:
+            continue
+        Dm = D[: K * R].reshape((K, R))
+        for r in range(R):
+            i = rows[r]
+            scale = curv[i, K]
+            for k in range(K):
+                p = curv[i, k]
+                Dm[k, r] = p * (1.0 - p) * scale
+        for k in range(K):
+            total = 0.0
+            for r in range(R):
+                total += Dm[k, r]
+            gb[k] += total
+        scatter_tile(data, indices, indptr, colmap, Dm, rows[:R], slab, acc, ahead)
+    return 0.0
+
+
+#: sparse_chunk's and diagonal_chunk's entry points, by the function and what the
+#: numba types of its arguments depend on.
 _entries: dict = {}
 
 
-def chunk_entry(data, indices, indptr, At, b, vb, labels, T, sw, maps, curv) -> CompiledFunction:
-    """:func:`sparse_chunk` compiled for these arguments, with dense slabs
-    (``maps`` None) or column maps (``maps`` the (nchunks, n) int64 array of
-    :func:`sparse_fused_sums`)."""
+def chunk_entry(data, indices, indptr, At, b, vb, labels, T, sw, maps, curv,
+                function=sparse_chunk) -> CompiledFunction:
+    """:func:`sparse_chunk` (or ``function``: :func:`diagonal_chunk`) compiled
+    for these arguments, with dense slabs (``maps`` None) or column maps
+    (``maps`` the (nchunks, n) int64 array of :func:`sparse_fused_sums`)."""
     arrays = (data, indices, indptr, At, b, vb, labels, T, sw, curv)
-    key = (*(array_key(a) for a in arrays), maps is None)
+    key = (function.__name__, *(array_key(a) for a in arrays), maps is None)
     entry = _entries.get(key)
     if entry is None:
         index = types.Array(types.int64, 1, "C")
@@ -435,13 +491,13 @@ def chunk_entry(data, indices, indptr, At, b, vb, labels, T, sw, maps, curv) -> 
                     types.int64, types.int64, types.none if maps is None else index,
                     types.Array(types.float64, 2, "C"), types.Array(types.float64, 1, "C"),
                     typeof(curv))
-        entry = _entries.setdefault(key, CompiledFunction(sparse_chunk, argtypes))
+        entry = _entries.setdefault(key, CompiledFunction(function, argtypes))
     return entry
 
 
 @serial_kernel
 def sparse_fused_sums_serial(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, tile,
-                             ahead, block, maps, work, curv):
+                             ahead, block, maps, work, curv, G, feature_major):
     """:func:`sparse_fused_sums` with one chunk and no parallel region, for
     small problems: ``(loss_sum, G, gb)``; ``maps`` None or (1, n) int64."""
     m = indptr.shape[0] - 1
@@ -452,7 +508,6 @@ def sparse_fused_sums_serial(data, indices, indptr, Wt, b, vb, labels, T, sw, ep
     slab[:] = 0.0
     offsets = np.array([0, count])
     gb = np.zeros(K)
-    G = np.empty((K, n))  # every entry set by add_slabs
     if maps is None:
         loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile,
                             ahead, None, slab.reshape((count, K)), gb, curv)
@@ -460,5 +515,5 @@ def sparse_fused_sums_serial(data, indices, indptr, Wt, b, vb, labels, T, sw, ep
         loss = sparse_chunk(data, indices, indptr, Wt, b, vb, labels, T, sw, eps, 0, m, tile,
                             ahead, maps[0], slab.reshape((count, K)), gb, curv)
     for j0 in range(0, n, block):
-        add_slabs(G, maps, slab, offsets, j0, min(n, j0 + block))
+        add_slabs(G, maps, slab, offsets, j0, min(n, j0 + block), feature_major)
     return loss, G, gb

@@ -202,7 +202,8 @@ def test_compiled_preconditioner_matches_the_python_one(preconditioner_kind, fit
     else:
         inv_diag = np.empty((0, 0))
     r = rng.standard_normal(x.size)
-    want, want_rz = _preconditioner(obj, hessp, inverses)(r)
+    want = np.empty_like(r)
+    want_rz = _preconditioner(obj, hessp, inverses)(r, want)
     z = np.empty((K, nt))
     rz = _precondition(rows_from_flat(r, K, n, nt), factors, inv_diag, n, l2, z)
     np.testing.assert_allclose(z, rows_from_flat(want, K, n, nt), rtol=1e-10,
@@ -237,7 +238,8 @@ def test_sparse_diagonal_preconditioner_mixes_in_the_penalty(fit_intercept, rng)
     if fit_intercept:
         zb = (r[K * n:] - r[K * n:].mean()) * inv[K * n:]
         want.append(zb - zb.mean())
-    z, rz = _preconditioner(obj, hessp)(r)
+    z = np.empty_like(r)
+    rz = _preconditioner(obj, hessp)(r, z)
     np.testing.assert_allclose(z, np.concatenate(want), rtol=1e-12, atol=1e-14)
     assert rz == pytest.approx(float(r @ z), rel=1e-12)
 
@@ -304,7 +306,8 @@ def test_preconditioner_is_symmetric_positive_and_exact_on_class_means(
     precondition = _preconditioner(obj, hessp, inverses)
 
     def apply(r):  # M^{-1} r, and r . M^{-1} r checked on the way
-        z, rz = precondition(r)
+        z = np.full_like(r, np.nan)
+        rz = precondition(r, z)
         scale = float(np.linalg.norm(r) * np.linalg.norm(z))
         assert abs(rz - float(np.dot(r, z))) <= 1e-13 * scale
         return z
@@ -411,6 +414,95 @@ def test_cg_vector_passes_match_numpy(N, block, rng):
     np.testing.assert_allclose(d, d_ref, rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.parametrize("n, K, block", [(1, 1, 1), (300, 7, 16), (1000, 3, 1024),
+                                         (250, 20, 64)])
+def test_feature_major_passes_match_numpy(n, K, block, rng):
+    """The passes of the feature-major conjugate gradients on CSR X
+    (fastsoftmax._vectors.finish_dot_pass, jacobi_rows_pass) against NumPy
+    written out here: the finish of a product with its curvature (with and
+    without the penalty, float64 and float32 directions, in place), and the
+    Jacobi preconditioner with the class means (row means of (n, K)) split
+    off, with and without l2."""
+    from fastsoftmax import _vectors
+
+    N = n * K
+    G = rng.standard_normal(N)
+    for dtype in (np.float64, np.float32):
+        V = rng.standard_normal(N).astype(dtype)
+        for l2 in (0.0, 0.3):
+            want = G / 2.5 + l2 * V.astype(np.float64)
+            sums = G.copy()
+            out = sums if dtype == np.float32 else np.empty(N)  # in place, or not
+            got = _vectors.finish_dot_pass(sums, 2.5, l2, V, out, block)
+            np.testing.assert_allclose(out, want, rtol=1e-15, atol=1e-15)
+            assert got == pytest.approx(float(V.astype(np.float64) @ want), rel=1e-12, abs=1e-12)
+    V = rng.standard_normal(N)
+    V[0] = np.inf  # without the penalty, a direction's inf must not reach the product
+    out = np.empty(N)
+    _vectors.finish_dot_pass(G, 2.0, 0.0, V, out, block)
+    np.testing.assert_array_equal(out, G / 2.0)
+    r = rng.standard_normal((n, K))
+    inv = rng.random((n, K)) + 0.5
+    for l2 in (0.0, 0.2):
+        mean = r.mean(axis=1, keepdims=True)
+        zw = (r - mean) * inv
+        want = zw - zw.mean(axis=1, keepdims=True) + (mean / l2 if l2 > 0.0 else 0.0)
+        z = np.full((n, K), np.nan)
+        rz = _vectors.jacobi_rows_pass(r, inv, l2, z, block)
+        np.testing.assert_allclose(z, want, rtol=1e-13, atol=1e-13)
+        assert rz == pytest.approx(float((r * want).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape, tile", [((1, 1), 32), ((3, 70), 32), ((70, 3), 32),
+                                         ((33, 65), 7), ((64, 64), 32)])
+def test_transpose_pass_matches_numpy(shape, tile, rng):
+    """fastsoftmax._vectors.transpose_pass (tiles that do and do not divide the
+    sides) against NumPy's transposed copy, float64 and float32."""
+    from fastsoftmax import _vectors
+
+    for dtype in (np.float64, np.float32):
+        src = rng.standard_normal(shape).astype(dtype)
+        dst = np.full(shape[::-1], np.nan, dtype)
+        _vectors.transpose_pass(src, dst, tile)
+        np.testing.assert_array_equal(dst, np.ascontiguousarray(src.T))
+
+
+@pytest.mark.parametrize("intercept", [False, True])
+def test_sparse_conjugate_gradients_in_either_layout_agree(intercept, rng, monkeypatch):
+    """Newton-CG on CSR X runs its conjugate gradients in the feature-major
+    layout (_feature_major_cg: its own products, diagonal and Jacobi passes);
+    switched back to the class-major layout of dense X (the public
+    HessianProduct calls), the fit takes the same Newton steps and Hessian
+    products and ends at the same point, to rounding: float64 data, with the
+    compiled passes and without."""
+    import scipy.sparse
+
+    import fastsoftmax._dispatch as policy
+    import fastsoftmax._newton as newton
+
+    X = scipy.sparse.random(300, 40, density=0.15, format="csr", random_state=4,
+                            data_rvs=lambda k: rng.random(k) * 3.0)
+    y = rng.integers(0, 4, 300)
+    kw = dict(l2=1e-2, tol=1e-9, fit_intercept=intercept)
+    for compiled in (0, 2**62):
+        monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES", compiled)
+        calls = []
+        real = newton._feature_major_cg
+        monkeypatch.setattr(newton, "_feature_major_cg", lambda *a: calls.append(1) or real(*a))
+        rows = minimize_newton_pcg(X, y, **kw)
+        assert rows.converged and calls and len(calls) == rows.n_iter
+        monkeypatch.setattr(newton, "_feature_major", lambda obj: False)
+        classes = minimize_newton_pcg(X, y, **kw)
+        monkeypatch.undo()
+        assert classes.converged
+        # a CG stop test within rounding of its threshold may take one product more
+        assert rows.n_iter == classes.n_iter
+        assert abs(rows.n_hessp - classes.n_hessp) <= rows.n_iter
+        np.testing.assert_allclose(rows.theta, classes.theta, rtol=0,
+                                   atol=1e-11 * np.abs(classes.theta).max())
+        assert rows.loss == pytest.approx(classes.loss, rel=1e-14)
+
+
 @pytest.mark.parametrize("N", [1, 7, 5000])
 def test_same_entries_is_array_equal_with_nans(N, rng, monkeypatch):
     """The compiled cache check of Newton-CG's objective (_vectors.same_pass,
@@ -472,12 +564,16 @@ def test_compiled_vector_passes_load_from_the_cache_in_a_new_process():
              "_vectors.advance_pass(a.copy(), a.copy(), a, a, 0.5, 1024)\n"
              "_vectors.direction_pass(a.copy(), a, 0.5, 1024)\n"
              "_vectors.jacobi_pass(r, r, 0.1, np.empty_like(r), 1024)\n"
+             "_vectors.jacobi_rows_pass(r, r, 0.1, np.empty_like(r), 1024)\n"
+             "_vectors.finish_dot_pass(a, 2.0, 0.1, a, a.copy(), 1024)\n"
+             "_vectors.transpose_pass(r, np.empty((3000, 4)), 32)\n"
              "_vectors.same_pass(a, a)\n"
              "W = np.ones((3, 25000)); X = np.ones((10, 25000))\n"
              "fs.loss_and_grad(W, X, np.arange(10) % 3, l2=0.1)\n")
     assert_cached_in_new_process(calls, {name: "fastsoftmax._vectors" for name in
                                          ("advance_pass", "direction_pass", "jacobi_pass",
-                                          "finish_pass", "same_pass")})
+                                          "jacobi_rows_pass", "finish_dot_pass", "finish_pass",
+                                          "transpose_pass", "same_pass")})
 
 
 # --- the compiled Newton-Cholesky loop (fastsoftmax._newton_fused) ---------------------

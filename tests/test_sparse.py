@@ -510,10 +510,12 @@ def test_full_hessian_and_blocks_refuse_sparse_x(call, rng):
 
 @given(problems())
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_property_diagonal_matches_oracle_on_the_dense_matrix(problem):
-    """hessp.diagonal() on CSR X (scipy.sparse) against the oracle Hessian's
-    diagonal on X.toarray(), at the working dtype's tolerance (the data are
-    in the working dtype; the probabilities are float64), for every method."""
+def test_property_diagonal_matches_oracle_on_the_dense_matrix(kernel_path, problem):
+    """hessp.diagonal() on CSR X against the oracle Hessian's diagonal on
+    X.toarray(), at the working dtype's tolerance (the data are in the
+    working dtype; the probabilities are float64), for every method; the
+    fused method's sums by SciPy (serial) or by the compiled chunks in
+    parallel."""
     W, X, y, kw, dtype = problem
     K, n = W.shape
     y_seen = y.astype(dtype) if y.ndim == 2 else y
@@ -597,6 +599,73 @@ def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, 
                      np.diag(scale)[order])
 
 
+@pytest.mark.parametrize("slabs", ["dense", "column-maps"])
+def test_feature_major_products_and_diagonal_match_the_oracle(slabs, rng, kernel_path,
+                                                              monkeypatch):
+    """What Newton-CG on CSR X uses (fastsoftmax._hessian.feature_major_product
+    and feature_major_diagonal): directions, products and the diagonal laid
+    out as ``[V^T.ravel(), vb]``, the product written into one buffer again
+    and again, float64 whatever the working dtype.  Each product (read back
+    through the transposed layout) against the oracle product, its returned
+    curvature ``<d, H d>`` against the oracle's, and the diagonal against the
+    oracle Hessian's, with and without an intercept and a penalty."""
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._hessian import feature_major_diagonal, feature_major_product
+    from helpers import RTOL
+
+    monkeypatch.setattr(policy, "SPARSE_DENSE_SLAB_BYTES", 2**62 if slabs == "dense" else 0)
+    m, n, K = 50, 30, 3
+    for dtype in DTYPES:
+        for intercept, l2 in ((True, 0.05), (False, 0.0)):
+            X = make_csr(rng, m, n, 0.1, dtype, np.int64)
+            W = rng.standard_normal((K, n)).astype(dtype)
+            y = rng.integers(0, K, m)
+            kw = {"l2": l2, "sample_weight": rng.random(m)}
+            if intercept:
+                kw["b"] = rng.standard_normal(K).astype(dtype)
+            hessp = fs.loss_grad_hessp(W, X, y, **kw)[-1]
+            N = K * n + K * intercept
+            out = np.full(N, np.nan)  # every entry must be written
+            for _ in range(3):
+                V = rng.standard_normal((K, n)).astype(dtype)  # as the kernel reads it
+                vb = rng.standard_normal(K).astype(dtype) if intercept else None
+                d = np.concatenate([V.T.ravel()] + ([vb] if intercept else [])).astype(
+                    np.float64)
+                curvature = feature_major_product(hessp, d, out)
+                assert out.dtype == np.float64
+                want, scales = hessian_oracle(W, X.toarray(), y, V, vb, kw, dtype)
+                want_w, scale_w = (want[0], scales[0]) if intercept else (want, scales)
+                assert_close(out[: K * n].reshape(n, K).T, want_w, dtype, "HV", scale_w)
+                flat_want = [want_w.T.ravel()]
+                flat_scale = [np.broadcast_to(scale_w, (K, n)).T.ravel()]
+                if intercept:
+                    assert_close(out[K * n:], want[1], dtype, "Hvb", scales[1])
+                    flat_want.append(want[1])
+                    flat_scale.append(np.broadcast_to(scales[1], (K,)))
+                flat_want, flat_scale = np.concatenate(flat_want), np.concatenate(flat_scale)
+                bound = RTOL[np.dtype(dtype)] * (np.abs(d) @ (np.abs(flat_want) + flat_scale))
+                assert abs(curvature - d @ flat_want) <= bound
+            want, scale = naive_hessian(*f64(W, X.toarray()), y, return_scale=True, **kw)
+            nt = n + intercept
+            order = [k * nt + j for j in range(n) for k in range(K)] + \
+                [k * nt + n for k in range(K) if intercept]
+            assert_close(feature_major_diagonal(hessp), np.diag(want)[order], dtype,
+                         "diagonal", np.diag(scale)[order])
+
+
+def test_feature_major_products_take_csr_and_the_fused_method_only(rng):
+    from fastsoftmax._hessian import feature_major_diagonal, feature_major_product
+
+    X = make_csr(rng, 20, 6, 0.3, np.float64)
+    W, y = np.zeros((3, 6)), rng.integers(0, 3, 20)
+    for hessp in (fs.loss_grad_hessp(W, X.toarray(), y)[-1],
+                  fs.loss_grad_hessp(W, X, y, method="numpy")[-1]):
+        with pytest.raises(TypeError, match="CSR X and the fused method"):
+            feature_major_product(hessp, np.ones(18), np.empty(18))
+        with pytest.raises(TypeError, match="CSR X and the fused method"):
+            feature_major_diagonal(hessp)
+
+
 def test_one_hessian_product_called_from_several_threads(rng):
     """The kernels release the GIL: threads calling one HessianProduct on CSR
     X at once (dense slabs, the workspace path) get the serial results bit
@@ -621,6 +690,38 @@ def test_one_hessian_product_called_from_several_threads(rng):
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(job, range(12)))
+
+
+def test_a_diagonal_chunk_that_fails_in_the_parallel_region_falls_back(rng, monkeypatch):
+    """The parallel sums of the CSR diagonal with a chunk that raised (its
+    sums incomplete, here NaN): the diagonal comes from SciPy's product
+    instead, against the oracle."""
+    import fastsoftmax._api as api
+    import fastsoftmax._dispatch as policy
+
+    X = make_csr(rng, 200, 9, 0.4, np.float64, np.int32)
+    W = rng.standard_normal((3, 9))
+    b = rng.standard_normal(3)
+    y = rng.integers(0, 3, 200)
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
+    real = api.sparse_fused_sums
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        out = real(*args)
+        out[1][...] = np.nan  # what a chunk that stopped early leaves
+        out[-1][1] = True
+        return out
+
+    hessp = fs.loss_grad_hessp(W, X, y, b=b, l2=0.1)[-1]
+    monkeypatch.setattr(api, "sparse_fused_sums", failing)
+    got = hessp.diagonal()
+    assert calls
+    want, scale = naive_hessian(*f64(W, X.toarray()), y, b=b, l2=0.1, return_scale=True)
+    order = [k * 10 + j for k in range(3) for j in range(9)] + [k * 10 + 9 for k in range(3)]
+    assert_close(got, np.diag(want)[order], np.float64, "diagonal", np.diag(scale)[order])
 
 
 def test_diagonal_ignores_non_finite_values_of_dropped_rows(kernel_path):
