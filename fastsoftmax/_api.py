@@ -180,8 +180,9 @@ def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,
                 policy.SPARSE_COMBINE_COLUMNS, maps, work, curv, G, True)
         if not failed.any():
             return gb
-        # a chunk raised (no memory for its slabs): SciPy's product, where errors surface
-    stored = curv
+        # a chunk raised (no memory for its tile buffers): SciPy's product, where
+        # errors surface
+    stored, squared = curv, squared.to_scipy()
     if p.n_ignored:  # dropped rows may hold inf or NaN: 0 * inf must not enter
         keep = p.labels >= 0
         stored, squared = stored[keep], squared[keep]

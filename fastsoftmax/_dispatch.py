@@ -261,7 +261,7 @@ COMPILED_VECTOR_MIN_ENTRIES = 2**16
 #: block's sums are added in block order (thread-count independent).
 COMPILED_VECTOR_BLOCK = 1024
 #: Side of the square tiles of the compiled transposition of parameter-sized
-#: (K, n) / (n, K) float64 arrays (:func:`fastsoftmax._vectors.transpose_into`):
+#: (K, n) / (n, K) float32 or float64 arrays (:func:`fastsoftmax._vectors.transpose_into`):
 #: a 32 x 32 tile (8 KiB) is read and written within the L1 cache.
 TRANSPOSE_TILE = 32
 #: Rows per tile when ``HessianProduct.class_blocks`` builds the Hessian's

@@ -63,10 +63,11 @@ class ProductCache:
     ``curvature``: the NumPy method's probabilities (:func:`numpy_curvature`).
     For CSR X and the fused method: ``curv``, the probabilities and scales
     (m, K + 1) float64 (:func:`fastsoftmax._api.sparse_point_curvature`,
-    read-only once made), and a pair of buffers lent to one product at a time
-    (:meth:`borrow`): an (n, K) buffer for the direction transposed and the
-    sparse kernel's slab workspace.  All made at the first product that needs
-    them.  (At 20 newsgroups' shape the slabs take 42 MB, above the size
+    read-only once made), and a pair of buffers lent to one product (or
+    diagonal) at a time (:meth:`borrow`): an (n, K) buffer for the direction
+    transposed (or, in :func:`feature_major_product`, rounded to the working
+    dtype) and the sparse kernel's slab workspace.  All made at the first
+    call that needs them.  (At 20 newsgroups' shape the slabs take 42 MB, above the size
     glibc recycles: made anew for every product they paid their page faults
     every time.)
     """
@@ -394,20 +395,21 @@ def feature_major_product(hessp: "HessianProduct", d: np.ndarray, out: np.ndarra
     _feature_major_only(hessp)
     p, cache = hessp._problem, hessp._cache
     K, n = p.W.shape
-    Vt = d[: K * n].reshape(n, K)
-    if p.dtype != np.float64:
-        Vt = Vt.astype(p.dtype)
     vb = kernel_array(d[K * n:], p.dtype) if p.has_b else np.zeros(K, p.dtype)
     if cache.curv is None:
         cache.curv = sparse_point_curvature(p)
     HVt = out[: K * n].reshape(n, K)
-    pair = cache.borrow((n, K), p.dtype, sparse_slab_entries(p, K))
+    vt, work = pair = cache.borrow((n, K), p.dtype, sparse_slab_entries(p, K))
     try:
-        _, _, gb = sparse_fused(p, Vt, vb, pair[1], cache.curv, G=HVt)
+        Vt = d[: K * n].reshape(n, K)
+        if p.dtype != np.float64:  # the direction rounded into the lent buffer
+            vt[...] = Vt
+            Vt = vt
+        _, _, gb = sparse_fused(p, Vt, vb, work, cache.curv, G=HVt)
+        curvature = _vectors.finish_dot(out[: K * n], p.denom, p.l2, Vt.reshape(-1),
+                                        out[: K * n])
     finally:
         cache.give_back(pair)
-    curvature = _vectors.finish_dot(out[: K * n], p.denom, p.l2, Vt.reshape(-1),
-                                    out[: K * n])
     if p.has_b:
         np.divide(gb, p.denom, out=out[K * n:])
         curvature += float(vb.astype(np.float64) @ out[K * n:])
@@ -439,7 +441,7 @@ class HessianProduct:
     (m x K in the working dtype, resp. m x (K + 1) float64 with the samples'
     scales), so that each later product only gathers the direction's
     columns; on CSR X the fused method also keeps an (n, K) buffer for the
-    direction transposed and its gradient slabs.
+    direction transposed and its gradient slabs (lent to its diagonal too).
     """
 
     def __init__(self, problem: Problem, method: str):
@@ -514,9 +516,12 @@ class HessianProduct:
         same without x_il^2 and l2 for b_j: a Jacobi preconditioner for
         conjugate gradients.  One fused pass over X (like one gradient); for
         CSR X from the probabilities the products keep (computed here if no
-        product came first), then scipy.sparse, with the (m, K) curvatures
-        and X's squared non-zeros as extra memory (made on the first call and
-        kept with the validated X, for the next points of a solver).
+        product came first), then one parallel pass over X's squared
+        non-zeros (made on the first call and kept with the validated X, for
+        the next points of a solver) into per-thread slabs, or on small
+        problems SciPy's product with the (m, K) curvatures as extra memory
+        (:func:`fastsoftmax._api.sparse_diagonal_sums`).  Sums in float64,
+        deterministic for a given thread count, like the products'.
         """
         # the probabilities are kept only where the products use them
         return hessian_diagonal(self._problem,

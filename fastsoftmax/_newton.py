@@ -881,9 +881,7 @@ def _feature_major_cg(obj, hessp, grad, max_cg, stop):
     this one 2.6 ms; a product no longer copies its direction transposed
     nor makes new arrays of N entries."""
     K, n = obj.K, obj.n
-    l2 = float(obj.options.get("l2", 0.0))
-    inv = _inverse_diagonal(feature_major_diagonal(hessp), l2, True)
-    precondition = _jacobi(inv, K, n, l2, feature_major=True)
+    precondition = _feature_major_preconditioner(obj, hessp)
     Hd = np.empty_like(grad)
 
     def product(d):
@@ -891,6 +889,15 @@ def _feature_major_cg(obj, hessp, grad, max_cg, stop):
 
     step = _cg(product, _to_feature_major(grad, K, n), precondition, max_cg, stop)
     return step if isinstance(step, str) else _from_feature_major(step, K, n)
+
+
+def _feature_major_preconditioner(obj, hessp):
+    """:func:`_preconditioner` without blocks on CSR X (the diagonal mixed
+    with the penalty, :func:`_inverse_diagonal`), for vectors in the
+    feature-major layout of :func:`_feature_major_cg`."""
+    l2 = float(obj.options.get("l2", 0.0))
+    inv = _inverse_diagonal(feature_major_diagonal(hessp), l2, True)
+    return _jacobi(inv, obj.K, obj.n, l2, feature_major=True)
 
 
 def _to_feature_major(v, K, n):

@@ -47,8 +47,8 @@ with X's squares, no gather): the whole diagonal took 32 ms on that data
 with SciPy's single-threaded product, 22 ms so (medians of 9 calls).  ``curv`` is the one m x K array of this module: the
 caller keeps it for as long as it makes products at the point.
 
-Peak extra memory, besides the (K, n) float64 result G: ``n K itemsize``
-(Wt) plus either the dense slabs, ``nchunks n K 8 <= 64 MiB``, or
+Peak extra memory, besides the float64 gradient sums G (K n entries, the
+caller's): ``n K itemsize`` (Wt) plus either the dense slabs, ``nchunks n K 8 <= 64 MiB``, or
 ``nchunks n 8`` (column maps) ``+ sum_c n_c K 8`` (slabs, ``n_c <= min(n,
 non-zeros of chunk c)``, so their total is at most ``min(nchunks n, nnz) K
 8``); plus ``nchunks tile (3 K + 5) 8`` (tile buffers).  So at most ``n K
@@ -382,7 +382,8 @@ def sparse_fused_sums(chunk, data, indices, indptr, Wt, b, vb, labels, T, sw, ep
     caller's float64 ``G``: (K, n), or (n, K) with ``feature_major`` (see
     :func:`add_slabs`).
 
-    ``chunk`` is :func:`sparse_chunk` compiled for these arguments
+    ``chunk`` is :func:`sparse_chunk` (or, for the Hessian's diagonal,
+    :func:`diagonal_chunk`) compiled for these arguments
     (:func:`chunk_entry`), called through its address (see
     :mod:`fastsoftmax._compiled`: linked into this kernel, its code was
     compiled again for each of numba's wrappers of the loop).

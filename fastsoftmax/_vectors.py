@@ -158,7 +158,8 @@ def finish_dot_pass(G, denom, l2, V, out, block):
         if l2 != 0.0:
             for i in range(i0, i1):
                 out[i] = G[i] / denom + l2 * np.float64(V[i])
-        else:  # V may hold inf where its product is 0 (a column X never touches)
+        else:  # V may hold inf where its product is 0 (a column X never touches):
+            # kept out of the product (the curvature is then NaN, as d . Hd was)
             for i in range(i0, i1):
                 out[i] = G[i] / denom
         s = 0.0
@@ -185,11 +186,11 @@ def jacobi_rows_pass(r, inv, l2, z, block):
             for k in range(K):
                 mean += r[j, k]
             mean /= K
-            shift = 0.0
             for k in range(K):
-                zjk = (r[j, k] - mean) * inv[j, k]
-                z[j, k] = zjk
-                shift += zjk
+                z[j, k] = (r[j, k] - mean) * inv[j, k]
+            shift = 0.0  # (a loop that stores never also reduces: module docstring)
+            for k in range(K):
+                shift += z[j, k]
             shift /= K
             if l2 > 0.0:
                 shift -= mean / l2

@@ -220,7 +220,7 @@ def test_sparse_diagonal_preconditioner_mixes_in_the_penalty(fit_intercept, rng)
     import scipy.sparse
 
     import fastsoftmax._dispatch as policy
-    from fastsoftmax._newton import _preconditioner
+    from fastsoftmax._newton import _feature_major_preconditioner, _preconditioner
 
     m, n, K, l2 = 400, 30, 4, 0.02
     X = scipy.sparse.random(m, n, density=0.1, format="csr", random_state=3) * 5.0
@@ -242,6 +242,13 @@ def test_sparse_diagonal_preconditioner_mixes_in_the_penalty(fit_intercept, rng)
     rz = _preconditioner(obj, hessp)(r, z)
     np.testing.assert_allclose(z, np.concatenate(want), rtol=1e-12, atol=1e-14)
     assert rz == pytest.approx(float(r @ z), rel=1e-12)
+    # what the fits use: the same on vectors laid out [W^T.ravel(), b]
+    rows = np.concatenate([Rw.T.ravel(), r[K * n:]])
+    z = np.full_like(r, np.nan)
+    rz = _feature_major_preconditioner(obj, hessp)(rows, z)
+    want[0] = want[0].reshape(K, n).T.ravel()
+    np.testing.assert_allclose(z, np.concatenate(want), rtol=1e-12, atol=1e-14)
+    assert rz == pytest.approx(float(rows @ z), rel=1e-12)
 
 
 def test_block_inverses_follow_the_penalty_without_rebuilding(rng):

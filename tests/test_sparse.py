@@ -383,6 +383,38 @@ def test_four_compiled_variants_per_kernel_whatever_the_options(rng, monkeypatch
     assert len(sparse) == 4, indexloop_sums.signatures
 
 
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_the_diagonal_takes_the_products_compiled_variant(index_dtype, rng, monkeypatch):
+    """The parallel diagonal on CSR X runs through the Hessian product's
+    compiled variant of the parallel driver: its chunks get X's squares in
+    X's own index dtype (SciPy's product narrows int64 indices that fit in
+    int32, which compiled one more variant of the driver) and the product's
+    other argument types."""
+    import fastsoftmax._api as api
+    import fastsoftmax._dispatch as policy
+
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    monkeypatch.setattr(policy, "chunk_count", lambda m: 2)
+    X = make_csr(rng, 200, 9, 0.4, np.float64, index_dtype)
+    W, V = rng.standard_normal((2, 3, 9))
+    b, vb = rng.standard_normal((2, 3))
+    y = rng.integers(0, 3, 200)
+    entries = []
+    real = api.sparse_chunk_entry
+
+    def spy(*args, **kw):
+        entries.append(tuple(numba.typeof(a) for a in args))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "sparse_chunk_entry", spy)
+    hessp = fs.loss_grad_hessp(W, X, y, b=b)[-1]
+    hessp(V, vb)
+    hessp.diagonal()
+    assert len(entries) == 3  # the gradient's, the product's, then the diagonal's
+    assert entries[2] == entries[1]
+    assert entries[2][1] == numba.types.Array(numba.from_dtype(np.dtype(index_dtype)), 1, "C")
+
+
 @pytest.mark.parametrize("what", ["gradient, dense slabs", "gradient, column maps",
                                   "stored probabilities"])
 def test_a_sparse_chunk_that_fails_in_the_parallel_region_raises(what, rng, monkeypatch):
@@ -457,6 +489,9 @@ def test_sparse_kernels_load_from_the_cache_in_a_new_process():
         "fs.loss_grad_hessp(W, X, y)[-1](W)\nfs.loss_grad_hessp(W, X[:5], y[:5])[-1](W)\n")
     assert_cached_in_new_process(products, {"sparse_curvature": "fastsoftmax._sparse_fused",
                                             "curvature_chunk": "fastsoftmax._sparse_fused"})
+    # the Hessian's diagonal in parallel (the products' driver, its own chunk)
+    diagonal = calls.split("fs.loss_and_grad")[0] + "fs.loss_grad_hessp(W, X, y)[-1].diagonal()\n"
+    assert_cached_in_new_process(diagonal, {"diagonal_chunk": "fastsoftmax._sparse_fused"})
 
 
 def test_read_only_and_mixed_index_arrays(rng, kernel_path):
@@ -645,6 +680,13 @@ def test_feature_major_products_and_diagonal_match_the_oracle(slabs, rng, kernel
                 flat_want, flat_scale = np.concatenate(flat_want), np.concatenate(flat_scale)
                 bound = RTOL[np.dtype(dtype)] * (np.abs(d) @ (np.abs(flat_want) + flat_scale))
                 assert abs(curvature - d @ flat_want) <= bound
+                if dtype == np.float32:  # not rounded to float32: hessp's rounding of it
+                    public = hessp(V, vb) if intercept else (hessp(V),)
+                    got = (out[: K * n].reshape(n, K).T,) + ((out[K * n:],) if intercept else ())
+                    assert np.any(got[0] != got[0].astype(np.float32))
+                    for g, h in zip(got, public):
+                        np.testing.assert_allclose(g.astype(np.float32), h, rtol=2.0 ** -23,
+                                                   atol=float(np.finfo(np.float32).tiny))
             want, scale = naive_hessian(*f64(W, X.toarray()), y, return_scale=True, **kw)
             nt = n + intercept
             order = [k * nt + j for j in range(n) for k in range(K)] + \
@@ -745,14 +787,17 @@ def test_squares_are_made_once_per_validated_matrix():
     columns and duplicate entries summed before squaring, as in X.toarray()."""
     from fastsoftmax._sparse import check_csr
 
-    X = scipy.sparse.csr_matrix((np.array([1.0, -2.0, 3.0, 0.5, 0.25]),
-                                 np.array([2, 0, 2, 1, 1]), np.array([0, 3, 3, 5])),
-                                shape=(3, 4))
-    csr = check_csr("X", X)
-    squared = csr.squared
-    assert squared is csr.squared
-    np.testing.assert_array_equal(squared.toarray(), X.toarray() ** 2)
-    assert X.has_canonical_format is False and X.nnz == 5  # the caller's X untouched
+    for index_dtype in INDEX_DTYPES:
+        X = scipy.sparse.csr_matrix((np.array([1.0, -2.0, 3.0, 0.5, 0.25]),
+                                     np.array([2, 0, 2, 1, 1], dtype=index_dtype),
+                                     np.array([0, 3, 3, 5], dtype=index_dtype)), shape=(3, 4))
+        csr = check_csr("X", X)
+        squared = csr.squared
+        assert squared is csr.squared
+        np.testing.assert_array_equal(squared.to_scipy().toarray(), X.toarray() ** 2)
+        # in X's index dtype (SciPy's product narrows int64): the kernels' own variants
+        assert squared.indices.dtype == squared.indptr.dtype == csr.indices.dtype
+        assert X.has_canonical_format is False and X.nnz == 5  # the caller's X untouched
 
 
 def test_non_finite_weight_of_an_unused_column_stays_out_of_the_gradient(kernel_path):
