@@ -110,8 +110,7 @@ def _sparse_plan(p: Problem, columns: int) -> tuple[bool, int, bool]:
 
 
 def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
-                 work: np.ndarray = _NO_WORK, curv: np.ndarray | None = None,
-                 G: np.ndarray | None = None):
+                 work: np.ndarray = _NO_WORK, curv: np.ndarray | None = None):
     """The fused sparse kernel on the problem's CSR X: ``(loss, G, gb)``.
 
     ``At`` is W transposed, (n, K), for the loss and gradient (``vb`` and
@@ -122,33 +121,53 @@ def sparse_fused(p: Problem, At: np.ndarray, vb: np.ndarray | None,
     ``work``: a float64 workspace for the gradient slabs, used when large
     enough (see :func:`sparse_slab_entries`), for callers that repeat calls
     on one X; it must not be in use by another call at the same time.
-    ``G``: None (the gradient sums come in a new (K, n) float64 array), or
-    an (n, K) float64 C-contiguous array that receives them transposed,
-    in At's layout (for Newton-CG in that layout).
+    The gradient sums G come in a new (K, n) float64 array.
     """
-    X = p.X
     n, K = At.shape
-    feature_major = G is not None
-    if G is None:
-        G = np.empty((K, n))  # every entry set by the kernel
+    G = np.empty((K, n))  # every entry set by the kernel
+    loss, G, gb, _ = _sparse_run(p, At, vb, work, curv, G, False, 0.0)
+    return loss, G, gb
+
+
+def sparse_finished_product(p: Problem, Vt: np.ndarray, vb: np.ndarray, work: np.ndarray,
+                            curv: np.ndarray, HVt: np.ndarray) -> tuple[float, np.ndarray]:
+    """A Hessian-vector product on the problem's CSR X in the feature-major
+    layout, finished by the kernel: ``HVt`` ((n, K) float64, C-contiguous)
+    receives ``(HV)^T = sums / denom + l2 V^T`` for the direction ``Vt``
+    ((n, K), the working dtype) and ``vb``; returns ``(<V, HV>, gb)``, the
+    curvature of the W part (float64, summed in blocks of columns, in
+    block order) and the intercepts' unnormalised sums (K,).  ``work`` and
+    ``curv`` as for :func:`sparse_fused`."""
+    _, _, gb, curvature = _sparse_run(p, Vt, vb, work, curv, HVt, True, float(p.denom))
+    return curvature, gb
+
+
+def _sparse_run(p: Problem, At, vb, work, curv, G, feature_major: bool, denom: float):
+    """The fused sparse kernel, serial or parallel (:func:`_sparse_plan`):
+    ``(loss, G, gb, curvature)`` (see
+    :func:`fastsoftmax._sparse_fused.sparse_fused_sums`; ``denom`` > 0
+    finishes a feature-major product with the problem's l2)."""
+    X = p.X
     args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, float(p.eps))
     serial, chunks, dense = _sparse_plan(p, At.shape[1])
     tile = policy.logits_tile_rows(At.shape[1])
     block = policy.SPARSE_COMBINE_COLUMNS
     ahead = policy.SPARSE_PREFETCH_AHEAD
     maps = None if dense else np.empty((chunks, X.shape[1]), dtype=np.int64)  # column maps
+    l2 = float(p.l2)
     if not serial:
         chunk = sparse_chunk_entry(*args[:9], maps, curv)
         with parallel_region():
-            loss, G, gb, failed = sparse_fused_sums(chunk, *args, chunks, tile, ahead, block, maps,
-                                                    work, curv, G, feature_major)
+            loss, G, gb, curvature, failed = sparse_fused_sums(
+                chunk, *args, chunks, tile, ahead, block, maps, work, curv, G, feature_major,
+                denom, l2)
         if not failed.any():
-            return loss, G, gb
+            return loss, G, gb, curvature
         # a chunk raised in the parallel region: all rows again on this thread, as one
         # chunk, where the exception surfaces (or, if it does not recur, the full sums,
         # equal to a parallel call's to rounding: one chunk sums in another order)
     return sparse_fused_sums_serial(*args, tile, ahead, block, None if maps is None else maps[:1],
-                                    work, curv, G, feature_major)
+                                    work, curv, G, feature_major, denom, l2)
 
 
 def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,
@@ -175,9 +194,9 @@ def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,
         maps = None if dense else np.empty((chunks, n), dtype=np.int64)
         chunk = sparse_chunk_entry(*args[:9], maps, curv, function=diagonal_chunk)
         with parallel_region():
-            _, G, gb, failed = sparse_fused_sums(
+            _, G, gb, _, failed = sparse_fused_sums(
                 chunk, *args, chunks, policy.logits_tile_rows(K), policy.SPARSE_PREFETCH_AHEAD,
-                policy.SPARSE_COMBINE_COLUMNS, maps, work, curv, G, True)
+                policy.SPARSE_COMBINE_COLUMNS, maps, work, curv, G, True, 0.0, 0.0)
         if not failed.any():
             return gb
         # a chunk raised (no memory for its tile buffers): SciPy's product, where

@@ -26,8 +26,9 @@ from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
 from . import _vectors
-from ._api import (Method, Reduction, finish, indexloop, sparse_diagonal_sums, sparse_fused,
-                   sparse_point_curvature, sparse_slab_entries, sums)
+from ._api import (Method, Reduction, finish, indexloop, sparse_diagonal_sums,
+                   sparse_finished_product, sparse_fused, sparse_point_curvature,
+                   sparse_slab_entries, sums)
 from ._blas import single_threaded_blas
 from ._hessian_blocks import add_class_blocks
 from ._hessian_diag import diag_sums, diag_sums_serial
@@ -385,8 +386,9 @@ def feature_major_product(hessp: "HessianProduct", d: np.ndarray, out: np.ndarra
     ``d`` and ``out`` are (N,) float64 laid out as ``[V^T.ravel(), vb]``
     (V^T (n, K), the layout the sparse kernel gathers from and accumulates
     into; ``vb`` only with an intercept).  ``out`` receives the product in
-    the same layout: the sums transposed into it by the kernel itself, then
-    finished in place with the curvature (:func:`fastsoftmax._vectors.finish_dot`).
+    the same layout, its W part summed, finished and dotted with the
+    direction by the kernel itself as it adds its slabs
+    (:func:`fastsoftmax._api.sparse_finished_product`).
     Compared with ``hessp(flat)``: no transposed copy of the direction, no new
     arrays of N entries, the curvature in the same pass, contiguous passes.
     The direction is rounded to the working dtype for the kernel (as
@@ -405,9 +407,7 @@ def feature_major_product(hessp: "HessianProduct", d: np.ndarray, out: np.ndarra
         if p.dtype != np.float64:  # the direction rounded into the lent buffer
             vt[...] = Vt
             Vt = vt
-        _, _, gb = sparse_fused(p, Vt, vb, work, cache.curv, G=HVt)
-        curvature = _vectors.finish_dot(out[: K * n], p.denom, p.l2, Vt.reshape(-1),
-                                        out[: K * n])
+        curvature, gb = sparse_finished_product(p, Vt, vb, work, cache.curv, HVt)
     finally:
         cache.give_back(pair)
     if p.has_b:

@@ -8,10 +8,10 @@ kernels fuse them: one pass to finish a gradient or a Hessian product from its s
 one for the updates of the step and the residual, one for the Jacobi
 preconditioner with its class-mean split, one for the new direction; for
 Newton-CG on CSR X, which keeps its vectors feature-major (W^T's layout,
-the sparse kernel's), the finish of a product with its curvature and the
-Jacobi pass on (n, K) rows; a tiled transposition between the two
-layouts; and :func:`same_pass`, a serial early-exit comparison of two
-parameter vectors (the solvers' check of a cached point).
+the sparse kernel's, which finishes its products itself), the Jacobi pass
+on (n, K) rows; a tiled transposition between the two layouts; and
+:func:`same_pass`, a serial early-exit comparison of two parameter vectors
+(the solvers' check of a cached point).
 Each pass has a Python entry point below its kernel that decides, by
 :func:`fastsoftmax._dispatch.compiled_vectors`, between the compiled pass
 (from ``COMPILED_VECTOR_MIN_ENTRIES`` entries on) and the same arithmetic in
@@ -138,33 +138,6 @@ def jacobi_pass(r, inv, l2, z, block):
         for k in range(K):
             for j in range(j0, j1):
                 s += r[k, j] * z[k, j]
-        parts[q] = s
-    return in_block_order(parts)
-
-
-@parallel_kernel
-def finish_dot_pass(G, denom, l2, V, out, block):
-    """``out = G / denom + l2 V`` ((N,), float64; ``out`` may be ``G``; no
-    ``l2 V`` term when l2 is 0) and returns ``sum(V * out)``: the finish of
-    a Hessian product with the direction's curvature, for conjugate
-    gradients.  G and out float64, V of any float dtype (the direction as
-    the kernel read it), all (N,) in one layout."""
-    N = G.shape[0]
-    nblocks = (N + block - 1) // block
-    parts = np.empty(nblocks)
-    for q in prange(nblocks):
-        i0 = q * block
-        i1 = min(N, i0 + block)
-        if l2 != 0.0:
-            for i in range(i0, i1):
-                out[i] = G[i] / denom + l2 * np.float64(V[i])
-        else:  # V may hold inf where its product is 0 (a column X never touches):
-            # kept out of the product (the curvature is then NaN, as d . Hd was)
-            for i in range(i0, i1):
-                out[i] = G[i] / denom
-        s = 0.0
-        for i in range(i0, i1):
-            s += np.float64(V[i]) * out[i]
         parts[q] = s
     return in_block_order(parts)
 
@@ -316,21 +289,6 @@ def jacobi_off_means(r, inv, l2: float, z) -> float:
         shift -= mean / l2
     z -= shift
     return float(r.ravel() @ z.ravel())
-
-
-def finish_dot(G, denom: float, l2: float, V, out) -> float:
-    """``out[...] = G / denom + l2 V`` ((N,); G and out float64, out may be
-    G; V of any float dtype; no ``l2 V`` term when l2 is 0); returns
-    ``sum(V * out)`` in float64.  :func:`finish_dot_pass` or NumPy."""
-    if policy.compiled_vectors(G.shape[0]):
-        with parallel_region():
-            return finish_dot_pass(G, float(denom), float(l2), V, out,
-                                   policy.COMPILED_VECTOR_BLOCK)
-    V64 = np.asarray(V, dtype=np.float64)
-    np.divide(G, denom, out=out)
-    if l2:
-        out += l2 * V64
-    return float(V64 @ out)
 
 
 def jacobi_off_means_rows(r, inv, l2: float, z) -> float:

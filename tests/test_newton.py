@@ -423,31 +423,12 @@ def test_cg_vector_passes_match_numpy(N, block, rng):
 
 @pytest.mark.parametrize("n, K, block", [(1, 1, 1), (300, 7, 16), (1000, 3, 1024),
                                          (250, 20, 64)])
-def test_feature_major_passes_match_numpy(n, K, block, rng):
-    """The passes of the feature-major conjugate gradients on CSR X
-    (fastsoftmax._vectors.finish_dot_pass, jacobi_rows_pass) against NumPy
-    written out here: the finish of a product with its curvature (with and
-    without the penalty, float64 and float32 directions, in place), and the
-    Jacobi preconditioner with the class means (row means of (n, K)) split
-    off, with and without l2."""
+def test_feature_major_jacobi_pass_matches_numpy(n, K, block, rng):
+    """The Jacobi pass of the feature-major conjugate gradients on CSR X
+    (fastsoftmax._vectors.jacobi_rows_pass) against NumPy written out here:
+    the class means (row means of (n, K)) split off, with and without l2."""
     from fastsoftmax import _vectors
 
-    N = n * K
-    G = rng.standard_normal(N)
-    for dtype in (np.float64, np.float32):
-        V = rng.standard_normal(N).astype(dtype)
-        for l2 in (0.0, 0.3):
-            want = G / 2.5 + l2 * V.astype(np.float64)
-            sums = G.copy()
-            out = sums if dtype == np.float32 else np.empty(N)  # in place, or not
-            got = _vectors.finish_dot_pass(sums, 2.5, l2, V, out, block)
-            np.testing.assert_allclose(out, want, rtol=1e-15, atol=1e-15)
-            assert got == pytest.approx(float(V.astype(np.float64) @ want), rel=1e-12, abs=1e-12)
-    V = rng.standard_normal(N)
-    V[0] = np.inf  # without the penalty, a direction's inf must not reach the product
-    out = np.empty(N)
-    _vectors.finish_dot_pass(G, 2.0, 0.0, V, out, block)
-    np.testing.assert_array_equal(out, G / 2.0)
     r = rng.standard_normal((n, K))
     inv = rng.random((n, K)) + 0.5
     for l2 in (0.0, 0.2):
@@ -572,14 +553,13 @@ def test_compiled_vector_passes_load_from_the_cache_in_a_new_process():
              "_vectors.direction_pass(a.copy(), a, 0.5, 1024)\n"
              "_vectors.jacobi_pass(r, r, 0.1, np.empty_like(r), 1024)\n"
              "_vectors.jacobi_rows_pass(r, r, 0.1, np.empty_like(r), 1024)\n"
-             "_vectors.finish_dot_pass(a, 2.0, 0.1, a, a.copy(), 1024)\n"
              "_vectors.transpose_pass(r, np.empty((3000, 4)), 32)\n"
              "_vectors.same_pass(a, a)\n"
              "W = np.ones((3, 25000)); X = np.ones((10, 25000))\n"
              "fs.loss_and_grad(W, X, np.arange(10) % 3, l2=0.1)\n")
     assert_cached_in_new_process(calls, {name: "fastsoftmax._vectors" for name in
                                          ("advance_pass", "direction_pass", "jacobi_pass",
-                                          "jacobi_rows_pass", "finish_dot_pass", "finish_pass",
+                                          "jacobi_rows_pass", "finish_pass",
                                           "transpose_pass", "same_pass")})
 
 

@@ -649,10 +649,10 @@ def test_feature_major_products_and_diagonal_match_the_oracle(slabs, rng, kernel
     from helpers import RTOL
 
     monkeypatch.setattr(policy, "SPARSE_DENSE_SLAB_BYTES", 2**62 if slabs == "dense" else 0)
-    m, n, K = 50, 30, 3
+    m, n, K = 50, 40, 3
     for dtype in DTYPES:
         for intercept, l2 in ((True, 0.05), (False, 0.0)):
-            X = make_csr(rng, m, n, 0.1, dtype, np.int64)
+            X = make_csr(rng, m, n, 0.03, dtype, np.int64)  # some columns untouched
             W = rng.standard_normal((K, n)).astype(dtype)
             y = rng.integers(0, K, m)
             kw = {"l2": l2, "sample_weight": rng.random(m)}
@@ -687,6 +687,16 @@ def test_feature_major_products_and_diagonal_match_the_oracle(slabs, rng, kernel
                     for g, h in zip(got, public):
                         np.testing.assert_allclose(g.astype(np.float32), h, rtol=2.0 ** -23,
                                                    atol=float(np.finfo(np.float32).tiny))
+            untouched = np.setdiff1d(np.arange(n), X.indices)
+            if l2 == 0.0 and untouched.size:  # no penalty: an inf there stays out
+                V = rng.standard_normal((K, n)).astype(dtype)
+                V[:, untouched] = np.inf
+                feature_major_product(hessp, V.T.ravel().astype(np.float64), out)
+                HVt = out.reshape(n, K)
+                assert np.all(HVt[untouched] == 0.0)
+                V[:, untouched] = 0.0
+                want, scales = hessian_oracle(W, X.toarray(), y, V, None, kw, dtype)
+                assert_close(HVt.T, want, dtype, "HV", scales)
             want, scale = naive_hessian(*f64(W, X.toarray()), y, return_scale=True, **kw)
             nt = n + intercept
             order = [k * nt + j for j in range(n) for k in range(K)] + \
