@@ -184,7 +184,7 @@ def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,
     by scipy.sparse, with the (m, K) curvatures as extra memory."""
     X = p.X
     K = p.b.shape[0]
-    m, n = X.shape
+    n = X.shape[1]
     squared = X.squared
     serial, chunks, dense = _sparse_plan(p, K)
     if not serial:
