@@ -44,17 +44,18 @@ and 34 ms with them stored (one thread: 77 and 58 ms).  The Hessian's
 diagonal at the point goes through the same driver with
 :func:`diagonal_chunk` (the stored probabilities' curvatures scattered
 with X's squares, no gather): the whole diagonal took 32 ms on that data
-with SciPy's single-threaded product, 22 ms so (medians of 9 calls).  ``curv`` is the one m x K array of this module: the
-caller keeps it for as long as it makes products at the point.
+with SciPy's single-threaded product, 22 ms so (medians of 9 calls).
+``curv`` is the one m x K array of this module: the caller keeps it for
+as long as it makes products at the point.
 
 Peak extra memory, besides the float64 gradient sums G (K n entries, the
-caller's): ``n K itemsize`` (Wt) plus either the dense slabs, ``nchunks n K 8 <= 64 MiB``, or
-``nchunks n 8`` (column maps) ``+ sum_c n_c K 8`` (slabs, ``n_c <= min(n,
-non-zeros of chunk c)``, so their total is at most ``min(nchunks n, nnz) K
-8``); plus ``nchunks tile (3 K + 5) 8`` (tile buffers).  So at most ``n K
-itemsize + max(64 MiB, nchunks n 8 + min(nchunks n, nnz) K 8)`` plus the
-tile buffers.  Nothing of size m x K besides a Hessian product's ``curv``,
-and X is never densified.
+caller's): ``n K itemsize`` (Wt) plus either the dense slabs, ``nchunks n
+K 8 <= 64 MiB``, or ``nchunks n 8`` (column maps) ``+ sum_c n_c K 8``
+(slabs, ``n_c <= min(n, non-zeros of chunk c)``, so their total is at most
+``min(nchunks n, nnz) K 8``); plus ``nchunks tile (3 K + 5) 8`` (tile
+buffers).  So at most ``n K itemsize + max(64 MiB, nchunks n 8 +
+min(nchunks n, nnz) K 8)`` plus the tile buffers.  Nothing of size m x K
+besides a Hessian product's ``curv``, and X is never densified.
 
 Compiled variants: one per (data dtype, index dtype) pair, 4 per kernel
 (and as many again for column maps instead of dense slabs).  The parallel
@@ -77,6 +78,7 @@ from ._jit import OVERLOAD_OPTIONS, parallel_kernel, serial_kernel
 from ._prefetch import prefetch_row
 from ._rowmath import tile_loss_and_coef, tile_probabilities
 from ._tiles import kept_rows
+
 
 @serial_kernel
 def map_columns(indices, indptr, start, stop, colmap):
