@@ -16,8 +16,8 @@ from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
 from ._sparse import CSR
 from ._sparse_fused import chunk_entry as sparse_chunk_entry
-from ._sparse_fused import (curvature_chunk, curvature_entry, diagonal_chunk, sparse_curvature,
-                            sparse_fused_sums, sparse_fused_sums_serial)
+from ._sparse_fused import (curvature_chunk, curvature_entry, diagonal_chunk, sparse_chunk,
+                            sparse_curvature, sparse_fused_sums, sparse_fused_sums_serial)
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_kernel
 from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
@@ -148,26 +148,38 @@ def _sparse_run(p: Problem, At, vb, work, curv, G, feature_major: bool, denom: f
     :func:`fastsoftmax._sparse_fused.sparse_fused_sums`; ``denom`` > 0
     finishes a feature-major product with the problem's l2)."""
     X = p.X
-    args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, float(p.eps))
     serial, chunks, dense = _sparse_plan(p, At.shape[1])
-    tile = policy.logits_tile_rows(At.shape[1])
-    block = policy.SPARSE_COMBINE_COLUMNS
-    ahead = policy.SPARSE_PREFETCH_AHEAD
-    maps = None if dense else np.empty((chunks, X.shape[1]), dtype=np.int64)  # column maps
-    l2 = float(p.l2)
     if not serial:
-        chunk = sparse_chunk_entry(*args[:9], maps, curv)
-        with parallel_region():
-            loss, G, gb, curvature, failed = sparse_fused_sums(
-                chunk, *args, chunks, tile, ahead, block, maps, work, curv, G, feature_major,
-                denom, l2)
-        if not failed.any():
-            return loss, G, gb, curvature
+        out = _sparse_parallel(p, X, At, vb, work, curv, G, feature_major, denom, chunks, dense)
+        if out is not None:
+            return out
         # a chunk raised in the parallel region: all rows again on this thread, as one
         # chunk, where the exception surfaces (or, if it does not recur, the full sums,
         # equal to a parallel call's to rounding: one chunk sums in another order)
-    return sparse_fused_sums_serial(*args, tile, ahead, block, None if maps is None else maps[:1],
-                                    work, curv, G, feature_major, denom, l2)
+    maps = None if dense else np.empty((1, X.shape[1]), dtype=np.int64)  # column map
+    return sparse_fused_sums_serial(X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T,
+                                    p.sw, float(p.eps), policy.logits_tile_rows(At.shape[1]),
+                                    policy.SPARSE_PREFETCH_AHEAD, policy.SPARSE_COMBINE_COLUMNS,
+                                    maps, work, curv, G, feature_major, denom, float(p.l2))
+
+
+def _sparse_parallel(p: Problem, X, At, vb, work, curv, G, feature_major: bool, denom: float,
+                     chunks: int, dense: bool, function=sparse_chunk):
+    """:func:`fastsoftmax._sparse_fused.sparse_fused_sums` over the CSR
+    arrays of ``X`` (the problem's X, or its squares for the diagonal) in
+    ``chunks`` parallel chunks, each running ``function``
+    (:func:`fastsoftmax._sparse_fused.sparse_chunk` or ``diagonal_chunk``),
+    into dense slabs or column maps: ``(loss, G, gb, curvature)``, or None
+    when a chunk raised (its sums are then incomplete)."""
+    args = (X.data, X.indices, X.indptr, At, p.b, vb, p.labels, p.T, p.sw, float(p.eps))
+    maps = None if dense else np.empty((chunks, X.shape[1]), dtype=np.int64)  # column maps
+    chunk = sparse_chunk_entry(*args[:9], maps, curv, function=function)
+    with parallel_region():
+        loss, G, gb, curvature, failed = sparse_fused_sums(
+            chunk, *args, chunks, policy.logits_tile_rows(At.shape[1]),
+            policy.SPARSE_PREFETCH_AHEAD, policy.SPARSE_COMBINE_COLUMNS, maps, work, curv, G,
+            feature_major, denom, float(p.l2))
+    return None if failed.any() else (loss, G, gb, curvature)
 
 
 def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,
@@ -182,23 +194,16 @@ def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,
     :func:`fastsoftmax._sparse_fused.diagonal_chunk` (its slabs in ``work``
     when large enough, as :func:`sparse_fused`); serial (:func:`_sparse_plan`)
     by scipy.sparse, with the (m, K) curvatures as extra memory."""
-    X = p.X
     K = p.b.shape[0]
-    n = X.shape[1]
-    squared = X.squared
+    n = p.X.shape[1]
+    squared = p.X.squared
     serial, chunks, dense = _sparse_plan(p, K)
     if not serial:
-        args = (squared.data, squared.indices, squared.indptr,
-                np.empty((n, K), p.dtype),  # not read: the argument of a product's variant
-                p.b, np.zeros(K, p.dtype), p.labels, p.T, p.sw, float(p.eps))
-        maps = None if dense else np.empty((chunks, n), dtype=np.int64)
-        chunk = sparse_chunk_entry(*args[:9], maps, curv, function=diagonal_chunk)
-        with parallel_region():
-            _, G, gb, _, failed = sparse_fused_sums(
-                chunk, *args, chunks, policy.logits_tile_rows(K), policy.SPARSE_PREFETCH_AHEAD,
-                policy.SPARSE_COMBINE_COLUMNS, maps, work, curv, G, True, 0.0, 0.0)
-        if not failed.any():
-            return gb
+        At = np.empty((n, K), p.dtype)  # not read: the argument of a product's variant
+        out = _sparse_parallel(p, squared, At, np.zeros(K, p.dtype), work, curv, G, True, 0.0,
+                               chunks, dense, function=diagonal_chunk)
+        if out is not None:
+            return out[2]
         # a chunk raised (no memory for its tile buffers): SciPy's product, where
         # errors surface
     stored, squared = curv, squared.to_scipy()

@@ -887,8 +887,8 @@ def _feature_major_cg(obj, hessp, grad, max_cg, stop):
     def product(d):
         return Hd, obj.apply_feature_major(hessp, d, Hd)
 
-    step = _cg(product, _to_feature_major(grad, K, n), precondition, max_cg, stop)
-    return step if isinstance(step, str) else _from_feature_major(step, K, n)
+    step = _cg(product, _transposed_w(grad, K, n), precondition, max_cg, stop)
+    return step if isinstance(step, str) else _transposed_w(step, n, K)
 
 
 def _feature_major_preconditioner(obj, hessp):
@@ -900,19 +900,14 @@ def _feature_major_preconditioner(obj, hessp):
     return _jacobi(inv, obj.K, obj.n, l2, feature_major=True)
 
 
-def _to_feature_major(v, K, n):
-    """The flat ``[W.ravel(), b]`` (N,) as ``[W^T.ravel(), b]``."""
+def _transposed_w(v, rows, cols):
+    """The flat vector ``v`` (N,) whose first ``rows cols`` entries hold a
+    (rows, cols) matrix, with that matrix transposed: ``[W.ravel(), b]``
+    as ``[W^T.ravel(), b]`` for (rows, cols) = (K, n), and back for (n, K)."""
     out = np.empty_like(v)
-    _vectors.transpose_into(v[: K * n].reshape(K, n), out[: K * n].reshape(n, K))
-    out[K * n:] = v[K * n:]
-    return out
-
-
-def _from_feature_major(v, K, n):
-    """The inverse of :func:`_to_feature_major`."""
-    out = np.empty_like(v)
-    _vectors.transpose_into(v[: K * n].reshape(n, K), out[: K * n].reshape(K, n))
-    out[K * n:] = v[K * n:]
+    size = rows * cols
+    _vectors.transpose_into(v[:size].reshape(rows, cols), out[:size].reshape(cols, rows))
+    out[size:] = v[size:]
     return out
 
 

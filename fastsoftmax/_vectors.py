@@ -281,10 +281,16 @@ def jacobi_off_means(r, inv, l2: float, z) -> float:
     if policy.compiled_vectors(r.size):
         with parallel_region():
             return jacobi_pass(r, inv, l2, z, policy.COMPILED_VECTOR_BLOCK)
-    mean = r.mean(axis=0)
+    return _jacobi_numpy(r, inv, l2, z, axis=0)
+
+
+def _jacobi_numpy(r, inv, l2: float, z, axis: int) -> float:
+    """The arithmetic of :func:`jacobi_pass` in NumPy, the means over classes
+    taken along ``axis`` (0 for (K, n) arrays, 1 for feature-major (n, K))."""
+    mean = r.mean(axis=axis, keepdims=True)
     np.subtract(r, mean, out=z)
     z *= inv
-    shift = z.mean(axis=0)
+    shift = z.mean(axis=axis, keepdims=True)
     if l2 > 0.0:
         shift -= mean / l2
     z -= shift
@@ -298,14 +304,7 @@ def jacobi_off_means_rows(r, inv, l2: float, z) -> float:
     if policy.compiled_vectors(r.size):
         with parallel_region():
             return jacobi_rows_pass(r, inv, l2, z, policy.COMPILED_VECTOR_BLOCK)
-    mean = r.mean(axis=1, keepdims=True)
-    np.subtract(r, mean, out=z)
-    z *= inv
-    shift = z.mean(axis=1, keepdims=True)
-    if l2 > 0.0:
-        shift -= mean / l2
-    z -= shift
-    return float(r.ravel() @ z.ravel())
+    return _jacobi_numpy(r, inv, l2, z, axis=1)
 
 
 def transpose_into(src, dst) -> None:
