@@ -83,6 +83,19 @@ def oracle(W, X, y, **kw):
                                return_scales=True, **kw)
 
 
+def diagonal_oracle(W, X, y, feature_major=False, **kw):
+    """The oracle Hessian's diagonal and its scales on X.toarray(), in the
+    flat layout ``[W.ravel(), b]`` (``[W^T.ravel(), b]`` with
+    ``feature_major``; b's entries only when ``b`` is in kw)."""
+    K, n = W.shape
+    want, scale = naive_hessian(*f64(W, X.toarray()), y, return_scale=True, **kw)
+    nt = n + ("b" in kw)  # the oracle's rows: [W[k], b[k]] class after class
+    pairs = [(k, j) for j in range(n) for k in range(K)] if feature_major else \
+        [(k, j) for k in range(K) for j in range(n)]
+    order = [k * nt + j for k, j in pairs] + [k * nt + n for k in range(K) if "b" in kw]
+    return np.diag(want)[order], np.diag(scale)[order]
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
@@ -554,12 +567,7 @@ def test_property_diagonal_matches_oracle_on_the_dense_matrix(kernel_path, probl
     W, X, y, kw, dtype = problem
     K, n = W.shape
     y_seen = y.astype(dtype) if y.ndim == 2 else y
-    want, scale = naive_hessian(*f64(W, X.toarray()), y_seen, return_scale=True, **kw)
-    nt = n + ("b" in kw)
-    order = [k * nt + j for k in range(K) for j in range(n)]
-    if "b" in kw:
-        order += [k * nt + n for k in range(K)]
-    want, scale = np.diag(want)[order], np.diag(scale)[order]
+    want, scale = diagonal_oracle(W, X, y_seen, **kw)
     for method in METHODS:
         d = fs.loss_grad_hessp(W, X, y, method=method, **kw)[-1].diagonal()
         assert d.dtype == np.float64
@@ -627,11 +635,8 @@ def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, 
                 want, scales = hessian_oracle(W, X.toarray(), y, V, vb, kw, dtype)
                 assert_product_close(got, want, dtype, scales)
         # the diagonal after the products (from their stored probabilities)
-        want, scale = naive_hessian(*f64(W, X.toarray()), y, return_scale=True, **kw)
-        order = [k * (n + 1) + j for k in range(K) for j in range(n)] + \
-            [k * (n + 1) + n for k in range(K)]
-        assert_close(hessp.diagonal(), np.diag(want)[order], dtype, "diagonal",
-                     np.diag(scale)[order])
+        want, scale = diagonal_oracle(W, X, y, **kw)
+        assert_close(hessp.diagonal(), want, dtype, "diagonal", scale)
 
 
 @pytest.mark.parametrize("slabs", ["dense", "column-maps"])
@@ -697,12 +702,8 @@ def test_feature_major_products_and_diagonal_match_the_oracle(slabs, rng, kernel
                 V[:, untouched] = 0.0
                 want, scales = hessian_oracle(W, X.toarray(), y, V, None, kw, dtype)
                 assert_close(HVt.T, want, dtype, "HV", scales)
-            want, scale = naive_hessian(*f64(W, X.toarray()), y, return_scale=True, **kw)
-            nt = n + intercept
-            order = [k * nt + j for j in range(n) for k in range(K)] + \
-                [k * nt + n for k in range(K) if intercept]
-            assert_close(feature_major_diagonal(hessp), np.diag(want)[order], dtype,
-                         "diagonal", np.diag(scale)[order])
+            want, scale = diagonal_oracle(W, X, y, feature_major=True, **kw)
+            assert_close(feature_major_diagonal(hessp), want, dtype, "diagonal", scale)
 
 
 def test_feature_major_products_take_csr_and_the_fused_method_only(rng):
@@ -771,9 +772,8 @@ def test_a_diagonal_chunk_that_fails_in_the_parallel_region_falls_back(rng, monk
     monkeypatch.setattr(api, "sparse_fused_sums", failing)
     got = hessp.diagonal()
     assert calls
-    want, scale = naive_hessian(*f64(W, X.toarray()), y, b=b, l2=0.1, return_scale=True)
-    order = [k * 10 + j for k in range(3) for j in range(9)] + [k * 10 + 9 for k in range(3)]
-    assert_close(got, np.diag(want)[order], np.float64, "diagonal", np.diag(scale)[order])
+    want, scale = diagonal_oracle(W, X, y, b=b, l2=0.1)
+    assert_close(got, want, np.float64, "diagonal", scale)
 
 
 def test_diagonal_ignores_non_finite_values_of_dropped_rows(kernel_path):
