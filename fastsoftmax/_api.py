@@ -210,9 +210,18 @@ def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,
     if p.n_ignored:  # dropped rows may hold inf or NaN: 0 * inf must not enter
         keep = p.labels >= 0
         stored, squared = stored[keep], squared[keep]
-    c = stored[:, :K] * (1.0 - stored[:, :K]) * stored[:, K:]
+    c = diagonal_curvatures(stored[:, :K], stored[:, K])
     G[...] = squared.T @ c
     return c.sum(axis=0)
+
+
+def diagonal_curvatures(P: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """``w_i s_i p_ik (1 - p_ik)`` (m', K) float64 from the kept samples'
+    probabilities P (m', K) and scales ``ws`` (m',): the weight of
+    x~_i x~_i^T in the Hessian's class-k diagonal block (and of x_ij^2 in
+    its diagonal)."""
+    P = P.astype(np.float64, copy=False)
+    return P * (1.0 - P) * ws[:, None]
 
 
 def sparse_point_curvature(p: Problem) -> np.ndarray:

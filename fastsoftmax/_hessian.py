@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
 from . import _vectors
-from ._api import (Method, Reduction, finish, indexloop, sparse_diagonal_sums,
+from ._api import (Method, Reduction, diagonal_curvatures, finish, indexloop, sparse_diagonal_sums,
                    sparse_finished_product, sparse_fused, sparse_point_curvature,
                    sparse_slab_entries, sums)
 from ._blas import single_threaded_blas
@@ -315,7 +315,7 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
         Xt[:, :n] = c.X
         if p.has_b:
             Xt[:, n] = 1.0
-        roots = np.sqrt(_diagonal_curvatures(c.P, c.ws))
+        roots = np.sqrt(diagonal_curvatures(c.P, c.ws))
         with single_threaded_blas, parallel_region():
             add_class_blocks(Xt, roots, blocks, policy.chunk_count(K))
     blocks *= stride / p.denom
@@ -323,14 +323,6 @@ def class_blocks(p: Problem, stride: int = 1) -> np.ndarray:
         idx = np.arange(n)
         blocks[:, idx, idx] += p.l2
     return blocks
-
-
-def _diagonal_curvatures(P: np.ndarray, ws: np.ndarray) -> np.ndarray:
-    """``w_i s_i p_ik (1 - p_ik)`` (m', K) float64 from the kept samples'
-    probabilities P (m', K) and scales ``ws`` (m',): the weight of
-    x~_i x~_i^T in the Hessian's class-k diagonal block."""
-    P = P.astype(np.float64, copy=False)
-    return P * (1.0 - P) * ws[:, None]
 
 
 def _sparse_hessian_diagonal(p: Problem, cache: ProductCache,
