@@ -18,6 +18,7 @@ from ._sparse import CSR
 from ._sparse_fused import chunk_entry as sparse_chunk_entry
 from ._sparse_fused import (curvature_chunk, curvature_entry, diagonal_chunk, sparse_chunk,
                             sparse_curvature, sparse_fused_sums, sparse_fused_sums_serial)
+from ._sparse_columns import columns_pass, directions_pass, gradient_pass
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_kernel
 from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
@@ -92,6 +93,8 @@ def indexloop(p: Problem, V: np.ndarray | None = None, vb: np.ndarray | None = N
                               policy.chunk_count(X.shape[0]), dX, p.cw, p.zl, p.cap, losses)
 
 
+#: no labels: the column pass then drops no sample
+_NO_LABELS = np.empty(0, dtype=np.int64)
 #: an empty workspace: the sparse kernel then allocates its slabs
 _NO_WORK = np.empty(0)
 
@@ -180,6 +183,93 @@ def _sparse_parallel(p: Problem, X, At, vb, work, curv, G, feature_major: bool, 
             policy.SPARSE_PREFETCH_AHEAD, policy.SPARSE_COMBINE_COLUMNS, maps, work, curv, G,
             feature_major, denom, float(p.l2))
     return None if failed.any() else (loss, G, gb, curvature)
+
+
+def sparse_by_columns(p: Problem) -> bool:
+    """Whether Newton-CG evaluates the problem and makes its Hessian products
+    and diagonal on CSR X by columns (:func:`sparse_column_sums`,
+    :func:`sparse_column_product`): the policy's shape rule and bound on the
+    copy of X^T (:func:`fastsoftmax._dispatch.sparse_by_columns`)."""
+    X = p.X
+    return policy.sparse_by_columns(*X.shape, X.nnz, X.dtype.itemsize, X.indices.dtype.itemsize)
+
+
+def _column_pass(p: Problem, D: np.ndarray, square: bool, G: np.ndarray, denom: float,
+                 Vt: np.ndarray) -> float:
+    """:func:`fastsoftmax._sparse_columns.columns_pass` over X^T
+    (:attr:`fastsoftmax._sparse.CSR.transposed`) in the policy's parts."""
+    T = p.X.transposed
+    bounds = T.parts(policy.SPARSE_COLUMN_PARTS)
+    labels = p.labels if p.n_ignored else _NO_LABELS
+    tasks = policy.sparse_column_tasks(p.X.shape[0])
+    with parallel_region():
+        return columns_pass(T.data, T.indices, T.indptr, D, square, labels, G, bounds, denom,
+                            float(p.l2), Vt, np.empty((tasks, D.shape[1])),
+                            np.empty(bounds.shape[0] - 1), policy.SPARSE_PREFETCH_AHEAD)
+
+
+def sparse_column_sums(p: Problem) -> tuple[tuple[float, np.ndarray, np.ndarray], np.ndarray]:
+    """:func:`sparse_sums` by columns, for Newton-CG on CSR X
+    (:mod:`fastsoftmax._sparse_columns`): ``((loss_sum, G, gb), curv)``, the
+    unnormalised sums (G (K, n) float64, new) and the point's probabilities
+    and scales (m, K + 1) float64 that its Hessian products read (so that
+    they need no pass of their own: :func:`sparse_point_curvature` makes the
+    same).  Extra memory: the (m, K) float64 logit gradients besides
+    ``curv``, the tile scratch of every thread and X's transpose (made at the
+    first call, kept with X).  The results do not depend on the thread
+    count."""
+    X = p.X
+    m, n = X.shape
+    K = p.b.shape[0]
+    tile = policy.sparse_column_tile_rows(K)
+    bounds = X.parts(policy.SPARSE_COLUMN_PARTS)
+    parts = bounds.shape[0] - 1
+    groups = policy.sparse_column_tasks(m)
+    R = np.empty((m, K))  # rows ignore_index drops are not written, nor read
+    curv = np.zeros((m, K + 1))
+    Wt = _vectors.transposed(p.W)
+    with parallel_region():
+        loss, gb = gradient_pass(X.data, X.indices, X.indptr, Wt, p.b, p.labels, p.T, p.sw,
+                                 float(p.eps), bounds, tile, np.empty((groups, tile * K)),
+                                 np.empty((groups, K * tile)), np.empty((groups, K * tile)),
+                                 np.empty((groups, 4, tile)), np.empty((groups, tile), np.int64),
+                                 np.empty((groups, K)), R, curv, np.empty((parts, K)),
+                                 np.empty(parts), policy.SPARSE_PREFETCH_AHEAD)
+    Gt = np.empty((n, K))
+    _column_pass(p, R, False, Gt, 0.0, np.empty((0, K), p.dtype))  # (no direction is read)
+    return (loss, _vectors.transposed(Gt), gb), curv
+
+
+def sparse_column_product(p: Problem, Vt: np.ndarray, vb: np.ndarray, curv: np.ndarray,
+                          D: np.ndarray, HVt: np.ndarray) -> tuple[float, np.ndarray]:
+    """:func:`sparse_finished_product` by columns
+    (:mod:`fastsoftmax._sparse_columns`): ``HVt`` (n, K) float64 receives
+    ``sums / denom + l2 V^T``; returns ``(<V, HV>, gb)`` as there.  ``D``
+    (m, K) float64 is scratch (the caller's, so that conjugate gradients
+    reuse one); X's transpose is made at the first call and kept with X.
+    Each entry is summed in a fixed order: the results do not depend on the
+    thread count."""
+    X = p.X
+    K = vb.shape[0]
+    bounds = X.parts(policy.SPARSE_COLUMN_PARTS)
+    groups = policy.sparse_column_tasks(X.shape[0])
+    tile = policy.sparse_column_tile_rows(K)
+    with parallel_region():
+        gb = directions_pass(X.data, X.indices, X.indptr, Vt, vb, curv, D, bounds, tile,
+                             np.empty((groups, tile), dtype=np.int64), np.empty((groups, K)),
+                             np.empty((bounds.shape[0] - 1, K)), policy.SPARSE_PREFETCH_AHEAD)
+    return _column_pass(p, D, False, HVt, float(p.denom), Vt), gb
+
+
+def sparse_column_diagonal(p: Problem, curv: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """:func:`sparse_diagonal_sums` by columns: ``G`` (n, K) float64
+    receives ``sum_i c_ik x_ij^2`` from X's transpose, squared as it is
+    read; returns ``sum_i c_ik`` (K,).  Extra memory: the (m, K) float64
+    curvatures."""
+    K = p.b.shape[0]
+    c = diagonal_curvatures(curv[:, :K], curv[:, K])  # rows ignore_index drops: 0
+    _column_pass(p, c, True, G, 0.0, np.empty((0, K), p.dtype))  # (no direction is read)
+    return c.sum(axis=0)
 
 
 def sparse_diagonal_sums(p: Problem, curv: np.ndarray, G: np.ndarray,

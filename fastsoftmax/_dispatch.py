@@ -280,6 +280,37 @@ SPARSE_COMBINE_COLUMNS = 2048
 #: took 27 ms instead of 47 ms); the column maps bound the memory on many
 #: threads (20 newsgroups: 21 MB of dense slab per thread).
 SPARSE_DENSE_SLAB_BYTES = 64 * 2**20
+#: Newton-CG on CSR X (the fused method) makes its Hessian products and
+#: diagonal by columns (:mod:`fastsoftmax._sparse_columns`), from a copy of X's
+#: transpose kept for the fit, when that copy takes at most this many bytes;
+#: above it, with the row kernel's slabs.  Measured on 20-newsgroups-shaped
+#: data (idle, 2 threads): a product took 20 ms by columns, 34 ms by rows;
+#: the copy (22 MB there, about X's size) took 22 ms to make.
+SPARSE_TRANSPOSED_BYTES = 2**30
+#: ... and when X has at most this many rows per column.  By columns, a
+#: product gathers the rows of an (m, K) array where by rows it scatters
+#: into (n, K) slabs: a win while the (m, K) array is the smaller one, a loss
+#: when it is much larger.  Measured (idle, 2 threads, products and diagonal
+#: by columns against by rows): 20-newsgroups-shaped data, m / n = 0.09,
+#: 28 against 35 ms and 14 against 21 ms; the docstrings corpus, m / n =
+#: 0.76, 8.3 against 8.1 ms and 3.6 against 3.3 ms (with pauses; the fit
+#: 0.27 against 0.32 s); RCV1-sized data (200000 x 47236, K = 50), m / n =
+#: 4.2, 507 against 378 ms and 626 against 184 ms.
+SPARSE_COLUMNS_MAX_ROWS_PER_COLUMN = 1.0
+#: Fixed number of parts (about equal numbers of non-zeros) that the column
+#: passes split X's rows and X^T's rows into; parts run in parallel and their
+#: sums are added in part order, so the results do not depend on the thread
+#: count.
+SPARSE_COLUMN_PARTS = 128
+#: The column passes run their parts in this many tasks a thread (each task
+#: a run of consecutive parts, with its own tile scratch).  One task a
+#: thread left the work serial whenever the other worker woke up late: in a
+#: docstrings fit (0.76 M non-zeros, K = 8, 2 threads, parts of 1-3 ms)
+#: the fit took 0.46 s with 2 tasks and 0.28 s with 16.
+SPARSE_COLUMN_TASKS_PER_THREAD = 8
+#: Logits per tile of the column gradient pass (:func:`sparse_column_tile_rows`):
+#: its three float64 tile buffers take 96 KiB a task.
+SPARSE_COLUMN_TILE_ENTRIES = 2**12
 
 
 def chunk_count(m: int) -> int:
@@ -372,6 +403,26 @@ def primitive_tile_rows(K: int) -> int:
 def sparse_dense_slabs(n: int, K: int, chunks: int) -> bool:
     """Whether the sparse fused kernel's ``chunks`` gradient slabs are dense (n, K)."""
     return chunks * n * K * 8 <= SPARSE_DENSE_SLAB_BYTES
+
+
+def sparse_column_tasks(m: int) -> int:
+    """Tasks of the column passes (:data:`SPARSE_COLUMN_TASKS_PER_THREAD`
+    a thread, at most one a part)."""
+    return max(1, min(SPARSE_COLUMN_TASKS_PER_THREAD * chunk_count(m), SPARSE_COLUMN_PARTS))
+
+
+def sparse_column_tile_rows(K: int) -> int:
+    """Rows per tile of the column gradient pass for K classes."""
+    return int(min(1024, max(16, SPARSE_COLUMN_TILE_ENTRIES // K)))
+
+
+def sparse_by_columns(m: int, n: int, nnz: int, itemsize: int, index_itemsize: int) -> bool:
+    """Whether Newton-CG works by columns on CSR X (m, n) with ``nnz``
+    non-zeros of ``itemsize`` bytes and indices of ``index_itemsize`` bytes:
+    whether X has at most ``SPARSE_COLUMNS_MAX_ROWS_PER_COLUMN`` rows per
+    column and a copy of X^T (n rows) fits in ``SPARSE_TRANSPOSED_BYTES``."""
+    return m <= SPARSE_COLUMNS_MAX_ROWS_PER_COLUMN * n and \
+        nnz * (itemsize + index_itemsize) + (n + 1) * index_itemsize <= SPARSE_TRANSPOSED_BYTES
 
 
 def compiled_vectors(entries: int) -> bool:

@@ -26,9 +26,10 @@ from numpy.typing import ArrayLike
 
 from . import _dispatch as policy
 from . import _vectors
-from ._api import (Method, Reduction, diagonal_curvatures, finish, indexloop, sparse_diagonal_sums,
-                   sparse_finished_product, sparse_fused, sparse_point_curvature,
-                   sparse_slab_entries, sums)
+from ._api import (Method, Reduction, diagonal_curvatures, finish, indexloop, sparse_by_columns,
+                   sparse_column_diagonal, sparse_column_product, sparse_column_sums,
+                   sparse_diagonal_sums, sparse_finished_product, sparse_fused,
+                   sparse_point_curvature, sparse_slab_entries, sums)
 from ._blas import single_threaded_blas
 from ._hessian_blocks import add_class_blocks
 from ._hessian_diag import diag_sums, diag_sums_serial
@@ -64,13 +65,14 @@ class ProductCache:
     ``curvature``: the NumPy method's probabilities (:func:`numpy_curvature`).
     For CSR X and the fused method: ``curv``, the probabilities and scales
     (m, K + 1) float64 (:func:`fastsoftmax._api.sparse_point_curvature`,
-    read-only once made), and a pair of buffers lent to one product (or
-    diagonal) at a time (:meth:`borrow`): an (n, K) buffer for the direction
-    transposed (or, in :func:`feature_major_product`, rounded to the working
-    dtype) and the sparse kernel's slab workspace.  All made at the first
-    call that needs them.  (At 20 newsgroups' shape the slabs take 42 MB, above the size
-    glibc recycles: made anew for every product they paid their page faults
-    every time.)
+    or the evaluation by columns that made the HessianProduct; read-only
+    once made), and a pair of buffers lent to one product (or diagonal) at
+    a time (:meth:`borrow`): an (n, K) buffer for the direction transposed
+    (or, in :func:`feature_major_product`, rounded to the working dtype) and
+    the sparse kernel's slab workspace (by columns, the (m, K) coefficients
+    D instead).  All made at the first call that needs them.  (At 20
+    newsgroups' shape the slabs take 42 MB, above the size glibc recycles:
+    made anew for every product they paid their page faults every time.)
     """
 
     def __init__(self):
@@ -333,21 +335,26 @@ def _sparse_hessian_diagonal(p: Problem, cache: ProductCache,
     with the Hessian products; their slab workspace too), divided by the
     reduction's denominator, plus l2 on W.  ``feature_major``: the W part
     laid out as W^T.ravel() (the layout of :func:`feature_major_product`;
-    no transposition of the (n, K) sums).  Extra memory: the (m, K + 1)
-    probabilities (kept in ``cache``), an (n, K) float64 array of sums
-    unless ``feature_major``, and X's squared non-zeros (made once, kept
-    with X: :attr:`fastsoftmax._sparse.CSR.squared`)."""
+    no transposition of the (n, K) sums; and by columns from X's transpose
+    when the products go so, :func:`fastsoftmax._api.sparse_column_diagonal`).
+    Extra memory: the (m, K + 1) probabilities (kept in ``cache``), an
+    (n, K) float64 array of sums unless ``feature_major``, and X's squared
+    non-zeros (made once, kept with X: :attr:`fastsoftmax._sparse.CSR.squared`;
+    by columns, the (m, K) curvatures instead)."""
     if cache.curv is None:
         cache.curv = sparse_point_curvature(p)
     K = p.W.shape[0]
     n = p.X.shape[1]
     out = np.empty(K * n + K * p.has_b)  # written once, in place (no copies of N entries)
     sums = out[: K * n].reshape(n, K) if feature_major else np.empty((n, K))
-    pair = cache.borrow((n, K), p.dtype, sparse_slab_entries(p, K))
-    try:
-        gb = sparse_diagonal_sums(p, cache.curv, sums, pair[1])
-    finally:
-        cache.give_back(pair)
+    if feature_major and sparse_by_columns(p):
+        gb = sparse_column_diagonal(p, cache.curv, sums)
+    else:
+        pair = cache.borrow((n, K), p.dtype, sparse_slab_entries(p, K))
+        try:
+            gb = sparse_diagonal_sums(p, cache.curv, sums, pair[1])
+        finally:
+            cache.give_back(pair)
     if feature_major:
         out[: K * n] /= p.denom
     else:
@@ -360,8 +367,9 @@ def _sparse_hessian_diagonal(p: Problem, cache: ProductCache,
 
 def feature_major_diagonal(hessp: "HessianProduct") -> np.ndarray:
     """``hessp.diagonal()`` with the W part in the feature-major layout of
-    :func:`feature_major_product`, (N,) float64; CSR X and the fused method
-    only (what :func:`feature_major_product` takes)."""
+    :func:`feature_major_product`, (N,) float64, by columns or by rows as
+    the products go; CSR X and the fused method only (what
+    :func:`feature_major_product` takes)."""
     _feature_major_only(hessp)
     return _sparse_hessian_diagonal(hessp._problem, hessp._cache, feature_major=True)
 
@@ -385,7 +393,10 @@ def feature_major_product(hessp: "HessianProduct", d: np.ndarray, out: np.ndarra
     arrays of N entries, the curvature in the same pass, contiguous passes.
     The direction is rounded to the working dtype for the kernel (as
     ``hessp`` does); the product stays float64 (``hessp`` rounds it to the
-    working dtype).  CSR X and the fused method only."""
+    working dtype).  By columns from X's transpose when the policy says so
+    (:func:`fastsoftmax._api.sparse_by_columns`,
+    :func:`fastsoftmax._api.sparse_column_product`), else by the row
+    kernel.  CSR X and the fused method only."""
     _feature_major_only(hessp)
     p, cache = hessp._problem, hessp._cache
     K, n = p.W.shape
@@ -393,13 +404,20 @@ def feature_major_product(hessp: "HessianProduct", d: np.ndarray, out: np.ndarra
     if cache.curv is None:
         cache.curv = sparse_point_curvature(p)
     HVt = out[: K * n].reshape(n, K)
-    vt, work = pair = cache.borrow((n, K), p.dtype, sparse_slab_entries(p, K))
+    by_columns = sparse_by_columns(p)
+    m = p.X.shape[0]
+    entries = m * K if by_columns else sparse_slab_entries(p, K)
+    vt, work = pair = cache.borrow((n, K), p.dtype, entries)
     try:
         Vt = d[: K * n].reshape(n, K)
         if p.dtype != np.float64:  # the direction rounded into the lent buffer
             vt[...] = Vt
             Vt = vt
-        curvature, gb = sparse_finished_product(p, Vt, vb, work, cache.curv, HVt)
+        if by_columns:
+            D = work[: m * K].reshape(m, K)
+            curvature, gb = sparse_column_product(p, Vt, vb, cache.curv, D, HVt)
+        else:
+            curvature, gb = sparse_finished_product(p, Vt, vb, work, cache.curv, HVt)
     finally:
         cache.give_back(pair)
     if p.has_b:
@@ -625,7 +643,7 @@ def loss_grad_hessp(
     return evaluate(dataclasses.replace(p, W=p.W.copy(), b=p.b.copy()), method)
 
 
-def evaluate(p: Problem, method: str, totals: tuple | None = None):
+def evaluate(p: Problem, method: str, totals: tuple | None = None, by_columns: bool = False):
     """:func:`loss_grad_hessp`'s result for a validated problem, at its (W, b).
 
     For solvers that validate X and y once (:func:`prepare`) and then move the
@@ -634,11 +652,27 @@ def evaluate(p: Problem, method: str, totals: tuple | None = None):
     ``hessp`` keeps them).  ``totals``: the unnormalised ``(loss_sum, G, gb)``
     that :func:`fastsoftmax._api.sums` would return for the point, when the
     caller has them (the compiled Newton loop); the kernels then do not run.
+    ``by_columns``: on CSR X with the fused method, the sums come by columns
+    from X's transpose (within the policy's bound on its memory:
+    :func:`fastsoftmax._api.sparse_column_sums`) with the point's
+    probabilities, which the returned ``hessp`` then uses instead of a pass
+    of its own: for solvers that evaluate many points of one X (the
+    transpose, made at the first call, stays with X).
     """
+    hessp = HessianProduct(p, method)
     if totals is None:
-        totals = sums(p, method)
+        if by_columns and _columns_apply(p, method):
+            totals, hessp._cache.curv = sparse_column_sums(p)
+        else:
+            totals = sums(p, method)
     return (*finish(*totals, denom=p.denom, l2=p.l2, W=p.W, dtype=p.dtype, has_b=p.has_b),
-            HessianProduct(p, method))
+            hessp)
+
+
+def _columns_apply(p: Problem, method: str) -> bool:
+    """Whether the problem's sums and products may go by columns: CSR X, the
+    fused method, X's transpose within the policy's bound."""
+    return isinstance(p.X, CSR) and method == "fused" and sparse_by_columns(p)
 
 
 def hessian_product(

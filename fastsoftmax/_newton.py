@@ -191,7 +191,9 @@ class _Objective:
     def _evaluate(self, x, totals=None):
         W, b = self.split(x)
         point = dataclasses.replace(self.problem, W=W, b=self.problem.b if b is None else b)
-        out = evaluate(point, self.options["method"], totals)
+        # on CSR X (within the policy) by columns, the point's probabilities kept for its
+        # Hessian products
+        out = evaluate(point, self.options["method"], totals, by_columns=True)
         grad = (np.concatenate([out[1].ravel(), out[2]]) if self.fit_intercept
                 else out[1].ravel()).astype(np.float64, copy=False)
         self._x = np.array(x, dtype=np.float64)

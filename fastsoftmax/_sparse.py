@@ -67,6 +67,44 @@ class CSR:
         return CSR(data=S.data, indices=kernel_array(S.indices, self.indices.dtype),
                    indptr=kernel_array(S.indptr, self.indptr.dtype), shape=self.shape)
 
+    def parts(self, count: int) -> np.ndarray:
+        """:func:`balanced_parts` of the rows into ``count`` parts, made once
+        per count and kept with the matrix (a call takes about 0.1 ms, a
+        Newton-CG product on small data 2-3 ms)."""
+        kept = self.__dict__.setdefault("_parts", {})
+        bounds = kept.get(count)
+        if bounds is None:
+            bounds = kept.setdefault(count, balanced_parts(self.indptr, count))
+        return bounds
+
+    @functools.cached_property
+    def transposed(self) -> "CSR":
+        """X^T (n, m) in CSR form, duplicate entries summed first, column
+        indices (X's rows) sorted, in X's dtypes; made on first use and kept
+        with the matrix (memory about X's own): Newton-CG's Hessian products
+        by columns need it (:mod:`fastsoftmax._sparse_columns`; 22 ms to make
+        for 1.8 M non-zeros)."""
+        Xs = self.to_scipy()
+        if not Xs.has_canonical_format:
+            Xs = Xs.copy()
+            Xs.sum_duplicates()
+        T = Xs.T.tocsr()
+        T.sort_indices()
+        return CSR(data=kernel_array(T.data, self.dtype),
+                   indices=kernel_array(T.indices, self.indices.dtype),
+                   indptr=kernel_array(T.indptr, self.indptr.dtype), shape=T.shape)
+
+
+def balanced_parts(indptr: np.ndarray, parts: int) -> np.ndarray:
+    """Bounds (<= parts + 1,) int64 of contiguous row ranges of a CSR
+    structure holding about equal numbers of non-zeros (row r of ``indptr``
+    (rows + 1,) goes to the part its first non-zero falls in); empty parts
+    are merged away."""
+    rows = indptr.shape[0] - 1
+    targets = np.linspace(0, int(indptr[-1]), parts + 1)
+    bounds = np.searchsorted(indptr[:-1], targets[1:-1], side="left").astype(np.int64)
+    return np.unique(np.concatenate([[0], bounds, [rows]]).astype(np.int64))
+
 
 def is_sparse(value) -> bool:
     """Whether ``value`` is a SciPy sparse matrix or array (without importing SciPy)."""

@@ -46,7 +46,9 @@ diagonal at the point goes through the same driver with
 with X's squares, no gather): the whole diagonal took 32 ms on that data
 with SciPy's single-threaded product, 22 ms so (medians of 9 calls).
 ``curv`` is the one m x K array of this module: the caller keeps it for
-as long as it makes products at the point.
+as long as it makes products at the point.  Newton-CG, which evaluates and
+multiplies many times with one X, works by columns from X's transpose
+instead when X is not taller than wide (:mod:`fastsoftmax._sparse_columns`).
 
 Peak extra memory, besides the float64 gradient sums G (K n entries, the
 caller's): ``n K itemsize`` (Wt) plus either the dense slabs, ``nchunks n

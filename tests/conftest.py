@@ -32,6 +32,8 @@ def kernel_path(request, monkeypatch):
     full Hessian's products in blocks of two features, and its direct
     sums for two classes only), and the
     compiled passes over parameter-sized arrays (``_vectors``) at any size.
+    The sparse column passes (Newton-CG's, from X's transpose) run in one
+    part on "serial", in 4 parts of 3-row tiles on the other.
     The per-tile products run on the micro-kernels (``_tile_gemm``) or on
     BLAS whatever the shape: the micro-kernels for float64 on the serial
     path and for float32 on the parallel one (3-row tiles: their one-row
@@ -41,6 +43,7 @@ def kernel_path(request, monkeypatch):
 
     if request.param == "serial":
         monkeypatch.setattr(policy, "SERIAL_WORK", 2**62)
+        monkeypatch.setattr(policy, "SPARSE_COLUMN_PARTS", 1)
         monkeypatch.setattr(policy, "tile_gemm", lambda n, K, itemsize: itemsize == 8)
     else:
         monkeypatch.setattr(policy, "tile_gemm", lambda n, K, itemsize: itemsize == 4)
@@ -50,4 +53,6 @@ def kernel_path(request, monkeypatch):
         monkeypatch.setattr(policy, "tile_rows", lambda n, K, itemsize: 3)
         monkeypatch.setattr(policy, "hessian_plan", lambda nt, K, classes: (3, 2, classes == 2))
         monkeypatch.setattr(policy, "logits_tile_rows", lambda K: 3)
+        monkeypatch.setattr(policy, "sparse_column_tile_rows", lambda K: 3)
+        monkeypatch.setattr(policy, "SPARSE_COLUMN_PARTS", 4)
     return request.param

@@ -357,3 +357,12 @@ def assert_within_vocab_memory(got: dict, m: int, n: int, K: int, class_block: i
     print(f"\nextra peak {got['extra'] / 2**20:.1f} MB; gradients {gradients / 2**20:.1f} MB, "
           f"buffers {buffers / 2**20:.1f} MB")
     assert got["extra"] <= gradients + buffers + slack
+
+
+def newton_by_columns(monkeypatch, on: bool) -> None:
+    """Make Newton-CG on CSR X work by columns (from X's transpose) whatever
+    the shape and size, or never (fastsoftmax._dispatch.sparse_by_columns)."""
+    import fastsoftmax._dispatch as policy
+
+    monkeypatch.setattr(policy, "SPARSE_TRANSPOSED_BYTES", 2**62 if on else -1)
+    monkeypatch.setattr(policy, "SPARSE_COLUMNS_MAX_ROWS_PER_COLUMN", float("inf"))

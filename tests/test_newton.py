@@ -455,18 +455,22 @@ def test_transpose_pass_matches_numpy(shape, tile, rng):
         np.testing.assert_array_equal(dst, np.ascontiguousarray(src.T))
 
 
+@pytest.mark.parametrize("by_columns", [False, True])
 @pytest.mark.parametrize("intercept", [False, True])
-def test_sparse_conjugate_gradients_in_either_layout_agree(intercept, rng, monkeypatch):
+def test_sparse_conjugate_gradients_in_either_layout_agree(intercept, by_columns, rng,
+                                                          monkeypatch):
     """Newton-CG on CSR X runs its conjugate gradients in the feature-major
-    layout (_feature_major_cg: its own products, diagonal and Jacobi passes);
-    switched back to the class-major layout of dense X (the public
-    HessianProduct calls), the fit takes the same Newton steps and Hessian
-    products and ends at the same point, to rounding: float64 data, with the
-    compiled passes and without."""
+    layout (_feature_major_cg: its own products, diagonal and Jacobi passes,
+    the products by rows or by columns from X's transpose); switched back to
+    the class-major layout of dense X (the public HessianProduct calls, by
+    rows), the fit takes the same Newton steps and Hessian products and ends
+    at the same point, to rounding: float64 data, with the compiled passes
+    and without."""
     import scipy.sparse
 
     import fastsoftmax._dispatch as policy
     import fastsoftmax._newton as newton
+    from helpers import newton_by_columns
 
     X = scipy.sparse.random(300, 40, density=0.15, format="csr", random_state=4,
                             data_rvs=lambda k: rng.random(k) * 3.0)
@@ -474,6 +478,7 @@ def test_sparse_conjugate_gradients_in_either_layout_agree(intercept, rng, monke
     kw = dict(l2=1e-2, tol=1e-9, fit_intercept=intercept)
     for compiled in (0, 2**62):
         monkeypatch.setattr(policy, "COMPILED_VECTOR_MIN_ENTRIES", compiled)
+        newton_by_columns(monkeypatch, by_columns)
         calls = []
         real = newton._feature_major_cg
         monkeypatch.setattr(newton, "_feature_major_cg", lambda *a: calls.append(1) or real(*a))

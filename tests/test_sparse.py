@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import fastsoftmax as fs
 from helpers import (assert_close, assert_product_close, assert_results_close,
                      assert_same_model_as_logistic_regression, draw_options, f64, hessian_oracle,
+                     newton_by_columns,
                      options)
 from naive import naive_loss_and_grad
 from naive_hessian import naive_hessian, naive_hessian_product
@@ -196,6 +197,41 @@ def test_property_all_methods_match_oracle(kernel_path, problem):
     for method in METHODS:
         got = fs.loss_and_grad(W, X, y, method=method, **kw)
         assert_results_close(got, want, dtype, scales)
+
+
+@given(problems())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_newton_evaluations_by_columns_match_oracle(kernel_path, monkeypatch, problem):
+    """What Newton-CG evaluates on CSR X (fastsoftmax._hessian.evaluate with
+    by_columns: the gradient from X's transpose, the point's probabilities
+    kept for its products) against the float64 oracle on X.toarray(): loss
+    and gradients, and then a product and the diagonal of the returned
+    hessp, which read those probabilities (no pass of their own)."""
+    import fastsoftmax._hessian as hessian
+    from fastsoftmax._hessian import evaluate
+
+    newton_by_columns(monkeypatch, True)
+    W, X, y, kw, dtype = problem
+    K, n = W.shape
+    p = fs.loss_grad_hessp(W, X, y, **kw)[-1]._problem
+    got = evaluate(p, "fused", by_columns=True)
+    want, scales = oracle(W, X, y, **kw)
+    assert_results_close(got[:-1], want, dtype, scales)
+    hessp = got[-1]
+    assert hessp._cache.curv is not None  # filled by the evaluation
+    real = hessian.sparse_point_curvature
+    try:
+        hessian.sparse_point_curvature = None  # a product must not need a pass of its own
+        rng = np.random.default_rng(X.nnz)
+        V = rng.standard_normal((K, n)).astype(dtype)
+        vb = rng.standard_normal(K).astype(dtype) if "b" in kw else None
+        want, scales = hessian_oracle(W, X.toarray(), y, V, vb, kw, dtype)
+        assert_product_close(hessp(V, vb), want, dtype, scales)
+        y_seen = y.astype(dtype) if y.ndim == 2 else y
+        want, scale = diagonal_oracle(W, X, y_seen, **kw)
+        assert_close(hessp.diagonal(), want, dtype, "diagonal", scale)
+    finally:
+        hessian.sparse_point_curvature = real
 
 
 # --- bad input ----------------------------------------------------------------
@@ -505,6 +541,19 @@ def test_sparse_kernels_load_from_the_cache_in_a_new_process():
     # the Hessian's diagonal in parallel (the products' driver, its own chunk)
     diagonal = calls.split("fs.loss_and_grad")[0] + "fs.loss_grad_hessp(W, X, y)[-1].diagonal()\n"
     assert_cached_in_new_process(diagonal, {"diagonal_chunk": "fastsoftmax._sparse_fused"})
+    # Newton-CG's products and diagonal by columns (X's transpose)
+    # (X no taller than wide: the policy's shape rule)
+    columns = ("import scipy.sparse\n"
+               "X = scipy.sparse.random(300, 400, density=0.05, format='csr', random_state=0)\n"
+               "y = np.arange(300) % 3\n"
+               "from fastsoftmax._hessian import evaluate, feature_major_diagonal, "
+               "feature_major_product\n"
+               "h = evaluate(fs.loss_grad_hessp(np.ones((3, 400)), X, y)[-1]._problem, 'fused', "
+               "by_columns=True)[-1]\n"
+               "feature_major_product(h, np.ones(1200), np.empty(1200)); feature_major_diagonal(h)\n")
+    assert_cached_in_new_process(columns, {"gradient_pass": "fastsoftmax._sparse_columns",
+                                           "directions_pass": "fastsoftmax._sparse_columns",
+                                           "columns_pass": "fastsoftmax._sparse_columns"})
 
 
 def test_read_only_and_mixed_index_arrays(rng, kernel_path):
@@ -639,8 +688,8 @@ def test_repeated_products_reuse_their_buffers_and_match_the_oracle(slabs, rng, 
         assert_close(hessp.diagonal(), want, dtype, "diagonal", scale)
 
 
-@pytest.mark.parametrize("slabs", ["dense", "column-maps"])
-def test_feature_major_products_and_diagonal_match_the_oracle(slabs, rng, kernel_path,
+@pytest.mark.parametrize("path", ["dense", "column-maps", "by-columns", "by-columns-1-part"])
+def test_feature_major_products_and_diagonal_match_the_oracle(path, rng, kernel_path,
                                                               monkeypatch):
     """What Newton-CG on CSR X uses (fastsoftmax._hessian.feature_major_product
     and feature_major_diagonal): directions, products and the diagonal laid
@@ -648,12 +697,17 @@ def test_feature_major_products_and_diagonal_match_the_oracle(slabs, rng, kernel
     and again, float64 whatever the working dtype.  Each product (read back
     through the transposed layout) against the oracle product, its returned
     curvature ``<d, H d>`` against the oracle's, and the diagonal against the
-    oracle Hessian's, with and without an intercept and a penalty."""
+    oracle Hessian's, with and without an intercept and a penalty; by rows
+    (the fused kernel's dense slabs or column maps) and by columns (from X's
+    transpose, in 3 parts or 1)."""
     import fastsoftmax._dispatch as policy
     from fastsoftmax._hessian import feature_major_diagonal, feature_major_product
     from helpers import RTOL
 
-    monkeypatch.setattr(policy, "SPARSE_DENSE_SLAB_BYTES", 2**62 if slabs == "dense" else 0)
+    by_columns = path.startswith("by-columns")
+    newton_by_columns(monkeypatch, by_columns)
+    monkeypatch.setattr(policy, "SPARSE_COLUMN_PARTS", 1 if path.endswith("1-part") else 3)
+    monkeypatch.setattr(policy, "SPARSE_DENSE_SLAB_BYTES", 2**62 if path == "dense" else 0)
     m, n, K = 50, 40, 3
     for dtype in DTYPES:
         for intercept, l2 in ((True, 0.05), (False, 0.0)):
@@ -704,6 +758,133 @@ def test_feature_major_products_and_diagonal_match_the_oracle(slabs, rng, kernel
                 assert_close(HVt.T, want, dtype, "HV", scales)
             want, scale = diagonal_oracle(W, X, y, feature_major=True, **kw)
             assert_close(feature_major_diagonal(hessp), want, dtype, "diagonal", scale)
+
+
+def test_products_by_columns_drop_ignored_rows_and_ignore_the_thread_count(rng, monkeypatch):
+    """Newton-CG's products and diagonal by columns (X's transpose) with
+    ignore_index: a dropped row holding inf and NaN adds nothing (0 * inf must
+    not enter the column sums); against the oracle on the kept rows alone.
+    Every entry is summed in a fixed order over a fixed partition, so the
+    results on 1 and on 2 threads are equal bit for bit."""
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._hessian import feature_major_diagonal, feature_major_product
+
+    newton_by_columns(monkeypatch, True)
+    monkeypatch.setattr(policy, "SPARSE_COLUMN_PARTS", 3)
+    monkeypatch.setattr(policy, "SERIAL_WORK", 0)
+    m, n, K = 80, 30, 4
+    X = make_csr(rng, m, n, 0.2, np.float64, np.int32).tolil()
+    y = rng.integers(0, K, m)
+    y[[3, 40]] = -100
+    X[3, 5], X[40, 7] = np.inf, np.nan
+    X = X.tocsr()
+    W = rng.standard_normal((K, n))
+    kw = dict(b=rng.standard_normal(K), l2=0.1)
+    keep = y >= 0
+    Xk = scipy.sparse.csr_matrix(X.toarray()[keep])
+    V = rng.standard_normal((K, n))
+    vb = rng.standard_normal(K)
+    d = np.concatenate([V.T.ravel(), vb])
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            hessp = fs.loss_grad_hessp(W, X, y, ignore_index=-100, **kw)[-1]
+            out = np.empty(K * n + K)
+            curvature = feature_major_product(hessp, d, out)
+            results.append((out, curvature, feature_major_diagonal(hessp)))
+    finally:
+        numba.set_num_threads(before)
+    out, curvature, diagonal = results[0]
+    assert np.all(np.isfinite(out)) and np.isfinite(curvature)
+    want, scales = hessian_oracle(W, Xk.toarray(), y[keep], V, vb, kw, np.float64)
+    assert_close(out[: K * n].reshape(n, K).T, want[0], np.float64, "HV", scales[0])
+    assert_close(out[K * n:], want[1], np.float64, "Hvb", scales[1])
+    want, scale = diagonal_oracle(W, Xk, y[keep], feature_major=True, **kw)
+    assert_close(diagonal, want, np.float64, "diagonal", scale)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other[0], out)
+        assert other[1] == curvature
+        np.testing.assert_array_equal(other[2], diagonal)
+
+
+def test_products_by_columns_only_within_the_transposes_memory_bound(rng, monkeypatch):
+    """Newton-CG's products go by columns exactly when X's transpose (data,
+    indices and row pointers, counted here from the dtypes) fits in
+    SPARSE_TRANSPOSED_BYTES and X has at most
+    SPARSE_COLUMNS_MAX_ROWS_PER_COLUMN rows per column; else they go by
+    rows and no transpose is made."""
+    import fastsoftmax._api as api
+    import fastsoftmax._dispatch as policy
+    from fastsoftmax._hessian import feature_major_diagonal, feature_major_product
+
+    m, n, K = 50, 40, 3
+    X = make_csr(rng, m, n, 0.2, np.float32, np.int64)
+    y = rng.integers(0, K, m)
+    calls = []
+    real = api.directions_pass
+    monkeypatch.setattr(api, "directions_pass", lambda *a: calls.append(1) or real(*a))
+    size = X.nnz * (4 + 8) + (n + 1) * 8  # float32 data, int64 indices; X^T has n rows
+    for bound, ratio, by_columns in ((size, 1.25, True), (size - 1, 1.25, False),
+                                     (size, 1.24, False)):
+        monkeypatch.setattr(policy, "SPARSE_TRANSPOSED_BYTES", bound)
+        monkeypatch.setattr(policy, "SPARSE_COLUMNS_MAX_ROWS_PER_COLUMN", ratio)
+        calls.clear()
+        hessp = fs.loss_grad_hessp(np.zeros((K, n), np.float32), X, y)[-1]
+        feature_major_product(hessp, np.ones(K * n), np.empty(K * n))
+        feature_major_diagonal(hessp)
+        assert bool(calls) == by_columns
+        assert ("transposed" in vars(hessp._problem.X)) == by_columns
+
+
+def test_balanced_parts_cover_the_rows_with_even_non_zeros(rng):
+    """The column passes' partition: contiguous, increasing bounds from 0 to
+    the row count, at most ``parts`` parts, none empty, each holding at most
+    its share of the non-zeros plus one row's (a row is never split); checked
+    against counts made here from the row lengths."""
+    from fastsoftmax._sparse import balanced_parts
+
+    for rows, parts in ((0, 4), (1, 4), (7, 1), (50, 3), (50, 128), (400, 16)):
+        lengths = rng.integers(0, 30, rows)
+        lengths[: rows // 5] = 0  # empty rows at the start
+        if rows > 2:
+            lengths[rows // 2] = 500  # one heavy row
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        bounds = balanced_parts(indptr, parts)
+        assert bounds.dtype == np.int64 and bounds[0] == 0 and bounds[-1] == rows
+        assert np.all(np.diff(bounds) > 0) if rows else bounds.tolist() == [0]
+        assert bounds.shape[0] - 1 <= parts
+        share = lengths.sum() / parts
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            assert lengths[a:b].sum() <= share + lengths.max() + 1
+
+
+def test_the_transpose_is_made_once_per_validated_matrix():
+    """X's transpose for the products by columns: made on first use and kept
+    with the validated X (so are the partitions of the rows); duplicates
+    summed, explicit zeros kept or not but the values those of
+    X.toarray().T, column indices sorted, in X's data and index dtypes; the
+    caller's X untouched."""
+    from fastsoftmax._sparse import check_csr
+
+    for dtype in DTYPES:
+        for index_dtype in INDEX_DTYPES:
+            X = scipy.sparse.csr_matrix((np.array([1.0, -2.0, 3.0, 0.5, 0.25, 0.0], dtype),
+                                         np.array([2, 0, 2, 1, 1, 3], dtype=index_dtype),
+                                         np.array([0, 3, 3, 6], dtype=index_dtype)),
+                                        shape=(3, 4))
+            csr = check_csr("X", X)
+            T = csr.transposed
+            assert T is csr.transposed and T.shape == (4, 3)
+            assert csr.parts(2) is csr.parts(2) and T.parts(2) is T.parts(2)  # kept
+            assert T.data.dtype == dtype
+            assert T.indices.dtype == T.indptr.dtype == csr.indices.dtype
+            np.testing.assert_array_equal(T.to_scipy().toarray(), X.toarray().T)
+            for j in range(4):
+                cols = T.indices[T.indptr[j]:T.indptr[j + 1]]
+                assert np.all(np.diff(cols) > 0)  # sorted, one entry per (j, i)
+            assert X.has_canonical_format is False and X.nnz == 6
 
 
 def test_feature_major_products_take_csr_and_the_fused_method_only(rng):
