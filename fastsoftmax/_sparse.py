@@ -88,8 +88,7 @@ class CSR:
         if not Xs.has_canonical_format:
             Xs = Xs.copy()
             Xs.sum_duplicates()
-        T = Xs.T.tocsr()
-        T.sort_indices()
+        T = Xs.T.tocsr()  # SciPy's csr_tocsc writes each column's rows in increasing order
         return CSR(data=kernel_array(T.data, self.dtype),
                    indices=kernel_array(T.indices, self.indices.dtype),
                    indptr=kernel_array(T.indptr, self.indptr.dtype), shape=T.shape)
