@@ -215,8 +215,9 @@ def sparse_column_sums(p: Problem) -> tuple[tuple[float, np.ndarray, np.ndarray]
     and scales (m, K + 1) float64 that its Hessian products read (so that
     they need no pass of their own: :func:`sparse_point_curvature` makes the
     same).  Extra memory: the (m, K) float64 logit gradients besides
-    ``curv``, the tile scratch of every thread and X's transpose (made at the
-    first call, kept with X).  The results do not depend on the thread
+    ``curv``, two (n, K) float64 arrays (the sums and the gradient), the tile
+    scratch of every task and X's transpose (made at the first call, kept
+    with X).  The results do not depend on the thread
     count."""
     X = p.X
     m, n = X.shape

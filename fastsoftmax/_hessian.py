@@ -451,7 +451,8 @@ class HessianProduct:
     (m x K in the working dtype, resp. m x (K + 1) float64 with the samples'
     scales), so that each later product only gathers the direction's
     columns; on CSR X the fused method also keeps an (n, K) buffer for the
-    direction transposed and its gradient slabs (lent to its diagonal too).
+    direction transposed and its gradient slabs (lent to its diagonal too),
+    or, for Newton-CG's products by columns, an (m, K) float64 buffer.
     """
 
     def __init__(self, problem: Problem, method: str):

@@ -11,7 +11,8 @@ and stop when the largest absolute entry of the gradient is at most ``tol``
 * :func:`minimize_trust_newton`: SciPy's ``trust-ncg`` (Steihaug CG) or
   ``trust-krylov`` (Lanczos, trlib) with the fused Hessian-vector product of
   :func:`fastsoftmax.loss_grad_hessp`: each CG step costs about one gradient
-  evaluation and no m x K array is stored.
+  evaluation and no m x K array is stored on dense X (on CSR X, see
+  :func:`minimize_newton_pcg`).
 * :func:`minimize_newton_pcg`: truncated Newton with conjugate gradients on
   the same products, preconditioned by the Hessian's per-class blocks
   (reused across steps; its diagonal for wide X, mixed with the penalty's
@@ -529,7 +530,12 @@ def minimize_newton_pcg(
     then backtracks from the full step.  Memory: a few vectors of length N,
     the K (n + 1)^2 float64 blocks and, while they are built, two float64
     copies of a tile of 4096 rows besides the kernels'; nothing of size
-    m x K.  Same arguments and stopping
+    m x K on dense X.  On CSR X (both solvers) a step keeps the point's
+    probabilities and scales, (m, K + 1) float64; by columns
+    (:func:`fastsoftmax._api.sparse_by_columns`) the fit also keeps X's
+    transpose (about X's size) and the products an (m, K) float64
+    buffer, and an evaluation makes another (m, K) array while it runs
+    (see :mod:`fastsoftmax._sparse_columns`).  Same arguments and stopping
     rule as :func:`minimize_trust_newton`; ``blocks``: the
     :class:`BlockInverses` of the previous fit of a warm-started path on the
     same X and targets, to go on with (None: new ones); ``end``: the

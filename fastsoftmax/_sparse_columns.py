@@ -33,15 +33,20 @@ The second pass gathers rows of the (m, K) array where the row kernel
 scatters into (n, K) slabs, so it wins when m is small beside n and loses
 when m is much larger (:data:`fastsoftmax._dispatch.SPARSE_COLUMNS_MAX_ROWS_PER_COLUMN`,
 with the measurements).  On 20-newsgroups-shaped data (11314 x 130107,
-1.8 M non-zeros, K = 20; idle, 2 threads) an evaluation with the point's
-probabilities took 28 ms against 60 ms by rows (the loss and gradient,
-then the curvature pass), a product 20-28 ms against 34-35 ms.
+1.8 M non-zeros, K = 20; idle, 2 threads, medians of calls 0.05 s
+apart) an evaluation with the point's probabilities took 28 ms against
+60 ms by rows (the loss and gradient, then the curvature pass), a product
+28 ms against 35 ms (back to back, in a first prototype: 20 against 34).
 
 Peak extra memory: an evaluation, ``m K 8`` bytes (the coefficients)
-besides ``curv`` (``m (K + 1) 8``, kept for the products) and the gradient;
-a product, its D (``m K 8``, the caller's); the diagonal, the curvatures
-(``m K 8``); per task ``3 tile K 8`` bytes of tile scratch at most; and X's
-transpose, about X's own size, kept with X.  No slabs.
+besides ``curv`` (``m (K + 1) 8``, kept for the products), its W^T in the
+working dtype and two (n, K) float64 arrays (the sums and their transpose,
+the gradient); a product, its D (``m K 8``, the caller's); the diagonal,
+the curvatures (``m K 8``); per task ``(3 K + 5) tile 8`` bytes of tile
+scratch (``tile`` = ``_dispatch.sparse_column_tile_rows(K)``, so about
+100 KiB up to K = 256) and 16 K bytes; and X's transpose, about X's own
+size, kept with X (while it is made from an X with duplicate entries,
+a summed copy of X as well).  No slabs.
 """
 
 from __future__ import annotations
