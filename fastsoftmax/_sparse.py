@@ -79,16 +79,17 @@ class CSR:
 
     @functools.cached_property
     def transposed(self) -> "CSR":
-        """X^T (n, m) in CSR form, duplicate entries summed first, column
+        """X^T (n, m) in CSR form, duplicate entries summed, column
         indices (X's rows) sorted, in X's dtypes; made on first use and kept
         with the matrix (memory about X's own): Newton-CG's Hessian products
         by columns need it (:mod:`fastsoftmax._sparse_columns`; 22 ms to make
         for 1.8 M non-zeros)."""
-        Xs = self.to_scipy()
-        if not Xs.has_canonical_format:
-            Xs = Xs.copy()
-            Xs.sum_duplicates()
-        T = Xs.T.tocsr()  # SciPy's csr_tocsc writes each column's rows in increasing order
+        # SciPy's conversion writes each column's rows in increasing order (and marks
+        # them sorted), so X's duplicate entries become neighbours, summed without a
+        # sort: 5-7 ms on the docstrings, against 25-36 ms for summing X's
+        # duplicates first (which sorts X's rows, in a copy of X)
+        T = self.to_scipy().T.tocsr()
+        T.sum_duplicates()
         return CSR(data=kernel_array(T.data, self.dtype),
                    indices=kernel_array(T.indices, self.indices.dtype),
                    indptr=kernel_array(T.indptr, self.indptr.dtype), shape=T.shape)

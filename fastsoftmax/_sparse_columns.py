@@ -45,8 +45,7 @@ the gradient); a product, its D (``m K 8``, the caller's); the diagonal,
 the curvatures (``m K 8``); per task ``(3 K + 5) tile 8`` bytes of tile
 scratch (``tile`` = ``_dispatch.sparse_column_tile_rows(K)``, so about
 100 KiB up to K = 256) and 16 K bytes; and X's transpose, about X's own
-size, kept with X (while it is made from an X with duplicate entries,
-a summed copy of X as well).  No slabs.
+size, kept with X.  No slabs.
 """
 
 from __future__ import annotations
