@@ -15,10 +15,10 @@ from ._indexloop import indexloop_sums
 from ._numpy import numpy_sums
 from ._logits import logits_sums, logits_sums_serial
 from ._sparse import CSR
+from ._sparse_columns import columns_pass, directions_pass, gradient_pass
 from ._sparse_fused import chunk_entry as sparse_chunk_entry
 from ._sparse_fused import (curvature_chunk, curvature_entry, diagonal_chunk, sparse_chunk,
                             sparse_curvature, sparse_fused_sums, sparse_fused_sums_serial)
-from ._sparse_columns import columns_pass, directions_pass, gradient_pass
 from ._sparse_numpy import sparse_numpy_sums
 from ._threading import parallel_region, seconds_since_kernel
 from ._validation import LOSS_REDUCTIONS, Problem, prepare, prepare_logits
@@ -217,8 +217,7 @@ def sparse_column_sums(p: Problem) -> tuple[tuple[float, np.ndarray, np.ndarray]
     same).  Extra memory: the (m, K) float64 logit gradients besides
     ``curv``, two (n, K) float64 arrays (the sums and the gradient), the tile
     scratch of every task and X's transpose (made at the first call, kept
-    with X).  The results do not depend on the thread
-    count."""
+    with X).  The results do not depend on the thread count."""
     X = p.X
     m, n = X.shape
     K = p.b.shape[0]

@@ -242,14 +242,15 @@ def columns_pass(data, indices, indptr, D, square, labels, G, bounds, denom, l2,
     """``G[j, :] = sum over the non-zeros (i, x) of row j of X^T of x D[i, :]``
     (``x**2`` with ``square``), skipping the samples i with ``labels[i] < 0``
     (those ignore_index drops; ``labels`` (m,) int64, or empty: none), over
-    the parts ``bounds[c]:bounds[c + 1]`` of
-    X^T's rows, in parallel: ``data``, ``indices``, ``indptr`` X^T's CSR
-    arrays (n rows), ``D`` (m, K) float64, ``G`` (n, K) float64 out.  With
-    ``denom`` > 0 (a product; ``Vt`` (n, K) its direction) G is finished,
-    ``G / denom + l2 Vt`` (no l2 term when l2 is 0), and the result is
-    ``<Vt, G>``, summed by parts (``parts`` (>= parts,) float64 scratch) in
-    part order; else 0.  ``acc`` (groups, K) float64 scratch, one row per
-    group of parts (:func:`group_parts`)."""
+    the parts ``bounds[c]:bounds[c + 1]`` of X^T's rows, in parallel.
+
+    ``data``, ``indices``, ``indptr``: X^T's CSR arrays (n rows); ``D``
+    (m, K) float64; ``G`` (n, K) float64 out.  With ``denom`` > 0 (a
+    product; ``Vt`` (n, K) its direction) G is finished, ``G / denom + l2
+    Vt`` (no l2 term when l2 is 0), and the result is ``<Vt, G>``, summed
+    by parts (``parts``: float64 scratch, one entry a part) in part order;
+    else 0.  ``acc`` (groups, K) float64 scratch, one row per group of
+    parts (:func:`group_parts`)."""
     groups = acc.shape[0]
     nparts = bounds.shape[0] - 1
     for g in prange(groups):
