@@ -78,11 +78,10 @@ def direction_rows(data, indices, indptr, Vt, vb, curv, D, start, stop, tile, ro
             for k in range(K):
                 p = curv[i, k]
                 pu += p * (D[i, k] + vb[k]) if p != 0.0 else 0.0
-            acc[0] = pu  # (a loop that stores never also reduces: see _rowmath)
             scale = curv[i, K]
             for k in range(K):
                 p = curv[i, k]
-                D[i, k] = scale * p * (D[i, k] + vb[k] - acc[0]) if p != 0.0 else 0.0
+                D[i, k] = scale * p * (D[i, k] + vb[k] - pu) if p != 0.0 else 0.0
         for k in range(K):
             total = 0.0
             for i in range(t0, t1):
@@ -258,6 +257,6 @@ def columns_pass(data, indices, indptr, D, square, labels, G, bounds, denom, l2,
             parts[c] = column_rows(data, indices, indptr, D, square, labels, G, bounds[c],
                                    bounds[c + 1], denom, l2, Vt, acc[g], ahead)
     curvature = 0.0
-    for c in range(bounds.shape[0] - 1):
+    for c in range(nparts):
         curvature += parts[c]
     return curvature
