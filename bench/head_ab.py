@@ -11,7 +11,7 @@ Prints each value's median and its times::
         2048 2048 128256 TORCH_HEAD_DX_CLASSES 1024,4096 --rounds 4
 
 Values are integers (``0``/``1`` for a switch).  Needs torch; meant for CPUs
-with bfloat16 matrix units.
+with bfloat16 hardware (AMX or AVX-512 BF16).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ warm-up one, numba and PyTorch on the same thread count::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/head_phases.py 4096 1024 32000
 
-Needs torch; meant for CPUs with bfloat16 matrix units (elsewhere PyTorch's
-bfloat16 products are a slow fallback).
+Needs torch; meant for CPUs with bfloat16 hardware, AMX or AVX-512 BF16
+(elsewhere PyTorch's bfloat16 products are a slow fallback).
 """
 
 from __future__ import annotations

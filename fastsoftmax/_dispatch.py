@@ -474,9 +474,10 @@ def bfloat16_head(classes: int, softcapped: bool, degenerate: bool,
                   matrix_units: bool) -> bool:
     """Whether :mod:`fastsoftmax.torch` computes a bfloat16 head of ``classes``
     classes on PyTorch's bfloat16 products (:mod:`fastsoftmax._torch_head`)
-    rather than in float32: where those products run on matrix units
-    (``matrix_units``, :func:`fastsoftmax._torch_head.fast_bfloat16_products`;
-    elsewhere PyTorch's bfloat16 matmuls are slower than float32 ones),
+    rather than in float32: where those products run on bfloat16 hardware
+    (``matrix_units``: AMX or AVX-512 BF16,
+    :func:`fastsoftmax._torch_head.fast_bfloat16_products`; elsewhere
+    PyTorch's bfloat16 matmuls are slower than float32 ones),
     without soft-capping (its capped logits need the float32 path's row
     numerics), with at least one class and a well-defined mean
     (``degenerate``: no kept sample, or their weights sum to zero)."""

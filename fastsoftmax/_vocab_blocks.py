@@ -1,7 +1,7 @@
 """The large-vocabulary numerics over one tile of logits whose GEMMs run elsewhere.
 
 :mod:`fastsoftmax._torch_head` computes a head's matrix products with
-PyTorch (its bfloat16 matmuls run on the CPU's matrix units) one tile at a
+PyTorch (its bfloat16 matmuls run on the CPU's bfloat16 hardware) one tile at a
 time, a block of classes by a tile of rows, class-major, and calls these two
 kernels between them.  Each splits the block into pieces of ``piece``
 classes and runs :mod:`fastsoftmax._vocab_rows` on the pieces in parallel:

@@ -1,11 +1,11 @@
 """bfloat16 heads on PyTorch's products (fastsoftmax._torch_head), and the
 bfloat16 bits the compiled kernels read and write (fastsoftmax._bf16).
 
-On CPUs with bfloat16 matrix units fastsoftmax.torch computes bfloat16
+On CPUs with bfloat16 hardware (AMX, AVX-512 BF16) fastsoftmax.torch computes bfloat16
 tensors with PyTorch's bfloat16 matmuls: the logits and the logit gradients
 are rounded to bfloat16, as in PyTorch's own bfloat16 path.  These tests
 force that path whatever the CPU (PyTorch's bfloat16 matmuls are slow but
-correct without the units; the shapes are small), with small tiles so that
+correct without that hardware; the shapes are small), with small tiles so that
 several row tiles, class blocks and pieces meet, and with the default ones.
 
 Oracle: the same rounding written with torch operations (sharing no code
@@ -454,6 +454,22 @@ def test_which_path(kw, monkeypatch):
     monkeypatch.setattr(fst, "fast_bfloat16_products", lambda: False)
     spec = fst.prepare(X, W, y, None, None, "mean", None, 0.0, 0.0, None)
     assert spec.head is None
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, enabled, expected", [
+    (True, False, True, True), (False, True, True, True), (False, False, True, False),
+    (True, True, False, False)])
+def test_bfloat16_products_where_the_cpu_has_bfloat16_hardware(
+        amx, avx512_bf16, enabled, expected, monkeypatch):
+    """PyTorch's products for bfloat16 heads on AMX or AVX-512 BF16 CPUs with
+    oneDNN enabled; float32 elsewhere (the probes stubbed, whatever this CPU has)."""
+    from fastsoftmax._torch_head import fast_bfloat16_products
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
+                        raising=False)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", enabled)
+    assert fast_bfloat16_products() is expected
 
 
 def test_invalid_targets_named_as_in_float32(monkeypatch):
