@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -189,6 +190,9 @@ def test_fit(benchmark, shape, who):
 
 #: The tols of test_fit_to_objective's ladders, loosest first.
 LADDER_TOLS = sized((1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7, 1e-8), (1e-3, 1e-8))
+#: Rounds of both ladders (``FASTSOFTMAX_BENCH_LADDER_ROUNDS``): a fit's time is its
+#: median over the rounds (one fit of the same tol took 0.39 or 0.52 s in one run)
+LADDER_ROUNDS = int(os.environ.get("FASTSOFTMAX_BENCH_LADDER_ROUNDS", sized(3, 1)))
 
 
 @pytest.mark.parametrize("shape", ["20news", "docstrings"])
@@ -196,28 +200,38 @@ def test_fit_to_objective(benchmark, shape):
     """The issue's measure of a fit: the time to reach the best objective to
     1e-6 relative.  SoftmaxRegression and LogisticRegression's newton-cg (the
     fastest scikit-learn solver on these sets, test_fit) each fit at every
-    tol of ``LADDER_TOLS``, in one process, one fit each; a solver's time is
-    that of its loosest tol whose objective is within 1e-6 relative of the
-    best objective of all fits (the iterates do not depend on tol, so a
-    tighter tol only runs further).  Printed with -s, and in extra_info.
-    Checked: SoftmaxRegression reaches that objective (at the latest at the
+    tol of ``LADDER_TOLS``, in one process, in ``LADDER_ROUNDS`` rounds
+    (both ladders a round, so that the machine's drift reaches both); a
+    fit's time is its median over the rounds, and a solver's time that of
+    its loosest tol whose objective is within 1e-6 relative of the best
+    objective of all fits (the iterates do not depend on tol, so a tighter
+    tol only runs further).  Printed with -s, and in extra_info.  Checked:
+    the fits are deterministic (the same objective every round), and
+    SoftmaxRegression reaches that objective (at the latest at the
     ladder's last tol, 1e-8)."""
     X, y, K = data(shape)
     C = 10.0
     makers = {who: fit_maker(who, C, 2000)
               for who in ("SoftmaxRegression", "LogisticRegression-newton-cg")}
     makers["SoftmaxRegression"](1e-2).fit(X[::20], y[::20])  # compile or load the kernels
-    runs = {who: [] for who in makers}
+    fits = {(who, tol): [] for who in makers for tol in LADDER_TOLS}  # (seconds, objective)
 
-    def ladder():
-        for who, make in makers.items():
-            for tol in LADDER_TOLS:
-                time.sleep(0.5)  # BLAS threads of the last fit asleep again
-                t0 = time.perf_counter()
-                model = make(tol).fit(X, y)
-                runs[who].append((tol, time.perf_counter() - t0, objective(model, X, y, C)))
+    def ladders():
+        for _ in range(LADDER_ROUNDS):
+            for who, make in makers.items():
+                for tol in LADDER_TOLS:
+                    time.sleep(0.5)  # BLAS threads of the last fit asleep again
+                    t0 = time.perf_counter()
+                    model = make(tol).fit(X, y)
+                    fits[who, tol].append((time.perf_counter() - t0, objective(model, X, y, C)))
 
-    benchmark.pedantic(ladder, rounds=1, iterations=1)
+    benchmark.pedantic(ladders, rounds=1, iterations=1)
+    runs, times = {who: [] for who in makers}, {}
+    for (who, tol), rounds in fits.items():
+        seconds, objectives = zip(*rounds)
+        assert max(objectives) - min(objectives) <= 1e-12 * abs(objectives[0]), (who, tol)
+        runs[who].append((tol, float(np.median(seconds)), objectives[0]))
+        times[f"{who} {tol:g}"] = seconds
     best = min(f for rows in runs.values() for _, _, f in rows)
     reached = {}
     for who, rows in runs.items():
@@ -225,9 +239,9 @@ def test_fit_to_objective(benchmark, shape):
         reached[who] = hit
         when = "not reached" if hit is None else f"{hit[1]:.3f} s at tol {hit[0]:g}"
         steps = ", ".join(f"{tol:g}: {t:.3f} s {(f - best) / best:.1e}" for tol, t, f in rows)
-        print(f"\n{shape} {who}: {when}; ladder {steps}")
+        print(f"\n{shape} {who}: {when} (medians of {LADDER_ROUNDS}); ladder {steps}")
     benchmark.group = f"sparse fit to 1e-6 of the best objective {shape} C=10"
-    benchmark.extra_info.update(best=best, reached=reached, ladders=runs)
+    benchmark.extra_info.update(best=best, reached=reached, ladders=runs, times=times)
     assert reached["SoftmaxRegression"] is not None, runs["SoftmaxRegression"]
 
 
