@@ -34,11 +34,11 @@ per call: the median time; ``of_floor``, the floor over the median, the floor
 being 6·m·n·K flops (three matrix products: logits, dW, dX) at this
 machine's GEMM rate in the call's dtype, measured once per session at
 (1024, 1024) x (1024, 8192), best of 3: for float32 the faster of NumPy's
-and torch's float32 GEMM, for bfloat16 torch's bfloat16 GEMM (twice (AVX-512
-BF16) to eight times (AMX) the float32 rate on CPUs with bfloat16 hardware,
-a slow fallback on others); a fraction above 100% means the probe ran in a slower spell of a
-shared machine than the call, and that the numbers are not to be trusted);
-``vs_faster_torch``,
+and torch's float32 GEMM, for bfloat16 torch's bfloat16 GEMM (two to three
+times (AVX-512 BF16) to eight times (AMX) the float32 rate on CPUs with
+bfloat16 hardware, a slow fallback on others); a fraction above 100% means
+the probe ran in a slower spell of a shared machine than the call, and
+that the numbers are not to be trusted); ``vs_faster_torch``,
 the faster torch path's median over this one (fastsoftmax.torch runs last
 in its group, so it always has both); and the peak extra memory of one call
 measured in a fresh process (``fastsoftmax.tools.memory.peak_extra``; the

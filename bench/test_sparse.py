@@ -193,6 +193,8 @@ LADDER_TOLS = sized((1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7, 1e-8), (1e-
 #: Rounds of both ladders (``FASTSOFTMAX_BENCH_LADDER_ROUNDS``): a fit's time is its
 #: median over the rounds (one fit of the same tol took 0.39 or 0.52 s in one run)
 LADDER_ROUNDS = int(os.environ.get("FASTSOFTMAX_BENCH_LADDER_ROUNDS", sized(3, 1)))
+if LADDER_ROUNDS < 1:
+    raise ValueError(f"FASTSOFTMAX_BENCH_LADDER_ROUNDS must be at least 1, got {LADDER_ROUNDS}")
 
 
 @pytest.mark.parametrize("shape", ["20news", "docstrings"])
@@ -201,14 +203,17 @@ def test_fit_to_objective(benchmark, shape):
     1e-6 relative.  SoftmaxRegression and LogisticRegression's newton-cg (the
     fastest scikit-learn solver on these sets, test_fit) each fit at every
     tol of ``LADDER_TOLS``, in one process, in ``LADDER_ROUNDS`` rounds
-    (both ladders a round, so that the machine's drift reaches both); a
-    fit's time is its median over the rounds, and a solver's time that of
-    its loosest tol whose objective is within 1e-6 relative of the best
-    objective of all fits (the iterates do not depend on tol, so a tighter
-    tol only runs further).  Printed with -s, and in extra_info.  Checked:
-    the fits are deterministic (the same objective every round), and
-    SoftmaxRegression reaches that objective (at the latest at the
-    ladder's last tol, 1e-8)."""
+    (both ladders a round, the solvers' order reversed every other round,
+    so that the machine's drift reaches both); a fit's time is its median
+    over the rounds, and a solver's time that of its loosest tol whose
+    objective is within 1e-6 relative of the best objective of all fits
+    (the iterates do not depend on tol, so a tighter tol only runs
+    further).  Printed with -s, and in extra_info (with every round's
+    times and the spread of the rounds' objectives).  Checked, after the
+    printing: the rounds of a fit reach the same objective (within 1e-9
+    relative, far below the 1e-6 of the measure), and SoftmaxRegression
+    reaches the best objective (at the latest at the ladder's last tol,
+    1e-8)."""
     X, y, K = data(shape)
     C = 10.0
     makers = {who: fit_maker(who, C, 2000)
@@ -217,8 +222,9 @@ def test_fit_to_objective(benchmark, shape):
     fits = {(who, tol): [] for who in makers for tol in LADDER_TOLS}  # (seconds, objective)
 
     def ladders():
-        for _ in range(LADDER_ROUNDS):
-            for who, make in makers.items():
+        for r in range(LADDER_ROUNDS):
+            order = list(makers.items())
+            for who, make in order[::-1] if r % 2 else order:
                 for tol in LADDER_TOLS:
                     time.sleep(0.5)  # BLAS threads of the last fit asleep again
                     t0 = time.perf_counter()
@@ -226,12 +232,12 @@ def test_fit_to_objective(benchmark, shape):
                     fits[who, tol].append((time.perf_counter() - t0, objective(model, X, y, C)))
 
     benchmark.pedantic(ladders, rounds=1, iterations=1)
-    runs, times = {who: [] for who in makers}, {}
+    runs, times, spread = {who: [] for who in makers}, {}, {}
     for (who, tol), rounds in fits.items():
         seconds, objectives = zip(*rounds)
-        assert max(objectives) - min(objectives) <= 1e-12 * abs(objectives[0]), (who, tol)
         runs[who].append((tol, float(np.median(seconds)), objectives[0]))
         times[f"{who} {tol:g}"] = seconds
+        spread[f"{who} {tol:g}"] = (max(objectives) - min(objectives)) / abs(objectives[0])
     best = min(f for rows in runs.values() for _, _, f in rows)
     reached = {}
     for who, rows in runs.items():
@@ -241,7 +247,9 @@ def test_fit_to_objective(benchmark, shape):
         steps = ", ".join(f"{tol:g}: {t:.3f} s {(f - best) / best:.1e}" for tol, t, f in rows)
         print(f"\n{shape} {who}: {when} (medians of {LADDER_ROUNDS}); ladder {steps}")
     benchmark.group = f"sparse fit to 1e-6 of the best objective {shape} C=10"
-    benchmark.extra_info.update(best=best, reached=reached, ladders=runs, times=times)
+    benchmark.extra_info.update(best=best, reached=reached, ladders=runs, times=times,
+                                objective_spread=spread)
+    assert max(spread.values()) <= 1e-9, spread
     assert reached["SoftmaxRegression"] is not None, runs["SoftmaxRegression"]
 
 

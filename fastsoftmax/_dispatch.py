@@ -471,17 +471,17 @@ def torch_head_plan(m: int, n: int, K: int, want_dw: bool) -> HeadPlan:
 
 
 def bfloat16_head(classes: int, softcapped: bool, degenerate: bool,
-                  matrix_units: bool) -> bool:
+                  bfloat16_hardware: bool) -> bool:
     """Whether :mod:`fastsoftmax.torch` computes a bfloat16 head of ``classes``
     classes on PyTorch's bfloat16 products (:mod:`fastsoftmax._torch_head`)
     rather than in float32: where those products run on bfloat16 hardware
-    (``matrix_units``: AMX or AVX-512 BF16,
+    (``bfloat16_hardware``: AMX or AVX-512 BF16,
     :func:`fastsoftmax._torch_head.fast_bfloat16_products`; elsewhere
     PyTorch's bfloat16 matmuls are slower than float32 ones),
     without soft-capping (its capped logits need the float32 path's row
     numerics), with at least one class and a well-defined mean
     (``degenerate``: no kept sample, or their weights sum to zero)."""
-    return matrix_units and classes > 0 and not softcapped and not degenerate
+    return bfloat16_hardware and classes > 0 and not softcapped and not degenerate
 
 
 def large_vocabulary(n: int, K: int, chunks: int) -> bool:

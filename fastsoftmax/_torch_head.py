@@ -2,13 +2,14 @@
 layer followed by cross-entropy, for :mod:`fastsoftmax.torch`.
 
 On CPUs with bfloat16 hardware (Intel AMX, AVX-512 BF16: see
-:func:`fast_bfloat16_products`) PyTorch's bfloat16 matmuls run two (AVX-512
-BF16) to eight (AMX) times faster than its float32 GEMM, so for bfloat16 tensors
-this module lets PyTorch do the three products of the head and fastsoftmax
-everything between them (:mod:`fastsoftmax._vocab_blocks`, the numerics of
-the large-vocabulary kernel, which read and write the bfloat16 logits in
-place: maxima, exponentials and logit gradients in float32, the rows' sums,
-losses and scales in float64).  No (m, K) array and no (K, n) float32
+:func:`fast_bfloat16_products`) PyTorch's bfloat16 matmuls run two to three
+(AVX-512 BF16) to eight (AMX) times faster than its float32 GEMM, so for
+bfloat16 tensors this module lets PyTorch do the three products of the
+head and fastsoftmax everything between them
+(:mod:`fastsoftmax._vocab_blocks`, the numerics of the large-vocabulary
+kernel, which read and write the bfloat16 logits in place: maxima,
+exponentials and logit gradients in float32, the rows' sums, losses and
+scales in float64).  No (m, K) array and no (K, n) float32
 accumulator: the logits are computed by tiles, a block of ``classes``
 classes by a tile of ``rows`` rows, class-major, in two passes:
 
@@ -83,15 +84,16 @@ from ._vocab_rows import PARTIALS, combine_rows
 def fast_bfloat16_products() -> bool:
     """Whether PyTorch's bfloat16 matmuls run on bfloat16 hardware here: the
     CPU has Intel AMX tiles or the AVX-512 BF16 instructions (AMD Zen 4,
-    Intel Cooper Lake and later), which PyTorch's oneDNN backend uses, and
-    that backend is available and enabled.  Else bfloat16 heads are computed
-    in float32 (measured on a CPU without either: PyTorch's bfloat16 matmuls
-    were thousands of times slower than its float32 ones).
+    Intel's Cooper Lake and Sapphire Rapids and later Xeons), which
+    PyTorch's oneDNN backend uses, and that backend is available and
+    enabled (without it PyTorch's bfloat16 matmuls are a fallback,
+    thousands of times slower, measured).  Else bfloat16 heads are computed
+    in float32.
 
     On a 2-core Sapphire Rapids VM (AMX) PyTorch's bfloat16 GEMM ran at
     2.2-2.5 TFLOP/s against 290-310 GFLOP/s in float32; on a 2-core AMD
     EPYC (Zen 4, AVX-512 BF16, no AMX) at 373-409 against 131-171 GFLOP/s
-    (NumPy's float32 GEMM 179-190), and the (4096, 1024, 32000) head took
+    (NumPy's float32 GEMM 179-194), and the (4096, 1024, 32000) head took
     3.05 s on PyTorch's products against 4.98 s in float32, its extra memory
     1.39x against 4.39x the gradients' size (``bench/test_head.py``)."""
     units = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")

@@ -18,7 +18,8 @@ the tensors' dtype.  float16 tensors are computed in float32 (one float32
 copy of each operand; sums accumulate in float64 as for any float32 input)
 and their gradients are rounded once, in backward.  bfloat16 tensors too,
 unless the CPU has bfloat16 hardware (Intel AMX, or the AVX-512 BF16
-instructions of AMD Zen 4 and of Intel CPUs since Cooper Lake): then PyTorch's
+instructions of AMD Zen 4 and of Intel's Cooper Lake and Sapphire Rapids
+and later Xeons): then PyTorch's
 bfloat16 matmuls compute the products, by tiles, and fastsoftmax the
 softmax between them (:mod:`fastsoftmax._torch_head`): logits and logit
 gradients are rounded to bfloat16, as in PyTorch's own bfloat16 path, and

@@ -62,8 +62,9 @@ HAS_TORCH_LCE = hasattr(F, "linear_cross_entropy")
 @pytest.fixture(autouse=True)
 def bfloat16_in_float32(monkeypatch):
     """bfloat16 computed in float32 in this module, the path of CPUs without
-    bfloat16 hardware (AMX, AVX-512 BF16), whatever this CPU has (PyTorch's bfloat16 products,
-    the other path, have their own tests: tests/test_torch_head.py)."""
+    bfloat16 hardware (AMX, AVX-512 BF16), whatever this CPU has (PyTorch's
+    bfloat16 products, the other path, have their own tests:
+    tests/test_torch_head.py)."""
     monkeypatch.setattr(fst, "fast_bfloat16_products", lambda: False)
 
 

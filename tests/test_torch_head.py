@@ -1,12 +1,13 @@
 """bfloat16 heads on PyTorch's products (fastsoftmax._torch_head), and the
 bfloat16 bits the compiled kernels read and write (fastsoftmax._bf16).
 
-On CPUs with bfloat16 hardware (AMX, AVX-512 BF16) fastsoftmax.torch computes bfloat16
-tensors with PyTorch's bfloat16 matmuls: the logits and the logit gradients
-are rounded to bfloat16, as in PyTorch's own bfloat16 path.  These tests
-force that path whatever the CPU (PyTorch's bfloat16 matmuls are slow but
-correct without that hardware; the shapes are small), with small tiles so that
-several row tiles, class blocks and pieces meet, and with the default ones.
+On CPUs with bfloat16 hardware (AMX, AVX-512 BF16) fastsoftmax.torch
+computes bfloat16 tensors with PyTorch's bfloat16 matmuls: the logits and
+the logit gradients are rounded to bfloat16, as in PyTorch's own bfloat16
+path.  These tests force that path whatever the CPU (PyTorch's bfloat16
+matmuls are slow but correct without that hardware; the shapes are small),
+with small tiles so that several row tiles, class blocks and pieces meet,
+and with the default ones.
 
 Oracle: the same rounding written with torch operations (sharing no code
 with the kernels): logits ``X W^T`` in float32 rounded to bfloat16, the bias
@@ -456,18 +457,26 @@ def test_which_path(kw, monkeypatch):
     assert spec.head is None
 
 
-@pytest.mark.parametrize("amx, avx512_bf16, enabled, expected", [
-    (True, False, True, True), (False, True, True, True), (False, False, True, False),
-    (True, True, False, False)])
+@pytest.mark.parametrize("amx, avx512_bf16, onednn, enabled, expected", [
+    (True, False, True, True, True), (False, True, True, True, True),
+    (False, False, True, True, False), (None, True, True, True, True),
+    (None, None, True, True, False), (True, True, False, True, False),
+    (True, True, True, False, False)])
 def test_bfloat16_products_where_the_cpu_has_bfloat16_hardware(
-        amx, avx512_bf16, enabled, expected, monkeypatch):
+        amx, avx512_bf16, onednn, enabled, expected, monkeypatch):
     """PyTorch's products for bfloat16 heads on AMX or AVX-512 BF16 CPUs with
-    oneDNN enabled; float32 elsewhere (the probes stubbed, whatever this CPU has)."""
+    oneDNN available and enabled; float32 elsewhere, and where this torch has
+    no such probe (None: the attribute removed).  The probes are stubbed,
+    whatever this CPU and this build of torch have."""
     from fastsoftmax._torch_head import fast_bfloat16_products
 
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
-                        raising=False)
+    for name, has in (("_is_amx_tile_supported", amx),
+                      ("_is_avx512_bf16_supported", avx512_bf16)):
+        if has is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda has=has: has, raising=False)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: onednn)
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", enabled)
     assert fast_bfloat16_products() is expected
 
