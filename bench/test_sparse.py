@@ -191,7 +191,7 @@ def test_fit(benchmark, shape, who):
 #: The tols of test_fit_to_objective's ladders, loosest first.
 LADDER_TOLS = sized((1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7, 1e-8), (1e-3, 1e-8))
 #: Rounds of both ladders (``FASTSOFTMAX_BENCH_LADDER_ROUNDS``): a fit's time is its
-#: median over the rounds (one fit of the same tol took 0.39 or 0.52 s in one run)
+#: median over the rounds (two fits with the same iterates took 0.39 and 0.52 s in one run)
 LADDER_ROUNDS = int(os.environ.get("FASTSOFTMAX_BENCH_LADDER_ROUNDS", sized(3, 1)))
 if LADDER_ROUNDS < 1:
     raise ValueError(f"FASTSOFTMAX_BENCH_LADDER_ROUNDS must be at least 1, got {LADDER_ROUNDS}")
