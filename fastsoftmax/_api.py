@@ -233,7 +233,7 @@ def sparse_column_sums(p: Problem) -> tuple[tuple[float, np.ndarray, np.ndarray]
                                  float(p.eps), bounds, tile, np.empty((groups, tile * K)),
                                  np.empty((groups, K * tile)), np.empty((groups, K * tile)),
                                  np.empty((groups, 4, tile)), np.empty((groups, tile), np.int64),
-                                 np.empty((groups, K)), R, curv, np.empty((parts, K)),
+                                 R, curv, np.empty((parts, K)),
                                  np.empty(parts), policy.SPARSE_PREFETCH_AHEAD)
     Gt = np.empty((n, K))
     _column_pass(p, R, False, Gt, 0.0, np.empty((0, K), p.dtype))  # (no direction is read)

@@ -8,6 +8,18 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
+def emit_prefetch(builder, ptr):
+    """Emit LLVM's ``prefetch`` of the address ``ptr`` (any pointer): read,
+    high temporal locality, data cache."""
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+    # read (0), high temporal locality (3), data cache (1)
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                      ir.Constant(i32, 1)])
+
+
 @intrinsic
 def prefetch_row(typingctx, arr, i):
     """Ask the CPU to bring row ``i`` of the 2-D C-contiguous ``arr`` into cache
@@ -24,14 +36,7 @@ def prefetch_row(typingctx, arr, i):
         ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary,
                                        [row, context.get_constant(types.intp, 0)],
                                        wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-            "llvm.prefetch.p0")
-        # read (0), high temporal locality (3), data cache (1)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                          ir.Constant(i32, 1)])
+        emit_prefetch(builder, ptr)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -54,6 +54,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel_kernel, serial_kernel
+from ._lanes import row_sums
 from ._prefetch import prefetch_row
 from ._rowmath import tile_loss_and_coef, tile_probabilities
 from ._sparse_fused import gather_tile, tile_logits
@@ -72,7 +73,7 @@ def direction_rows(data, indices, indptr, Vt, vb, curv, D, start, stop, tile, ro
         t1 = min(t0 + tile, stop)
         for r in range(t1 - t0):
             rows[r] = t0 + r
-        tile_logits(data, indices, indptr, Vt, rows[: t1 - t0], D[t0:t1], acc, ahead)
+        tile_logits(data, indices, indptr, Vt, rows[: t1 - t0], D[t0:t1], ahead)
         for i in range(t0, t1):
             pu = 0.0
             for k in range(K):
@@ -134,10 +135,10 @@ def part_order_sum(sums):
 
 @serial_kernel
 def gradient_rows(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop, tile, Z, E,
-                  P, aux, rows, acc, R, curv, gb, ahead):
+                  P, aux, rows, R, curv, gb, ahead):
     """Rows start:stop of :func:`gradient_pass` in tiles of ``tile`` rows
     (scratch: ``Z`` (>= tile K,), ``E`` and ``P`` (>= K tile,), ``aux`` (4,
-    >= tile), ``acc`` (>= K,) float64, ``rows`` (>= tile,) int64): returns
+    >= tile) float64, ``rows`` (>= tile,) int64): returns
     their loss sum and writes their sum of R's rows into ``gb`` (K,)."""
     K = b.shape[0]
     for k in range(K):
@@ -145,7 +146,7 @@ def gradient_rows(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop,
     loss = 0.0
     for t0 in range(start, stop, tile):
         Rt, Zr = gather_tile(data, indices, indptr, Wt, labels, t0, min(t0 + tile, stop), rows,
-                             Z, acc, ahead)
+                             Z, ahead)
         if Rt == 0:
             continue
         Dm = P[: K * Rt].reshape((K, Rt))
@@ -166,7 +167,7 @@ def gradient_rows(data, indices, indptr, Wt, b, labels, T, sw, eps, start, stop,
 
 @parallel_kernel
 def gradient_pass(data, indices, indptr, Wt, b, labels, T, sw, eps, bounds, tile, Z, E, P, aux,
-                  rows, acc, R, curv, gb, losses, ahead):
+                  rows, R, curv, gb, losses, ahead):
     """The loss and the first pass of the gradient by columns over the parts
     ``bounds[c]:bounds[c + 1]`` of X's rows, in parallel: returns
     ``(loss sum, gb sum)``.
@@ -180,8 +181,8 @@ def gradient_pass(data, indices, indptr, Wt, b, labels, T, sw, eps, bounds, tile
     point's Hessian products read (as
     :func:`fastsoftmax._sparse_fused.sparse_curvature` makes them; the other
     rows are left as they are).  Scratch per group (:func:`group_parts`):
-    ``Z``, ``E``, ``P`` (groups, tile K), ``aux`` (groups, 4, tile), ``acc``
-    (groups, K) float64, ``rows`` (groups, tile) int64; per part ``gb``
+    ``Z``, ``E``, ``P`` (groups, tile K), ``aux`` (groups, 4, tile)
+    float64, ``rows`` (groups, tile) int64; per part ``gb``
     (parts, K) and ``losses`` (parts,) float64, added in part order."""
     groups = rows.shape[0]
     parts = bounds.shape[0] - 1
@@ -189,7 +190,7 @@ def gradient_pass(data, indices, indptr, Wt, b, labels, T, sw, eps, bounds, tile
         for c in range(group_parts(g, groups, parts), group_parts(g + 1, groups, parts)):
             losses[c] = gradient_rows(data, indices, indptr, Wt, b, labels, T, sw, eps,
                                       bounds[c], bounds[c + 1], tile, Z[g], E[g], P[g], aux[g],
-                                      rows[g], acc[g], R, curv, gb[c], ahead)
+                                      rows[g], R, curv, gb[c], ahead)
     loss = 0.0
     for c in range(parts):
         loss += losses[c]
@@ -200,23 +201,30 @@ def gradient_pass(data, indices, indptr, Wt, b, labels, T, sw, eps, bounds, tile
 def column_rows(data, indices, indptr, D, square, labels, G, start, stop, denom, l2, Vt, acc,
                 ahead):
     """Rows start:stop of :func:`columns_pass`; returns their part of
-    ``<V, G>`` (0 unless ``denom`` > 0); ``acc`` (>= K,) float64 scratch."""
+    ``<V, G>`` (0 unless ``denom`` > 0); ``acc`` (>= K,) float64 scratch.
+    Without samples to skip the sums go through
+    :func:`fastsoftmax._lanes.row_sums` (vector lanes); with them, through
+    a loop that checks each sample."""
     check = labels.shape[0] > 0
     K = D.shape[1]
     last = indptr[-1] - 1
+    sums = acc[:K]
     for j in range(start, stop):
-        for k in range(K):
-            acc[k] = 0.0
-        for p in range(indptr[j], indptr[j + 1]):
-            prefetch_row(D, indices[min(p + ahead, last)])
-            i = indices[p]
-            if check and labels[i] < 0:
-                continue  # a dropped row: its x may be inf, and 0 * inf must not enter
-            v = np.float64(data[p])
-            if square:
-                v = v * v
+        if not check:
+            row_sums(data, indices, indptr[j], indptr[j + 1], last, ahead, D, square, sums)
+        else:
             for k in range(K):
-                acc[k] += v * D[i, k]
+                acc[k] = 0.0
+            for p in range(indptr[j], indptr[j + 1]):
+                prefetch_row(D, indices[min(p + ahead, last)])
+                i = indices[p]
+                if labels[i] < 0:
+                    continue  # a dropped row: its x may be inf, and 0 * inf must not enter
+                v = np.float64(data[p])
+                if square:
+                    v = v * v
+                for k in range(K):
+                    acc[k] += v * D[i, k]
         if not denom > 0.0:
             for k in range(K):
                 G[j, k] = acc[k]

@@ -77,7 +77,7 @@ from numba.extending import overload
 from ._accumulate import zero
 from ._compiled import CompiledFunction, array_key, call_compiled
 from ._jit import OVERLOAD_OPTIONS, parallel_kernel, serial_kernel
-from ._prefetch import prefetch_row
+from ._lanes import row_sums, scatter_rows
 from ._rowmath import tile_loss_and_coef, tile_probabilities
 from ._tiles import kept_rows
 
@@ -100,56 +100,36 @@ def map_columns(indices, indptr, start, stop, colmap):
 
 
 @serial_kernel
-def tile_logits(data, indices, indptr, At, rows, Zr, acc, ahead):
+def tile_logits(data, indices, indptr, At, rows, Zr, ahead):
     """``Zr[r, k] = sum over the non-zeros (j, x) of row rows[r] of x At[j, k]``
-    (float64 sums), for r < Zr.shape[0] and the C columns of ``At`` (n, C);
-    ``acc`` (>= C,) float64 scratch.  The At row of the non-zero ``ahead``
-    places on is prefetched (see :func:`sparse_chunk`)."""
-    C = At.shape[1]
+    (float64 sums), for r < Zr.shape[0] and the C columns of ``At`` (n, C),
+    in vector lanes (:func:`fastsoftmax._lanes.row_sums`).  The At row of
+    the non-zero ``ahead`` places on is prefetched (see :func:`sparse_chunk`)."""
     last = indptr[-1] - 1
     for r in range(Zr.shape[0]):
         i = rows[r]
-        for k in range(C):
-            acc[k] = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            prefetch_row(At, indices[min(p + ahead, last)])
-            v = np.float64(data[p])
-            j = indices[p]
-            for k in range(C):
-                acc[k] += v * At[j, k]
-        for k in range(C):
-            Zr[r, k] = acc[k]
+        row_sums(data, indices, indptr[i], indptr[i + 1], last, ahead, At, False, Zr[r])
 
 
 @serial_kernel
 def scatter_tile(data, indices, indptr, colmap, Dm, rows, slab, acc, ahead):
     """Every non-zero (j, x) of row rows[r] adds ``x Dm[:, r]`` to slab row
     colmap[j] (``Dm`` (K, R), ``slab`` (n_c, K) float64, ``acc`` (>= K,)
-    scratch); with ``colmap`` None, to slab row j of a dense (n, K) slab
-    (numba compiles one of the two).  The slab row of the non-zero ``ahead``
-    places on is prefetched."""
+    scratch); with ``colmap`` None, to slab row j of a dense (n, K) slab, in
+    vector lanes (:func:`fastsoftmax._lanes.scatter_rows`).  The slab row of
+    the non-zero ``ahead`` places on is prefetched."""
     K, R = Dm.shape
     last = indptr[-1] - 1
+    coef = acc[:K]
     for r in range(R):
         i = rows[r]
         for k in range(K):
-            acc[k] = Dm[k, r]
-        for p in range(indptr[i], indptr[i + 1]):
-            if colmap is None:
-                prefetch_row(slab, indices[min(p + ahead, last)])
-                q = indices[p]
-            else:
-                q_ahead = colmap[indices[min(p + ahead, last)]]
-                if q_ahead >= 0:  # -1: a column of a later chunk's rows
-                    prefetch_row(slab, q_ahead)
-                q = colmap[indices[p]]
-            v = np.float64(data[p])
-            for k in range(K):
-                slab[q, k] += v * acc[k]
+            coef[k] = Dm[k, r]
+        scatter_rows(data, indices, indptr[i], indptr[i + 1], last, ahead, colmap, coef, slab)
 
 
 @serial_kernel
-def gather_tile(data, indices, indptr, At, labels, t0, t1, rows, Z, acc, ahead):
+def gather_tile(data, indices, indptr, At, labels, t0, t1, rows, Z, ahead):
     """The kept rows of tile t0:t1 (:func:`kept_rows`, into ``rows``) and
     their logits against ``At`` (n, C) (:func:`tile_logits`, into the
     float64 buffer ``Z`` (>= (t1 - t0) C,)): returns ``(R, Zr)``, R their
@@ -158,7 +138,7 @@ def gather_tile(data, indices, indptr, At, labels, t0, t1, rows, Z, acc, ahead):
     C = At.shape[1]
     Zr = Z[: R * C].reshape((R, C))
     if R > 0:
-        tile_logits(data, indices, indptr, At, rows[:R], Zr, acc, ahead)
+        tile_logits(data, indices, indptr, At, rows[:R], Zr, ahead)
     return R, Zr
 
 
@@ -174,10 +154,9 @@ def curvature_chunk(data, indices, indptr, Wt, b, labels, T, sw, eps, start, sto
     P = np.empty(K * tile)
     aux = np.empty((3, tile))
     rows = np.empty(tile, dtype=np.int64)
-    acc = np.empty(K)
     for t0 in range(start, stop, tile):
         R, Zr = gather_tile(data, indices, indptr, Wt, labels, t0, min(t0 + tile, stop), rows,
-                            Z, acc, ahead)
+                            Z, ahead)
         if R == 0:
             continue
         Pm = P[: K * R].reshape((K, R))
@@ -290,7 +269,7 @@ def sparse_chunk(data, indices, indptr, At, b, vb, labels, T, sw, eps, start, st
     loss = 0.0
     for t0 in range(start, stop, tile):
         R, Zr = gather_tile(data, indices, indptr, At, labels, t0, min(t0 + tile, stop), rows,
-                            Z, acc, ahead)
+                            Z, ahead)
         if R == 0:
             continue
         Dm = D[: K * R].reshape((K, R))
