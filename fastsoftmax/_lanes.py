@@ -42,11 +42,13 @@ GROUP_REGISTERS = 4
 GROUP_LANES = LANES * GROUP_REGISTERS
 
 
-def _is_csr_pair(data, indices) -> bool:
-    """Whether ``data`` and ``indices`` type as a CSR matrix's value and index arrays."""
+def _are_entries(data, indices, *integers) -> bool:
+    """Whether ``data`` and ``indices`` type as a CSR matrix's value and
+    index arrays and ``integers`` (start, stop, last, ahead) as integers."""
     return (isinstance(data, types.Array) and data.ndim == 1 and isinstance(data.dtype, types.Float)
             and isinstance(indices, types.Array) and indices.ndim == 1
-            and isinstance(indices.dtype, types.Integer))
+            and isinstance(indices.dtype, types.Integer)
+            and all(isinstance(t, types.Integer) for t in integers))
 
 
 def _is_rows(array, dtypes) -> bool:
@@ -63,17 +65,21 @@ def _is_vector(array) -> bool:
 
 class _LaneCode:
     """LLVM IR for loops over a CSR row's entries with sums in vector lanes:
-    the pieces :func:`row_sums` and :func:`scatter_rows` share."""
+    the pieces :func:`row_sums` and :func:`scatter_rows` share.  Both take
+    ``(data, indices, start, stop, last, ahead, ...)`` first: the CSR
+    arrays (``self.data``, ``self.indices``) and the entries' range and
+    prefetch distance (int64 values)."""
 
-    def __init__(self, context, builder, signature, args, integers):
+    def __init__(self, context, builder, signature, args):
         self.context, self.builder = context, builder
         self.i64, self.i32, self.f64 = ir.IntType(64), ir.IntType(32), ir.DoubleType()
         self.sums_type = ir.VectorType(self.f64, LANES)
         self.mask_type = ir.VectorType(ir.IntType(1), LANES)
         self.arrays = {k: context.make_array(signature.args[k])(context, builder, args[k])
                        for k, t in enumerate(signature.args) if isinstance(t, types.Array)}
-        self.ints = {k: context.cast(builder, args[k], signature.args[k], types.int64)
-                     for k in integers}
+        self.data, self.indices = self.arrays[0], self.arrays[1]
+        self.start, self.stop, self.last, self.ahead = (
+            context.cast(builder, args[k], signature.args[k], types.int64) for k in (2, 3, 4, 5))
         self.lane_index = ir.Constant(ir.VectorType(self.i64, LANES), list(range(LANES)))
 
     def constant(self, value):
@@ -143,21 +149,21 @@ class _LaneCode:
         b = self.builder
         return b.gep(rows.data, [b.add(b.mul(row, width), k0)])
 
-    def value(self, data, p, square):
+    def value(self, p, square):
         """``data[p]`` (its square when ``square``) as float64, in every lane."""
         b = self.builder
-        x = b.load(b.gep(data.data, [p]))
+        x = b.load(b.gep(self.data.data, [p]))
         x = b.fpext(x, self.f64) if x.type != self.f64 else x
         return self.splat(b.select(square, b.fmul(x, x), x))
 
-    def entries(self, start, stop, last, ahead):
+    def entries(self):
         """A loop over the entries start:stop: yields ``(p, q)``, q the
         entry ``ahead`` places on (at most ``last``) to prefetch for."""
         b = self.builder
-        with cgutils.for_range(b, b.sub(stop, start), intp=self.i64) as loop:
-            p = b.add(start, loop.index)
-            q = b.add(p, ahead)
-            yield p, b.select(b.icmp_signed("<", q, last), q, last)
+        with cgutils.for_range(b, b.sub(self.stop, self.start), intp=self.i64) as loop:
+            p = b.add(self.start, loop.index)
+            q = b.add(p, self.ahead)
+            yield p, b.select(b.icmp_signed("<", q, self.last), q, self.last)
 
     def groups(self, width, walk):
         """``walk(k0, registers)`` for k0 = 0, GROUP_LANES, ... < width, with
@@ -194,16 +200,14 @@ def row_sums(typingctx, data, indices, start, stop, last, ahead, A, square, out)
     The row of A that the entry ``ahead`` places on reads (at most the entry
     ``last``) is prefetched, as :func:`fastsoftmax._prefetch.prefetch_row`
     does."""
-    if not (_is_csr_pair(data, indices) and _is_rows(A, (types.float32, types.float64))
-            and _is_vector(out) and isinstance(square, types.Boolean)
-            and all(isinstance(t, types.Integer) for t in (start, stop, last, ahead))):
+    if not (_are_entries(data, indices, start, stop, last, ahead) and _is_vector(out)
+            and _is_rows(A, (types.float32, types.float64)) and isinstance(square, types.Boolean)):
         return None  # no such overload: a typing error
     sig = types.void(data, indices, start, stop, last, ahead, A, square, out)
 
     def codegen(context, builder, signature, args):
-        code = _LaneCode(context, builder, signature, args, (2, 3, 4, 5))
-        data_a, index_a, A_a, out_a = (code.arrays[k] for k in (0, 1, 6, 8))
-        start_, stop_, last_, ahead_ = (code.ints[k] for k in (2, 3, 4, 5))
+        code = _LaneCode(context, builder, signature, args)
+        A_a, out_a = code.arrays[6], code.arrays[8]
         square_ = context.cast(builder, args[7], signature.args[7], types.boolean)
         C = cgutils.unpack_tuple(builder, A_a.shape, 2)[1]
         element = context.get_value_type(signature.args[6].dtype)
@@ -213,12 +217,12 @@ def row_sums(typingctx, data, indices, start, stop, last, ahead, A, square, out)
         def walk(k0, registers):
             masks = code.masks(builder.sub(C, k0), registers)
             sums = [cgutils.alloca_once_value(builder, zero) for _ in range(registers)]
-            for p, q in code.entries(start_, stop_, last_, ahead_):
-                ahead_row = code.element(A_a, C, code.index(index_a, q), k0)
+            for p, q in code.entries():
+                ahead_row = code.element(A_a, C, code.index(code.indices, q), k0)
                 for r in range(registers):
                     emit_prefetch(builder, code.register(ahead_row, r))
-                x = code.value(data_a, p, square_)
-                row = code.element(A_a, C, code.index(index_a, p), k0)
+                x = code.value(p, square_)
+                row = code.element(A_a, C, code.index(code.indices, p), k0)
                 for r in range(registers):
                     a = code.load(load, element, code.register(row, r), masks[r])
                     builder.store(builder.call(fma, [x, a, builder.load(sums[r])]), sums[r])
@@ -246,37 +250,36 @@ def scatter_rows(typingctx, data, indices, start, stop, last, ahead, colmap, coe
     entry ``last``; row 0 for a negative colmap entry, a column the slab
     does not hold) is prefetched."""
     mapped = colmap is not types.none
-    if not (_is_csr_pair(data, indices) and _is_vector(coef) and _is_rows(slab, (types.float64,))
+    if not (_are_entries(data, indices, start, stop, last, ahead) and _is_vector(coef)
+            and _is_rows(slab, (types.float64,))
             and (not mapped or (isinstance(colmap, types.Array) and colmap.ndim == 1
-                                and isinstance(colmap.dtype, types.Integer)))
-            and all(isinstance(t, types.Integer) for t in (start, stop, last, ahead))):
+                                and isinstance(colmap.dtype, types.Integer)))):
         return None  # no such overload: a typing error
     sig = types.void(data, indices, start, stop, last, ahead, colmap, coef, slab)
 
     def codegen(context, builder, signature, args):
-        code = _LaneCode(context, builder, signature, args, (2, 3, 4, 5))
-        data_a, index_a, coef_a, slab_a = (code.arrays[k] for k in (0, 1, 7, 8))
-        start_, stop_, last_, ahead_ = (code.ints[k] for k in (2, 3, 4, 5))
+        code = _LaneCode(context, builder, signature, args)
+        coef_a, slab_a = code.arrays[7], code.arrays[8]
         K = cgutils.unpack_tuple(builder, slab_a.shape, 2)[1]
         load, store, fma = code.masked_load(code.f64), code.masked_store(), code.fma()
         no = ir.Constant(ir.IntType(1), 0)
 
         def slab_row(p):
-            q = code.index(index_a, p)
+            q = code.index(code.indices, p)
             return code.index(code.arrays[6], q) if mapped else q
 
         def walk(k0, registers):
             masks = code.masks(builder.sub(K, k0), registers)
             coefs = [code.load(load, code.f64, code.register(builder.gep(coef_a.data, [k0]), r),
                                masks[r]) for r in range(registers)]
-            for p, q in code.entries(start_, stop_, last_, ahead_):
+            for p, q in code.entries():
                 ahead_row = slab_row(q)
                 ahead_row = builder.select(builder.icmp_signed("<", ahead_row, code.constant(0)),
                                            code.constant(0), ahead_row)
                 ahead_row = code.element(slab_a, K, ahead_row, k0)
                 for r in range(registers):
                     emit_prefetch(builder, code.register(ahead_row, r))
-                x = code.value(data_a, p, no)
+                x = code.value(p, no)
                 row = code.element(slab_a, K, slab_row(p), k0)
                 for r in range(registers):
                     target = code.register(row, r)
