@@ -20,13 +20,16 @@ coefficients) per walk over the row's entries (a second walk for the next
 32, and so on), the rows read and written with masked loads and stores
 (the lanes past C are not touched, so nothing is padded), one broadcast of
 x_p and one fused multiply-add per register and entry, the entries taken
-in order: the same sums, bit for bit, as the scalar loops (tested).  The
-gather above took 1.4 ms so (2.3x); at K = 50 on RCV1-sized data (19 M
-non-zeros, A 19 MB), 270 against 430 ms.  On machines without 512-bit
+in order: the same sums, bit for bit, as the scalar loops compiled with
+the kernels' fast-math flags (tested).  The gather above took 1.4-1.8 ms
+so; at K = 50 on RCV1-sized data (19 M non-zeros, A 19 MB), 270 against
+430 ms with one register a walk (a first version).  On machines without 512-bit
 registers LLVM splits each register in two (AVX2) or into scalars.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from llvmlite import ir
 from numba import types
@@ -42,12 +45,18 @@ GROUP_REGISTERS = 4
 GROUP_LANES = LANES * GROUP_REGISTERS
 
 
+def _is_indices(array) -> bool:
+    """Whether ``array`` types as a 1-D C-contiguous integer array."""
+    return (isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C"
+            and isinstance(array.dtype, types.Integer))
+
+
 def _are_entries(data, indices, *integers) -> bool:
     """Whether ``data`` and ``indices`` type as a CSR matrix's value and
-    index arrays and ``integers`` (start, stop, last, ahead) as integers."""
-    return (isinstance(data, types.Array) and data.ndim == 1 and isinstance(data.dtype, types.Float)
-            and isinstance(indices, types.Array) and indices.ndim == 1
-            and isinstance(indices.dtype, types.Integer)
+    index arrays (1-D, C-contiguous: the code indexes their memory
+    directly) and ``integers`` (start, stop, last, ahead) as integers."""
+    return (isinstance(data, types.Array) and data.ndim == 1 and data.layout == "C"
+            and isinstance(data.dtype, types.Float) and _is_indices(indices)
             and all(isinstance(t, types.Integer) for t in integers))
 
 
@@ -67,22 +76,26 @@ class _LaneCode:
     """LLVM IR for loops over a CSR row's entries with sums in vector lanes:
     the pieces :func:`row_sums` and :func:`scatter_rows` share.  Both take
     ``(data, indices, start, stop, last, ahead, ...)`` first: the CSR
-    arrays (``self.data``, ``self.indices``) and the entries' range and
-    prefetch distance (int64 values)."""
+    arrays (``self.data``; the integer arrays by argument position, see
+    :meth:`index`) and the entries' range and prefetch distance (int64
+    values)."""
 
     def __init__(self, context, builder, signature, args):
-        self.context, self.builder = context, builder
+        self.builder = builder
         self.i64, self.i32, self.f64 = ir.IntType(64), ir.IntType(32), ir.DoubleType()
         self.sums_type = ir.VectorType(self.f64, LANES)
         self.mask_type = ir.VectorType(ir.IntType(1), LANES)
         self.arrays = {k: context.make_array(signature.args[k])(context, builder, args[k])
                        for k, t in enumerate(signature.args) if isinstance(t, types.Array)}
-        self.data, self.indices = self.arrays[0], self.arrays[1]
+        self.signed = {k: t.dtype.signed for k, t in enumerate(signature.args)
+                       if isinstance(t, types.Array) and isinstance(t.dtype, types.Integer)}
+        self.data = self.arrays[0]
         self.start, self.stop, self.last, self.ahead = (
             context.cast(builder, args[k], signature.args[k], types.int64) for k in (2, 3, 4, 5))
         self.lane_index = ir.Constant(ir.VectorType(self.i64, LANES), list(range(LANES)))
 
     def constant(self, value):
+        """The int64 constant ``value``."""
         return ir.Constant(self.i64, value)
 
     def splat(self, value):
@@ -99,6 +112,7 @@ class _LaneCode:
                                               ir.FunctionType(result, arguments), name)
 
     def masked_load(self, element):
+        """LLVM's masked load of LANES ``element`` values."""
         vector = ir.VectorType(element, LANES)
         suffix = "f64" if element == self.f64 else "f32"
         return self.function(f"llvm.masked.load.v{LANES}{suffix}.p0", vector,
@@ -115,16 +129,19 @@ class _LaneCode:
         return b.fpext(value, self.sums_type) if single else value
 
     def masked_store(self):
+        """LLVM's masked store of LANES float64 values."""
         return self.function(f"llvm.masked.store.v{LANES}f64.p0", ir.VoidType(),
                              [self.sums_type, self.sums_type.as_pointer(), self.i32,
                               self.mask_type])
 
     def store(self, function, value, pointer, mask):
+        """The masked lanes of the float64 vector ``value`` to ``pointer`` on."""
         b = self.builder
         b.call(function, [value, b.bitcast(pointer, self.sums_type.as_pointer()),
                           ir.Constant(self.i32, 8), mask])
 
     def fma(self):
+        """LLVM's ``fmuladd`` of LANES float64 values (fused where the CPU has FMA)."""
         return self.function(f"llvm.fmuladd.v{LANES}f64", self.sums_type, [self.sums_type] * 3)
 
     def masks(self, left, registers):
@@ -138,11 +155,13 @@ class _LaneCode:
         """The element pointer of register r's first lane from ``pointer`` on."""
         return self.builder.gep(pointer, [self.constant(LANES * r)])
 
-    def index(self, array, p):
-        """``array[p]`` of an integer array, as int64."""
+    def index(self, k, p):
+        """``array[p]`` of the integer array of argument k, as int64."""
         b = self.builder
-        value = b.load(b.gep(array.data, [p]))
-        return b.sext(value, self.i64) if value.type.width < 64 else value
+        value = b.load(b.gep(self.arrays[k].data, [p]))
+        if value.type.width == 64:
+            return value
+        return b.sext(value, self.i64) if self.signed[k] else b.zext(value, self.i64)
 
     def element(self, rows, width, row, k0):
         """A pointer to ``rows[row, k0]`` of a C-contiguous array ``width`` wide."""
@@ -156,9 +175,11 @@ class _LaneCode:
         x = b.fpext(x, self.f64) if x.type != self.f64 else x
         return self.splat(b.select(square, b.fmul(x, x), x))
 
+    @contextlib.contextmanager
     def entries(self):
-        """A loop over the entries start:stop: yields ``(p, q)``, q the
-        entry ``ahead`` places on (at most ``last``) to prefetch for."""
+        """A loop over the entries start:stop, its body the ``with`` block:
+        gives ``(p, q)``, q the entry ``ahead`` places on (at most ``last``)
+        to prefetch for."""
         b = self.builder
         with cgutils.for_range(b, b.sub(self.stop, self.start), intp=self.i64) as loop:
             p = b.add(self.start, loop.index)
@@ -196,10 +217,10 @@ def row_sums(typingctx, data, indices, start, stop, last, ahead, A, square, out)
 
     ``data`` (nnz,) float32 or float64 and ``indices`` (nnz,) integer are a
     CSR matrix's arrays (every index in [0, rows of A)); ``A`` (rows, C)
-    C-contiguous float32 or float64; ``out`` (C,) C-contiguous float64.
-    The row of A that the entry ``ahead`` places on reads (at most the entry
-    ``last``) is prefetched, as :func:`fastsoftmax._prefetch.prefetch_row`
-    does."""
+    C-contiguous float32 or float64; ``out`` (>= C,) C-contiguous float64
+    (not checked: the caller's slice).  The row of A that the entry
+    ``ahead`` places on reads (at most the entry ``last``) is prefetched,
+    one cache line a register."""
     if not (_are_entries(data, indices, start, stop, last, ahead) and _is_vector(out)
             and _is_rows(A, (types.float32, types.float64)) and isinstance(square, types.Boolean)):
         return None  # no such overload: a typing error
@@ -217,12 +238,12 @@ def row_sums(typingctx, data, indices, start, stop, last, ahead, A, square, out)
         def walk(k0, registers):
             masks = code.masks(builder.sub(C, k0), registers)
             sums = [cgutils.alloca_once_value(builder, zero) for _ in range(registers)]
-            for p, q in code.entries():
-                ahead_row = code.element(A_a, C, code.index(code.indices, q), k0)
+            with code.entries() as (p, q):
+                ahead_row = code.element(A_a, C, code.index(1, q), k0)
                 for r in range(registers):
                     emit_prefetch(builder, code.register(ahead_row, r))
                 x = code.value(p, square_)
-                row = code.element(A_a, C, code.index(code.indices, p), k0)
+                row = code.element(A_a, C, code.index(1, p), k0)
                 for r in range(registers):
                     a = code.load(load, element, code.register(row, r), masks[r])
                     builder.store(builder.call(fma, [x, a, builder.load(sums[r])]), sums[r])
@@ -245,15 +266,15 @@ def scatter_rows(typingctx, data, indices, start, stop, last, ahead, colmap, coe
 
     ``data`` (nnz,) float32 or float64 and ``indices`` (nnz,) integer are a
     CSR matrix's arrays; ``colmap`` (n,) integer (every q_p in [0, rows of
-    slab)) or None; ``coef`` (K,) and ``slab`` (rows, K) C-contiguous
-    float64.  The slab row of the entry ``ahead`` places on (at most the
-    entry ``last``; row 0 for a negative colmap entry, a column the slab
-    does not hold) is prefetched."""
+    slab)) or None; ``coef`` (>= K,) and ``slab`` (rows, K) C-contiguous
+    float64, apart (``coef`` is read once, before the entries).  The slab
+    row of the entry ``ahead`` places on (at most the entry ``last``; row 0
+    for a negative colmap entry, a column the slab does not hold) is
+    prefetched, one cache line a register."""
     mapped = colmap is not types.none
     if not (_are_entries(data, indices, start, stop, last, ahead) and _is_vector(coef)
             and _is_rows(slab, (types.float64,))
-            and (not mapped or (isinstance(colmap, types.Array) and colmap.ndim == 1
-                                and isinstance(colmap.dtype, types.Integer)))):
+            and (not mapped or _is_indices(colmap))):
         return None  # no such overload: a typing error
     sig = types.void(data, indices, start, stop, last, ahead, colmap, coef, slab)
 
@@ -265,14 +286,14 @@ def scatter_rows(typingctx, data, indices, start, stop, last, ahead, colmap, coe
         no = ir.Constant(ir.IntType(1), 0)
 
         def slab_row(p):
-            q = code.index(code.indices, p)
-            return code.index(code.arrays[6], q) if mapped else q
+            q = code.index(1, p)
+            return code.index(6, q) if mapped else q
 
         def walk(k0, registers):
             masks = code.masks(builder.sub(K, k0), registers)
             coefs = [code.load(load, code.f64, code.register(builder.gep(coef_a.data, [k0]), r),
                                masks[r]) for r in range(registers)]
-            for p, q in code.entries():
+            with code.entries() as (p, q):
                 ahead_row = slab_row(q)
                 ahead_row = builder.select(builder.icmp_signed("<", ahead_row, code.constant(0)),
                                            code.constant(0), ahead_row)

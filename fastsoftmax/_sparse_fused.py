@@ -102,8 +102,8 @@ def map_columns(indices, indptr, start, stop, colmap):
 @serial_kernel
 def tile_logits(data, indices, indptr, At, rows, Zr, ahead):
     """``Zr[r, k] = sum over the non-zeros (j, x) of row rows[r] of x At[j, k]``
-    (float64 sums), for r < Zr.shape[0] and the C columns of ``At`` (n, C),
-    in vector lanes (:func:`fastsoftmax._lanes.row_sums`).  The At row of
+    (float64 sums), for r < Zr.shape[0] and the C columns of ``At`` (n, C)
+    C-contiguous, in vector lanes (:func:`fastsoftmax._lanes.row_sums`).  The At row of
     the non-zero ``ahead`` places on is prefetched (see :func:`sparse_chunk`)."""
     last = indptr[-1] - 1
     for r in range(Zr.shape[0]):

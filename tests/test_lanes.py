@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import pytest
 import scipy.sparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastsoftmax._jit import FASTMATH
 from fastsoftmax._lanes import GROUP_LANES, row_sums, scatter_rows
 
 
@@ -51,7 +53,7 @@ def random_csr(rng, m, n, density, dtype, index_dtype):
        C=st.integers(1, GROUP_LANES + 40), density=st.sampled_from([0.0, 0.3, 1.0]),
        data_dtype=st.sampled_from([np.float32, np.float64]),
        A_dtype=st.sampled_from([np.float32, np.float64]),
-       index_dtype=st.sampled_from([np.int32, np.int64]), square=st.booleans(),
+       index_dtype=st.sampled_from([np.int32, np.int64, np.uint32]), square=st.booleans(),
        ahead=st.sampled_from([0, 1, 8, 1000]))
 def test_row_sums_against_scipy(seed, m, n, C, density, data_dtype, A_dtype, index_dtype, square,
                                 ahead):
@@ -73,29 +75,45 @@ def test_row_sums_against_scipy(seed, m, n, C, density, data_dtype, A_dtype, ind
     assert np.all(out[:, C:] == 7.0)
 
 
-@numba.njit(fastmath={"contract"})
-def scalar_sums(data, indices, indptr, A, out):
-    """The loop row_sums replaced: one sum per class, the entries in order."""
+@numba.njit(fastmath=set(FASTMATH))
+def scalar_sums(data, indices, indptr, A, square, out):
+    """The loop row_sums replaced (the kernels' fast-math flags): one sum
+    per class, the entries in order."""
     C = A.shape[1]
     for i in range(indptr.shape[0] - 1):
         for k in range(C):
             out[i, k] = 0.0
         for p in range(indptr[i], indptr[i + 1]):
+            v = np.float64(data[p])
+            if square:
+                v = v * v
             for k in range(C):
-                out[i, k] += np.float64(data[p]) * np.float64(A[indices[p], k])
+                out[i, k] += v * np.float64(A[indices[p], k])
 
 
-def test_row_sums_are_the_scalar_loops_bits():
-    """Each lane adds its products in the entries' order with fused
+@pytest.mark.parametrize("C", [3, 8, 20, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("square", [False, True])
+def test_row_sums_are_the_scalar_loops_bits(C, dtype, square):
+    """Each lane adds its products in the entries' order, with fused
     multiply-adds where LLVM fuses the scalar loop's: the same bits."""
     rng = np.random.default_rng(3)
-    data, indices, indptr = random_csr(rng, 30, 50, 0.5, np.float64, np.int32)
-    A = rng.standard_normal((50, 20)) * 10.0 ** rng.integers(-8, 8, (50, 20))
-    out = np.empty((30, 20))
-    expected = np.empty((30, 20))
-    every_row(data, indices, indptr, 8, A, False, out)
-    scalar_sums(data, indices, indptr, A, expected)
+    data, indices, indptr = random_csr(rng, 30, 50, 0.5, dtype, np.int32)
+    A = (rng.standard_normal((50, C)) * 10.0 ** rng.integers(-8, 8, (50, C))).astype(dtype)
+    out = np.empty((30, C))
+    expected = np.empty((30, C))
+    every_row(data, indices, indptr, 8, A, square, out)
+    scalar_sums(data, indices, indptr, A, square, expected)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_row_sums_refuse_strided_arrays():
+    """The intrinsics index the arrays' memory directly: a strided data
+    array is a typing error, not wrong sums."""
+    data = np.arange(10.0)[::2]
+    with pytest.raises(numba.core.errors.TypingError):
+        every_row(data, np.zeros(5, np.int64), np.array([0, 5]), 8, np.ones((1, 3)), False,
+                  np.empty((1, 3)))
 
 
 def test_row_sums_of_no_entries_are_zero():
@@ -142,22 +160,26 @@ def test_scatter_rows_against_scipy(seed, m, n, K, density, data_dtype, index_dt
     assert np.all(np.abs(slab - oracle) <= bound), np.max(np.abs(slab - oracle) - bound)
 
 
-@numba.njit(fastmath={"contract"})
-def scalar_scatter(data, indices, indptr, coefs, slab):
-    """The loop scatter_rows replaced, for every row."""
+@numba.njit(fastmath=set(FASTMATH))
+def scalar_scatter(data, indices, indptr, colmap, coefs, slab):
+    """The loop scatter_rows replaced (the kernels' fast-math flags), for every row."""
     K = slab.shape[1]
     for i in range(indptr.shape[0] - 1):
         for p in range(indptr[i], indptr[i + 1]):
+            q = colmap[indices[p]]
             for k in range(K):
-                slab[indices[p], k] += np.float64(data[p]) * coefs[i, k]
+                slab[q, k] += np.float64(data[p]) * coefs[i, k]
 
 
-def test_scatter_rows_are_the_scalar_loops_bits():
+@pytest.mark.parametrize("K", [3, 8, 20, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scatter_rows_are_the_scalar_loops_bits(K, dtype):
     rng = np.random.default_rng(4)
-    data, indices, indptr = random_csr(rng, 30, 50, 0.5, np.float64, np.int64)
-    coefs = rng.standard_normal((30, 20)) * 10.0 ** rng.integers(-8, 8, (30, 20))
-    slab = rng.standard_normal((50, 20))
+    data, indices, indptr = random_csr(rng, 30, 50, 0.5, dtype, np.int64)
+    coefs = rng.standard_normal((30, K)) * 10.0 ** rng.integers(-8, 8, (30, K))
+    colmap = rng.permutation(50)
+    slab = rng.standard_normal((50, K))
     expected = slab.copy()
-    scatter_every_row(data, indices, indptr, 8, None, coefs, slab)
-    scalar_scatter(data, indices, indptr, coefs, expected)
+    scatter_every_row(data, indices, indptr, 8, colmap, coefs, slab)
+    scalar_scatter(data, indices, indptr, colmap, coefs, expected)
     np.testing.assert_array_equal(slab, expected)
