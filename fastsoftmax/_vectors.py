@@ -61,20 +61,23 @@ def finish_pass(G, denom, l2, V, out, block, squares):
     for q in prange(nblocks):
         j0 = q * block
         j1 = min(n, j0 + block)
-        if l2 != 0.0:
-            for k in range(K):
-                for j in range(j0, j1):
-                    out[k, j] = G[k, j] / denom + l2 * np.float64(V[k, j])
-        else:  # V may hold inf where its gradient is 0 (a column X never touches)
-            for k in range(K):
-                for j in range(j0, j1):
-                    out[k, j] = G[k, j] / denom
+        # through views of the rows' blocks: indexing the (K, n) arrays element
+        # by element took 5.5-6.2 ms on (20, 130107), the views 1.8-2.2 ms
+        for k in range(K):
+            g, v, o = G[k, j0:j1], V[k, j0:j1], out[k, j0:j1]
+            if l2 != 0.0:
+                for j in range(j1 - j0):
+                    o[j] = g[j] / denom + l2 * np.float64(v[j])
+            else:  # V may hold inf where its gradient is 0 (a column X never touches)
+                for j in range(j1 - j0):
+                    o[j] = g[j] / denom
         s = 0.0
         if squares:
             for k in range(K):
-                for j in range(j0, j1):
-                    v = np.float64(V[k, j])
-                    s += v * v
+                v = V[k, j0:j1]
+                for j in range(j1 - j0):
+                    x = np.float64(v[j])
+                    s += x * x
         parts[q] = s
     return in_block_order(parts)
 
