@@ -111,38 +111,41 @@ class _LaneCode:
         return cgutils.get_or_insert_function(self.builder.module,
                                               ir.FunctionType(result, arguments), name)
 
-    def masked_load(self, element):
-        """LLVM's masked load of LANES ``element`` values."""
-        vector = ir.VectorType(element, LANES)
-        suffix = "f64" if element == self.f64 else "f32"
-        return self.function(f"llvm.masked.load.v{LANES}{suffix}.p0", vector,
-                             [vector.as_pointer(), self.i32, self.mask_type, vector])
-
-    def load(self, function, element, pointer, mask):
-        """The masked lanes from ``pointer`` on (``element`` values), as float64."""
+    def load(self, element, pointer, mask):
+        """The masked lanes from ``pointer`` on (``element`` values), as
+        float64 (LLVM's masked load)."""
         b = self.builder
         vector = ir.VectorType(element, LANES)
         single = element != self.f64
+        function = self.function(f"llvm.masked.load.v{LANES}{'f32' if single else 'f64'}.p0",
+                                 vector, [vector.as_pointer(), self.i32, self.mask_type, vector])
         value = b.call(function, [b.bitcast(pointer, vector.as_pointer()),
                                   ir.Constant(self.i32, 4 if single else 8), mask,
                                   ir.Constant(vector, [ir.Constant(element, 0.0)] * LANES)])
         return b.fpext(value, self.sums_type) if single else value
 
-    def masked_store(self):
-        """LLVM's masked store of LANES float64 values."""
-        return self.function(f"llvm.masked.store.v{LANES}f64.p0", ir.VoidType(),
-                             [self.sums_type, self.sums_type.as_pointer(), self.i32,
-                              self.mask_type])
-
-    def store(self, function, value, pointer, mask):
-        """The masked lanes of the float64 vector ``value`` to ``pointer`` on."""
+    def store(self, value, pointer, mask):
+        """The masked lanes of the float64 vector ``value`` to ``pointer`` on
+        (LLVM's masked store)."""
         b = self.builder
+        function = self.function(f"llvm.masked.store.v{LANES}f64.p0", ir.VoidType(),
+                                 [self.sums_type, self.sums_type.as_pointer(), self.i32,
+                                  self.mask_type])
         b.call(function, [value, b.bitcast(pointer, self.sums_type.as_pointer()),
                           ir.Constant(self.i32, 8), mask])
 
-    def fma(self):
-        """LLVM's ``fmuladd`` of LANES float64 values (fused where the CPU has FMA)."""
-        return self.function(f"llvm.fmuladd.v{LANES}f64", self.sums_type, [self.sums_type] * 3)
+    def fma(self, x, y, z):
+        """``x * y + z`` of LANES float64 values (LLVM's ``fmuladd``: fused
+        where the CPU has FMA)."""
+        function = self.function(f"llvm.fmuladd.v{LANES}f64", self.sums_type,
+                                 [self.sums_type] * 3)
+        return self.builder.call(function, [x, y, z])
+
+    def prefetch(self, row, registers):
+        """Prefetch the cache lines of ``registers`` registers from the
+        element pointer ``row`` on."""
+        for r in range(registers):
+            emit_prefetch(self.builder, self.register(row, r))
 
     def masks(self, left, registers):
         """The lanes below ``left`` of each of ``registers`` registers."""
@@ -232,23 +235,20 @@ def row_sums(typingctx, data, indices, start, stop, last, ahead, A, square, out)
         square_ = context.cast(builder, args[7], signature.args[7], types.boolean)
         C = cgutils.unpack_tuple(builder, A_a.shape, 2)[1]
         element = context.get_value_type(signature.args[6].dtype)
-        load, store, fma = code.masked_load(element), code.masked_store(), code.fma()
         zero = ir.Constant(code.sums_type, [ir.Constant(code.f64, 0.0)] * LANES)
 
         def walk(k0, registers):
             masks = code.masks(builder.sub(C, k0), registers)
             sums = [cgutils.alloca_once_value(builder, zero) for _ in range(registers)]
             with code.entries() as (p, q):
-                ahead_row = code.element(A_a, C, code.index(1, q), k0)
-                for r in range(registers):
-                    emit_prefetch(builder, code.register(ahead_row, r))
+                code.prefetch(code.element(A_a, C, code.index(1, q), k0), registers)
                 x = code.value(p, square_)
                 row = code.element(A_a, C, code.index(1, p), k0)
                 for r in range(registers):
-                    a = code.load(load, element, code.register(row, r), masks[r])
-                    builder.store(builder.call(fma, [x, a, builder.load(sums[r])]), sums[r])
+                    a = code.load(element, code.register(row, r), masks[r])
+                    builder.store(code.fma(x, a, builder.load(sums[r])), sums[r])
             for r in range(registers):
-                code.store(store, builder.load(sums[r]),
+                code.store(builder.load(sums[r]),
                            code.register(builder.gep(out_a.data, [k0]), r), masks[r])
 
         code.groups(C, walk)
@@ -282,7 +282,6 @@ def scatter_rows(typingctx, data, indices, start, stop, last, ahead, colmap, coe
         code = _LaneCode(context, builder, signature, args)
         coef_a, slab_a = code.arrays[7], code.arrays[8]
         K = cgutils.unpack_tuple(builder, slab_a.shape, 2)[1]
-        load, store, fma = code.masked_load(code.f64), code.masked_store(), code.fma()
         no = ir.Constant(ir.IntType(1), 0)
 
         def slab_row(p):
@@ -291,22 +290,19 @@ def scatter_rows(typingctx, data, indices, start, stop, last, ahead, colmap, coe
 
         def walk(k0, registers):
             masks = code.masks(builder.sub(K, k0), registers)
-            coefs = [code.load(load, code.f64, code.register(builder.gep(coef_a.data, [k0]), r),
+            coefs = [code.load(code.f64, code.register(builder.gep(coef_a.data, [k0]), r),
                                masks[r]) for r in range(registers)]
             with code.entries() as (p, q):
                 ahead_row = slab_row(q)
                 ahead_row = builder.select(builder.icmp_signed("<", ahead_row, code.constant(0)),
                                            code.constant(0), ahead_row)
-                ahead_row = code.element(slab_a, K, ahead_row, k0)
-                for r in range(registers):
-                    emit_prefetch(builder, code.register(ahead_row, r))
+                code.prefetch(code.element(slab_a, K, ahead_row, k0), registers)
                 x = code.value(p, no)
                 row = code.element(slab_a, K, slab_row(p), k0)
                 for r in range(registers):
                     target = code.register(row, r)
-                    total = builder.call(fma, [x, coefs[r],
-                                               code.load(load, code.f64, target, masks[r])])
-                    code.store(store, total, target, masks[r])
+                    total = code.fma(x, coefs[r], code.load(code.f64, target, masks[r]))
+                    code.store(total, target, masks[r])
 
         code.groups(K, walk)
         return context.get_dummy_value()
